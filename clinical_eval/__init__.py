@@ -1,0 +1,1 @@
+"""Clinical evaluation: labeler, error scoring, NLG/clinical/error-check metrics, validation studies."""

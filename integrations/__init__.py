@@ -1,0 +1,1 @@
+"""Hospital systems: DICOMweb, DIMSE, DICOM SR / FHIR / HL7 outputs, the drafting worker."""

@@ -1,0 +1,128 @@
+"""The ``radlvlm`` command line: one typer app, one verb per job.
+
+Every radlvlm error becomes one line on stderr and exit code 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import radlvlm
+from radlvlm.errors import RadlvlmError
+
+app = typer.Typer(
+    name="radlvlm",
+    help="Open clinical radiology assistant: chest X-ray report drafting and error checking.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+T = TypeVar("T")
+
+SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line to stderr and return the exit to raise."""
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run_guarded(job: Callable[[], T]) -> T:
+    """Run ``job``; radlvlm errors exit 2 with their one-line reason."""
+    try:
+        return job()
+    except RadlvlmError as e:
+        raise fail(str(e)) from None
+
+
+def progress_bar(description: str, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+        disable=not enabled,
+    )
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the radlvlm version and the versions of the libraries it decodes and computes with."""
+    import monai
+    import pydicom
+    import torch
+
+    typer.echo(f"radlvlm {radlvlm.__version__} (torch {torch.__version__}, pydicom {pydicom.__version__}, monai {monai.__version__})")
+
+
+@app.command()
+def inspect(
+    path: Annotated[
+        Path | None, typer.Argument(help="A DICOM/PNG/JPEG file, a folder (searched recursively) or a .zip.")
+    ] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help=f"Inspect the bundled sample study ({SAMPLE_STUDY}, needs radlvlm[samples]).")
+    ] = False,
+    frame: Annotated[
+        int | None, typer.Option(help="For multi-frame images, the frame to read (default: refuse multi-frame).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here instead of stdout.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Summarise the studies under PATH as JSON (UIDs, views, modality, geometry; no patient data)."""
+    from radlvlm.imaging.loader import inspect_path
+
+    if sample == (path is not None):
+        raise fail("give either PATH or --sample")
+    target = _sample_path() if sample else path
+    assert target is not None
+    with progress_bar("reading images", progress and sys.stderr.isatty()) as bar:
+        task = bar.add_task("read", total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary: dict[str, Any] = run_guarded(lambda: inspect_path(target, frame=frame, on_progress=advance))
+    text = json.dumps(summary, indent=2)
+    if output is not None:
+        output.write_text(text + "\n")
+    else:
+        typer.echo(text)
+    if summary["n_failed"]:
+        stderr.print(f"{summary['n_failed']} file(s) could not be read; see 'failures' in the output", highlight=False)
+    if summary["n_images"] == 0:
+        raise fail(f"{target}: no readable image ({summary['n_failed']} file(s) failed)")
+
+
+def _sample_path() -> Path:
+    from pydicom.data import get_testdata_file
+
+    try:
+        found = get_testdata_file(SAMPLE_STUDY, download=False)
+    except Exception:  # pydicom reports a missing optional data source in several ways
+        found = None
+    if not found:
+        raise fail(f"sample study {SAMPLE_STUDY} is not installed: pip install 'radlvlm[samples]'")
+    return Path(str(found))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""The one error hierarchy of radlvlm.
+
+Every message names the file or the step and gives shapes, counts and tag keywords, never patient data
+(names, IDs, dates, free text). Callers at a stage boundary re-raise ``from e`` naming the step.
+"""
+
+from __future__ import annotations
+
+
+class RadlvlmError(Exception):
+    """Base of every error radlvlm raises on purpose; the CLI turns these into one line and exit code 2."""
+
+
+class InputError(RadlvlmError, ValueError):
+    """The input cannot be used as given (wrong kind of file, empty folder, bad option)."""
+
+
+class EmptyInputError(InputError):
+    """A folder or archive holds no file that could be read."""
+
+
+class NotDicomError(InputError):
+    """A file is neither DICOM nor a supported image format."""
+
+
+class NoPixelDataError(InputError):
+    """A DICOM file carries no pixel data (for example a structured report or an RT plan)."""
+
+
+class MultiFrameError(InputError):
+    """A multi-frame image was given where a single frame is expected."""
+
+
+class DecodeError(RadlvlmError):
+    """Pixel data is present but cannot be decoded (truncated, corrupt, or no decoder can read it)."""
+
+
+class UnsupportedTransferSyntaxError(DecodeError):
+    """No installed pixel-data decoder handles the file's transfer syntax (or this variant of it)."""
+
+
+class ReportParseError(RadlvlmError, ValueError):
+    """A radiology report cannot be split into sections."""

@@ -1,0 +1,163 @@
+"""The DICOM grayscale display pipeline: stored values → Modality LUT → VOI LUT → polarity → [0, 1].
+
+Order and semantics follow DICOM PS3.3 C.11 (Modality LUT, VOI LUT, Presentation LUT) and C.7.6.3.1.2
+(MONOCHROME1: minimum value is displayed white). The Modality LUT (rescale or LUT sequence) and VOI LUT
+sequences go through pydicom. Windowing is computed here from PS3.3 C.11.2.1.2 because pydicom's
+``apply_windowing`` writes its output into a range that depends on Bits Stored and the rescale, whereas the
+model wants [0, 1]; tests check the two agree up to that affine map.
+
+For integer pixels the whole chain is evaluated once per possible stored value and applied as one lookup
+table, which is exact (every step is a function of the stored value alone) and keeps the per-pixel cost to a
+single gather on a 2k x 2.5k radiograph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi
+
+# Above this many distinct stored values a lookup table costs more than it saves.
+_MAX_LUT_ENTRIES = 1 << 17
+
+
+@dataclass(frozen=True)
+class Window:
+    """A VOI window (PS3.3 C.11.2.1.2). ``function`` is LINEAR, LINEAR_EXACT or SIGMOID."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+def window_from_dataset(ds: Dataset, index: int = 0) -> Window | None:
+    """The ``index``-th window of ``ds`` (the first is the default per the standard), or None."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centers = _as_list(ds.WindowCenter)
+    widths = _as_list(ds.WindowWidth)
+    if not centers or not widths:
+        return None
+    index = min(index, len(centers) - 1, len(widths) - 1)
+    width = float(widths[index])
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    # A width below 1 is invalid for LINEAR (PS3.3 C.11.2.1.2.1) and meaningless otherwise: ignore the window.
+    if width < 1 or (function == "LINEAR_EXACT" and width <= 0):
+        return None
+    return Window(float(centers[index]), width, function)
+
+
+def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
+    """Map Modality-LUT output values through a VOI window into [0, 1] (float64)."""
+    x = values.astype(np.float64, copy=False)
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if window.function == "LINEAR_EXACT":
+        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    # LINEAR, and any unknown function, which the standard says to treat as LINEAR.
+    return np.clip((x - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0) if w > 1 else (x > c - 0.5).astype(np.float64)
+
+
+def needs_inversion(ds: Dataset) -> bool:
+    """True when the displayed polarity must be flipped (MONOCHROME1, or a Presentation LUT Shape of INVERSE)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    shape = str(ds.get("PresentationLUTShape", "") or "").upper()
+    # For MONOCHROME1 an INVERSE shape restates the same inversion; it is not applied twice.
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
+def padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """Stored values marked as padding by Pixel Padding Value (and Range Limit), inclusive; None if none."""
+    if "PixelPaddingValue" not in ds or ds.PixelPaddingValue is None:
+        return None
+    start = int(ds.PixelPaddingValue)
+    limit = ds.get("PixelPaddingRangeLimit")
+    stop = int(limit) if limit is not None else start
+    return (min(start, stop), max(start, stop))
+
+
+def to_display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Grayscale stored values (rows, columns) → float32 display values in [0, 1], brighter = higher.
+
+    Padding pixels (if declared) come out as 0 and are excluded from the automatic range used when the file
+    carries no VOI LUT and no window.
+    """
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a single grayscale frame (rows, columns), got shape {pixels.shape}")
+    if np.issubdtype(pixels.dtype, np.integer):
+        lo, hi = int(pixels.min()), int(pixels.max())
+        if hi - lo + 1 <= _MAX_LUT_ENTRIES:
+            stored = np.arange(lo, hi + 1, dtype=np.int64)
+            lut = _display_values(stored, ds, data_range=_data_range(stored, pixels, ds)).astype(np.float32)
+            if lo == 0 and pixels.dtype.kind == "u":
+                return lut[pixels]
+            return lut[pixels.astype(np.int64) - lo]
+    return _display_values(pixels, ds, data_range=None).astype(np.float32)
+
+
+def _data_range(stored: np.ndarray, pixels: np.ndarray, ds: Dataset) -> tuple[float, float] | None:
+    """Range of Modality-LUT output over the non-padding stored values actually present."""
+    padding = padding_range(ds)
+    if padding is None:
+        present = stored
+    else:
+        keep = (pixels < padding[0]) | (pixels > padding[1])
+        if not keep.any():
+            return None
+        present = np.arange(int(pixels[keep].min()), int(pixels[keep].max()) + 1, dtype=np.int64)
+    modality = np.asarray(apply_modality_lut(present, ds), dtype=np.float64)
+    return float(modality.min()), float(modality.max())
+
+
+def _display_values(stored: np.ndarray, ds: Dataset, data_range: tuple[float, float] | None) -> np.ndarray:
+    """Apply Modality LUT, VOI LUT and polarity to ``stored`` values (any shape) → float64 in [0, 1]."""
+    modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    voi_sequence = ds.get("VOILUTSequence")
+    window = window_from_dataset(ds)
+    if voi_sequence:
+        item = voi_sequence[0]
+        bits = int(item.LUTDescriptor[2])
+        # pydicom indexes the LUT with the (clipped) input values and returns LUT entries in [0, 2**bits - 1].
+        display = np.asarray(apply_voi(modality, ds, index=0), dtype=np.float64) / float(2**bits - 1)
+    elif window is not None:
+        display = apply_window(modality, window)
+    else:
+        if data_range is None:
+            valid = _non_padding(stored, ds)
+            data_range = (
+                (float(modality[valid].min()), float(modality[valid].max())) if valid.any() else (0.0, 1.0)
+            )
+        low, high = data_range
+        display = (modality - low) / (high - low) if high > low else np.zeros_like(modality)
+    display = np.clip(display, 0.0, 1.0)
+    if needs_inversion(ds):
+        display = 1.0 - display
+    padding = padding_range(ds)
+    if padding is not None:
+        display = np.where(_non_padding(stored, ds), display, 0.0)
+    return display
+
+
+def _non_padding(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    padding = padding_range(ds)
+    if padding is None or not np.issubdtype(stored.dtype, np.integer):
+        return np.ones(stored.shape, dtype=bool)
+    return (stored < padding[0]) | (stored > padding[1])
+
+
+def rgb_to_display(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
+    """RGB (rows, columns, 3) → luminance in [0, 1] (ITU-R BT.601 weights), for colour secondary captures."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    luminance = pixels.astype(np.float32) @ weights
+    return np.clip(luminance / float(2**bits_stored - 1), 0.0, 1.0).astype(np.float32)
+
+
+def _as_list(value: object) -> list[float]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [float(v) for v in value]  # type: ignore[union-attr]
+    return [float(value)]  # type: ignore[arg-type]

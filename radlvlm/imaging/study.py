@@ -1,0 +1,193 @@
+"""The typed study that every stage after ingestion works on.
+
+A ``Study`` holds series, a ``Series`` holds images, an ``Image`` holds display-ready pixels plus the
+acquisition facts the model and the audit trail need. By design it carries no PHI: no names, patient IDs,
+dates, accession numbers or free-text descriptions. UIDs are kept because PACS write-back and audit key on
+them; ``radlvlm.safety`` remaps them when a study leaves the hospital.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+
+class View(str, Enum):
+    """Projection of a radiograph. PA and AP are frontal; LATERAL and LL are lateral."""
+
+    PA = "PA"
+    AP = "AP"
+    LATERAL = "LATERAL"
+    LL = "LL"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_frontal(self) -> bool:
+        return self in (View.PA, View.AP)
+
+    @property
+    def is_lateral(self) -> bool:
+        return self in (View.LATERAL, View.LL)
+
+
+class Laterality(str, Enum):
+    """Image laterality, DICOM (0020,0062)/(0020,0060) defined terms."""
+
+    RIGHT = "R"
+    LEFT = "L"
+    BOTH = "B"
+    UNPAIRED = "U"
+
+
+@dataclass(frozen=True)
+class Image:
+    """One frame, ready for display and for the model's transforms.
+
+    Attributes:
+        pixels (torch.Tensor): float32, shape (rows, columns), in [0, 1] after the Modality LUT, the VOI LUT
+            and MONOCHROME1 inversion; higher is brighter, as a radiologist would see it.
+        sop_instance_uid (str): the image's SOP Instance UID (for a PNG/JPEG, a UID derived from its bytes).
+        view (View): projection, and ``view_source`` says which attribute gave it.
+        pixel_spacing_mm (tuple[float, float] | None): (row, column) spacing; None when absent or zero.
+        source (str): the file (or ``archive.zip!member``) the image came from, for error reports.
+    """
+
+    pixels: torch.Tensor
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    source: str
+    modality: str | None = None
+    sop_class_uid: str | None = None
+    body_part: str | None = None
+    view: View = View.UNKNOWN
+    view_source: str = "none"
+    laterality: Laterality | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    photometric_interpretation: str = "MONOCHROME2"
+    bits_stored: int = 8
+    transfer_syntax_uid: str | None = None
+    instance_number: int | None = None
+    number_of_frames: int = 1
+    frame_index: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, columns = self.pixels.shape
+        return int(rows), int(columns)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable facts about the image, without pixels and without PHI."""
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "source": self.source,
+            "modality": self.modality,
+            "sop_class_uid": self.sop_class_uid,
+            "body_part": self.body_part,
+            "view": self.view.value,
+            "view_source": self.view_source,
+            "laterality": self.laterality.value if self.laterality else None,
+            "rows": self.shape[0],
+            "columns": self.shape[1],
+            "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            "photometric_interpretation": self.photometric_interpretation,
+            "bits_stored": self.bits_stored,
+            "transfer_syntax_uid": self.transfer_syntax_uid,
+            "instance_number": self.instance_number,
+            "number_of_frames": self.number_of_frames,
+        }
+
+
+@dataclass
+class Series:
+    series_instance_uid: str
+    modality: str | None
+    images: list[Image] = field(default_factory=list)
+
+
+
+@dataclass
+class Study:
+    """A study: StudyInstanceUID → series → images."""
+
+    study_instance_uid: str
+    series: list[Series] = field(default_factory=list)
+
+    @property
+    def images(self) -> list[Image]:
+        return [image for series in self.series for image in series.images]
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted({image.modality for image in self.images if image.modality})
+
+    @property
+    def views(self) -> list[View]:
+        return [image.view for image in self.images]
+
+    def frontal_images(self) -> list[Image]:
+        return [image for image in self.images if image.view.is_frontal]
+
+    def lateral_images(self) -> list[Image]:
+        return [image for image in self.images if image.view.is_lateral]
+
+    def add(self, image: Image) -> None:
+        """Place ``image`` in its series, creating the series on first sight; series and images stay sorted."""
+        for series in self.series:
+            if series.series_instance_uid == image.series_instance_uid:
+                series.images.append(image)
+                series.images.sort(key=_image_order)
+                return
+        self.series.append(Series(image.series_instance_uid, image.modality, [image]))
+        self.series.sort(key=lambda s: s.series_instance_uid)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable description of the study (no pixels, no PHI)."""
+        return summarize_studies(
+            (self.study_instance_uid, image.series_instance_uid, image.summary()) for image in self.images
+        )[0]
+
+
+def summarize_studies(rows: Iterable[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Group (study UID, series UID, image summary) rows into study summaries, sorted by UID.
+
+    Streaming inspection of a large folder keeps only these small dicts, never the pixels.
+    """
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for study_uid, series_uid, image in rows:
+        grouped.setdefault(study_uid, {}).setdefault(series_uid, []).append(image)
+    studies = []
+    for study_uid in sorted(grouped):
+        series = [
+            {
+                "series_instance_uid": series_uid,
+                "modality": images[0]["modality"],
+                "images": sorted(images, key=_summary_order),
+            }
+            for series_uid, images in sorted(grouped[study_uid].items())
+        ]
+        images = [image for entry in series for image in entry["images"]]
+        studies.append(
+            {
+                "study_instance_uid": study_uid,
+                "modalities": sorted({i["modality"] for i in images if i["modality"]}),
+                "n_series": len(series),
+                "n_images": len(images),
+                "views": [i["view"] for i in images],
+                "series": series,
+            }
+        )
+    return studies
+
+
+def _summary_order(image: dict[str, Any]) -> tuple[int, str]:
+    number = image["instance_number"]
+    return (number if number is not None else 1 << 30, image["sop_instance_uid"])
+
+
+def _image_order(image: Image) -> tuple[int, str]:
+    return (image.instance_number if image.instance_number is not None else 1 << 30, image.sop_instance_uid)

@@ -1,0 +1,134 @@
+"""Display-ready pixels → model input tensor, with MONAI transforms, configured per model.
+
+Two geometries: ``pad`` (longest side to ``size``, aspect kept, zero-padded to a square; no anatomy is cut)
+and ``crop`` (shortest side to ``size``, centre-cropped to a square, as LLaVA-Rad's preprocessing does).
+Then the grayscale channel is repeated to the encoder's channel count and normalised with its mean/std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    CenterSpatialCrop,
+    Compose,
+    MapTransform,
+    NormalizeIntensity,
+    RepeatChannel,
+    Resize,
+    SpatialPad,
+    Transform,
+)
+
+from radlvlm.errors import InputError
+from radlvlm.imaging.study import Image
+
+ResizeMode = Literal["pad", "crop"]
+
+
+@dataclass(frozen=True)
+class ImageTransformConfig:
+    """How an encoder wants its input.
+
+    Args:
+        size (int, default 518): output height and width in pixels.
+        resize_mode ("pad" | "crop", default "pad"): keep the whole image and pad, or fill and centre-crop.
+        channels (int, default 3): 1 for grayscale encoders, 3 for encoders trained on RGB.
+        mean (tuple[float, ...], default (0.5,)): per-channel mean subtracted from [0, 1] pixels (one value or
+            one per channel).
+        std (tuple[float, ...], default (0.5,)): per-channel divisor after the mean.
+        interpolation (str, default "area"): torch interpolation mode; "area" anti-aliases when shrinking.
+    """
+
+    size: int = 518
+    resize_mode: ResizeMode = "pad"
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    interpolation: str = "area"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise InputError(f"size must be a positive number of pixels, got {self.size}")
+        if self.resize_mode not in ("pad", "crop"):
+            raise InputError(f"resize_mode must be 'pad' or 'crop', got {self.resize_mode!r}")
+        if self.channels not in (1, 3):
+            raise InputError(f"channels must be 1 or 3, got {self.channels}")
+        for label, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise InputError(f"{label} needs 1 or {self.channels} values, got {len(values)}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std values must be positive, got {self.std}")
+        if self.interpolation not in ("area", "bilinear", "bicubic", "nearest", "nearest-exact"):
+            raise InputError(f"unknown interpolation {self.interpolation!r}")
+
+    def per_channel(self, values: tuple[float, ...]) -> list[float]:
+        return list(values) * self.channels if len(values) == 1 else list(values)
+
+
+class ResizeShortestSide(Transform):
+    """Resize a channel-first image so its shortest side equals ``size`` (aspect kept)."""
+
+    def __init__(self, size: int, mode: str = "area") -> None:
+        self.size = size
+        self.mode = mode
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        height, width = int(img.shape[-2]), int(img.shape[-1])
+        scale = self.size / min(height, width)
+        target = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
+        return Resize(spatial_size=target, mode=self.mode)(img)
+
+
+class ToModelInput(Transform):
+    """(rows, columns) or (1, rows, columns) pixels in [0, 1] → (channels, size, size) float32 tensor."""
+
+    def __init__(self, config: ImageTransformConfig | None = None) -> None:
+        self.config = config or ImageTransformConfig()
+        c = self.config
+        geometry: list[Any]
+        if c.resize_mode == "pad":
+            geometry = [
+                Resize(spatial_size=c.size, size_mode="longest", mode=c.interpolation),
+                SpatialPad(spatial_size=(c.size, c.size), mode="constant"),
+            ]
+        else:
+            geometry = [ResizeShortestSide(c.size, c.interpolation), CenterSpatialCrop(roi_size=(c.size, c.size))]
+        channel = [RepeatChannel(repeats=c.channels)] if c.channels > 1 else []
+        normalise = NormalizeIntensity(
+            subtrahend=c.per_channel(c.mean), divisor=c.per_channel(c.std), channel_wise=True
+        )
+        self._pipeline = Compose([*geometry, *channel, normalise])
+
+    def __call__(self, img: torch.Tensor | Image) -> torch.Tensor:
+        pixels = img.pixels if isinstance(img, Image) else img
+        if pixels.ndim == 2:
+            pixels = pixels.unsqueeze(0)
+        if pixels.ndim != 3 or pixels.shape[0] != 1:
+            raise InputError(f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}")
+        out = self._pipeline(pixels.float())
+        return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+
+    def batch(self, images: Sequence[torch.Tensor | Image]) -> torch.Tensor:
+        """Stack several images into (batch, channels, size, size)."""
+        return torch.stack([self(image) for image in images])
+
+
+class ToModelInputd(MapTransform):
+    """Dictionary form of ``ToModelInput`` over ``keys`` (MONAI's dict-in, dict-out convention)."""
+
+    def __init__(
+        self, keys: KeysCollection, config: ImageTransformConfig | None = None, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ToModelInput(config)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = self.transform(out[key])
+        return out

@@ -1,0 +1,1 @@
+"""PHI and clinical guards: DICOM and report de-identification, guardrails, audit trail."""

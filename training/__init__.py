@@ -1,0 +1,1 @@
+"""Making the model: datasets from DICOM + reports, alignment, instruction tuning, DPO, recipes."""
