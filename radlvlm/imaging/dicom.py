@@ -160,13 +160,18 @@ def _decode(ds: Dataset, name: str, index: int | None) -> np.ndarray:
         ) from e
     except RuntimeError as e:
         text = str(e)
-        if "all available plugins" in text or "no plugins" in text.lower() or "not supported" in text:
-            reasons = "; ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
+        reasons = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        if "all available plugins" not in text:
+            raise DecodeError(f"{name}: {syntax_name} pixel data could not be decoded ({text.splitlines()[0]})") from e
+        detail = "; ".join(reasons)
+        # When a decoder states it lacks support for this variant (e.g. 12-bit JPEG Extended), say so;
+        # otherwise every decoder choked on the data itself, which means it is corrupt or truncated.
+        if any(word in reason.lower() for reason in reasons for word in ("does not support", "not supported", "unsupported")):
             raise UnsupportedTransferSyntaxError(
                 f"{name}: no installed decoder could decode this {syntax_name} pixel data "
-                f"({bits}-bit stored){': ' + reasons if reasons else ''}"
+                f"({bits}-bit stored): {detail}"
             ) from e
-        raise DecodeError(f"{name}: {syntax_name} pixel data could not be decoded ({text.splitlines()[0]})") from e
+        raise DecodeError(f"{name}: {syntax_name} pixel data is corrupt or truncated; decoders said: {detail}") from e
     except (ValueError, EOFError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DecodeError(f"{name}: pixel data is truncated or corrupt ({syntax_name}): {first}") from e

@@ -120,8 +120,10 @@ def _display_values(stored: np.ndarray, ds: Dataset, data_range: tuple[float, fl
     if voi_sequence:
         item = voi_sequence[0]
         bits = int(item.LUTDescriptor[2])
-        # pydicom indexes the LUT with the (clipped) input values and returns LUT entries in [0, 2**bits - 1].
-        display = np.asarray(apply_voi(modality, ds, index=0), dtype=np.float64) / float(2**bits - 1)
+        # A VOI LUT is indexed by integer modality values; pydicom clips them to the LUT's input range and
+        # returns entries in [0, 2**bits - 1].
+        indices = np.rint(modality).astype(np.int64)
+        display = np.asarray(apply_voi(indices, ds, index=0), dtype=np.float64) / float(2**bits - 1)
     elif window is not None:
         display = apply_window(modality, window)
     else:

@@ -26,6 +26,8 @@ _VIEW_POSITION = {
 
 _VIEW_CODES: list[tuple[Code, View]] = [
     (codes.SCT.PosteroAnterior, View.PA),
+    # CID 4010 listed postero-anterior as SNOMED RT R-10214; pydicom's RT→CT table maps 272479007 elsewhere.
+    (Code("R-10214", "SRT", "postero-anterior"), View.PA),
     (codes.SCT.AnteroPosterior, View.AP),
     (codes.SCT.LeftLateral, View.LL),
     (codes.SCT.RightLateral, View.LATERAL),
@@ -81,6 +83,8 @@ def _view_from_code_sequence(ds: Dataset) -> View | None:
     for item in ds.get("ViewCodeSequence", None) or []:
         value = str(item.get("CodeValue", "") or "")
         scheme = str(item.get("CodingSchemeDesignator", "") or "")
+        # "SNM3" (SNOMED version 3) is an old designator for the SNOMED RT codes that "SRT" now names.
+        scheme = "SRT" if scheme.upper() == "SNM3" else scheme
         meaning = str(item.get("CodeMeaning", "") or "")
         if value and scheme:
             try:

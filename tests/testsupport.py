@@ -1,0 +1,45 @@
+"""Test helpers: real DICOM from pydicom's bundled data and pydicom-data, and ../shared/data."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pydicom_file(name: str) -> Path:
+    """Path of a pydicom test file (bundled with pydicom, or from the pydicom-data package); skip if absent."""
+    try:
+        found = get_testdata_file(name, download=False)
+    except Exception as e:  # pydicom signals a missing external source in several ways
+        pytest.skip(f"pydicom test file {name} unavailable: {e}")
+    if not found:
+        pytest.skip(f"pydicom test file {name} unavailable (install pydicom-data)")
+    return Path(str(found))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data; skip the test, saying why, when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} absent: ../shared/data (real public data) is not available on this machine")
+    return path
+
+
+def write_dataset(ds: Dataset, path: Path, **kwargs: object) -> Path:
+    ds.save_as(path, enforce_file_format=True, **kwargs)
+    return path
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
