@@ -59,8 +59,17 @@ def progress_bar(description: str, enabled: bool) -> Progress:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # pydicom logs each failed decoder attempt with a traceback; radlvlm reports the failure itself, in one
+    # line, so those records are only shown when asked for. (Import first: pydicom sets its level on import.)
+    import pydicom.config  # noqa: F401
+
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 @app.command()
@@ -70,7 +79,8 @@ def version() -> None:
     import pydicom
     import torch
 
-    typer.echo(f"radlvlm {radlvlm.__version__} (torch {torch.__version__}, pydicom {pydicom.__version__}, monai {monai.__version__})")
+    libraries = f"torch {torch.__version__}, pydicom {pydicom.__version__}, monai {monai.__version__}"
+    typer.echo(f"radlvlm {radlvlm.__version__} ({libraries})")
 
 
 @app.command()
@@ -79,12 +89,15 @@ def inspect(
         Path | None, typer.Argument(help="A DICOM/PNG/JPEG file, a folder (searched recursively) or a .zip.")
     ] = None,
     sample: Annotated[
-        bool, typer.Option("--sample", help=f"Inspect the bundled sample study ({SAMPLE_STUDY}, needs radlvlm[samples]).")
+        bool,
+        typer.Option("--sample", help=f"Inspect the bundled sample study ({SAMPLE_STUDY}, needs radlvlm[samples])."),
     ] = False,
     frame: Annotated[
         int | None, typer.Option(help="For multi-frame images, the frame to read (default: refuse multi-frame).")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the JSON here instead of stdout.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Summarise the studies under PATH as JSON (UIDs, views, modality, geometry; no patient data)."""

@@ -166,10 +166,13 @@ def _decode(ds: Dataset, name: str, index: int | None) -> np.ndarray:
         detail = "; ".join(reasons)
         # When a decoder states it lacks support for this variant (e.g. 12-bit JPEG Extended), say so;
         # otherwise every decoder choked on the data itself, which means it is corrupt or truncated.
-        if any(word in reason.lower() for reason in reasons for word in ("does not support", "not supported", "unsupported")):
+        if any(
+            word in reason.lower()
+            for reason in reasons
+            for word in ("does not support", "not supported", "unsupported")
+        ):
             raise UnsupportedTransferSyntaxError(
-                f"{name}: no installed decoder could decode this {syntax_name} pixel data "
-                f"({bits}-bit stored): {detail}"
+                f"{name}: no installed decoder could decode this {syntax_name} pixel data ({bits}-bit stored): {detail}"
             ) from e
         raise DecodeError(f"{name}: {syntax_name} pixel data is corrupt or truncated; decoders said: {detail}") from e
     except (ValueError, EOFError, OSError) as e:
@@ -193,7 +196,9 @@ def _display(pixels: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
             return rgb_to_display(pixels, int(ds.get("BitsStored", 8) or 8))
         return to_display(pixels, ds)
     except (ValueError, KeyError, AttributeError, IndexError) as e:
-        raise DecodeError(f"{name}: display transform failed for {photometric} pixels of shape {pixels.shape}: {e}") from e
+        raise DecodeError(
+            f"{name}: display transform failed for {photometric} pixels of shape {pixels.shape}: {e}"
+        ) from e
 
 
 def _read_plain_image(data: bytes, name: str) -> Image:

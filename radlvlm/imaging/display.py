@@ -129,9 +129,7 @@ def _display_values(stored: np.ndarray, ds: Dataset, data_range: tuple[float, fl
     else:
         if data_range is None:
             valid = _non_padding(stored, ds)
-            data_range = (
-                (float(modality[valid].min()), float(modality[valid].max())) if valid.any() else (0.0, 1.0)
-            )
+            data_range = (float(modality[valid].min()), float(modality[valid].max())) if valid.any() else (0.0, 1.0)
         low, high = data_range
         display = (modality - low) / (high - low) if high > low else np.zeros_like(modality)
     display = np.clip(display, 0.0, 1.0)

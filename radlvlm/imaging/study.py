@@ -109,7 +109,6 @@ class Series:
     images: list[Image] = field(default_factory=list)
 
 
-
 @dataclass
 class Study:
     """A study: StudyInstanceUID → series → images."""

@@ -109,7 +109,9 @@ class ToModelInput(Transform):
         if pixels.ndim == 2:
             pixels = pixels.unsqueeze(0)
         if pixels.ndim != 3 or pixels.shape[0] != 1:
-            raise InputError(f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}")
+            raise InputError(
+                f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}"
+            )
         out = self._pipeline(pixels.float())
         return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from testsupport import pydicom_file, to_bytes
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -20,6 +19,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from testsupport import pydicom_file, to_bytes
 
 from radlvlm.imaging import read_image_file
 from radlvlm.imaging.dicom import read_dicom_bytes

@@ -53,7 +53,9 @@ def test_windowing_agrees_with_pydicom_up_to_its_output_range(function: str) -> 
 def test_monochrome1_is_the_inverse_of_monochrome2() -> None:
     values = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 3) % 4096
     mono2 = to_display(values, _grayscale(values, WindowCenter=2048, WindowWidth=4096))
-    mono1 = to_display(values, _grayscale(values, WindowCenter=2048, WindowWidth=4096, PhotometricInterpretation="MONOCHROME1"))
+    mono1 = to_display(
+        values, _grayscale(values, WindowCenter=2048, WindowWidth=4096, PhotometricInterpretation="MONOCHROME1")
+    )
     assert np.allclose(mono1, 1.0 - mono2, atol=1e-6)
 
 

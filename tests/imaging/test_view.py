@@ -74,7 +74,13 @@ def test_view_from_description(text: str, view: View | None) -> None:
 
 
 def test_view_position_defined_terms_and_unknown() -> None:
-    for term, view in [("PA", View.PA), ("AP", View.AP), ("LL", View.LL), ("LATERAL", View.LATERAL), ("RL", View.LATERAL)]:
+    for term, view in [
+        ("PA", View.PA),
+        ("AP", View.AP),
+        ("LL", View.LL),
+        ("LATERAL", View.LATERAL),
+        ("RL", View.LATERAL),
+    ]:
         ds = Dataset()
         ds.ViewPosition = term
         assert detect_view(ds) == (view, "ViewPosition")
