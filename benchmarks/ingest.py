@@ -102,7 +102,11 @@ def main() -> None:
     report = {
         "name": "ingest",
         "commit": git_commit(),
-        "device": {"cpu": platform.processor() or platform.machine(), "threads": 1, "python": platform.python_version()},
+        "device": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": 1,
+            "python": platform.python_version(),
+        },
         "config": {"rows": ROWS, "columns": COLUMNS, "bits_stored": 15, "model_input": 518, "resize_mode": "pad"},
         "metrics": {**results, "peak_rss_mb": round(peak_rss_mb, 1)},
         "target": {"uncompressed_images_per_s_per_core": 50},
