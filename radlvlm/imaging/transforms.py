@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 from monai.config import KeysCollection
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     CenterSpatialCrop,
     Compose,
@@ -112,7 +113,13 @@ class ToModelInput(Transform):
             raise InputError(
                 f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}"
             )
-        out = self._pipeline(pixels.float())
+        # MONAI's MetaTensor bookkeeping costs ~1.6 ms per chest image and nothing downstream reads it.
+        tracking = get_track_meta()
+        set_track_meta(False)
+        try:
+            out = self._pipeline(pixels.float())
+        finally:
+            set_track_meta(tracking)
         return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
 
     def batch(self, images: Sequence[torch.Tensor | Image]) -> torch.Tensor:

@@ -6,14 +6,23 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_windowing
 from pydicom.sequence import Sequence
-from testsupport import pydicom_file
+from testsupport import pydicom_file, to_bytes
 
 from radlvlm.imaging import read_image_file
-from radlvlm.imaging.display import Window, apply_window, needs_inversion, to_display, window_from_dataset
+from radlvlm.imaging.dicom import read_dicom_bytes
+from radlvlm.imaging.display import (
+    Window,
+    apply_window,
+    needs_inversion,
+    stored_value_of_word,
+    to_display,
+    window_from_dataset,
+)
 
 
 def _grayscale(values: np.ndarray, **attributes: object) -> Dataset:
@@ -118,13 +127,27 @@ def test_signed_pixels_use_the_lookup_path_correctly() -> None:
     assert np.allclose(to_display(values, ds), expected, atol=1e-6)
 
 
-def test_unused_high_bits_are_masked_to_bits_stored(rg1: Dataset) -> None:
-    reference = rg1.pixel_array.copy()
+def test_unused_high_bits_are_ignored_with_and_without_a_window(rg1: Dataset) -> None:
+    clean = read_dicom_bytes(to_bytes(rg1), name="clean").pixels
     raw = np.frombuffer(rg1.PixelData, dtype="<u2").copy()
-    raw[:1000] |= 0x8000  # garbage in bit 15, above Bits Stored = 15 (e.g. a legacy overlay plane)
+    raw[::7] |= 0x8000  # garbage in bit 15, above Bits Stored = 15 (e.g. a legacy overlay plane)
     dirty = copy.deepcopy(rg1)
     dirty.PixelData = raw.tobytes()
-    assert np.array_equal(dirty.pixel_array, reference)
+    assert np.array_equal(dirty.pixel_array, rg1.pixel_array)  # pydicom's own correction
+    assert torch.equal(read_dicom_bytes(to_bytes(dirty), name="dirty").pixels, clean)  # our lookup-table path
+    for ds in (rg1, dirty):  # without a window the data range must come from corrected values
+        del ds.WindowCenter, ds.WindowWidth
+    assert torch.equal(
+        read_dicom_bytes(to_bytes(dirty), name="dirty").pixels, read_dicom_bytes(to_bytes(rg1), name="c").pixels
+    )
+
+
+def test_signed_words_with_high_garbage_are_sign_extended_from_bits_stored() -> None:
+    values = np.array([[-2048, -1, 0, 2047]], dtype=np.int16)  # 12-bit signed stored values
+    ds = _grayscale(values, PixelRepresentation=1, BitsStored=12, WindowCenter=0, WindowWidth=4096)
+    words = (values.view(np.uint16) & 0x0FFF) | 0xA000  # raw words: 12 bits of data, junk above
+    assert np.array_equal(to_display(words.view(np.int16), ds), to_display(values, ds))
+    assert np.allclose(stored_value_of_word(16, ds)[words.ravel()], values.ravel())
 
 
 def test_window_selection_rules() -> None:

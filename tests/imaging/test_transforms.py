@@ -22,7 +22,7 @@ def test_pad_mode_keeps_aspect_and_pads_with_the_normalised_zero() -> None:
 
 def test_crop_mode_fills_the_square_and_cuts_the_long_side() -> None:
     pixels = torch.zeros(200, 100)
-    pixels[:50] = 1.0  # top quarter bright: cut away by the centre crop
+    pixels[:40] = 1.0  # top fifth bright: cut away by the centre crop
     out = ToModelInput(ImageTransformConfig(size=32, resize_mode="crop", channels=1, mean=(0.0,), std=(1.0,)))(pixels)
     assert out.shape == (1, 32, 32)
     assert float(out.max()) == 0.0
