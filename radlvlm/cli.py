@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import radlvlm
-from radlvlm.errors import RadlvlmError
+from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 
 app = typer.Typer(
     name="radlvlm",
@@ -26,36 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stderr = Console(stderr=True)
-T = TypeVar("T")
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr and return the exit to raise."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def run_guarded(job: Callable[[], T]) -> T:
-    """Run ``job``; radlvlm errors exit 2 with their one-line reason."""
-    try:
-        return job()
-    except RadlvlmError as e:
-        raise fail(str(e)) from None
-
-
-def progress_bar(description: str, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=True,
-        disable=not enabled,
-    )
 
 
 @app.callback()

@@ -41,3 +41,23 @@ class UnsupportedTransferSyntaxError(DecodeError):
 
 class ReportParseError(RadlvlmError, ValueError):
     """A radiology report cannot be split into sections."""
+
+
+class DeidentificationError(RadlvlmError):
+    """De-identification failed or could not be verified; nothing is written for that input (fail closed)."""
+
+
+class GuardrailViolation(RadlvlmError):
+    """An input the model is not for, or an output that must not leave, with the reason."""
+
+
+class AuditIntegrityError(RadlvlmError):
+    """The audit trail's hash chain does not verify: an entry was altered, removed or inserted."""
+
+
+class EvaluationInputError(InputError):
+    """A predictions or references file cannot be scored as given (missing ids, duplicates, empty text …)."""
+
+
+class ModelError(RadlvlmError):
+    """A model, adapter or checkpoint cannot be built, loaded or converted as asked."""
