@@ -29,6 +29,7 @@ from radlvlm.errors import InputError
 from radlvlm.imaging.study import Image
 
 ResizeMode = Literal["pad", "crop"]
+PadFill = Literal["black", "mean"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class ImageTransformConfig:
             one per channel).
         std (tuple[float, ...], default (0.5,)): per-channel divisor after the mean.
         interpolation (str, default "area"): torch interpolation mode; "area" anti-aliases when shrinking.
+        pad_fill ("black" | "mean", default "black"): what ``pad`` fills with: black pixels, or the encoder's mean
+            (LLaVA's ``image_aspect_ratio="pad"``, which is 0 after normalisation).
     """
 
     size: int = 518
@@ -51,6 +54,7 @@ class ImageTransformConfig:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     interpolation: str = "area"
+    pad_fill: PadFill = "black"
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -66,6 +70,8 @@ class ImageTransformConfig:
             raise InputError(f"std values must be positive, got {self.std}")
         if self.interpolation not in ("area", "bilinear", "bicubic", "nearest", "nearest-exact"):
             raise InputError(f"unknown interpolation {self.interpolation!r}")
+        if self.pad_fill not in ("black", "mean"):
+            raise InputError(f"pad_fill must be 'black' or 'mean', got {self.pad_fill!r}")
 
     def per_channel(self, values: tuple[float, ...]) -> list[float]:
         return list(values) * self.channels if len(values) == 1 else list(values)
@@ -91,19 +97,20 @@ class ToModelInput(Transform):
     def __init__(self, config: ImageTransformConfig | None = None) -> None:
         self.config = config or ImageTransformConfig()
         c = self.config
-        geometry: list[Any]
-        if c.resize_mode == "pad":
-            geometry = [
-                Resize(spatial_size=c.size, size_mode="longest", mode=c.interpolation),
-                SpatialPad(spatial_size=(c.size, c.size), mode="constant"),
-            ]
-        else:
-            geometry = [ResizeShortestSide(c.size, c.interpolation), CenterSpatialCrop(roi_size=(c.size, c.size))]
         channel = [RepeatChannel(repeats=c.channels)] if c.channels > 1 else []
         normalise = NormalizeIntensity(
             subtrahend=c.per_channel(c.mean), divisor=c.per_channel(c.std), channel_wise=True
         )
-        self._pipeline = Compose([*geometry, *channel, normalise])
+        steps: list[Any]
+        if c.resize_mode == "crop":
+            steps = [ResizeShortestSide(c.size, c.interpolation), CenterSpatialCrop(roi_size=(c.size, c.size))]
+            steps += [*channel, normalise]
+        else:
+            resize = Resize(spatial_size=c.size, size_mode="longest", mode=c.interpolation)
+            pad = SpatialPad(spatial_size=(c.size, c.size), mode="constant")
+            # Padding after normalisation fills with 0, i.e. the mean; before it, with black.
+            steps = [resize, *channel, normalise, pad] if c.pad_fill == "mean" else [resize, pad, *channel, normalise]
+        self._pipeline = Compose(steps)
 
     def __call__(self, img: torch.Tensor | Image) -> torch.Tensor:
         pixels = img.pixels if isinstance(img, Image) else img

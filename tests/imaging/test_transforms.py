@@ -68,3 +68,11 @@ def test_bad_configs_are_refused(kwargs: dict[str, object]) -> None:
 def test_wrong_input_shape_is_refused() -> None:
     with pytest.raises(InputError, match=r"\(3, 8, 8\)"):
         ToModelInput()(torch.zeros(3, 8, 8))
+
+
+def test_pad_with_the_mean_fills_zero_after_normalisation() -> None:
+    config = ImageTransformConfig(size=8, channels=3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.2, 0.2), pad_fill="mean")
+    out = ToModelInput(config)(torch.ones(8, 4))
+    assert out.shape == (3, 8, 8)
+    assert torch.allclose(out[:, :, :2], torch.zeros(3, 8, 2))
+    assert torch.allclose(out[:, 0, 4], torch.tensor([3.0, 2.5, 2.0]))

@@ -1,0 +1,245 @@
+"""The LLaVA-Rad-style vision-language model: HF Llava with any HF vision encoder and causal LM.
+
+A dense radlvlm model *is* a ``LlavaForConditionalGeneration`` (same config, same state-dict keys), so
+``LlavaForConditionalGeneration.from_pretrained`` and vLLM load what we save as it is. The one addition is
+optional visual-token pooling (``config.visual_token_pool = k``): the encoder's patch grid is average-pooled
+to k x k before the projector, for a faster prefill (LLaVA-Mini / MQT line of work). It adds no weights;
+a pooled model needs this class to run, and ``export_hf_llava`` refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, PretrainedConfig
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from radlvlm.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model", "dinov2", "vit")
+SUPPORTED_TEXT = ("llama", "mistral", "qwen2", "phi", "phi3", "gemma", "gemma2")
+
+
+class PoolingProjector(LlavaMultiModalProjector):
+    """LLaVA-1.5's 2-layer GELU projector preceded by average pooling of the patch grid to ``pool`` x ``pool``.
+
+    Parameter names are the projector's own (``linear_1``, ``linear_2``), so weights move freely between a
+    pooled and an unpooled model.
+    """
+
+    def __init__(self, config: LlavaConfig, pool: int) -> None:
+        super().__init__(config)
+        self.pool = pool
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = image_features.shape
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise ModelError(f"visual-token pooling needs a square patch grid, got {tokens} tokens")
+        grid = image_features.transpose(1, 2).reshape(batch, width, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)
+        return super().forward(pooled)
+
+
+class RadLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+    """``LlavaForConditionalGeneration`` plus optional visual-token pooling (see the module docstring)."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__(config)
+        pool = getattr(config, "visual_token_pool", None)
+        if pool:
+            self.model.multi_modal_projector = PoolingProjector(config, int(pool))
+            self.post_init()
+
+    @property
+    def num_image_tokens(self) -> int:
+        return image_token_count(self.config)
+
+
+def has_cls_token(vision_config: PretrainedConfig) -> bool:
+    """SigLIP emits patch tokens only; CLIP, DINOv2 and ViT put a CLS token first."""
+    return vision_config.model_type != "siglip_vision_model"
+
+
+def patch_grid_side(config: LlavaConfig) -> int:
+    vision = config.vision_config
+    return int(vision.image_size) // int(vision.patch_size)
+
+
+def image_token_count(config: LlavaConfig) -> int:
+    """How many positions one image occupies in the LM's sequence."""
+    pool = getattr(config, "visual_token_pool", None)
+    if pool:
+        return int(pool) ** 2
+    tokens = patch_grid_side(config) ** 2
+    if config.vision_feature_select_strategy == "full" and has_cls_token(config.vision_config):
+        tokens += 1
+    return tokens
+
+
+def build_config(
+    vision_config: PretrainedConfig | dict[str, Any],
+    text_config: PretrainedConfig | dict[str, Any],
+    *,
+    image_token_id: int,
+    vision_feature_layer: int = -2,
+    vision_feature_select_strategy: str | None = None,
+    visual_token_pool: int | None = None,
+    pad_token_id: int | None = None,
+) -> LlavaConfig:
+    """A Llava config from any supported encoder and LM config.
+
+    Args:
+        vision_config: an HF vision config (CLIP/SigLIP vision, DINOv2, ViT) or its dict (with ``model_type``).
+        text_config: an HF causal-LM config (Llama, Mistral, Qwen2, Phi, Gemma) or its dict.
+        image_token_id (int): the id of ``<image>`` in the tokenizer; must be inside the LM's vocabulary.
+        vision_feature_layer (int, default -2): encoder hidden state fed to the projector (LLaVA: second last).
+        vision_feature_select_strategy ("default" | "full" | None): "default" drops the CLS token, "full" keeps
+            every token; None picks "default" for encoders with a CLS token and "full" for SigLIP (none).
+        visual_token_pool (int | None, default None): pool the patch grid to this side length before projecting.
+    """
+    vision = _as_config(vision_config)
+    text = _as_config(text_config)
+    if vision.model_type not in SUPPORTED_VISION:
+        raise ModelError(f"vision encoder {vision.model_type!r} is not supported; use one of {SUPPORTED_VISION}")
+    if text.model_type not in SUPPORTED_TEXT:
+        raise ModelError(f"language model {text.model_type!r} is not supported; use one of {SUPPORTED_TEXT}")
+    if not 0 <= image_token_id < text.vocab_size:
+        raise ModelError(f"image_token_id {image_token_id} is outside the LM vocabulary of {text.vocab_size}")
+    if vision_feature_select_strategy is None:
+        vision_feature_select_strategy = "default" if has_cls_token(vision) else "full"
+    if vision_feature_select_strategy == "default" and not has_cls_token(vision):
+        raise ModelError(f"{vision.model_type} has no CLS token to drop: use vision_feature_select_strategy='full'")
+    if vision_feature_select_strategy not in ("default", "full"):
+        raise ModelError(
+            f"vision_feature_select_strategy must be 'default' or 'full', got {vision_feature_select_strategy!r}"
+        )
+    side = int(vision.image_size) // int(vision.patch_size)
+    if visual_token_pool is not None and not 1 <= visual_token_pool <= side:
+        raise ModelError(f"visual_token_pool must be between 1 and the patch grid side {side}, got {visual_token_pool}")
+    if visual_token_pool is not None and vision_feature_select_strategy == "full" and has_cls_token(vision):
+        raise ModelError("visual_token_pool pools the patch grid and cannot keep the CLS token ('full')")
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+    )
+    config.visual_token_pool = visual_token_pool
+    config.image_seq_length = image_token_count(config)
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+        config.text_config.pad_token_id = pad_token_id
+    return config
+
+
+def build_model(config: LlavaConfig, *, seed: int | None = None) -> RadLlavaForConditionalGeneration:
+    """A randomly initialised model (tests, benchmarks, the start of training from scratch)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = RadLlavaForConditionalGeneration(config)
+    model.eval()
+    return model
+
+
+def save_model(model: LlavaForConditionalGeneration, directory: str | Path) -> Path:
+    """``save_pretrained`` as safetensors; the config keeps the plain Llava architecture name when unpooled."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pooled = bool(getattr(model.config, "visual_token_pool", None))
+    model.config.architectures = ["RadLlavaForConditionalGeneration" if pooled else "LlavaForConditionalGeneration"]
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def load_model(
+    directory: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    allow_missing: bool = False,
+    allow_unexpected: bool = False,
+) -> RadLlavaForConditionalGeneration:
+    """Load a model saved by ``save_model`` (or any HF Llava directory) from local files only.
+
+    Missing or unexpected weights are refused, naming them, unless explicitly allowed: a silently partial
+    load would produce a model that runs and reports nonsense.
+    """
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ModelError(f"{directory}: no config.json; not a saved model directory")
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        raise ModelError(f"{directory}: no weight files (*.safetensors or *.bin)")
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ModelError(f"{directory}: config.json cannot be read ({type(e).__name__}: {e})") from e
+    if config.model_type != "llava":
+        raise ModelError(f"{directory}: model_type is {config.model_type!r}, expected 'llava' (use `radlvlm convert`)")
+    try:
+        model, info = RadLlavaForConditionalGeneration.from_pretrained(
+            directory, config=config, local_files_only=True, dtype=dtype, output_loading_info=True
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ModelError(f"{directory}: weights do not match the config ({type(e).__name__}: {_first_line(e)})") from e
+    check_loading_info(info, directory, allow_missing=allow_missing, allow_unexpected=allow_unexpected)
+    model.eval()
+    return model
+
+
+def check_loading_info(
+    info: dict[str, Any], where: str | Path, *, allow_missing: bool = False, allow_unexpected: bool = False
+) -> None:
+    """Raise on missing, unexpected or shape-mismatched weights, naming the first few."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} weight(s) with the wrong shape, e.g. {_preview(mismatched)}")
+    if missing and not allow_missing:
+        problems.append(f"{len(missing)} missing weight(s), e.g. {_preview(missing)}")
+    if unexpected and not allow_unexpected:
+        problems.append(f"{len(unexpected)} unexpected weight(s), e.g. {_preview(unexpected)}")
+    if problems:
+        raise ModelError(f"{where}: refusing a partial load: " + "; ".join(problems))
+    if missing or unexpected:
+        logger.warning(
+            "%s: loaded with %d missing and %d unexpected weights (allowed)", where, len(missing), len(unexpected)
+        )
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def _as_config(config: PretrainedConfig | dict[str, Any]) -> PretrainedConfig:
+    if isinstance(config, PretrainedConfig):
+        return config
+    values = dict(config)
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        raise ModelError("a config given as a dict needs its 'model_type'")
+    return AutoConfig.for_model(model_type, **values)
+
+
+def _preview(keys: list[Any], n: int = 3) -> str:
+    shown = ", ".join(str(k) for k in keys[:n])
+    return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

@@ -1,0 +1,65 @@
+"""Tokenizers: train a byte-level BPE on report text, with radlvlm's special tokens and chat template.
+
+Hospitals bring a tokenizer with their LM (Vicuna's for LLaVA-Rad); the small embedded model and the tests
+use one trained here with the ``tokenizers`` library, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from radlvlm.errors import ModelError
+
+PAD, BOS, EOS, IMAGE, UNK = "<pad>", "<s>", "</s>", "<image>", "<unk>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IMAGE, UNK]  # ids 0..4, in this order
+
+# Vicuna v1 conversation format, as LLaVA-1.5 and LLaVA-Rad were trained with ("SYSTEM USER: … ASSISTANT: …</s>").
+VICUNA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: {{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``; special tokens take ids 0-4 (pad, bos, eos, image, unk)."""
+    if vocab_size < len(SPECIAL_TOKENS) + 256:
+        raise ModelError(f"vocab_size must be at least {len(SPECIAL_TOKENS) + 256} for a byte-level BPE")
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    materialised = [text for text in texts if text]
+    if not materialised:
+        raise ModelError("cannot train a tokenizer on no text")
+    tokenizer.train_from_iterator(materialised, trainer=trainer)
+    return wrap_tokenizer(tokenizer)
+
+
+def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[IMAGE],
+        padding_side="left",
+    )
+    fast.chat_template = VICUNA_CHAT_TEMPLATE
+    return fast
