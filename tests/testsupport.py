@@ -41,3 +41,14 @@ def to_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# A few report sentences to train tiny tokenizers on (model tests).
+REPORT_CORPUS = [
+    "The lungs are clear. There is no pleural effusion or pneumothorax.",
+    "Heart size is normal. The mediastinal contours are unremarkable.",
+    "Mild cardiomegaly. Small left pleural effusion with basilar atelectasis.",
+    "No acute cardiopulmonary abnormality. No focal consolidation.",
+    "Right upper lobe opacity concerning for pneumonia.",
+    "Degenerative changes of the thoracic spine.",
+]

@@ -158,8 +158,10 @@ def save_model(model: LlavaForConditionalGeneration, directory: str | Path) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     pooled = bool(getattr(model.config, "visual_token_pool", None))
-    model.config.architectures = ["RadLlavaForConditionalGeneration" if pooled else "LlavaForConditionalGeneration"]
     model.save_pretrained(directory, safe_serialization=True)
+    # save_pretrained records the Python class; an unpooled model is plain Llava to every other loader.
+    model.config.architectures = ["RadLlavaForConditionalGeneration" if pooled else "LlavaForConditionalGeneration"]
+    model.config.save_pretrained(directory)
     return directory
 
 

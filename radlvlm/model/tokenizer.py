@@ -29,8 +29,14 @@ VICUNA_CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts``; special tokens take ids 0-4 (pad, bos, eos, image, unk)."""
+def train_tokenizer(
+    texts: Iterable[str], *, vocab_size: int = 4096, min_frequency: int = 2, image_token: bool = True
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``; special tokens take ids 0-4 (pad, bos, eos, image, unk).
+
+    ``image_token=False`` leaves ``<image>`` out (an LM-only tokenizer, as LLaVA's bases have).
+    """
+    specials = SPECIAL_TOKENS if image_token else [t for t in SPECIAL_TOKENS if t != IMAGE]
     if vocab_size < len(SPECIAL_TOKENS) + 256:
         raise ModelError(f"vocab_size must be at least {len(SPECIAL_TOKENS) + 256} for a byte-level BPE")
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
@@ -40,7 +46,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequen
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -48,17 +54,17 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 4096, min_frequen
     if not materialised:
         raise ModelError("cannot train a tokenizer on no text")
     tokenizer.train_from_iterator(materialised, trainer=trainer)
-    return wrap_tokenizer(tokenizer)
+    return wrap_tokenizer(tokenizer, image_token=image_token)
 
 
-def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer: Tokenizer, *, image_token: bool = True) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
         unk_token=UNK,
-        additional_special_tokens=[IMAGE],
+        additional_special_tokens=[IMAGE] if image_token else [],
         padding_side="left",
     )
     fast.chat_template = VICUNA_CHAT_TEMPLATE
