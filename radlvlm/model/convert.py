@@ -386,7 +386,8 @@ def convert_llava_rad(
     vision_config, vision_state = timm_vit_to_dinov2(open_clip_trunk(read_state_dict(vision_checkpoint)))
     if vision_config.hidden_size != llava_config.get("mm_hidden_size", vision_config.hidden_size):
         raise ModelError(
-            f"vision trunk width {vision_config.hidden_size} differs from mm_hidden_size {llava_config['mm_hidden_size']}"
+            f"vision trunk width {vision_config.hidden_size} differs from mm_hidden_size "
+            f"{llava_config['mm_hidden_size']}"
         )
     return _assemble(
         vision_config=vision_config,

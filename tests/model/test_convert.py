@@ -212,7 +212,7 @@ def test_llava_rad_refuses_a_base_that_does_not_match(tmp_path: Path, llava_rad_
 
 
 def test_missing_source_tensor_is_named(tmp_path: Path, llava_rad_checkpoint) -> None:  # type: ignore[no-untyped-def]
-    model_dir, base_dir, vision_checkpoint, trunk, _ = llava_rad_checkpoint
+    model_dir, base_dir, _, trunk, _ = llava_rad_checkpoint
     damaged = {f"visual.trunk.{k}": v for k, v in trunk.items() if k != "blocks.1.mlp.fc2.weight"}
     torch.save(damaged, tmp_path / "damaged.pt")
     with pytest.raises(ModelError, match=r"encoder\.layer\.1\.mlp\.fc2\.weight"):
