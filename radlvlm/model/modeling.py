@@ -190,7 +190,12 @@ def load_model(
         raise ModelError(f"{directory}: model_type is {config.model_type!r}, expected 'llava' (use `radlvlm convert`)")
     try:
         model, info = RadLlavaForConditionalGeneration.from_pretrained(
-            directory, config=config, local_files_only=True, dtype=dtype, output_loading_info=True
+            directory,
+            config=config,
+            local_files_only=True,
+            dtype=dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported (and refused) below, naming the tensors
         )
     except (OSError, RuntimeError, ValueError) as e:
         raise ModelError(f"{directory}: weights do not match the config ({type(e).__name__}: {_first_line(e)})") from e

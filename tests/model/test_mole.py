@@ -1,0 +1,174 @@
+"""MoLE: top-1 routing, sparse gradients, constant compute in the number of experts, balance, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from radlvlm.errors import ModelError
+from radlvlm.model import MoLEConfig, build_config, build_model, inject_mole, load_mole_adapter
+from radlvlm.model.mole import MoLELinear
+from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
+
+IDS = torch.tensor([[1, 3, 3, 3, 3, 10, 11, 12, 13, 14, 15, 16]])
+
+
+def _model(seed: int = 0):  # type: ignore[no-untyped-def]
+    config = build_config(tiny_vision_config("dinov2"), tiny_text_config("llama"), image_token_id=3)
+    return build_model(config, seed=seed)
+
+
+def _randomise_experts(adapter) -> None:  # type: ignore[no-untyped-def]
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            if parameter.dim() == 3 and parameter.shape[-1] != parameter.shape[-2]:
+                parameter.normal_(std=0.3)
+
+
+def test_fresh_adapter_changes_nothing_and_base_is_frozen() -> None:
+    model = _model()
+    pixels = torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        before = model(input_ids=IDS, pixel_values=pixels).logits
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+    with torch.no_grad():
+        after = model(input_ids=IDS, pixel_values=pixels).logits
+    assert torch.allclose(before, after)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n or "router" in n) for n in trainable)
+    assert len(adapter.routers) == 2  # one per decoder layer
+
+
+def test_each_token_goes_to_exactly_one_expert() -> None:
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+    with torch.no_grad(), adapter.routing_statistics("draft"):
+        model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
+    for name, router in adapter.routers.items():
+        assert router.expert_index.shape == (IDS.numel(),)
+        assert int(router.expert_index.min()) >= 0 and int(router.expert_index.max()) < 4
+        assert sum(adapter.statistics()["draft"][name]) == IDS.numel()
+
+
+def test_gradient_reaches_the_router_and_the_chosen_experts_only() -> None:
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=6, r=4))
+    _randomise_experts(adapter)
+    out = model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
+    out.logits.sum().backward()
+    for name, router in adapter.routers.items():
+        assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+        chosen = set(router.expert_index.tolist())
+        mlp = model.get_submodule(name)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            layer: MoLELinear = getattr(mlp, proj)
+            for expert in range(6):
+                touched = bool(layer.lora_A.grad[expert].abs().sum() > 0)
+                assert touched == (expert in chosen), (name, proj, expert)
+    assert all(p.grad is None for n, p in model.named_parameters() if "base_layer" in n)
+
+
+def _flops(num_experts: int) -> int:
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=num_experts, r=4))
+    _randomise_experts(adapter)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
+    return counter.get_total_flops()
+
+
+def test_compute_is_constant_in_the_number_of_experts() -> None:
+    two, eight = _flops(2), _flops(8)
+    # Only the router's output width grows: 2 layers x 12 tokens x 64 hidden x 2 FLOPs per extra expert.
+    router_growth = 2 * IDS.numel() * 64 * 2 * (8 - 2)
+    assert eight - two == router_growth
+    dense_experts = 2 * 3 * IDS.numel() * 2 * 4 * (64 + 128) * (8 - 1)  # what running every expert would add
+    assert eight - two < dense_experts / 10
+
+
+def test_balance_loss_decreases_under_training() -> None:
+    torch.manual_seed(0)
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+    with torch.no_grad():  # a sharp random router: tokens crowd onto a few experts
+        for router in adapter.routers.values():
+            router.weight.mul_(20)
+    optimiser = torch.optim.Adam(list(adapter.parameters()), lr=0.05)
+    ids = torch.randint(5, 128, (4, 16))
+    losses = []
+    for _ in range(40):
+        model(input_ids=ids)
+        loss = adapter.balance_loss()
+        losses.append(float(loss.detach()))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    # 1.0 is perfectly uniform routing; a random router starts above it.
+    assert losses[0] > 1.05
+    assert sum(losses[-5:]) / 5 < 1.01 < losses[0]
+    for router in adapter.routers.values():  # and the routing itself is now even
+        counts = router.expert_index.bincount(minlength=4)
+        assert int(counts.max()) <= 1.5 * int(counts.min())
+
+
+def test_adapter_saves_alone_and_loads_on_its_base(tmp_path: Path) -> None:
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=3, r=2))
+    _randomise_experts(adapter)
+    pixels = torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        expected = model(input_ids=IDS, pixel_values=pixels).logits
+    adapter.save(tmp_path / "adapter")
+    files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert files == ["mole_adapter.safetensors", "mole_config.json"]
+    assert (tmp_path / "adapter" / "mole_adapter.safetensors").stat().st_size < 100_000  # no base weights
+
+    fresh = _model()
+    load_mole_adapter(fresh, tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(fresh(input_ids=IDS, pixel_values=pixels).logits, expected)
+
+    other = build_model(
+        build_config(tiny_vision_config("dinov2"), tiny_text_config("llama", hidden_size=32), image_token_id=3)
+    )
+    with pytest.raises(ModelError, match="was made for base"):
+        load_mole_adapter(other, tmp_path / "adapter")
+    with pytest.raises(ModelError, match="cannot be merged"):
+        adapter.merge()
+
+
+def test_remove_restores_the_base_model() -> None:
+    model = _model()
+    pixels = torch.rand(1, 3, 28, 28)
+    with torch.no_grad():
+        before = model(input_ids=IDS, pixel_values=pixels).logits
+    adapter = inject_mole(model, MoLEConfig(num_experts=2, r=2))
+    _randomise_experts(adapter)
+    adapter.remove()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=IDS, pixel_values=pixels).logits, before)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"num_experts": 0}, {"r": 0}, {"alpha": 0}, {"dropout": 1.0}, {"target_modules": ()}, {"balance_loss_weight": -1}],
+)
+def test_bad_configs(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ModelError):
+        MoLEConfig(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="unknown MoLE config key"):
+        MoLEConfig.from_dict({"num_experts": 2, "experts_per_token": 2})
+
+
+def test_peft_lora_baseline_targets_only_the_language_model() -> None:
+    from radlvlm.model.lora import apply_lora
+
+    lora = apply_lora(_model(), r=4, alpha=8)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert {n.split(".")[-4] for n in trainable} == {"gate_proj", "up_proj", "down_proj"}
