@@ -15,6 +15,7 @@ import typer
 
 import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
+from radlvlm.model.cli import convert_app
 
 app = typer.Typer(
     name="radlvlm",
@@ -23,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(convert_app, name="convert")
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
 

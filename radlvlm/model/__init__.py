@@ -1,36 +1,47 @@
-"""The sparse LVLM: vision encoder + projector + causal LM (HF Llava), MoLE adapters, processor, conversions."""
+"""The sparse LVLM: vision encoder + projector + causal LM (HF Llava), MoLE adapters, processor, conversions.
 
-from radlvlm.model.generation import Generation, GenerationBatch, GenerationSettings, generate
-from radlvlm.model.modeling import (
-    RadLlavaForConditionalGeneration,
-    build_config,
-    build_model,
-    image_token_count,
-    load_model,
-    parameter_counts,
-    save_model,
-)
-from radlvlm.model.mole import MoLEAdapter, MoLEConfig, inject_mole, load_mole_adapter, mole_adapter_of
-from radlvlm.model.processor import RadProcessor
-from radlvlm.model.tokenizer import train_tokenizer
+Names are imported on first use (PEP 562), so ``radlvlm --help`` does not pay for importing transformers.
+"""
 
-__all__ = [
-    "Generation",
-    "GenerationBatch",
-    "GenerationSettings",
-    "MoLEAdapter",
-    "MoLEConfig",
-    "RadLlavaForConditionalGeneration",
-    "RadProcessor",
-    "build_config",
-    "build_model",
-    "generate",
-    "image_token_count",
-    "inject_mole",
-    "load_model",
-    "load_mole_adapter",
-    "mole_adapter_of",
-    "parameter_counts",
-    "save_model",
-    "train_tokenizer",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Generation": "radlvlm.model.generation",
+    "GenerationBatch": "radlvlm.model.generation",
+    "GenerationSettings": "radlvlm.model.generation",
+    "generate": "radlvlm.model.generation",
+    "RadLlavaForConditionalGeneration": "radlvlm.model.modeling",
+    "build_config": "radlvlm.model.modeling",
+    "build_model": "radlvlm.model.modeling",
+    "image_token_count": "radlvlm.model.modeling",
+    "load_model": "radlvlm.model.modeling",
+    "parameter_counts": "radlvlm.model.modeling",
+    "save_model": "radlvlm.model.modeling",
+    "MoLEAdapter": "radlvlm.model.mole",
+    "MoLEConfig": "radlvlm.model.mole",
+    "inject_mole": "radlvlm.model.mole",
+    "load_mole_adapter": "radlvlm.model.mole",
+    "mole_adapter_of": "radlvlm.model.mole",
+    "RadProcessor": "radlvlm.model.processor",
+    "load_pretrained": "radlvlm.model.pretrained",
+    "save_pretrained": "radlvlm.model.pretrained",
+    "train_tokenizer": "radlvlm.model.tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'radlvlm.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
