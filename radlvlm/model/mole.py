@@ -103,8 +103,13 @@ class MoLERouter(nn.Module):
         self.num_experts = num_experts
         self.expert_index: torch.Tensor | None = None
         self.gate: torch.Tensor | None = None
+        # Dispatch plan shared by every projection of this MLP (computed once per forward):
+        self.order: torch.Tensor | None = None  # token positions sorted by expert
+        self.inverse: torch.Tensor | None = None  # where each token sits in that order
+        self.counts: list[int] = []  # tokens per expert
+        self.sorted_gate: torch.Tensor | None = None  # router probability of the chosen expert, in that order
         self.balance_loss: torch.Tensor | None = None
-        self.counts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(num_experts, dtype=torch.long))
+        self.usage: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(num_experts, dtype=torch.long))
         self.task = "unlabelled"
         self.track = False
 
@@ -114,12 +119,17 @@ class MoLERouter(nn.Module):
         probs = logits.softmax(dim=-1)
         gate, index = probs.max(dim=-1)
         self.expert_index, self.gate = index, gate
+        self.order = torch.argsort(index, stable=True)
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
+        self.counts = torch.bincount(index, minlength=self.num_experts).tolist()
+        self.sorted_gate = gate.index_select(0, self.order)
         # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
         # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
         fraction = torch.bincount(index, minlength=self.num_experts).float() / max(index.numel(), 1)
         self.balance_loss = self.num_experts * torch.sum(fraction * probs.mean(dim=0))
         if self.track:
-            self.counts[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
+            self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
 
     def forward_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.route(args[0])
@@ -156,29 +166,25 @@ class MoLELinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         router: MoLERouter = self._router  # type: ignore[assignment]
-        index, gate = router.expert_index, router.gate
         flat = x.reshape(-1, x.shape[-1])
-        if index is None or gate is None or index.numel() != flat.shape[0]:
+        order, inverse, gate = router.order, router.inverse, router.sorted_gate
+        if order is None or inverse is None or gate is None or order.numel() != flat.shape[0]:
             raise ModelError(
-                f"MoLE routing covers {0 if index is None else index.numel()} tokens but the layer got "
+                f"MoLE routing covers {0 if order is None else order.numel()} tokens but the layer got "
                 f"{flat.shape[0]}: the router hook did not run on this MLP's input"
             )
         if flat.shape[0] == 0:
             return out
-        # Dispatch: group tokens by expert, run each expert on its own tokens only, scatter back.
-        order = torch.argsort(index, stable=True)
-        counts = torch.bincount(index, minlength=self.lora_A.shape[0]).tolist()
-        grouped = self.dropout(flat[order]).split(counts)
+        # Dispatch: tokens grouped by expert (one gather), each expert runs on its own tokens only.
+        grouped = self.dropout(flat.index_select(0, order)).split(router.counts)
         pieces = []
         for expert, tokens in enumerate(grouped):
             if tokens.shape[0]:
                 a = self.lora_A[expert].to(tokens.dtype)
                 b = self.lora_B[expert].to(tokens.dtype)
                 pieces.append((tokens @ a.t()) @ b.t())
-        update = torch.cat(pieces) * (gate[order].to(flat.dtype) * self.scaling).unsqueeze(-1)
-        delta = torch.empty(flat.shape[0], self.out_features, dtype=out.dtype, device=out.device)
-        delta[order] = update.to(out.dtype)
-        return out + delta.view(*out.shape)
+        update = torch.cat(pieces) * (gate.to(flat.dtype) * self.scaling).unsqueeze(-1)
+        return out + update.index_select(0, inverse).to(out.dtype).view(*out.shape)
 
 
 @dataclass
@@ -244,13 +250,13 @@ class MoLEAdapter:
         """Tokens per expert: ``{task: {layer: [count per expert]}}``."""
         out: dict[str, dict[str, list[int]]] = defaultdict(dict)
         for name, item in self._injected.items():
-            for task, counts in item.router.counts.items():
+            for task, counts in item.router.usage.items():
                 out[task][name] = counts.tolist()
         return dict(out)
 
     def reset_statistics(self) -> None:
         for item in self._injected.values():
-            item.router.counts.clear()
+            item.router.usage.clear()
 
     def save(self, directory: str | Path) -> Path:
         """Write ``mole_config.json`` and ``mole_adapter.safetensors`` (adapter weights only)."""
