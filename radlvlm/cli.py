@@ -15,6 +15,7 @@ import typer
 
 import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
+from radlvlm.clinical_eval.cli import eval_app
 from radlvlm.model.cli import convert_app
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 
 app.add_typer(convert_app, name="convert")
+app.add_typer(eval_app, name="eval")
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
 

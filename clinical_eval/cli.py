@@ -1,0 +1,366 @@
+"""``radlvlm eval``: build error-check sets, produce baselines, run validation studies, reader studies.
+
+Wired into the main app with ``app.add_typer(eval_app, name="eval")``. Every radlvlm error ends as one line on
+stderr with exit code 2; counts in/scored/dropped are always printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from radlvlm.cli_support import fail, run_guarded, stderr
+from radlvlm.errors import EvaluationInputError
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Clinical evaluation: error-check sets, baselines, validation studies, reader studies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({k: v for k, v in row.items() if k != "_row"}, ensure_ascii=False) + "\n")
+
+
+def _parse_fractions(text: str | None) -> dict[str, float] | None:
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise fail(f"--split-fractions: expected name=fraction pairs, got {part!r}") from None
+    return out
+
+
+@eval_app.command("make-errorcheck")
+def make_errorcheck(
+    reports: Annotated[list[Path], typer.Argument(help="Report files (JSONL/Parquet; IU-Xray manifest layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL of error-check rows.")],
+    seed: Annotated[int, typer.Option(help="Seed for assignment and injection.")] = 0,
+    error_fraction: Annotated[float, typer.Option(help="Share of each split that carries an error.")] = 0.5,
+    split_fractions: Annotated[
+        str | None,
+        typer.Option(
+            help="Assign splits by uid hash instead of the rows' 'split', e.g. train=0.8,validation=0.1,test=0.1"
+        ),
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Error category to inject (repeatable; default all).")
+    ] = None,
+) -> None:
+    """Build a balanced, seeded error-check set: each study once, clean or with one injected error."""
+    from radlvlm.clinical_eval.predictions import load_rows
+
+    from radlvlm.tasks.errorcheck import build_errorcheck_set
+
+    def job() -> dict[str, Any]:
+        rows = [r for path in reports for r in load_rows(path)]
+        built, summary = build_errorcheck_set(
+            rows,
+            seed=seed,
+            error_fraction=error_fraction,
+            split_fractions=_parse_fractions(split_fractions),
+            categories=category,
+        )
+        _write_jsonl(out, built)
+        return summary
+
+    summary = run_guarded(job)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@eval_app.command()
+def baselines(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the baselines' predictions files.")],
+    train: Annotated[
+        Path | None, typer.Option(help="Training reports (report task): the pool to retrieve from.")
+    ] = None,
+    target: Annotated[Path | None, typer.Option(help="Reports to predict (report task), e.g. the test split.")] = None,
+    errorcheck: Annotated[
+        Path | None, typer.Option(help="An error-check set (from make-errorcheck) for the error-check baselines.")
+    ] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(help="An .npz with 'ids' and 'embeddings' (one image embedding per study): adds image retrieval."),
+    ] = None,
+    train_split: Annotated[str, typer.Option(help="Error-check split the majority class is taken from.")] = "train",
+    target_split: Annotated[str, typer.Option(help="Error-check split to predict.")] = "test",
+) -> None:
+    """Write baseline predictions: most-common-normal and nearest-neighbour (indication TF-IDF) reports; for an
+    error-check set, majority class and the findings-vs-impression consistency checker."""
+    from radlvlm.clinical_eval import baselines as b
+    from radlvlm.clinical_eval.predictions import load_rows
+
+    if (train is None) != (target is None):
+        raise fail("give both --train and --target for the report baselines")
+    if embeddings is not None and train is None:
+        raise fail("--embeddings needs --train and --target")
+    if train is None and errorcheck is None:
+        raise fail("nothing to do: give --train/--target and/or --errorcheck")
+
+    def job() -> dict[str, Any]:
+        written: dict[str, Any] = {}
+        if train is not None and target is not None:
+            train_rows, target_rows = load_rows(train), load_rows(target)
+            path = out / "most_common_normal.jsonl"
+            _write_jsonl(path, b.most_common_normal_predictions(train_rows, target_rows))
+            written[str(path)] = {"rows": len(target_rows)}
+            rows, counts = b.nearest_neighbour_by_indication(train_rows, target_rows)
+            path = out / "nearest_neighbour_indication.jsonl"
+            _write_jsonl(path, rows)
+            written[str(path)] = {"rows": len(rows), **counts}
+            if embeddings is not None:
+                ids, vectors = _load_embeddings(embeddings)
+                path = out / "nearest_neighbour_image.jsonl"
+                _write_jsonl(path, b.nearest_neighbour_image_predictions(train_rows, target_rows, ids, vectors))
+                written[str(path)] = {"rows": len(target_rows)}
+        if errorcheck is not None:
+            rows = load_rows(errorcheck)
+            fit = [r for r in rows if r.get("split") == train_split]
+            goal = [r for r in rows if r.get("split") == target_split]
+            if not goal:
+                raise EvaluationInputError(f"{errorcheck.name}: no row in split {target_split!r}")
+            references = out / f"errorcheck_references_{target_split}.jsonl"
+            _write_jsonl(references, goal)
+            written[str(references)] = {"rows": len(goal)}
+            for name, produced in (
+                ("errorcheck_majority_class.jsonl", b.majority_class_predictions(fit, goal)),
+                ("errorcheck_consistency_checker.jsonl", b.consistency_predictions(goal)),
+            ):
+                _write_jsonl(out / name, produced)
+                written[str(out / name)] = {"rows": len(produced)}
+        return written
+
+    typer.echo(json.dumps(run_guarded(job), indent=2))
+
+
+def _load_embeddings(path: Path) -> tuple[list[str], Any]:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return [str(i) for i in data["ids"]], data["embeddings"]
+    except (OSError, KeyError, ValueError) as e:
+        raise EvaluationInputError(f"{path}: expected an .npz with arrays 'ids' and 'embeddings'") from e
+
+
+@eval_app.command()
+def run(
+    predictions: Annotated[Path, typer.Option("--predictions", "-p", help="Predictions file (JSONL/Parquet).")],
+    references: Annotated[Path, typer.Option("--references", "-r", help="References file (JSONL/Parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json, per_study.jsonl, report.html.")],
+    task: Annotated[
+        str | None, typer.Option(help="report or errorcheck (default: detected from the references).")
+    ] = None,
+    compare: Annotated[
+        Path | None, typer.Option(help="A second predictions file, compared pairwise on the same studies.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for the report stamp.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name for the report stamp.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Drop (and count) ids on one side only and empty references instead of failing.")
+    ] = False,
+    split: Annotated[
+        str | None, typer.Option(help="Score only reference rows of this split (their 'split' field).")
+    ] = None,
+    structured_judge: Annotated[bool, typer.Option(help="Score with the offline structured judge.")] = True,
+    llm_judge_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL (e.g. http://host:8000/v1) for the LLM judge.")
+    ] = None,
+    llm_judge_model: Annotated[str | None, typer.Option(help="Model name served at --llm-judge-url.")] = None,
+    llm_judge_cache: Annotated[Path | None, typer.Option(help="Cache folder for LLM judge answers.")] = None,
+    llm_judge_api_key_env: Annotated[
+        str, typer.Option(help="Environment variable holding the endpoint's API key, if it needs one.")
+    ] = "RADLVLM_JUDGE_API_KEY",
+    llm_judge_attempts: Annotated[int, typer.Option(help="Tries per pair before the LLM judge gives up.")] = 3,
+    llm_judge_timeout: Annotated[float, typer.Option(help="Seconds per LLM judge request.")] = 60.0,
+    bertscore_encoder: Annotated[
+        Path | None, typer.Option(help="Local Hugging Face encoder folder: adds BERTScore (report task).")
+    ] = None,
+    bertscore_layer: Annotated[int | None, typer.Option(help="Encoder layer for BERTScore (default last).")] = None,
+) -> None:
+    """Run a validation study: metrics with bootstrap CIs to metrics.json and a self-contained report.html."""
+    from radlvlm.clinical_eval.judges import Judge, LLMJudge, StructuredJudge
+    from radlvlm.clinical_eval.runner import run_validation_study
+
+    if (llm_judge_url is None) != (llm_judge_model is None):
+        raise fail("give both --llm-judge-url and --llm-judge-model for the LLM judge")
+
+    def job() -> dict[str, Any]:
+        judges: list[Judge] = [StructuredJudge()] if structured_judge else []
+        if llm_judge_url is not None and llm_judge_model is not None:
+            judges.append(
+                LLMJudge(
+                    llm_judge_url,
+                    llm_judge_model,
+                    api_key=os.environ.get(llm_judge_api_key_env),
+                    cache_dir=llm_judge_cache,
+                    max_attempts=llm_judge_attempts,
+                    timeout=llm_judge_timeout,
+                )
+            )
+        return run_validation_study(
+            predictions,
+            references,
+            out,
+            task=task,
+            judges=judges,
+            compare=compare,
+            model=model,
+            dataset=dataset,
+            n_boot=n_boot,
+            seed=seed,
+            allow_missing=allow_missing,
+            bertscore_encoder=bertscore_encoder,
+            bertscore_layer=bertscore_layer,
+            split=split,
+        )
+
+    result = run_guarded(job)
+    c = result["counts"]
+    stderr.print(
+        f"predictions in: {c['predictions_in']}, references in: {c['references_in']}, scored: {c['scored']}, "
+        f"dropped: {c['dropped']}",
+        highlight=False,
+    )
+    typer.echo(json.dumps(_headline(result), indent=2))
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a reader wants first (each with its CI); the rest is in metrics.json."""
+    m = result["metrics"]
+    head: dict[str, Any] = {"task": result["task"], "model": result["stamp"]["model"], "counts": result["counts"]}
+    if result["task"] == "report":
+        head["bleu_4"] = m["nlg"]["bleu_4"]
+        head["rouge_l"] = m["nlg"]["rouge_l"]
+        if "bertscore" in m:
+            head["bertscore_f1"] = m["bertscore"]["f1"]
+        head["chexpert14_micro_f1"] = m["clinical"]["chexpert14_positive"]["micro_f1"]
+        head["chexpert5_micro_f1"] = m["clinical"]["chexpert5_positive"]["micro_f1"]
+        for name, j in m["judges"].items():
+            head[f"significant_errors_per_report:{name}"] = j["significant_errors_per_report"]
+    else:
+        head.update({k: m["simple"][k] for k in ("accuracy", "f1", "auroc") if k in m["simple"]})
+        if "complex" in m:
+            head["complex_macro_f1"] = m["complex"]["macro_f1"]
+    if "comparison" in result:
+        head["comparison"] = result["comparison"]["paired"]
+    return head
+
+
+@eval_app.command("reader-packets")
+def reader_packets(
+    references: Annotated[Path, typer.Option("--references", "-r", help="References file.")],
+    system: Annotated[
+        list[str], typer.Option("--system", help="NAME=PREDICTIONS_FILE for each system to grade (repeatable).")
+    ],
+    reader: Annotated[list[str], typer.Option("--reader", help="Reader name (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for packets, grade sheets and the key.")],
+    n_studies: Annotated[int | None, typer.Option(help="Studies to sample (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling, case codes and order.")] = 0,
+) -> None:
+    """Write blinded, randomized reader packets (HTML + CSV grade sheet per reader) and the coordinator key."""
+    from radlvlm.clinical_eval.predictions import load_rows
+    from radlvlm.clinical_eval.reader import make_reader_packets
+
+    pairs = {}
+    for spec in system:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise fail(f"--system expects NAME=PREDICTIONS_FILE, got {spec!r}")
+        pairs[name] = Path(path)
+
+    def job() -> dict[str, Any]:
+        systems = {name: load_rows(path) for name, path in pairs.items()}
+        return make_reader_packets(load_rows(references), systems, reader, out, n_studies=n_studies, seed=seed)
+
+    typer.echo(json.dumps(run_guarded(job), indent=2))
+
+
+@eval_app.command("reader-import")
+def reader_import(
+    packets: Annotated[Path, typer.Option("--packets", help="The folder reader-packets wrote.")],
+    grades: Annotated[list[Path], typer.Argument(help="Filled-in grades_<reader>.csv files.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the agreement JSON here.")] = None,
+    structured_judge: Annotated[bool, typer.Option(help="Compare the structured judge with the readers.")] = True,
+) -> None:
+    """Import readers' grades; print inter-reader (Cohen, Fleiss kappa) and judge-reader (Kendall tau) agreement."""
+    from radlvlm.clinical_eval.judges import StructuredJudge
+    from radlvlm.clinical_eval.reader import import_grades, reader_agreement
+
+    def job() -> dict[str, Any]:
+        loaded = import_grades(packets, grades)
+        return reader_agreement(packets, loaded, [StructuredJudge()] if structured_judge else [])
+
+    result = run_guarded(job)
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.write_text(text + "\n")
+    typer.echo(text)
+
+
+@eval_app.command("iu-agreement")
+def iu_agreement(
+    reports: Annotated[list[Path], typer.Argument(help="IU-Xray manifest files (with mesh tags).")],
+    uncertain_as_positive: Annotated[bool, typer.Option(help="Count the labeler's uncertain as positive.")] = False,
+) -> None:
+    """Agreement of the rule-based CheXpert labeler with IU-Xray's MeSH tags (per observation, micro, macro)."""
+    from radlvlm.clinical_eval.iu_tags import iu_tag_agreement
+    from radlvlm.clinical_eval.predictions import load_rows
+
+    def job() -> dict[str, Any]:
+        rows = [r for path in reports for r in load_rows(path)]
+        return iu_tag_agreement(rows, uncertain_as_positive=uncertain_as_positive)
+
+    typer.echo(json.dumps(run_guarded(job), indent=2))
+
+
+@eval_app.command()
+def label(
+    reports: Annotated[Path, typer.Argument(help="Predictions, references or IU-Xray manifest file (JSONL/Parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSONL: id and the 14 CheXpert labels per row.")],
+    field: Annotated[
+        str | None,
+        typer.Option(help="Text field to label (default: 'prediction', else 'reference', else findings + impression)."),
+    ] = None,
+) -> None:
+    """Label reports with the rule-based CheXpert-14 labeler (positive / negative / uncertain / blank)."""
+    from radlvlm.clinical_eval.labeler import label_report, summary_counts
+    from radlvlm.clinical_eval.predictions import load_rows, report_reference
+
+    def job() -> dict[str, Any]:
+        rows = load_rows(reports)
+        labelled, bad = [], []
+        for row in rows:
+            if field is not None:
+                text = row.get(field)
+            elif "prediction" in row:
+                text = row["prediction"]
+            else:
+                text = report_reference(row)
+            if not isinstance(text, str):
+                bad.append(f"row {row['_row']}")
+                continue
+            labelled.append((row.get("id", row.get("uid", row["_row"])), label_report(text)))
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise EvaluationInputError(f"{reports.name}: {len(bad)} row(s) without text in the chosen field: {shown}")
+        _write_jsonl(out, [{"id": i, "labels": {k: v.value for k, v in r.labels.items()}} for i, r in labelled])
+        return {"rows": len(labelled), "counts": summary_counts(r for _, r in labelled)}
+
+    typer.echo(json.dumps(run_guarded(job), indent=2))

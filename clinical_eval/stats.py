@@ -1,0 +1,201 @@
+"""Statistics for validation studies: bootstrap CIs over studies, paired comparisons, agreement coefficients.
+
+All resampling uses ``numpy.random.default_rng(seed)``, so a study's numbers are reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Estimate",
+    "auroc",
+    "bootstrap",
+    "cohen_kappa",
+    "fleiss_kappa",
+    "kendall_tau",
+    "mcnemar",
+    "paired_bootstrap",
+]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a percentile bootstrap CI over studies.
+
+    Args:
+        value (`float`): the statistic on all studies.
+        low (`float`): lower CI bound.
+        high (`float`): upper CI bound.
+        n (`int`): number of studies.
+        level (`float`): CI level (0.95).
+    """
+
+    value: float
+    low: float
+    high: float
+    n: int
+    level: float = 0.95
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Estimate:
+    """Percentile bootstrap over ``n`` studies.
+
+    Args:
+        statistic (`Callable[[np.ndarray], float]`): maps an index array (which studies, with repeats) to the
+            statistic; called once with ``arange(n)`` for the point estimate.
+        n (`int`): number of studies (must be positive).
+        n_boot (`int`, defaults to `1000`): resamples.
+        seed (`int`, defaults to `0`): resampling seed.
+        level (`float`, defaults to `0.95`): CI level.
+    """
+    if n <= 0:
+        raise ValueError("bootstrap needs at least one study")
+    value = float(statistic(np.arange(n)))
+    samples = np.array([statistic(idx) for idx in _indices(n, n_boot, seed)], dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return Estimate(value, float("nan"), float("nan"), n, level)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha])
+    # A percentile interval can miss a point estimate on a skewed statistic; widen to include it.
+    return Estimate(value, float(min(low, value)), float(max(high, value)), n, level)
+
+
+def paired_bootstrap(
+    statistic_a: Callable[[np.ndarray], float],
+    statistic_b: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Paired bootstrap of ``a - b`` on the same resampled studies (Koehn 2004).
+
+    Returns:
+        ``{"difference", "ci_low", "ci_high", "p_value", "n"}``; ``p_value`` is two-sided: twice the share of
+        resamples on the other side of zero, at least ``1 / n_boot``.
+    """
+    if n <= 0:
+        raise ValueError("paired bootstrap needs at least one study")
+    full = np.arange(n)
+    difference = float(statistic_a(full) - statistic_b(full))
+    diffs = np.array([statistic_a(i) - statistic_b(i) for i in _indices(n, n_boot, seed)], dtype=float)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    # Resampling cannot show p below 1/n_boot; report that bound rather than an impossible 0.
+    p = max(2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)), 1 / n_boot)
+    return {
+        "difference": difference,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": float(min(p, 1.0)),
+        "n": n,
+    }
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float]:
+    """Exact McNemar test on paired binary outcomes (two-sided binomial on the discordant pairs).
+
+    Returns:
+        ``{"a_only", "b_only", "p_value"}``: studies only A got right, only B got right, and the p-value.
+    """
+    if len(correct_a) != len(correct_b):
+        raise ValueError(f"McNemar needs paired outcomes, got {len(correct_a)} and {len(correct_b)}")
+    b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b, strict=True))
+    c = sum(bool(y) and not bool(x) for x, y in zip(correct_a, correct_b, strict=True))
+    k, m = min(b, c), b + c
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    return {"a_only": b, "b_only": c, "p_value": p}
+
+
+def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney rank statistic (ties count half); NaN with one class."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=float)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=float)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def cohen_kappa(a: Sequence[object], b: Sequence[object], *, weights: str | None = None) -> float:
+    """Cohen's kappa between two raters' labels over the same items.
+
+    Args:
+        a, b (`Sequence`): the two raters' labels (same length).
+        weights (`str`, *optional*): ``"linear"`` or ``"quadratic"`` for ordinal (numeric) labels.
+
+    Returns 1.0 when both raters use one identical label throughout (perfect, no variance), NaN for no items.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
+    if not a:
+        return float("nan")
+    cats = sorted(set(a) | set(b), key=str)
+    if len(cats) == 1:
+        return 1.0
+    index = {c: i for i, c in enumerate(cats)}
+    k = len(cats)
+    table = np.zeros((k, k))
+    for x, y in zip(a, b, strict=True):
+        table[index[x], index[y]] += 1
+    table /= table.sum()
+    expected = np.outer(table.sum(1), table.sum(0))
+    if weights is None:
+        w = 1 - np.eye(k)
+    else:
+        values = np.array([float(c) for c in cats])  # type: ignore[arg-type]
+        dist = np.abs(values[:, None] - values[None, :])
+        w = dist / dist.max() if weights == "linear" else (dist / dist.max()) ** 2
+    denominator = (w * expected).sum()
+    return float(1 - (w * table).sum() / denominator) if denominator else 1.0
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[object]]) -> float:
+    """Fleiss' kappa: ``ratings[item]`` lists every rater's label for that item (same rater count per item)."""
+    if not ratings:
+        return float("nan")
+    n_raters = len(ratings[0])
+    if n_raters < 2 or any(len(r) != n_raters for r in ratings):
+        raise ValueError("Fleiss' kappa needs the same number (>= 2) of ratings for every item")
+    cats = sorted({x for r in ratings for x in r}, key=str)
+    counts = np.array([[sum(1 for x in r if x == c) for c in cats] for r in ratings], dtype=float)
+    p_item = ((counts**2).sum(1) - n_raters) / (n_raters * (n_raters - 1))
+    p_cat = counts.sum(0) / counts.sum()
+    p_bar, p_e = p_item.mean(), (p_cat**2).sum()
+    return 1.0 if p_e == 1 else float((p_bar - p_e) / (1 - p_e))
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Kendall's tau-b between two score lists (scipy), with its p-value."""
+    from scipy.stats import kendalltau
+
+    if len(x) != len(y):
+        raise ValueError(f"Kendall tau needs paired scores, got {len(x)} and {len(y)}")
+    result = kendalltau(x, y)
+    return {"tau": float(result.statistic), "p_value": float(result.pvalue), "n": len(x)}

@@ -1,0 +1,151 @@
+"""The engine interface: studies and task requests in, typed results with timings out.
+
+The service and the PACS worker only talk to an ``Engine``; the torch backend (CPU/GPU, MoLE-capable,
+dynamic batching) and the vLLM backend (GPU) implement it.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from radlvlm.errors import RadlvlmError
+from radlvlm.imaging import Image
+from radlvlm.tasks.errorcheck import ErrorCheckTask
+from radlvlm.tasks.taxonomy import ErrorCategory
+
+EngineImage = Image | torch.Tensor
+
+
+class EngineOverloaded(RadlvlmError):
+    """The request queue is full; retry after ``retry_after_s`` seconds (the service answers 503)."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosed(RadlvlmError):
+    """The engine was shut down before the request ran."""
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    """Draft findings and impression for a study's frontal image, with the indication when known."""
+
+    image: EngineImage
+    indication: str | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """Check ``report`` for errors, against ``image`` when given (else a text-only consistency check)."""
+
+    report: str
+    image: EngineImage | None = None
+    mode: ErrorCheckTask = ErrorCheckTask.SIMPLE
+
+
+@dataclass(frozen=True)
+class Timings:
+    queued_ms: float
+    compute_ms: float
+    total_ms: float
+    batch_size: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "queued_ms": round(self.queued_ms, 2),
+            "compute_ms": round(self.compute_ms, 2),
+            "total_ms": round(self.total_ms, 2),
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass(frozen=True)
+class DraftResult:
+    findings: str
+    impression: str
+    text: str
+    finish_reason: str
+    new_tokens: int
+    model_id: str
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class CheckFinding:
+    category: ErrorCategory | None
+    span: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``has_error`` with a confidence (SIMPLE), or also the error's type and span (COMPLEX).
+
+    ``answer_valid`` is False when the model's COMPLEX answer did not follow the format; ``has_error`` is then
+    None and ``raw_answer`` holds what it said.
+    """
+
+    has_error: bool | None
+    confidence: float | None
+    findings: list[CheckFinding]
+    text_only: bool
+    mode: ErrorCheckTask
+    answer_valid: bool
+    raw_answer: str
+    model_id: str
+    timings: Timings
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    batches: int = 0
+    rejected: int = 0
+    failed: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+        }
+
+
+Request = DraftRequest | CheckRequest
+Result = DraftResult | CheckResult
+
+
+class Engine(abc.ABC):
+    """A backend that runs drafting and error-check requests."""
+
+    model_id: str
+
+    @abc.abstractmethod
+    def submit(self, request: Request) -> Future[Result]:
+        """Queue ``request``; raises ``EngineOverloaded`` at once when the queue is full."""
+
+    def run(self, request: Request, timeout: float | None = None) -> Result:
+        """Submit and wait for the result."""
+        return self.submit(request).result(timeout=timeout)
+
+    @abc.abstractmethod
+    def warmup(self) -> None:
+        """Run one request end to end so the first real request does not pay for lazy initialisation."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop accepting requests, finish what is queued, release the model."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics."""

@@ -1,0 +1,263 @@
+"""Error-checking tasks: prompts, targets, answer parsers, and the seeded builder of an error-check set.
+
+SIMPLE asks whether a report contains an error (yes/no). COMPLEX asks which type and where: the answer is
+JSON ``{"has_error": bool, "category": str | null, "span": [start, end] | null}``, span in characters of the
+report as given. Prompts are data; parsers are pure functions returning a typed answer or raising.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from radlvlm.errors import InputError
+from radlvlm.reports import normalize_text
+from radlvlm.tasks.injection import applicable_edits, inject_error
+from radlvlm.tasks.taxonomy import ErrorCategory
+
+__all__ = [
+    "PROMPTS",
+    "AnswerParseError",
+    "ComplexAnswer",
+    "ErrorCheckTask",
+    "build_errorcheck_set",
+    "compose_report",
+    "errorcheck_prompt",
+    "errorcheck_target",
+    "parse_complex_answer",
+    "parse_simple_answer",
+]
+
+
+class AnswerParseError(InputError):
+    """A model answer does not follow the task's answer format."""
+
+
+class ErrorCheckTask(str, Enum):
+    SIMPLE = "simple"
+    COMPLEX = "complex"
+
+
+_CATEGORY_LIST = ", ".join(c.value for c in ErrorCategory)
+PROMPTS: dict[ErrorCheckTask, str] = {
+    ErrorCheckTask.SIMPLE: (
+        "You are checking a chest X-ray report for errors. Does the report below contain an error "
+        "(a finding, location, severity, negation or comparison that is wrong, missing or unsupported)? "
+        "Answer with one word: yes or no.\n\nREPORT:\n{report}"
+    ),
+    ErrorCheckTask.COMPLEX: (
+        "You are checking a chest X-ray report for errors. Decide whether it contains an error; if it does, "
+        f"name its type (one of: {_CATEGORY_LIST}) and where it is as character offsets [start, end] in the "
+        'report. Answer with JSON only: {{"has_error": true|false, "category": <type or null>, '
+        '"span": [start, end] or null}}.\n\nREPORT:\n{report}'
+    ),
+}
+
+
+def errorcheck_prompt(task: ErrorCheckTask | str, report: str) -> str:
+    """The prompt for ``task`` over ``report``."""
+    return PROMPTS[ErrorCheckTask(task)].format(report=report)
+
+
+def errorcheck_target(task: ErrorCheckTask | str, row: Mapping[str, Any]) -> str:
+    """The answer a perfect model gives for an error-check row (as built by :func:`build_errorcheck_set`)."""
+    if ErrorCheckTask(task) is ErrorCheckTask.SIMPLE:
+        return "yes" if row["has_error"] else "no"
+    return json.dumps({"has_error": bool(row["has_error"]), "category": row.get("category"), "span": row.get("span")})
+
+
+_YES = re.compile(r"^\W*(yes|true|error)\b", re.IGNORECASE)
+_NO = re.compile(r"^\W*(no|false|none|correct)\b", re.IGNORECASE)
+
+
+def parse_simple_answer(answer: str) -> bool:
+    """``True`` for a yes answer, ``False`` for no; the first word decides ("Yes, the laterality …").
+
+    Raises:
+        AnswerParseError: the answer starts with neither.
+    """
+    if not isinstance(answer, str):
+        raise AnswerParseError(f"answer must be str, got {type(answer).__name__}")
+    if _YES.match(answer):
+        return True
+    if _NO.match(answer):
+        return False
+    raise AnswerParseError("answer does not start with yes or no")
+
+
+@dataclass(frozen=True)
+class ComplexAnswer:
+    """A parsed COMPLEX answer. ``category`` and ``span`` are ``None`` when ``has_error`` is false."""
+
+    has_error: bool
+    category: ErrorCategory | None
+    span: tuple[int, int] | None
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+def parse_complex_answer(answer: str) -> ComplexAnswer:
+    """Parse a COMPLEX answer (JSON object, optionally in a ``` fence).
+
+    Raises:
+        AnswerParseError: not a JSON object, a wrong field type, or an unknown category.
+    """
+    if not isinstance(answer, str):
+        raise AnswerParseError(f"answer must be str, got {type(answer).__name__}")
+    try:
+        data = json.loads(_FENCE.sub("", answer.strip()))
+    except json.JSONDecodeError as e:
+        raise AnswerParseError(f"answer is not JSON (column {e.colno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("has_error"), bool):
+        raise AnswerParseError("answer must be a JSON object with a boolean 'has_error'")
+    if not data["has_error"]:
+        return ComplexAnswer(False, None, None)
+    try:
+        category = ErrorCategory.parse(data.get("category")) if data.get("category") is not None else None
+    except ValueError:
+        # The model's own words are not echoed: an answer can quote the report.
+        raise AnswerParseError("answer names an unknown error category") from None
+    span = data.get("span")
+    if span is not None:
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)):
+            raise AnswerParseError("'span' must be [start, end] with integer offsets")
+        span = (span[0], span[1])
+    return ComplexAnswer(True, category, span)
+
+
+def compose_report(findings: str, impression: str) -> str:
+    """The report text error-check rows carry: normalised findings and impression, each under its header."""
+    parts = []
+    if findings and findings.strip():
+        parts.append(f"FINDINGS: {normalize_text(findings)}")
+    if impression and impression.strip():
+        parts.append(f"IMPRESSION: {normalize_text(impression)}")
+    return "\n".join(parts)
+
+
+def _hash_int(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def _split_of(uid: str, fractions: Mapping[str, float]) -> str:
+    bucket = (_hash_int("radlvlm-errorcheck-split", uid) % 10_000) / 10_000
+    cumulative = 0.0
+    for name, fraction in fractions.items():
+        cumulative += fraction
+        if bucket < cumulative:
+            return name
+    return list(fractions)[-1]
+
+
+def build_errorcheck_set(
+    reports: Iterable[Mapping[str, Any]],
+    *,
+    seed: int = 0,
+    error_fraction: float = 0.5,
+    split_fractions: Mapping[str, float] | None = None,
+    categories: Iterable[ErrorCategory | str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Build a balanced, seeded error-check set from real reports.
+
+    Each study appears once: either clean or with one injected error, never both, so no original/corrupted pair
+    straddles a split or leaks an answer. Within each split, ``error_fraction`` of the studies carry an error,
+    and categories are spread evenly (each errored study takes the least-used category it can carry).
+
+    Args:
+        reports (`Iterable[Mapping]`): rows with ``uid`` and ``findings``/``impression`` (IU-Xray manifest
+            layout); an optional ``split`` is kept. Rows with neither section are skipped and counted.
+        seed (`int`, defaults to `0`): seeds split assignment order, error choice and injection.
+        error_fraction (`float`, defaults to `0.5`): share of each split that carries an error.
+        split_fractions (`Mapping[str, float]`, *optional*): assign splits by a hash of the uid (e.g.
+            ``{"train": 0.8, "validation": 0.1, "test": 0.1}``) instead of the rows' ``split`` field.
+        categories (`Iterable`, *optional*): the categories to inject (default: all).
+
+    Returns:
+        ``(rows, summary)``. Each row: ``id``, ``uid``, ``split``, ``text``, ``has_error``, ``category``,
+        ``edit``, ``span``, ``original``, ``replacement``, ``seed``, ``simple_target``, ``complex_target``.
+        ``summary`` gives counts per split, category and edit, and the rows skipped.
+
+    Raises:
+        InputError: a row lacks a uid, a uid appears twice (or in two splits), a row has no split and no
+            ``split_fractions`` was given, or a fraction is out of range.
+    """
+    if not 0.0 < error_fraction < 1.0:
+        raise InputError(f"error_fraction must be in (0, 1), got {error_fraction}")
+    if split_fractions is not None and abs(sum(split_fractions.values()) - 1.0) > 1e-6:
+        raise InputError("split fractions must sum to 1")
+    wanted = [ErrorCategory.parse(c) for c in categories] if categories is not None else list(ErrorCategory)
+    if not wanted:
+        raise InputError("no error category selected")
+    by_split: dict[str, list[tuple[str, str]]] = {}
+    seen: dict[str, int] = {}
+    skipped_empty = 0
+    for index, row in enumerate(reports, start=1):
+        uid = row.get("uid", row.get("id"))
+        if uid is None or str(uid).strip() == "":
+            raise InputError(f"report row {index} has no uid")
+        uid = str(uid)
+        if uid in seen:
+            raise InputError(f"uid in report rows {seen[uid]} and {index}: every study must appear once")
+        seen[uid] = index
+        if split_fractions is not None:
+            split = _split_of(uid, split_fractions)
+        elif row.get("split"):
+            split = str(row["split"])
+        else:
+            raise InputError(f"report row {index} has no 'split'; give split fractions to assign splits")
+        text = compose_report(str(row.get("findings") or ""), str(row.get("impression") or ""))
+        if not text:
+            skipped_empty += 1
+            continue
+        by_split.setdefault(split, []).append((uid, text))
+
+    rows: list[dict[str, Any]] = []
+    for split in sorted(by_split):
+        studies = sorted(by_split[split], key=lambda item: _hash_int(seed, "order", item[0]))
+        rng = random.Random(f"radlvlm-errorcheck:{seed}:{split}")
+        options = {uid: [(c, e) for c, e in applicable_edits(text) if c in wanted] for uid, text in studies}
+        n_error = round(len(studies) * error_fraction)
+        # Studies that can carry no wanted error stay clean; the rest fill the error quota in seeded order.
+        can = [s for s in studies if options[s[0]]]
+        error_uids = {uid for uid, _ in can[:n_error]}
+        used: Counter[ErrorCategory] = Counter()
+        for uid, text in studies:
+            row: dict[str, Any] = {"id": uid, "uid": uid, "split": split, "has_error": uid in error_uids}
+            if uid in error_uids:
+                # Unique categories in taxonomy order (a set's order changes with PYTHONHASHSEED).
+                unique = list(dict.fromkeys(c for c, _ in options[uid]))
+                possible = sorted(unique, key=lambda c: (used[c], rng.random()))
+                category = possible[0]
+                edits = [e for c, e in options[uid] if c is category]
+                injection_seed = _hash_int(seed, "inject", uid) % (2**31)
+                corrupted, record = inject_error(text, category, rng.choice(edits), seed=injection_seed)
+                used[category] += 1
+                row.update(text=corrupted, **record.to_dict())
+            else:
+                row.update(text=text, category=None, edit=None, span=None, original=None, replacement=None, seed=None)
+            row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
+            row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
+            rows.append(row)
+    summary = {
+        "n_rows": len(rows),
+        "skipped_empty_reports": skipped_empty,
+        "seed": seed,
+        "splits": {
+            split: {
+                "n": sum(r["split"] == split for r in rows),
+                "n_error": sum(r["split"] == split and r["has_error"] for r in rows),
+            }
+            for split in sorted(by_split)
+        },
+        "categories": dict(sorted(Counter(r["category"] for r in rows if r["has_error"]).items())),
+        "edits": dict(sorted(Counter(r["edit"] for r in rows if r["has_error"]).items())),
+    }
+    return rows, summary

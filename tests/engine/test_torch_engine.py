@@ -1,0 +1,118 @@
+"""The torch engine: drafts and checks through dynamic batches, bounded queue, clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from testsupport import REPORT_CORPUS
+
+from radlvlm.engine import CheckRequest, CheckResult, DraftRequest, DraftResult, EngineClosed, EngineOverloaded
+from radlvlm.engine.torch_engine import TorchEngine
+from radlvlm.errors import InputError
+from radlvlm.model import GenerationSettings, RadProcessor, build_config, build_model, generate, train_tokenizer
+from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
+from radlvlm.tasks.drafting import draft_prompt
+from radlvlm.tasks.errorcheck import ErrorCheckTask
+
+
+@pytest.fixture(scope="module")
+def parts():  # type: ignore[no-untyped-def]
+    tokenizer = train_tokenizer([*REPORT_CORPUS, "yes", "no"] * 10, vocab_size=300, min_frequency=1)
+    config = build_config(
+        tiny_vision_config("dinov2"), tiny_text_config("llama", vocab_size=len(tokenizer)), image_token_id=3
+    )
+    return build_model(config, seed=0), RadProcessor.for_model(tokenizer, config)
+
+
+@pytest.fixture
+def engine(parts):  # type: ignore[no-untyped-def]
+    model, processor = parts
+    engine = TorchEngine(
+        model,
+        processor,
+        model_id="tiny",
+        max_batch_size=4,
+        max_wait_ms=50,
+        generation=GenerationSettings(max_new_tokens=8),
+    )
+    yield engine
+    engine.close()
+
+
+def test_draft_matches_direct_generation(engine, parts) -> None:  # type: ignore[no-untyped-def]
+    model, processor = parts
+    image = torch.rand(40, 30)
+    result = engine.run(DraftRequest(image=image, indication="cough"), timeout=60)
+    assert isinstance(result, DraftResult) and result.model_id == "tiny"
+    direct = generate(
+        model, processor, [processor.chat_prompt(draft_prompt("cough"))], [image], GenerationSettings(max_new_tokens=8)
+    ).generations[0]
+    assert result.text == direct.text and result.new_tokens == direct.new_tokens
+    assert result.timings.total_ms >= result.timings.compute_ms > 0
+
+
+def test_concurrent_requests_are_batched_and_equal_single_runs(engine) -> None:  # type: ignore[no-untyped-def]
+    images = [torch.rand(28, 28) for _ in range(4)]
+    singles = [engine.run(DraftRequest(image=i), timeout=60).text for i in images]
+    futures = [engine.submit(DraftRequest(image=i)) for i in images]
+    batched = [f.result(timeout=60) for f in futures]
+    assert [r.text for r in batched] == singles
+    assert max(r.timings.batch_size for r in batched) > 1
+    assert engine.stats()["requests"] == 8
+
+
+def test_simple_check_gives_a_verdict_with_confidence(engine) -> None:  # type: ignore[no-untyped-def]
+    with_image = engine.run(CheckRequest(report="FINDINGS: Lungs clear.", image=torch.rand(28, 28)), timeout=60)
+    text_only = engine.run(CheckRequest(report="FINDINGS: Lungs clear. IMPRESSION: Effusion."), timeout=60)
+    for result in (with_image, text_only):
+        assert isinstance(result, CheckResult) and result.answer_valid
+        assert isinstance(result.has_error, bool) and 0.5 <= result.confidence <= 1.0
+    assert text_only.text_only and not with_image.text_only
+
+
+def test_complex_check_reports_invalid_answers_instead_of_guessing(engine) -> None:  # type: ignore[no-untyped-def]
+    result = engine.run(CheckRequest(report="FINDINGS: Lungs clear.", mode=ErrorCheckTask.COMPLEX), timeout=60)
+    assert result.mode == ErrorCheckTask.COMPLEX
+    # An untrained model does not write the JSON answer: the engine must say so, not invent a verdict.
+    assert result.answer_valid is False and result.has_error is None and result.findings == []
+    assert result.raw_answer
+
+
+def test_bad_requests_and_overload(parts) -> None:  # type: ignore[no-untyped-def]
+    model, processor = parts
+    engine = TorchEngine(
+        model,
+        processor,
+        model_id="tiny",
+        max_batch_size=1,
+        max_wait_ms=0,
+        max_queue=1,
+        generation=GenerationSettings(max_new_tokens=32),
+    )
+    try:
+        with pytest.raises(InputError, match="empty"):
+            engine.submit(CheckRequest(report="  "))
+        gate = threading.Event()
+        original = engine._run_batch
+
+        def slow(batch):  # type: ignore[no-untyped-def]
+            gate.wait(timeout=30)
+            original(batch)
+
+        engine._run_batch = slow  # type: ignore[method-assign]
+        first = engine.submit(DraftRequest(image=torch.rand(28, 28)))
+        accepted = []
+        with pytest.raises(EngineOverloaded) as caught:
+            for _ in range(5):
+                accepted.append(engine.submit(DraftRequest(image=torch.rand(28, 28))))
+        assert caught.value.retry_after_s > 0 and engine.stats()["rejected"] == 1
+        gate.set()
+        first.result(timeout=60)
+        for future in accepted:
+            future.result(timeout=60)
+    finally:
+        engine.close()
+    with pytest.raises(EngineClosed):
+        engine.submit(DraftRequest(image=torch.rand(28, 28)))
