@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from radlvlm.clinical_eval.stats import bootstrap
 
+from radlvlm.clinical_eval.stats import bootstrap
 from radlvlm.errors import EvaluationInputError
 
 __all__ = ["bertscore"]

@@ -63,7 +63,6 @@ def make_errorcheck(
 ) -> None:
     """Build a balanced, seeded error-check set: each study once, clean or with one injected error."""
     from radlvlm.clinical_eval.predictions import load_rows
-
     from radlvlm.tasks.errorcheck import build_errorcheck_set
 
     def job() -> dict[str, Any]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, LabeledReport, label_report
-
 from radlvlm.errors import RadlvlmError
 from radlvlm.tasks.taxonomy import ErrorCategory
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from radlvlm.clinical_eval.judges import REXVAL, JudgeResult
 from radlvlm.clinical_eval.labeler import CHEXPERT_5, CHEXPERT_14, LabeledReport
 from radlvlm.clinical_eval.stats import auroc, bootstrap

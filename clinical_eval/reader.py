@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from radlvlm.clinical_eval.judges import REXVAL, Judge
 from radlvlm.clinical_eval.predictions import match_rows, report_reference
 from radlvlm.clinical_eval.stats import cohen_kappa, fleiss_kappa, kendall_tau
-
 from radlvlm.errors import EvaluationInputError
 
 __all__ = [

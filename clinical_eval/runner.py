@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import radlvlm
 from radlvlm.clinical_eval.judges import Judge, JudgeResult, StructuredJudge
 from radlvlm.clinical_eval.labeler import label_report
 from radlvlm.clinical_eval.metrics import (
@@ -38,8 +40,6 @@ from radlvlm.clinical_eval.predictions import (
     report_reference,
 )
 from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
-
-import radlvlm
 from radlvlm.errors import EvaluationInputError
 from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer, parse_simple_answer
 

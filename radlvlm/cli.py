@@ -17,6 +17,8 @@ import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 from radlvlm.clinical_eval.cli import eval_app
 from radlvlm.model.cli import convert_app
+from radlvlm.safety.cli import audit_app, deid_command
+from radlvlm.service.serve import apikey_command, serve_command
 
 app = typer.Typer(
     name="radlvlm",
@@ -28,6 +30,10 @@ app = typer.Typer(
 
 app.add_typer(convert_app, name="convert")
 app.add_typer(eval_app, name="eval")
+app.command("deid")(deid_command)
+app.add_typer(audit_app, name="audit")
+app.command("serve")(serve_command)
+app.command("apikey")(apikey_command)
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
 

@@ -7,6 +7,7 @@ dynamic batching) and the vLLM backend (GPU) implement it.
 from __future__ import annotations
 
 import abc
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,11 @@ class DraftRequest:
     image: EngineImage
     indication: str | None = None
     max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamDraftRequest(DraftRequest):
+    """A draft whose text is delivered as it is generated: the future resolves to a ``DraftStream``."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,30 @@ class EngineStats:
         }
 
 
+class DraftStream:
+    """Text pieces of a streaming draft, in order; iteration ends when generation does."""
+
+    def __init__(self, pieces: Any) -> None:
+        self._pieces = pieces  # a transformers TextIteratorStreamer
+        self._result: DraftResult | None = None
+        self._finished = threading.Event()
+
+    def __iter__(self) -> Any:
+        return iter(self._pieces)
+
+    def finish(self, result: DraftResult | None) -> None:
+        """Called by the engine when generation ends (``None`` when it failed)."""
+        self._result = result
+        self._finished.set()
+
+    def result(self, timeout: float | None = None) -> DraftResult | None:
+        """The parsed draft once generation has ended; None if it failed or did not end within ``timeout``."""
+        self._finished.wait(timeout)
+        return self._result
+
+
 Request = DraftRequest | CheckRequest
-Result = DraftResult | CheckResult
+Result = DraftResult | CheckResult | DraftStream
 
 
 class Engine(abc.ABC):

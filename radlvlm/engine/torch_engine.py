@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import TextIteratorStreamer
 
 from radlvlm.engine.base import (
     CheckFinding,
@@ -26,12 +27,14 @@ from radlvlm.engine.base import (
     CheckResult,
     DraftRequest,
     DraftResult,
+    DraftStream,
     Engine,
     EngineClosed,
     EngineOverloaded,
     EngineStats,
     Request,
     Result,
+    StreamDraftRequest,
     Timings,
 )
 from radlvlm.errors import InputError
@@ -89,6 +92,7 @@ class TorchEngine(Engine):
         self._lock = threading.Lock()
         self._closed = False
         self._yes_no = self._answer_token_ids()
+        self.stream_timeout_s = 300.0
         self._worker = threading.Thread(target=self._serve, name="radlvlm-torch-engine", daemon=True)
         self._worker.start()
 
@@ -165,7 +169,9 @@ class TorchEngine(Engine):
         groups: dict[tuple[str, int], list[_Pending]] = defaultdict(list)
         for item in batch:
             request = item.request
-            if isinstance(request, DraftRequest):
+            if isinstance(request, StreamDraftRequest):
+                groups[(f"stream-{id(item)}", request.max_new_tokens or self.generation.max_new_tokens)].append(item)
+            elif isinstance(request, DraftRequest):
                 groups[("draft", request.max_new_tokens or self.generation.max_new_tokens)].append(item)
             else:
                 groups[(f"check-{request.mode.value}", 0)].append(item)
@@ -176,6 +182,9 @@ class TorchEngine(Engine):
         for (kind, max_new_tokens), items in groups.items():
             start = time.perf_counter()
             try:
+                if kind.startswith("stream-"):
+                    self._stream(items[0], max_new_tokens, start)
+                    continue
                 if kind == "draft":
                     results = self._drafts(items, max_new_tokens, start)
                 elif kind == "check-simple":
@@ -187,7 +196,8 @@ class TorchEngine(Engine):
                 with self._lock:
                     self._stats.failed += len(items)
                 for item in items:
-                    item.future.set_exception(e)
+                    if not item.future.done():  # a stream's future already holds its (ended) stream
+                        item.future.set_exception(e)
                 continue
             for item, result in zip(items, results, strict=True):
                 item.future.set_result(result)
@@ -201,10 +211,8 @@ class TorchEngine(Engine):
             batch_size=batch_size,
         )
 
-    def _drafts(self, items: list[_Pending], max_new_tokens: int, start: float) -> list[Result]:
-        requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
-        prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
-        settings = GenerationSettings(
+    def _draft_settings(self, max_new_tokens: int) -> GenerationSettings:
+        return GenerationSettings(
             strategy=self.generation.strategy,
             max_new_tokens=max_new_tokens,
             num_beams=self.generation.num_beams,
@@ -214,22 +222,52 @@ class TorchEngine(Engine):
             seed=self.generation.seed,
             stop_strings=self.generation.stop_strings,
         )
+
+    def _draft_result(self, item: _Pending, generation: Any, start: float, batch_size: int) -> DraftResult:
+        draft = parse_draft(generation.text)
+        return DraftResult(
+            findings=draft.findings,
+            impression=draft.impression,
+            text=generation.text,
+            finish_reason=generation.finish_reason,
+            new_tokens=generation.new_tokens,
+            model_id=self.model_id,
+            timings=self._timings(item, start, batch_size),
+        )
+
+    def _drafts(self, items: list[_Pending], max_new_tokens: int, start: float) -> list[Result]:
+        requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
+        prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
+        settings = self._draft_settings(max_new_tokens)
         batch = generate(self.model, self.processor, prompts, [r.image for r in requests], settings)
-        results: list[Result] = []
-        for item, generation in zip(items, batch.generations, strict=True):
-            draft = parse_draft(generation.text)
-            results.append(
-                DraftResult(
-                    findings=draft.findings,
-                    impression=draft.impression,
-                    text=generation.text,
-                    finish_reason=generation.finish_reason,
-                    new_tokens=generation.new_tokens,
-                    model_id=self.model_id,
-                    timings=self._timings(item, start, len(items)),
-                )
+        return [
+            self._draft_result(item, generation, start, len(items))
+            for item, generation in zip(items, batch.generations, strict=True)
+        ]
+
+    def _stream(self, item: _Pending, max_new_tokens: int, start: float) -> None:
+        """Run one streaming draft here, in the worker, so the model is never used by two threads at once."""
+        request: DraftRequest = item.request  # type: ignore[assignment]
+        streamer = TextIteratorStreamer(
+            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stream_timeout_s
+        )
+        stream = DraftStream(streamer)
+        item.future.set_result(stream)
+        prompt = self.processor.chat_prompt(draft_prompt(request.indication))
+        try:
+            batch = generate(
+                self.model,
+                self.processor,
+                [prompt],
+                [request.image],
+                self._draft_settings(max_new_tokens),
+                streamer=streamer,
             )
-        return results
+        except Exception:
+            streamer.end()  # the reader must not wait forever
+            stream.finish(None)
+            raise
+        stream.finish(self._draft_result(item, batch.generations[0], start, 1))
 
     def _check_prompts(self, requests: list[CheckRequest]) -> list[str]:
         return [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import GenerationConfig, LlavaForConditionalGeneration
@@ -97,8 +97,12 @@ def generate(
     prompts: Sequence[str],
     images: Sequence[ImageInput | None] | None = None,
     settings: GenerationSettings | None = None,
+    streamer: Any | None = None,
 ) -> GenerationBatch:
-    """Generate one continuation per prompt (formatted prompts, e.g. from ``processor.chat_prompt``)."""
+    """Generate one continuation per prompt (formatted prompts, e.g. from ``processor.chat_prompt``).
+
+    ``streamer`` (a transformers streamer, batch of one prompt) receives the text as it is generated.
+    """
     settings = settings or GenerationSettings()
     batch = processor(list(prompts), images)
     device = next(model.parameters()).device
@@ -107,8 +111,13 @@ def generate(
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     torch.manual_seed(settings.seed)
     start = time.perf_counter()
+    if streamer is not None and len(prompts) != 1:
+        raise InputError("streaming generates one prompt at a time")
     output = model.generate(
-        **inputs, generation_config=settings.to_generation_config(processor), tokenizer=processor.tokenizer
+        **inputs,
+        generation_config=settings.to_generation_config(processor),
+        tokenizer=processor.tokenizer,
+        streamer=streamer,
     )
     seconds = time.perf_counter() - start
     prompt_width = inputs["input_ids"].shape[1]

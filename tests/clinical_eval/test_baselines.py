@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from testsupport import shared_path
+
 from radlvlm.clinical_eval.baselines import (
     check_consistency,
     consistency_predictions,
@@ -15,8 +17,6 @@ from radlvlm.clinical_eval.baselines import (
     nearest_neighbour_by_embedding,
     nearest_neighbour_by_indication,
 )
-from testsupport import shared_path
-
 from radlvlm.errors import EvaluationInputError
 from radlvlm.tasks import build_errorcheck_set, parse_complex_answer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radlvlm.clinical_eval.bertscore import bertscore
 
+from radlvlm.clinical_eval.bertscore import bertscore
 from radlvlm.errors import EvaluationInputError
 
 transformers = pytest.importorskip("transformers")

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from radlvlm.clinical_eval.judges import JudgeError, LLMJudge, StructuredJudge, parse_judge_answer
 
+from radlvlm.clinical_eval.judges import JudgeError, LLMJudge, StructuredJudge, parse_judge_answer
 from radlvlm.tasks import ErrorCategory as C
 
 REFERENCE = "Mild cardiomegaly. Small left pleural effusion. No pneumothorax."
@@ -164,8 +164,9 @@ def test_llm_judge_endpoint_down() -> None:
 
 
 def test_cli_run_with_llm_judge(server, tmp_path: Path) -> None:
-    from radlvlm.clinical_eval.cli import eval_app
     from typer.testing import CliRunner
+
+    from radlvlm.clinical_eval.cli import eval_app
 
     s = server([(200, GOOD)])
     refs = tmp_path / "r.jsonl"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from radlvlm.clinical_eval.iu_tags import iu_tag_agreement, iu_tag_labels
-from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, label_report
 from testsupport import shared_path
 
+from radlvlm.clinical_eval.iu_tags import iu_tag_agreement, iu_tag_labels
+from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, label_report
 from radlvlm.errors import InputError
 
 P, N, U = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from radlvlm.clinical_eval.predictions import load_rows, read_scoring_set
 
+from radlvlm.clinical_eval.predictions import load_rows, read_scoring_set
 from radlvlm.errors import EvaluationInputError
 
 SECRET = "Patient John Secret has a left effusion."

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from radlvlm.clinical_eval.cli import eval_app
 from radlvlm.clinical_eval.judges import StructuredJudge
 from radlvlm.clinical_eval.reader import GRADE_COLUMNS, import_grades, make_reader_packets, reader_agreement
 from radlvlm.clinical_eval.runner import run_validation_study
-from typer.testing import CliRunner
-
 from radlvlm.errors import EvaluationInputError
 
 runner = CliRunner()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sacrebleu.metrics import BLEU
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
 from radlvlm.clinical_eval.judges import StructuredJudge
 from radlvlm.clinical_eval.labeler import label_report
 from radlvlm.clinical_eval.metrics import (
@@ -22,8 +25,6 @@ from radlvlm.clinical_eval.stats import (
     mcnemar,
     paired_bootstrap,
 )
-from sacrebleu.metrics import BLEU
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 
 def _accuracy_ci(n: int) -> tuple[float, float, float]:

@@ -1,0 +1,128 @@
+"""The FastAPI application: routers, error bodies, limits, metrics, and the engine's lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from radlvlm import __version__
+from radlvlm.engine.base import Engine
+from radlvlm.service.errors import error_response, install_error_handlers
+from radlvlm.service.routers import checks, deid, drafts, meta, page
+from radlvlm.service.security import KeyStore, RateLimiter
+from radlvlm.service.settings import ServiceSettings
+from radlvlm.service.state import Metrics, ServiceState
+
+logger = logging.getLogger(__name__)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, by Content-Length and while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, "payload_too_large", f"request body over {self.limit} bytes")(
+                scope, receive, send
+            )
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await error_response(413, "payload_too_large", f"request body over {self.limit} bytes")(
+                scope, receive, send
+            )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: ServiceSettings,
+    engine: Engine,
+    *,
+    model_info: dict[str, Any],
+    audit: Any = None,
+    deidentifier: Any = None,
+) -> FastAPI:
+    """The app around a ready ``engine``. ``audit`` and ``deidentifier`` come from ``radlvlm.safety``."""
+    state = ServiceState(
+        settings=settings,
+        engine=engine,
+        model_info=model_info,
+        keys=KeyStore(settings.api_keys),
+        limiter=RateLimiter(settings.rate_limit_per_minute),
+        metrics=Metrics(),
+        audit=audit,
+        deidentifier=deidentifier,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(engine.warmup)
+        state.ready = True
+        logger.info("model %s ready", model_info.get("id"))
+        yield
+        state.ready = False
+        await run_in_threadpool(engine.close)
+
+    app = FastAPI(
+        title="radlvlm",
+        version=__version__,
+        description=(
+            "Chest X-ray report drafting and report error checking. Every input is de-identified before it "
+            "reaches the model; every answer is a preliminary AI draft for radiologist review, not a diagnosis."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.radlvlm = state
+    install_error_handlers(app)
+    for module in (drafts, checks, deid, meta, page):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")  # the route template, never the raw URL
+        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    return app

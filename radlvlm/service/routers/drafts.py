@@ -1,0 +1,159 @@
+"""POST /v1/drafts: a preliminary findings + impression draft for a chest radiograph."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest
+from radlvlm.service.dependencies import get_state, require
+from radlvlm.service.errors import ApiError
+from radlvlm.service.pipeline import check_input_image, clean_output, deidentified_image, release_sentences
+from radlvlm.service.schemas import DraftOut, ErrorBody, ImageFacts, TimingsOut
+from radlvlm.service.security import Principal
+from radlvlm.service.state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["drafts"])
+
+ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503, 504)}
+
+
+@router.post("/drafts", response_model=DraftOut, responses=ERRORS)  # type: ignore[arg-type]
+async def create_draft(
+    file: Annotated[UploadFile, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")],
+    indication: Annotated[
+        str | None, Form(max_length=2000, description="Reason for the exam (de-identified first)")
+    ] = None,
+    view: Annotated[
+        Literal["PA", "AP"] | None, Form(description="View of a PNG/JPEG upload (DICOM says its own)")
+    ] = None,
+    principal: Principal = Depends(require("draft")),
+    state: ServiceState = Depends(get_state),
+) -> DraftOut:
+    """Draft findings and impression. The upload is de-identified before the model sees it; the answer is a
+    preliminary, AI-generated draft for a radiologist to review."""
+    started = time.perf_counter()
+    data = await file.read()
+    deidentifier = state.deidentifier
+    image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
+    flags = check_input_image(image)
+    clean_indication = None
+    if indication and indication.strip():
+        clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
+    future = state.engine.submit(
+        DraftRequest(image=image, indication=clean_indication, max_new_tokens=state.settings.max_new_tokens)
+    )
+    try:
+        result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the model did not answer in time") from None
+    assert isinstance(result, DraftResult)
+    findings, findings_flags = await run_in_threadpool(
+        clean_output, result.findings, deidentifier, has_prior=False, has_lateral=False
+    )
+    impression, impression_flags = await run_in_threadpool(
+        clean_output, result.impression, deidentifier, has_prior=False, has_lateral=False
+    )
+    flags += findings_flags + impression_flags
+    for flag in flags:
+        state.metrics.guardrail_flags.labels(flag.code).inc()
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    out = DraftOut(
+        model_id=result.model_id,
+        findings=findings,
+        impression=impression,
+        image=ImageFacts(
+            modality=image.modality,
+            body_part=image.body_part,
+            view=image.view.value,
+            rows=image.shape[0],
+            columns=image.shape[1],
+        ),
+        guardrail_flags=flags,
+        finish_reason=result.finish_reason,
+        timings=TimingsOut(**result.timings.as_dict(), request_ms=round(elapsed_ms, 2)),
+    )
+    if state.audit is not None:
+        await run_in_threadpool(
+            state.audit.record,
+            actor=principal.key_id,
+            action="draft",
+            study=image.study_instance_uid,
+            request=hashlib.sha256(data).hexdigest() + hashlib.sha256((indication or "").encode()).hexdigest(),
+            response=json.dumps(out.model_dump(exclude={"timings"}), sort_keys=True),
+            details={"model": result.model_id.replace(" ", "_"), "flags": len(flags), "ms": round(elapsed_ms)},
+        )
+    return out
+
+
+@router.post(
+    "/drafts/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}, **ERRORS},  # type: ignore[dict-item]
+)
+async def stream_draft(
+    file: Annotated[UploadFile, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")],
+    indication: Annotated[str | None, Form(max_length=2000)] = None,
+    view: Annotated[Literal["PA", "AP"] | None, Form()] = None,
+    principal: Principal = Depends(require("draft")),
+    state: ServiceState = Depends(get_state),
+) -> StreamingResponse:
+    """The draft as server-sent events: ``text`` events carry whole sentences as soon as they are complete
+    (each scanned for PHI first, so nothing unchecked leaves), then one ``done`` event with the parsed draft.
+    Errors before the stream starts are ordinary JSON errors."""
+    started = time.perf_counter()
+    data = await file.read()
+    deidentifier = state.deidentifier
+    image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
+    flags = check_input_image(image)
+    clean_indication = None
+    if indication and indication.strip():
+        clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
+    future = state.engine.submit(
+        StreamDraftRequest(image=image, indication=clean_indication, max_new_tokens=state.settings.max_new_tokens)
+    )
+    try:
+        stream = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
+    except TimeoutError:
+        raise ApiError(504, "timeout", "the model did not start in time") from None
+    assert isinstance(stream, DraftStream)
+
+    def events():  # type: ignore[no-untyped-def]
+        released_flags = list(flags)
+        for sentence, sentence_flags in release_sentences(iter(stream), deidentifier):
+            released_flags += sentence_flags
+            yield f"event: text\ndata: {json.dumps({'text': sentence})}\n\n"
+        result = stream.result(timeout=state.settings.request_timeout_s)
+        if result is None:
+            yield f"event: error\ndata: {json.dumps({'code': 'generation_failed', 'message': 'generation failed'})}\n\n"
+            return
+        findings, f_flags = clean_output(result.findings, deidentifier, has_prior=False, has_lateral=False)
+        impression, i_flags = clean_output(result.impression, deidentifier, has_prior=False, has_lateral=False)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        done = {
+            "model_id": result.model_id,
+            "findings": findings,
+            "impression": impression,
+            "guardrail_flags": [f.model_dump() for f in flags + f_flags + i_flags],
+            "finish_reason": result.finish_reason,
+            "timings": {**result.timings.as_dict(), "request_ms": round(elapsed_ms, 2)},
+        }
+        if state.audit is not None:
+            state.audit.record(
+                actor=principal.key_id,
+                action="draft_stream",
+                study=image.study_instance_uid,
+                request=hashlib.sha256(data).hexdigest(),
+                response=json.dumps(done, sort_keys=True),
+                details={"model": result.model_id.replace(" ", "_"), "ms": round(elapsed_ms)},
+            )
+        yield f"event: done\ndata: {json.dumps(done)}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

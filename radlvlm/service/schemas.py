@@ -1,0 +1,103 @@
+"""The API contract: pydantic models for what comes in and what goes out (the response models filter)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DISCLAIMER = "AI-generated preliminary draft for radiologist review; not a diagnosis and not for clinical use."
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable error code, e.g. 'not_dicom', 'unauthorized', 'rate_limited'")
+    message: str = Field(description="Human-readable reason; never contains patient data")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TimingsOut(BaseModel):
+    queued_ms: float
+    compute_ms: float
+    total_ms: float
+    batch_size: int
+    request_ms: float = Field(description="Wall time of the whole HTTP request, including decoding and de-id")
+
+
+class GuardrailFlag(BaseModel):
+    code: str
+    message: str
+    severity: Literal["info", "warning", "block"] = "warning"
+
+
+class ImageFacts(BaseModel):
+    modality: str | None
+    body_part: str | None
+    view: str
+    rows: int
+    columns: int
+
+
+class DraftOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    findings: str
+    impression: str
+    image: ImageFacts
+    guardrail_flags: list[GuardrailFlag]
+    finish_reason: str
+    timings: TimingsOut
+    disclaimer: str = DISCLAIMER
+
+
+class CheckFindingOut(BaseModel):
+    category: str | None
+    span: tuple[int, int] | None = Field(description="Character offsets [start, end) in the submitted report")
+    text: str | None = Field(description="The report text inside the span")
+
+
+class CheckOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    mode: Literal["simple", "complex"]
+    check_type: Literal["image", "text_only"] = Field(
+        description="'text_only' when no image was given: a findings-vs-impression consistency check only"
+    )
+    has_error: bool | None = Field(description="None when the model's answer did not follow the format")
+    confidence: float | None
+    findings: list[CheckFindingOut]
+    answer_valid: bool
+    guardrail_flags: list[GuardrailFlag]
+    timings: TimingsOut
+    disclaimer: str = DISCLAIMER
+
+
+class DeidTextIn(BaseModel):
+    text: str = Field(min_length=1, max_length=200_000)
+
+
+class DeidTextOut(BaseModel):
+    text: str
+    replaced: dict[str, int] = Field(description="How many spans of each PHI type were replaced")
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    backend: str
+    architecture: dict[str, str | int | None]
+    adapter: str | None
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "starting", "unavailable"]
+    detail: str | None = None

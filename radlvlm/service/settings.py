@@ -1,0 +1,49 @@
+"""Service configuration from ``RADLVLM_*`` environment variables or a ``.env``-style file (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SCOPES = ("draft", "check", "deid", "admin")
+
+
+class ServiceSettings(BaseSettings):
+    """Everything the service reads at start-up.
+
+    API keys are configured as ``sha256:<hex digest of the key>:<scope>[,<scope>…]`` entries (comma-free
+    digests, ``;``-separated in ``RADLVLM_API_KEYS``), so the configuration never holds a usable key.
+    ``radlvlm serve --hash-key`` prints such an entry for a new key.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RADLVLM_", env_file=None, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    model_dir: Path | None = Field(default=None, description="A radlvlm model directory; default: the embedded model")
+    adapter_dir: Path | None = None
+    api_keys: str = Field(default="", description="';'-separated sha256:<digest>:<scopes> entries")
+    auth_disabled: bool = Field(default=False, description="Only for local demos: every request gets every scope")
+    max_body_bytes: int = Field(default=64 * 2**20, ge=1024)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    cors_origins: str = Field(default="", description="','-separated origins; empty keeps CORS off")
+    max_batch_size: int = Field(default=8, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    max_queue: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    audit_path: Path = Path("radlvlm-audit.jsonl")
+    deid_key_path: Path = Field(default=Path("radlvlm-deid.key"), description="Project key for pseudonyms and UIDs")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_with_keys(cls, value: str) -> str:
+        if "*" in value.split(","):
+            raise ValueError("a wildcard CORS origin is refused: list the PACS viewer origins explicitly")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

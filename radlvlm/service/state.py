@@ -1,0 +1,57 @@
+"""What the running service holds: settings, the engine, keys, limits, metrics, and the audit trail."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from radlvlm.engine.base import Engine
+from radlvlm.service.security import KeyStore, RateLimiter
+from radlvlm.service.settings import ServiceSettings
+
+
+@dataclass
+class Metrics:
+    """Prometheus metrics in a registry of this app's own (no PHI in any label: endpoints and codes only)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "radlvlm_requests_total",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "radlvlm_request_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.guardrail_flags = Counter(
+            "radlvlm_guardrail_flags_total", "Guardrail flags raised", ["code"], registry=self.registry
+        )
+        self.queue_depth = Gauge("radlvlm_engine_queue_depth", "Requests waiting for the model", registry=self.registry)
+        self.engine_rejected = Gauge(
+            "radlvlm_engine_rejected", "Requests refused by a full queue", registry=self.registry
+        )
+        self.engine_batches = Gauge("radlvlm_engine_batches", "Batches run by the engine", registry=self.registry)
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    engine: Engine
+    model_info: dict[str, Any]
+    keys: KeyStore
+    limiter: RateLimiter
+    metrics: Metrics
+    audit: Any = None  # radlvlm.safety.audit.AuditTrail
+    deidentifier: Any = None  # radlvlm.safety.dicom_deid.DicomDeidentifier
+    ready: bool = False
+    started: float = field(default_factory=time.time)

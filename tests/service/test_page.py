@@ -1,0 +1,65 @@
+"""The radiologist page in headless Chromium: upload, see the image, draft, check a report; screenshot kept."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from servicesupport import Server
+from testsupport import REPO, pydicom_file
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture
+def browser():  # type: ignore[no-untyped-def]
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    yield driver
+    driver.quit()
+
+
+def test_page_drafts_and_checks_a_real_study(browser, server: Server) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 120)
+    browser.get(server.url + "/")
+    assert "radlvlm" in browser.title
+    browser.find_element(By.ID, "key").send_keys(server.key)
+    browser.find_element(By.ID, "file").send_keys(str(pydicom_file("RG1_UNCR.dcm")))
+    image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
+    wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0)
+    browser.find_element(By.ID, "draft-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "draft"), "Impression"))
+    assert "tiny-radlvlm" in browser.find_element(By.ID, "draft").text
+    report = browser.find_element(By.ID, "report")
+    report.clear()
+    report.send_keys("FINDINGS: Small left pleural effusion. IMPRESSION: No effusion.")
+    browser.find_element(By.ID, "check-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "check"), "checked against the image"))
+    assert "No effusion." in browser.find_element(By.ID, "report-view").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "page.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
