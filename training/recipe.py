@@ -1,0 +1,181 @@
+"""Training recipes: a YAML file → validated dataclasses, checked before any training starts.
+
+A recipe names the stage (``align``: projector only; ``instruct``: MoLE or LoRA experts + projector), the
+model to start from, the data (sources and task mixture), and the training arguments — transformers'
+``TrainingArguments``, so ``accelerate launch`` / ``torchrun`` with a DeepSpeed or FSDP config scale the same
+recipe to many GPUs without code of ours. Unknown keys and impossible combinations are refused, naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from transformers import TrainingArguments
+
+from radlvlm.errors import InputError
+
+Stage = Literal["align", "instruct"]
+AdapterKind = Literal["mole", "lora", "none"]
+
+
+@dataclass
+class ModelSpec:
+    """Where training starts and what it may change.
+
+    Args:
+        base (str): a radlvlm model directory (weights, tokenizer, ``radlvlm_processor.json``).
+        adapter ("mole" | "lora" | "none", default "mole"): the sparse experts of stage 2, or plain peft LoRA.
+        num_experts, r, alpha, dropout, balance_loss_weight: MoLE / LoRA settings (``num_experts`` is MoLE's).
+        target_modules (list[str]): LM MLP projections to adapt.
+        train_projector (bool, default True): the projector is trained in both stages (LLaVA-Rad does).
+        adapter_init (str | None): an adapter directory to continue from (e.g. DPO on top of stage 2).
+    """
+
+    base: str = ""
+    adapter: AdapterKind = "mole"
+    num_experts: int = 4
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    balance_loss_weight: float = 0.01
+    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    train_projector: bool = True
+    adapter_init: str | None = None
+
+
+@dataclass
+class DataSpec:
+    """Sources and the task mixture (see ``radlvlm.training.data``).
+
+    Args:
+        sources (list[dict]): each ``{type: iu_xray | covid | nih_cxr14 | hospital | pseudo_pairs, ...options}``.
+        mixture (dict): weights of ``draft``, ``check_simple``, ``check_complex`` and the ``error_fraction``.
+        validation_split (str, default "validation"): the split evaluated during training.
+        limit (int | None): keep at most this many examples per split (quick runs).
+    """
+
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    mixture: dict[str, float] = field(default_factory=lambda: {"draft": 1.0, "check_simple": 0.0, "check_complex": 0.0})
+    validation_split: str = "validation"
+    limit: int | None = None
+
+
+@dataclass
+class Recipe:
+    name: str
+    stage: Stage
+    model: ModelSpec
+    data: DataSpec
+    training: TrainingArguments
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.stage not in ("align", "instruct"):
+            raise InputError(f"stage must be 'align' or 'instruct', got {self.stage!r}")
+        if not self.model.base:
+            raise InputError("model.base is required: the radlvlm model directory training starts from")
+        if self.stage == "align" and self.model.adapter != "none":
+            raise InputError("stage 'align' trains the projector only: set model.adapter to 'none'")
+        if self.stage == "align" and not self.model.train_projector:
+            raise InputError("stage 'align' with train_projector false would train nothing")
+        if self.stage == "instruct" and self.model.adapter == "none" and not self.model.train_projector:
+            raise InputError("stage 'instruct' needs an adapter (mole or lora) or train_projector true")
+        if self.model.adapter not in ("mole", "lora", "none"):
+            raise InputError(f"model.adapter must be mole, lora or none, got {self.model.adapter!r}")
+        if self.model.adapter == "mole" and self.model.num_experts < 2:
+            raise InputError("a MoLE adapter needs num_experts >= 2 (use adapter: lora for one expert)")
+        if self.model.r < 1 or self.model.alpha <= 0:
+            raise InputError("model.r must be >= 1 and model.alpha > 0")
+        if not self.data.sources:
+            raise InputError("data.sources is empty: name at least one data source")
+        for index, source in enumerate(self.data.sources):
+            if not isinstance(source, dict) or "type" not in source:
+                raise InputError(f"data.sources[{index}] needs a 'type'")
+        weights = {k: v for k, v in self.data.mixture.items() if k != "error_fraction"}
+        unknown = set(weights) - {"draft", "check_simple", "check_complex"}
+        if unknown:
+            raise InputError(f"unknown task(s) in data.mixture: {sorted(unknown)}")
+        if any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
+            raise InputError("data.mixture weights must be non-negative and not all zero")
+        # TrainingArguments does not check types; a string learning rate would fail mid-run.
+        numbers = {
+            "learning_rate": self.training.learning_rate,
+            "num_train_epochs": self.training.num_train_epochs,
+            "weight_decay": self.training.weight_decay,
+            "warmup_ratio": getattr(self.training, "warmup_ratio", 0.0),
+        }
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InputError(f"training.{name} must be a non-negative number, got {value!r}")
+        if self.training.learning_rate <= 0:
+            raise InputError("training.learning_rate must be positive")
+        if self.stage == "align" and any(weights.get(t, 0) > 0 for t in ("check_simple", "check_complex")):
+            raise InputError("stage 'align' learns image → report only: set the check weights to 0")
+
+
+_TOP_LEVEL = {"name", "stage", "model", "data", "training", "seed"}
+
+
+def _build(kind: type, values: dict[str, Any] | None, where: str) -> Any:
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(kind) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}")
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: {e}") from e
+
+
+def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None) -> Recipe:
+    """Build and validate a recipe; relative paths resolve against ``base_dir`` (the recipe's folder)."""
+    if not isinstance(values, dict):
+        raise InputError("a recipe is a mapping of name, stage, model, data, training")
+    unknown = sorted(set(values) - _TOP_LEVEL)
+    if unknown:
+        raise InputError(f"recipe: unknown top-level key(s) {unknown}")
+    for required in ("name", "stage", "model", "data", "training"):
+        if required not in values:
+            raise InputError(f"recipe: missing '{required}'")
+    training_values = dict(values["training"] or {})
+    if "output_dir" not in training_values:
+        raise InputError("training.output_dir is required")
+    training_values.setdefault("report_to", "none")  # TensorBoard / W&B only when asked
+    training_values.setdefault("save_strategy", "steps")
+    training_values.setdefault("remove_unused_columns", False)  # examples are objects, not columns
+    training_values.setdefault("seed", int(values.get("seed", 0)))
+    model = _build(ModelSpec, values["model"], "model")
+    data = _build(DataSpec, values["data"], "data")
+    if base_dir is not None:
+        model.base = _resolve(model.base, base_dir)
+        if model.adapter_init:
+            model.adapter_init = _resolve(model.adapter_init, base_dir)
+        training_values["output_dir"] = _resolve(str(training_values["output_dir"]), base_dir)
+    training = _build(TrainingArguments, training_values, "training")
+    recipe = Recipe(str(values["name"]), values["stage"], model, data, training, int(values.get("seed", 0)))
+    recipe.validate()
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such recipe file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML{where}") from e
+    # Paths in a recipe are relative to the working directory, as on the command line.
+    return recipe_from_dict(values)
+
+
+def _resolve(value: str, base_dir: Path) -> str:
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else (base_dir / candidate))

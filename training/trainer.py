@@ -1,0 +1,257 @@
+"""Stages 1 and 2 on transformers' Trainer: model set-up per stage, batching, MoLE's auxiliary loss, outputs.
+
+What is ours is only what the Trainer cannot know: which parameters a stage trains, how an ``Example``
+becomes a batch (prompt tokens are not learned from), the MoLE balance loss, and saving the result as a base
+directory plus an adapter that ``radlvlm.model.load_pretrained`` reads. Checkpointing, resuming, mixed
+precision, gradient accumulation and DDP/FSDP/DeepSpeed are the Trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import get_last_checkpoint
+
+from radlvlm.errors import InputError
+from radlvlm.model.lora import apply_lora
+from radlvlm.model.modeling import RadLlavaForConditionalGeneration, load_model, save_model
+from radlvlm.model.mole import MoLEAdapter, MoLEConfig, inject_mole, load_mole_adapter
+from radlvlm.model.processor import RadProcessor
+from radlvlm.training.recipe import ModelSpec, Recipe
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CHECKPOINT_WEIGHTS = "radlvlm_state.safetensors"
+BASE_DIR, ADAPTER_DIR = "base", "adapter"
+
+
+class TrainingExample(Protocol):
+    instruction: str
+    response: str
+    image: torch.Tensor | None
+    task: str
+
+
+class ExampleCollator:
+    """Examples → one batch: chat-formatted prompt + response, labels only on the response and end-of-text."""
+
+    def __init__(self, processor: RadProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, examples: Sequence[TrainingExample]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise InputError("an empty batch")
+        processor = self.processor
+        prompts = [processor.chat_prompt(e.instruction, image=e.image is not None) for e in examples]
+        texts = [f"{p} {e.response}{processor.tokenizer.eos_token}" for p, e in zip(prompts, examples, strict=True)]
+        images = [e.image for e in examples]
+        batch = processor(texts, images, padding_side="right")
+        prompt_lengths = processor(prompts, images, padding_side="right")["attention_mask"].sum(dim=1)
+        labels = batch["input_ids"].clone()
+        for row, length in enumerate(prompt_lengths.tolist()):
+            labels[row, :length] = IGNORE_INDEX
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        return {**dict(batch), "labels": labels}
+
+
+class RadTrainer(Trainer):
+    """The Trainer plus MoLE's load-balancing loss on every step, and checkpoints that resume exactly.
+
+    Checkpoints hold the model's own state dict (adapter wrappers included) in one safetensors file, loaded
+    back strictly. transformers 5 writes ``save_pretrained`` files under renamed keys that its Trainer's
+    resume path does not map back, so a resumed run silently restarted from fresh weights; a strict load of
+    our own file cannot do that.
+    """
+
+    def __init__(self, *args: Any, mole: MoLEAdapter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mole = mole
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        directory = Path(output_dir or self.args.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = state_dict if state_dict is not None else self.model.state_dict()
+        seen: set[int] = set()
+        tensors = {}
+        for key, tensor in state.items():
+            tensor = tensor.detach().cpu().contiguous()
+            if tensor.data_ptr() in seen:  # tied weights: safetensors stores each storage once
+                tensor = tensor.clone()
+            seen.add(tensor.data_ptr())
+            tensors[key] = tensor
+        save_file(tensors, str(directory / CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+        torch.save(self.args, directory / TRAINING_ARGS_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = model or self.model
+        path = Path(resume_from_checkpoint) / CHECKPOINT_WEIGHTS
+        if not path.is_file():
+            raise InputError(f"{resume_from_checkpoint}: not a radlvlm checkpoint (no {CHECKPOINT_WEIGHTS})")
+        result = model.load_state_dict(load_file(str(path)), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise InputError(
+                f"{resume_from_checkpoint}: checkpoint does not fit this recipe's model: "
+                f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:2]}), "
+                f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:2]})"
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if self.mole is not None and model.training:
+            loss = loss + self.mole.auxiliary_loss()
+        return (loss, outputs) if return_outputs else loss
+
+
+class JsonlMetrics(TrainerCallback):
+    """Every log line of the Trainer, appended to ``metrics.jsonl`` in the output directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        if logs and state.is_world_process_zero:
+            record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def prepare_model(
+    spec: ModelSpec, stage: str, *, seed: int = 0
+) -> tuple[torch.nn.Module, RadProcessor, MoLEAdapter | None]:
+    """Load the base, freeze what the stage keeps fixed, attach the stage's adapter (initialised from ``seed``)."""
+    set_seed(seed)  # adapter and router initialisation must not depend on what ran before in this process
+    model = load_model(spec.base)
+    processor = RadProcessor.from_pretrained(spec.base)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    mole: MoLEAdapter | None = None
+    if spec.adapter == "mole":
+        if spec.adapter_init:
+            mole = load_mole_adapter(model, spec.adapter_init)
+        else:
+            mole = inject_mole(
+                model,
+                MoLEConfig(
+                    num_experts=spec.num_experts,
+                    r=spec.r,
+                    alpha=spec.alpha,
+                    dropout=spec.dropout,
+                    target_modules=tuple(spec.target_modules),
+                    balance_loss_weight=spec.balance_loss_weight,
+                ),
+            )
+    elif spec.adapter == "lora":
+        # peft saves the projector with the adapter (modules_to_save), so a resumed run keeps its progress.
+        model = apply_lora(
+            model,
+            r=spec.r,
+            alpha=spec.alpha,
+            dropout=spec.dropout,
+            target_modules=tuple(spec.target_modules),
+            modules_to_save=["multi_modal_projector"] if spec.train_projector else None,
+        )
+    if spec.train_projector and spec.adapter != "lora":
+        for parameter in _projector(model).parameters():
+            parameter.requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError(f"stage {stage!r} with this model spec trains no parameter")
+    return model, processor, mole
+
+
+def _projector(model: torch.nn.Module) -> torch.nn.Module:
+    for name, module in model.named_modules():
+        if name.endswith("multi_modal_projector"):
+            return module
+    raise InputError("the model has no multi_modal_projector")
+
+
+def dense_model(model: torch.nn.Module) -> RadLlavaForConditionalGeneration:
+    """The trained model without adapter wrappers (projector updates kept), as a plain radlvlm model.
+
+    Works from the state dict: MoLE's ``base_layer`` and peft's ``base_layer`` / ``modules_to_save`` wrappers
+    are unwrapped and adapter tensors dropped, so LoRA is *not* merged (the adapter stays separate).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    state = {}
+    for key, tensor in inner.state_dict().items():
+        if any(part in key for part in (".lora_", ".router.", ".original_module.")):
+            continue
+        key = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        state[key] = tensor
+    dense = RadLlavaForConditionalGeneration(inner.config)
+    dense.load_state_dict(state, strict=True)
+    return dense
+
+
+def save_outputs(
+    model: torch.nn.Module, processor: RadProcessor, mole: MoLEAdapter | None, out: Path
+) -> dict[str, str]:
+    """``out/base`` (a radlvlm model directory with the trained projector) and ``out/adapter`` (MoLE or LoRA)."""
+    base = out / BASE_DIR
+    save_model(dense_model(model), base)
+    processor.save_pretrained(base)
+    written = {"base": str(base)}
+    if mole is not None:
+        mole.save(out / ADAPTER_DIR)
+        written["adapter"] = str(out / ADAPTER_DIR)
+    elif hasattr(model, "peft_config"):
+        model.save_pretrained(out / ADAPTER_DIR)
+        written["adapter"] = str(out / ADAPTER_DIR)
+    return written
+
+
+def train(
+    recipe: Recipe,
+    train_dataset: torch.utils.data.Dataset,
+    eval_dataset: torch.utils.data.Dataset | None = None,
+    *,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run one stage. With ``resume`` (default) a run killed earlier continues from its last checkpoint."""
+    model, processor, mole = prepare_model(recipe.model, recipe.stage, seed=recipe.training.seed)
+    args = recipe.training
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if eval_dataset is None and args.eval_strategy != "no":
+        raise InputError("training.eval_strategy asks for evaluation but there is no validation data")
+    trainer = RadTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=ExampleCollator(processor),
+        callbacks=[JsonlMetrics(out / "metrics.jsonl")],
+        mole=mole,
+    )
+    checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    written = save_outputs(trainer.model, processor, mole, out)
+    summary = {
+        "recipe": recipe.name,
+        "stage": recipe.stage,
+        "resumed_from": checkpoint,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": seconds,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **written,
+    }
+    if mole is not None:
+        summary["expert_usage"] = mole.statistics()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
