@@ -106,7 +106,7 @@ class Recipe:
             "learning_rate": self.training.learning_rate,
             "num_train_epochs": self.training.num_train_epochs,
             "weight_decay": self.training.weight_decay,
-            "warmup_ratio": getattr(self.training, "warmup_ratio", 0.0),
+            "warmup_steps": self.training.warmup_steps,
         }
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -132,8 +132,15 @@ def _build(kind: type, values: dict[str, Any] | None, where: str) -> Any:
         raise InputError(f"{where}: {e}") from e
 
 
-def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None) -> Recipe:
-    """Build and validate a recipe; relative paths resolve against ``base_dir`` (the recipe's folder)."""
+_HARDWARE_FLAGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
+
+
+def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None, check_hardware: bool = True) -> Recipe:
+    """Build and validate a recipe; relative paths resolve against ``base_dir`` when given.
+
+    ``check_hardware=False`` validates a GPU recipe on a machine without the GPU (TrainingArguments refuses
+    bf16/tf32 where the hardware lacks them); the flags are kept on the result as written.
+    """
     if not isinstance(values, dict):
         raise InputError("a recipe is a mapping of name, stage, model, data, training")
     unknown = sorted(set(values) - _TOP_LEVEL)
@@ -156,13 +163,16 @@ def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None) ->
         if model.adapter_init:
             model.adapter_init = _resolve(model.adapter_init, base_dir)
         training_values["output_dir"] = _resolve(str(training_values["output_dir"]), base_dir)
+    deferred = {} if check_hardware else {k: training_values.pop(k) for k in _HARDWARE_FLAGS if k in training_values}
     training = _build(TrainingArguments, training_values, "training")
+    for key, value in deferred.items():
+        setattr(training, key, value)
     recipe = Recipe(str(values["name"]), values["stage"], model, data, training, int(values.get("seed", 0)))
     recipe.validate()
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, *, check_hardware: bool = True) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such recipe file")
@@ -173,7 +183,7 @@ def load_recipe(path: str | Path) -> Recipe:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}: not valid YAML{where}") from e
     # Paths in a recipe are relative to the working directory, as on the command line.
-    return recipe_from_dict(values)
+    return recipe_from_dict(values, check_hardware=check_hardware)
 
 
 def _resolve(value: str, base_dir: Path) -> str:

@@ -178,3 +178,14 @@ def test_recipe_files(tmp_path: Path) -> None:
         load_recipe(tmp_path / "bad.yaml")
     with pytest.raises(InputError, match="no such recipe file"):
         load_recipe(tmp_path / "absent.yaml")
+
+
+def test_shipped_llava_rad_recipes_validate() -> None:
+    from testsupport import REPO
+
+    for name in ("llava-rad-7b-stage1.yaml", "llava-rad-7b-stage2.yaml"):
+        recipe = load_recipe(REPO / "recipes" / name, check_hardware=False)  # bf16 recipes for GPUs
+        assert recipe.training.bf16 and recipe.training.lr_scheduler_type == "cosine"
+    stage2 = load_recipe(REPO / "recipes" / "llava-rad-7b-stage2.yaml", check_hardware=False)
+    assert (stage2.model.adapter, stage2.model.r, stage2.model.alpha) == ("lora", 64, 128)
+    assert stage2.training.learning_rate == 1e-4 and stage2.training.num_train_epochs == 3
