@@ -16,6 +16,7 @@ import typer
 import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 from radlvlm.clinical_eval.cli import eval_app
+from radlvlm.inference_cli import check_command, draft_command
 from radlvlm.model.cli import convert_app
 from radlvlm.safety.cli import audit_app, deid_command
 from radlvlm.service.serve import apikey_command, serve_command
@@ -34,6 +35,8 @@ app.command("deid")(deid_command)
 app.add_typer(audit_app, name="audit")
 app.command("serve")(serve_command)
 app.command("apikey")(apikey_command)
+app.command("draft")(draft_command)
+app.command("check")(check_command)
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)
 

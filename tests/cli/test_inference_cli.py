@@ -1,0 +1,72 @@
+"""``radlvlm draft`` / ``radlvlm check`` on a tiny saved model, through the de-identification path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from testsupport import REPORT_CORPUS, pydicom_file
+from typer.testing import CliRunner
+
+from radlvlm.cli import app
+from radlvlm.model import RadProcessor, build_config, build_model, train_tokenizer
+from radlvlm.model.pretrained import save_pretrained
+from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = train_tokenizer([*REPORT_CORPUS, "yes", "no"] * 10, vocab_size=300, min_frequency=1)
+    config = build_config(
+        tiny_vision_config("dinov2"), tiny_text_config("llama", vocab_size=len(tokenizer)), image_token_id=3
+    )
+    return save_pretrained(
+        build_model(config, seed=0), RadProcessor.for_model(tokenizer, config), tmp_path_factory.mktemp("m") / "tiny"
+    )
+
+
+def test_draft_and_check_print_json(model_dir: Path, tmp_path: Path) -> None:
+    key = tmp_path / "k.key"
+    study = str(pydicom_file("RG1_UNCR.dcm"))
+    drafted = runner.invoke(
+        app,
+        [
+            "draft",
+            study,
+            "--model",
+            str(model_dir),
+            "--max-new-tokens",
+            "6",
+            "--key-file",
+            str(key),
+            "--indication",
+            "Cough. Seen by Dr. Patel.",
+        ],
+    )
+    assert drafted.exit_code == 0, drafted.output
+    body = json.loads(drafted.stdout)
+    assert body["model_id"] == "tiny" and "not for clinical use" in body["disclaimer"]
+    report = tmp_path / "report.txt"
+    report.write_text("FINDINGS: Small left pleural effusion. IMPRESSION: No effusion.")
+    checked = runner.invoke(app, ["check", "--report", str(report), "--model", str(model_dir), "--key-file", str(key)])
+    assert checked.exit_code == 0, checked.output
+    verdict = json.loads(checked.stdout)
+    assert verdict["check_type"] == "text_only" and isinstance(verdict["has_error"], bool)
+    with_image = runner.invoke(
+        app, ["check", study, "--report", str(report), "--model", str(model_dir), "--key-file", str(key)]
+    )
+    assert json.loads(with_image.stdout)["check_type"] == "image"
+
+
+def test_bad_input_exits_2(model_dir: Path, tmp_path: Path) -> None:
+    ct = str(pydicom_file("CT_small.dcm"))
+    refused = runner.invoke(app, ["draft", ct, "--model", str(model_dir), "--key-file", str(tmp_path / "k")])
+    assert refused.exit_code == 2 and "not CR or DX" in refused.stderr
+    no_model = runner.invoke(app, ["draft", str(pydicom_file("RG1_UNCR.dcm")), "--key-file", str(tmp_path / "k")])
+    assert no_model.exit_code == 2 and "no model given" in no_model.stderr
+    (tmp_path / "empty.txt").write_text("  ")
+    empty = runner.invoke(app, ["check", "--report", str(tmp_path / "empty.txt"), "--model", str(model_dir)])
+    assert empty.exit_code == 2 and "empty" in empty.stderr
