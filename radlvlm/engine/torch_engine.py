@@ -192,7 +192,8 @@ class TorchEngine(Engine):
                 else:
                     results = self._complex_checks(items, start)
             except Exception as e:  # a failed batch fails its requests, never the worker
-                logger.exception("engine batch of %d %s request(s) failed", len(items), kind)
+                # Type only: a traceback or message could quote request content.
+                logger.error("engine batch of %d %s request(s) failed: %s", len(items), kind, type(e).__name__)
                 with self._lock:
                     self._stats.failed += len(items)
                 for item in items:
