@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # System packages some tests and features use, from Debian: tesseract (OCR of burned-in text in DICOM
-# pixels) and chromium + chromedriver (the page's browser test). Installs what is missing when run as root
+# pixels), chromium + chromedriver (the page's browser test), Orthanc with its DICOMweb plugin (the PACS the
+# integration tests talk to; its service is not started — the tests start the binary with a config of
+# their own inside a private network namespace) and dcmtk (a real DICOM SCU for the listener tests). Installs what is missing when run as root
 # with apt-get; otherwise says what is missing and carries on (those tests then skip, saying why).
 set -euo pipefail
-wanted=(tesseract-ocr chromium chromium-driver)
+wanted=(tesseract-ocr chromium chromium-driver orthanc orthanc-dicomweb dcmtk)
 missing=()
 for package in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -71,6 +71,7 @@ def create_app(
     model_info: dict[str, Any],
     audit: Any = None,
     deidentifier: Any = None,
+    dicomweb: Any = None,
 ) -> FastAPI:
     """The app around a ready ``engine``. ``audit`` and ``deidentifier`` come from ``radlvlm.safety``."""
     state = ServiceState(
@@ -82,6 +83,7 @@ def create_app(
         metrics=Metrics(),
         audit=audit,
         deidentifier=deidentifier,
+        dicomweb=dicomweb,
     )
 
     @asynccontextmanager

@@ -24,6 +24,7 @@ from radlvlm.errors import (
     RadlvlmError,
     UnsupportedTransferSyntaxError,
 )
+from radlvlm.integrations.dicomweb import PacsError
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineClosed)
     async def _closed(request: Request, exc: EngineClosed) -> JSONResponse:
         return error_response(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"})
+
+    @app.exception_handler(PacsError)
+    async def _pacs(request: Request, exc: PacsError) -> JSONResponse:
+        if exc.status == 404:
+            return error_response(404, "study_not_found", "the archive has no such study")
+        return error_response(502, "archive_error", str(exc))
 
     @app.exception_handler(RadlvlmError)
     async def _radlvlm(request: Request, exc: RadlvlmError) -> JSONResponse:

@@ -12,11 +12,12 @@ import dataclasses
 import io
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from radlvlm.errors import GuardrailViolation, NotDicomError
+from radlvlm.errors import GuardrailViolation, NotDicomError, RadlvlmError
 from radlvlm.imaging import Image, Study, View, dataset_to_image
 from radlvlm.imaging.dicom import is_plain_image, read_image_file
 from radlvlm.safety.dicom_deid import DicomDeidentifier
@@ -125,3 +126,29 @@ def release_sentences(
         buffer = parts[-1]
     if buffer.strip():
         yield clean_output(buffer, deidentifier, has_prior=False, has_lateral=False)
+
+
+def frontal_image_from_archive(
+    study_uid: str, source: Any, deidentifier: DicomDeidentifier
+) -> tuple[Image, list[GuardrailFlag]]:
+    """Fetch a study over DICOMweb, de-identify every instance, and pick its frontal radiograph (PA over AP).
+
+    Instances that cannot be read or de-identified are skipped; with no usable frontal image the input
+    guardrails refuse the study with their reasons.
+    """
+    datasets = source.retrieve_study(study_uid)
+    study = Study(study_uid)
+    for index, ds in enumerate(datasets):
+        name = f"{UPLOAD_NAME}[{index}]"
+        try:
+            clean = deidentifier.deidentify_dataset(ds, name=name).dataset
+            study.add(dataset_to_image(clean, name=name))
+        except RadlvlmError:
+            continue
+    findings = input_findings(study)
+    refused = [f for f in findings if f.severity == "refuse"]
+    frontal = sorted(study.frontal_images(), key=lambda image: image.view is not View.PA)
+    if refused or not frontal:
+        reasons = "; ".join(f.message for f in refused) or "no readable frontal radiograph in the study"
+        raise GuardrailViolation(reasons)
+    return frontal[0], [flag_of(f) for f in findings]

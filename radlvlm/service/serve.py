@@ -59,7 +59,13 @@ def build_app(settings: ServiceSettings) -> Any:
     deidentifier = DicomDeidentifier(PseudonymMap(key, record=False))
     audit = AuditTrail(settings.audit_path, key=key)
     info = model_info(model, model_id, str(settings.adapter_dir) if settings.adapter_dir else None)
-    return create_app(settings, engine, model_info=info, audit=audit, deidentifier=deidentifier)
+    dicomweb = None
+    if settings.dicomweb_url:
+        from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
+
+        headers = {"Authorization": settings.dicomweb_authorization} if settings.dicomweb_authorization else {}
+        dicomweb = DicomWebSource(DicomWebSettings(settings.dicomweb_url, headers=headers))
+    return create_app(settings, engine, model_info=info, audit=audit, deidentifier=deidentifier, dicomweb=dicomweb)
 
 
 def serve_command(

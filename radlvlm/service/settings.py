@@ -34,6 +34,8 @@ class ServiceSettings(BaseSettings):
     max_wait_ms: float = Field(default=5.0, ge=0)
     max_queue: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    dicomweb_url: str | None = Field(default=None, description="The archive drafts may name studies in (DICOMweb root)")
+    dicomweb_authorization: str | None = Field(default=None, description="Authorization header for the archive")
     audit_path: Path = Path("radlvlm-audit.jsonl")
     deid_key_path: Path = Field(default=Path("radlvlm-deid.key"), description="Project key for pseudonyms and UIDs")
 

@@ -53,5 +53,6 @@ class ServiceState:
     metrics: Metrics
     audit: Any = None  # radlvlm.safety.audit.AuditTrail
     deidentifier: Any = None  # radlvlm.safety.dicom_deid.DicomDeidentifier
+    dicomweb: Any = None  # radlvlm.integrations.dicomweb.DicomWebSource, when an archive is configured
     ready: bool = False
     started: float = field(default_factory=time.time)

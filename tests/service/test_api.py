@@ -240,3 +240,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
         gate.set()
         uv.should_exit = True
         thread.join(timeout=30)
+
+
+def test_study_reference_without_an_archive_is_422(server: Server) -> None:
+    with server.client() as client:
+        response = client.post("/v1/drafts", data={"study_uid": "1.2.3.4"})
+        assert response.status_code == 422 and _error(response)["code"] == "no_archive"
+        bad = client.post("/v1/drafts", data={"study_uid": "1.2.x"})
+        assert bad.status_code == 422 and _error(bad)["code"] == "invalid_request"

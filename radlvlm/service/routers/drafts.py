@@ -15,7 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest
 from radlvlm.service.dependencies import get_state, require
 from radlvlm.service.errors import ApiError
-from radlvlm.service.pipeline import check_input_image, clean_output, deidentified_image, release_sentences
+from radlvlm.service.pipeline import (
+    check_input_image,
+    clean_output,
+    deidentified_image,
+    frontal_image_from_archive,
+    release_sentences,
+)
 from radlvlm.service.schemas import DraftOut, ErrorBody, ImageFacts, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
@@ -27,7 +33,17 @@ ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 
 
 @router.post("/drafts", response_model=DraftOut, responses=ERRORS)  # type: ignore[arg-type]
 async def create_draft(
-    file: Annotated[UploadFile, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")],
+    file: Annotated[
+        UploadFile | None, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")
+    ] = None,
+    study_uid: Annotated[
+        str | None,
+        Form(
+            max_length=64,
+            pattern=r"^[0-9]+(\.[0-9]+)*$",
+            description="A StudyInstanceUID in the configured DICOMweb archive (instead of an upload)",
+        ),
+    ] = None,
     indication: Annotated[
         str | None, Form(max_length=2000, description="Reason for the exam (de-identified first)")
     ] = None,
@@ -37,13 +53,23 @@ async def create_draft(
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
 ) -> DraftOut:
-    """Draft findings and impression. The upload is de-identified before the model sees it; the answer is a
-    preliminary, AI-generated draft for a radiologist to review."""
+    """Draft findings and impression for an uploaded image or a study in the hospital's archive. The input is
+    de-identified before the model sees it; the answer is a preliminary, AI-generated draft for a radiologist
+    to review."""
     started = time.perf_counter()
-    data = await file.read()
     deidentifier = state.deidentifier
-    image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
-    flags = check_input_image(image)
+    if (file is None) == (study_uid is None):
+        raise ApiError(422, "invalid_request", "give exactly one of 'file' (an upload) or 'study_uid' (DICOMweb)")
+    if study_uid is not None:
+        if state.dicomweb is None:
+            raise ApiError(422, "no_archive", "this service has no DICOMweb archive configured")
+        data = study_uid.encode()
+        image, flags = await run_in_threadpool(frontal_image_from_archive, study_uid, state.dicomweb, deidentifier)
+    else:
+        assert file is not None
+        data = await file.read()
+        image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
+        flags = check_input_image(image)
     clean_indication = None
     if indication and indication.strip():
         clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
