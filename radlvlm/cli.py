@@ -20,6 +20,7 @@ from radlvlm.inference_cli import check_command, draft_command
 from radlvlm.model.cli import convert_app
 from radlvlm.safety.cli import audit_app, deid_command
 from radlvlm.service.serve import apikey_command, serve_command
+from radlvlm.training.cli import train_command
 
 app = typer.Typer(
     name="radlvlm",
@@ -36,6 +37,7 @@ app.add_typer(audit_app, name="audit")
 app.command("serve")(serve_command)
 app.command("apikey")(apikey_command)
 app.command("draft")(draft_command)
+app.command("train")(train_command)
 app.command("check")(check_command)
 
 SAMPLE_STUDY = "RG1_UNCR.dcm"  # a real CR chest PA (MONOCHROME1) shipped by the pydicom-data package (MIT)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from radlvlm.errors import InputError
@@ -126,6 +127,33 @@ class JsonlMetrics(TrainerCallback):
                 handle.write(json.dumps(record) + "\n")
 
 
+def fit_to_context(dataset: torch.utils.data.Dataset, processor: RadProcessor) -> tuple[torch.utils.data.Dataset, int]:
+    """Drop examples longer than the model's context (counted, never silently truncated mid-answer).
+
+    Uses ``dataset.text(i)`` / ``has_image(i)`` when the dataset offers them, so no image is read.
+    """
+    limit = processor.max_length
+    if limit is None:
+        return dataset, 0
+    keep = []
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        if hasattr(dataset, "text"):
+            instruction, response = dataset.text(index)
+            has_image = dataset.has_image(index)
+        else:
+            example = dataset[index]
+            instruction, response, has_image = example.instruction, example.response, example.image is not None
+        text = f"{processor.chat_prompt(instruction, image=False)} {response}{processor.tokenizer.eos_token}"
+        length = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        length += processor.num_image_tokens + 1 if has_image else 0  # <image> and its newline are in the prompt
+        if length <= limit:
+            keep.append(index)
+    dropped = len(dataset) - len(keep)  # type: ignore[arg-type]
+    if not keep:
+        raise InputError(f"every one of {len(dataset)} examples is longer than the model's context of {limit}")  # type: ignore[arg-type]
+    return (torch.utils.data.Subset(dataset, keep) if dropped else dataset), dropped
+
+
 def prepare_model(
     spec: ModelSpec, stage: str, *, seed: int = 0
 ) -> tuple[torch.nn.Module, RadProcessor, MoLEAdapter | None]:
@@ -225,6 +253,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if eval_dataset is None and args.eval_strategy != "no":
         raise InputError("training.eval_strategy asks for evaluation but there is no validation data")
+    train_dataset, too_long = fit_to_context(train_dataset, processor)
+    if too_long:
+        logger.warning(
+            "%d training example(s) longer than the context of %s were left out", too_long, processor.max_length
+        )
+    if eval_dataset is not None:
+        eval_dataset, _ = fit_to_context(eval_dataset, processor)
     trainer = RadTrainer(
         model=model,
         args=args,
@@ -234,6 +269,8 @@ def train(
         callbacks=[JsonlMetrics(out / "metrics.jsonl")],
         mole=mole,
     )
+    # Log lines go to metrics.jsonl and the progress bar to stderr; stdout stays free for the summary.
+    trainer.remove_callback(PrinterCallback)
     checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
@@ -249,6 +286,8 @@ def train(
         "train_loss": result.training_loss,
         "seconds": seconds,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "examples": len(train_dataset),  # type: ignore[arg-type]
+        "examples_left_out_too_long": too_long,
         **written,
     }
     if mole is not None:
