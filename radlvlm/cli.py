@@ -17,6 +17,7 @@ import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 from radlvlm.clinical_eval.cli import eval_app
 from radlvlm.inference_cli import check_command, draft_command
+from radlvlm.integrations.cli import pacs_app
 from radlvlm.model.cli import convert_app
 from radlvlm.safety.cli import audit_app, deid_command
 from radlvlm.service.serve import apikey_command, serve_command
@@ -34,6 +35,7 @@ app.add_typer(convert_app, name="convert")
 app.add_typer(eval_app, name="eval")
 app.command("deid")(deid_command)
 app.add_typer(audit_app, name="audit")
+app.add_typer(pacs_app, name="pacs")
 app.command("serve")(serve_command)
 app.command("apikey")(apikey_command)
 app.command("draft")(draft_command)

@@ -1,0 +1,111 @@
+"""``radlvlm pacs listen`` (C-STORE SCP to a spool) and ``radlvlm pacs worker`` (draft new studies, write back)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from radlvlm.cli_support import fail, run_guarded, stderr
+
+pacs_app = typer.Typer(help="PACS integration: DICOM listener and the drafting worker.")
+
+
+@pacs_app.command("listen")
+def listen_command(
+    spool: Annotated[Path, typer.Option(help="Where received instances are written.")],
+    port: Annotated[int, typer.Option(help="DICOM port.")] = 11112,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    ae_title: Annotated[str, typer.Option(help="Our AE title.")] = "RADLVLM",
+    allow: Annotated[list[str] | None, typer.Option(help="Calling AE title allowed to send (repeatable).")] = None,
+) -> None:
+    """Receive studies by C-STORE (and answer C-ECHO) until interrupted."""
+    from radlvlm.integrations.dimse import ListenerSettings, start_listener
+
+    settings = run_guarded(
+        lambda: ListenerSettings(
+            spool=spool, host=host, port=port, ae_title=ae_title, allowed_callers=tuple(allow or ())
+        )
+    )
+    server, counts = run_guarded(lambda: start_listener(settings))
+    stderr.print(f"listening as {ae_title} on {host}:{port}; spool {spool}", highlight=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        typer.echo(
+            json.dumps(
+                {
+                    "received": counts.received,
+                    "refused": counts.refused,
+                    "failed": counts.failed,
+                    "studies": len(counts.studies),
+                }
+            )
+        )
+
+
+@pacs_app.command("worker")
+def worker_command(
+    dicomweb: Annotated[str, typer.Option(help="The archive's DICOMweb root, e.g. http://orthanc:8042/dicom-web")],
+    model: Annotated[Path, typer.Option(help="A radlvlm model directory.", exists=True, file_okay=False)],
+    ledger: Annotated[Path, typer.Option(help="The worker's SQLite ledger (idempotency, resume).")],
+    adapter: Annotated[Path | None, typer.Option(help="A MoLE or LoRA adapter.", exists=True, file_okay=False)] = None,
+    orthanc: Annotated[
+        str | None, typer.Option(help="Orthanc REST root: follow its /changes feed (else QIDO poll).")
+    ] = None,
+    outbox: Annotated[Path | None, typer.Option(help="Folder for FHIR DiagnosticReport and HL7 ORU files.")] = None,
+    authorization: Annotated[str | None, typer.Option(help="Authorization header for the archive.")] = None,
+    key_file: Annotated[Path, typer.Option(help="Project key for the de-identified working copies.")] = Path(
+        "radlvlm-deid.key"
+    ),
+    once: Annotated[bool, typer.Option("--once", help="Draft what is there now and exit.")] = False,
+    poll_s: Annotated[float, typer.Option(help="Seconds between polls.")] = 10.0,
+) -> None:
+    """Draft every new chest CR/DX study once and write the SR back (FHIR/HL7 to the outbox)."""
+    from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
+    from radlvlm.integrations.ledger import StudyLedger
+    from radlvlm.integrations.worker import DraftWorker, OrthancChangesDiscovery, PacsPublisher, QidoDiscovery
+    from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.safety.dicom_deid import DicomDeidentifier
+    from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
+
+    headers = {"Authorization": authorization} if authorization else {}
+    archive = run_guarded(lambda: DicomWebSource(DicomWebSettings(dicomweb, headers=headers)))
+    loaded, processor = run_guarded(lambda: load_pretrained(model, adapter=adapter))
+    engine = TorchEngine(loaded, processor, model_id=model.name)
+    book = StudyLedger(ledger)
+    key, _ = run_guarded(lambda: load_or_create_key(key_file))
+    discovery = OrthancChangesDiscovery(orthanc, book, headers) if orthanc else QidoDiscovery(archive)
+    worker = DraftWorker(
+        fetch=archive.retrieve_study,
+        engine=engine,
+        ledger=book,
+        deidentifier=DicomDeidentifier(PseudonymMap(key, record=False)),
+        publish=PacsPublisher(archive, outbox=outbox),
+        discovery=discovery,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if once:
+            worker.run_once()
+        else:
+            stderr.print(f"worker polling every {poll_s:g} s; Ctrl-C to stop", highlight=False)
+            worker.run_forever(poll_s, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+    if not book.path.exists():
+        raise fail("the ledger was not written")
+    typer.echo(json.dumps({"this_run": vars(worker.counts), "ledger": book.counts()}))
