@@ -17,7 +17,6 @@ import json
 import platform
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,9 @@ import torch
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import git_commit
 
 from radlvlm.safety.burned_in import tesseract_available
 from radlvlm.safety.dicom_deid import DicomDeidentifier
@@ -95,13 +97,6 @@ def time_text(texts: list[str], deid: ReportDeidentifier) -> dict[str, float]:
         "reports_per_s": round(len(texts) / seconds, 1),
         "mean_chars": round(sum(map(len, texts)) / len(texts)),
     }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

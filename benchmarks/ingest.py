@@ -14,7 +14,6 @@ import copy
 import json
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ import torch.nn.functional as F
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, generate_uid
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import git_commit
 
 from radlvlm.imaging import ImageTransformConfig, ToModelInput, read_image_file
 
@@ -72,13 +74,6 @@ def time_ingest(paths: list[Path], transform: ToModelInput) -> dict[str, float]:
         "decode_ms_per_image": 1000 * decode_seconds / len(paths),
         "transform_ms_per_image": 1000 * transform_seconds / len(paths),
     }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import git_commit
 from transformers import Dinov2Config, LlamaConfig
 
 from radlvlm.model import (
@@ -152,9 +152,7 @@ def main() -> None:
         peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
     report = {
         "name": "model",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "device": {
             "kind": device,
             "name": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine()),

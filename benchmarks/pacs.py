@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
+from report import git_commit
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 
@@ -93,9 +94,7 @@ def main() -> None:
             orthanc.stop()
     report = {
         "name": "pacs",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "device": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "config": {
             "studies": args.studies,

@@ -30,6 +30,7 @@ import httpx
 from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).parent))
+from report import git_commit
 
 
 def free_port() -> int:
@@ -183,9 +184,7 @@ def main() -> None:
     }
     report = {
         "name": "service",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "device": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "config": {
             "model": str(args.model) if args.model else "small random LVLM (benchmarks/model.py shape)",

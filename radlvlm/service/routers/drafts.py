@@ -6,13 +6,14 @@ import asyncio
 import hashlib
 import json
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest
+from radlvlm.imaging import Image
 from radlvlm.service.dependencies import get_state, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.pipeline import (
@@ -22,13 +23,44 @@ from radlvlm.service.pipeline import (
     frontal_image_from_archive,
     release_sentences,
 )
-from radlvlm.service.schemas import DraftOut, ErrorBody, ImageFacts, TimingsOut
+from radlvlm.service.schemas import DraftOut, ErrorBody, GuardrailFlag, ImageFacts, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["drafts"])
 
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503, 504)}
+
+
+async def _prepare(
+    state: ServiceState, file: UploadFile | None, study_uid: str | None, indication: str | None, view: str | None
+) -> tuple[bytes, Image, list[GuardrailFlag], str | None]:
+    """The safety path of a draft request: (request bytes for the audit hash, de-identified image, input flags,
+    de-identified indication). Exactly one of an upload or an archive study UID."""
+    deidentifier = state.deidentifier
+    if (file is None) == (study_uid is None):
+        raise ApiError(422, "invalid_request", "give exactly one of 'file' (an upload) or 'study_uid' (DICOMweb)")
+    if study_uid is not None:
+        if state.dicomweb is None:
+            raise ApiError(422, "no_archive", "this service has no DICOMweb archive configured")
+        data = study_uid.encode()
+        image, flags = await run_in_threadpool(frontal_image_from_archive, study_uid, state.dicomweb, deidentifier)
+    else:
+        assert file is not None
+        data = await file.read()
+        image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
+        flags = check_input_image(image)
+    clean_indication = None
+    if indication and indication.strip():
+        clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
+    return data, image, flags, clean_indication
+
+
+async def _answer(state: ServiceState, future: Any, what: str) -> Any:
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"the model did not {what} in time") from None
 
 
 @router.post("/drafts", response_model=DraftOut, responses=ERRORS)  # type: ignore[arg-type]
@@ -58,28 +90,11 @@ async def create_draft(
     to review."""
     started = time.perf_counter()
     deidentifier = state.deidentifier
-    if (file is None) == (study_uid is None):
-        raise ApiError(422, "invalid_request", "give exactly one of 'file' (an upload) or 'study_uid' (DICOMweb)")
-    if study_uid is not None:
-        if state.dicomweb is None:
-            raise ApiError(422, "no_archive", "this service has no DICOMweb archive configured")
-        data = study_uid.encode()
-        image, flags = await run_in_threadpool(frontal_image_from_archive, study_uid, state.dicomweb, deidentifier)
-    else:
-        assert file is not None
-        data = await file.read()
-        image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
-        flags = check_input_image(image)
-    clean_indication = None
-    if indication and indication.strip():
-        clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
+    data, image, flags, clean_indication = await _prepare(state, file, study_uid, indication, view)
     future = state.engine.submit(
         DraftRequest(image=image, indication=clean_indication, max_new_tokens=state.settings.max_new_tokens)
     )
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
-    except TimeoutError:
-        raise ApiError(504, "timeout", "the model did not answer in time") from None
+    result = await _answer(state, future, "answer")
     assert isinstance(result, DraftResult)
     findings, findings_flags = await run_in_threadpool(
         clean_output, result.findings, deidentifier, has_prior=False, has_lateral=False
@@ -125,7 +140,13 @@ async def create_draft(
     responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}, **ERRORS},  # type: ignore[dict-item]
 )
 async def stream_draft(
-    file: Annotated[UploadFile, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")],
+    file: Annotated[
+        UploadFile | None, File(description="The frontal chest radiograph: DICOM (CR/DX), PNG or JPEG")
+    ] = None,
+    study_uid: Annotated[
+        str | None,
+        Form(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)*$", description="A StudyInstanceUID in the archive"),
+    ] = None,
     indication: Annotated[str | None, Form(max_length=2000)] = None,
     view: Annotated[Literal["PA", "AP"] | None, Form()] = None,
     principal: Principal = Depends(require("draft")),
@@ -135,26 +156,17 @@ async def stream_draft(
     (each scanned for PHI first, so nothing unchecked leaves), then one ``done`` event with the parsed draft.
     Errors before the stream starts are ordinary JSON errors."""
     started = time.perf_counter()
-    data = await file.read()
     deidentifier = state.deidentifier
-    image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
-    flags = check_input_image(image)
-    clean_indication = None
-    if indication and indication.strip():
-        clean_indication = (await run_in_threadpool(deidentifier.text.deidentify, indication)).text
+    data, image, flags, clean_indication = await _prepare(state, file, study_uid, indication, view)
     future = state.engine.submit(
         StreamDraftRequest(image=image, indication=clean_indication, max_new_tokens=state.settings.max_new_tokens)
     )
-    try:
-        stream = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
-    except TimeoutError:
-        raise ApiError(504, "timeout", "the model did not start in time") from None
+    stream = await _answer(state, future, "start")
     assert isinstance(stream, DraftStream)
 
     def events():  # type: ignore[no-untyped-def]
-        released_flags = list(flags)
-        for sentence, sentence_flags in release_sentences(iter(stream), deidentifier):
-            released_flags += sentence_flags
+        # Sentence flags repeat on the parsed sections below, which the done event reports.
+        for sentence, _ in release_sentences(iter(stream), deidentifier):
             yield f"event: text\ndata: {json.dumps({'text': sentence})}\n\n"
         result = stream.result(timeout=state.settings.request_timeout_s)
         if result is None:

@@ -1,0 +1,29 @@
+"""What every benchmark writes: one JSON file with name, commit, device, config, metrics (and targets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+        return result.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def write_report(
+    path: Path, name: str, device: dict[str, Any], config: dict[str, Any], metrics: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """Write the report to ``path`` and print its metrics; returns the report."""
+    report = {"name": name, "commit": git_commit(), "device": device, "config": config, "metrics": metrics, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    json.dump(metrics, sys.stdout, indent=2)
+    print()
+    return report
