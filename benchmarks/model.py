@@ -9,17 +9,15 @@ Random weights (speed does not depend on them). Writes one JSON file.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from report import git_commit
+from report import git_commit, save_report
 from transformers import Dinov2Config, LlamaConfig
 
 from radlvlm.model import (
@@ -183,10 +181,7 @@ def main() -> None:
         },
         "target": {"mole_over_lora_step_ratio_max": 1.15},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(report["metrics"], sys.stdout, indent=2)
-    print()
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

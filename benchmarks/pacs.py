@@ -12,7 +12,6 @@ Without --model the small random LVLM of benchmarks/model.py is built (32-token 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,7 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import git_commit
+from report import git_commit, save_report
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
@@ -110,10 +109,7 @@ def main() -> None:
             "stow_in_seconds": stow_seconds,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(report["metrics"], sys.stdout, indent=2)
-    print()
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

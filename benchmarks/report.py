@@ -17,13 +17,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_report(
-    path: Path, name: str, device: dict[str, Any], config: dict[str, Any], metrics: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    """Write the report to ``path`` and print its metrics; returns the report."""
-    report = {"name": name, "commit": git_commit(), "device": device, "config": config, "metrics": metrics, **extra}
+def save_report(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` (name, commit, device, config, metrics …) to ``path`` and print its metrics."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(metrics, sys.stdout, indent=2)
+    json.dump(report.get("metrics", {}), sys.stdout, indent=2)
     print()
-    return report

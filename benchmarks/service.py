@@ -14,7 +14,6 @@ Without --model a small random model (the shape benchmarks/model.py uses) is bui
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -30,7 +29,7 @@ import httpx
 from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import git_commit
+from report import git_commit, save_report
 
 
 def free_port() -> int:
@@ -195,10 +194,7 @@ def main() -> None:
         "metrics": {"batched": batched, "batch_size_1": unbatched, "batching_speedup_by_concurrency": speedup},
         "target": {"errors": 0, "p50_draft_s_at_concurrency_1": 1.5},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(report["metrics"], sys.stdout, indent=2)
-    print()
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":
