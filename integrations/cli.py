@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -67,14 +68,23 @@ def worker_command(
     key_file: Annotated[Path, typer.Option(help="Project key for the de-identified working copies.")] = Path(
         "radlvlm-deid.key"
     ),
+    spool: Annotated[
+        Path | None, typer.Option(help="Draft studies from the listener's spool instead of the archive.")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Draft what is there now and exit.")] = False,
     poll_s: Annotated[float, typer.Option(help="Seconds between polls.")] = 10.0,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
 ) -> None:
     """Draft every new chest CR/DX study once and write the SR back (FHIR/HL7 to the outbox)."""
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
     from radlvlm.integrations.ledger import StudyLedger
-    from radlvlm.integrations.worker import DraftWorker, OrthancChangesDiscovery, PacsPublisher, QidoDiscovery
+    from radlvlm.integrations.worker import (
+        DraftWorker,
+        OrthancChangesDiscovery,
+        PacsPublisher,
+        QidoDiscovery,
+    )
     from radlvlm.model.pretrained import load_pretrained
     from radlvlm.safety.dicom_deid import DicomDeidentifier
     from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
@@ -94,6 +104,7 @@ def worker_command(
         publish=PacsPublisher(archive, outbox=outbox),
         discovery=discovery,
     )
+    update_metrics = _serve_metrics(metrics_port, book, worker) if metrics_port else (lambda: None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -101,11 +112,36 @@ def worker_command(
             worker.run_once()
         else:
             stderr.print(f"worker polling every {poll_s:g} s; Ctrl-C to stop", highlight=False)
-            worker.run_forever(poll_s, stop)
+            while not stop.is_set():
+                worker.run_once()
+                update_metrics()
+                stop.wait(poll_s)
     except KeyboardInterrupt:
         pass
     finally:
         engine.close()
+        update_metrics()
     if not book.path.exists():
         raise fail("the ledger was not written")
     typer.echo(json.dumps({"this_run": vars(worker.counts), "ledger": book.counts()}))
+
+
+def _serve_metrics(port: int, ledger: object, worker: object) -> Callable[[], None]:
+    """Prometheus metrics of the worker on 127.0.0.1:``port``: studies by ledger state, this run's counts."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    registry = CollectorRegistry()
+    studies = Gauge("radlvlm_worker_studies", "Studies in the worker's ledger by state", ["state"], registry=registry)
+    run = Gauge(
+        "radlvlm_worker_run", "Studies handled since the worker started, by outcome", ["outcome"], registry=registry
+    )
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+    def update() -> None:
+        for state, count in ledger.counts().items():  # type: ignore[attr-defined]
+            studies.labels(state).set(count)
+        for outcome, count in vars(worker.counts).items():  # type: ignore[attr-defined]
+            run.labels(outcome).set(count)
+
+    update()
+    return update

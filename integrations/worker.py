@@ -98,6 +98,41 @@ class OrthancChangesDiscovery:
                 return found
 
 
+@dataclass
+class SpoolDiscovery:
+    """Studies the C-STORE listener spooled (``<spool>/<study uid>/*.dcm``), once no file arrived for
+    ``stable_s`` seconds (a modality sends a study's images one association at a time)."""
+
+    spool: Path
+    stable_s: float = 10.0
+
+    def new_studies(self) -> list[str]:
+        if not self.spool.is_dir():
+            return []
+        now = time.time()
+        found = []
+        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir()):
+            files = list(folder.glob("*.dcm"))
+            if files and now - max(f.stat().st_mtime for f in files) >= self.stable_s:
+                found.append(folder.name)
+        return found
+
+    def fetch(self, study_uid: str) -> list[Dataset]:
+        """The spooled instances of a study (the worker's ``fetch`` for spool-fed studies)."""
+        from pydicom import dcmread
+
+        folder = self.spool / study_uid
+        if not folder.is_dir():
+            raise PacsError("the study is no longer in the spool")
+        datasets = []
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                datasets.append(dcmread(path))
+            except Exception:  # a damaged spool file is skipped; the guardrails judge what is left
+                logger.warning("unreadable spool file skipped")
+        return datasets
+
+
 Publisher = Callable[[Sequence[Dataset], str, str, str], str | None]
 """publish(original datasets, findings, impression, model id) → the output's UID (e.g. the SR's)."""
 

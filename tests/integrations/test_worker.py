@@ -159,6 +159,11 @@ def test_pacs_worker_command_once(orthanc: Orthanc, tmp_path: Path) -> None:
     study = _study("RG1_UNCR.dcm", "ACC-CLI")
     archive.store([study])
     model_dir = build_tiny_model_dir(tmp_path / "tiny")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
     result = CliRunner().invoke(
         app,
         [
@@ -175,6 +180,8 @@ def test_pacs_worker_command_once(orthanc: Orthanc, tmp_path: Path) -> None:
             "--key-file",
             str(tmp_path / "k.key"),
             "--once",
+            "--metrics-port",
+            str(metrics_port),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -182,6 +189,10 @@ def test_pacs_worker_command_once(orthanc: Orthanc, tmp_path: Path) -> None:
     dead = [(r.study_uid, r.last_error) for r in StudyLedger(tmp_path / "ledger.sqlite").dead_letters()]
     assert summary["ledger"]["done"] >= 1 and summary["ledger"]["dead"] == 0, dead
     assert _sr_count(archive, study.StudyInstanceUID) == 1
+    import requests
+
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    assert f'radlvlm_worker_studies{{state="done"}} {float(summary["ledger"]["done"])}' in metrics
     bad = CliRunner().invoke(
         app,
         [
@@ -197,3 +208,40 @@ def test_pacs_worker_command_once(orthanc: Orthanc, tmp_path: Path) -> None:
         ],
     )
     assert bad.exit_code == 2 and "http" in bad.stderr
+
+
+def test_studies_received_by_the_listener_are_drafted_from_the_spool(orthanc: Orthanc, engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import socket
+    import subprocess
+
+    from radlvlm.integrations.dimse import ListenerSettings, start_listener
+    from radlvlm.integrations.worker import SpoolDiscovery
+
+    if shutil.which("storescu") is None:
+        pytest.skip("dcmtk is not installed (scripts/setup-system.sh installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    study = _study("RG1_UNCR.dcm", "ACC-SPOOL")
+    study.save_as(tmp_path / "in.dcm", enforce_file_format=True)
+    server, _ = start_listener(ListenerSettings(spool=tmp_path / "spool", port=port))
+    try:
+        sent = subprocess.run(
+            ["storescu", "-aec", "RADLVLM", "127.0.0.1", str(port), str(tmp_path / "in.dcm")],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0
+    finally:
+        server.shutdown()
+    archive = DicomWebSource(DicomWebSettings(orthanc.dicomweb_url))
+    spool = SpoolDiscovery(tmp_path / "spool", stable_s=0.0)
+    assert spool.new_studies() == [study.StudyInstanceUID]
+    worker = _worker(archive, engine, tmp_path / "ledger.sqlite", tmp_path / "out", discovery=spool)
+    worker.fetch = spool.fetch
+    worker.run_once()
+    assert worker.ledger.counts()["done"] == 1
+    archive.store([study])  # the PACS also has the images; the SR went to the same study there
+    assert _sr_count(archive, study.StudyInstanceUID) == 1
