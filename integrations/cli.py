@@ -64,6 +64,7 @@ def worker_command(
         str | None, typer.Option(help="Orthanc REST root: follow its /changes feed (else QIDO poll).")
     ] = None,
     outbox: Annotated[Path | None, typer.Option(help="Folder for FHIR DiagnosticReport and HL7 ORU files.")] = None,
+    mllp: Annotated[str | None, typer.Option(help="HOST:PORT of an HL7 MLLP receiver (RIS) for the ORU^R01.")] = None,
     authorization: Annotated[str | None, typer.Option(help="Authorization header for the archive.")] = None,
     key_file: Annotated[Path, typer.Option(help="Project key for the de-identified working copies.")] = Path(
         "radlvlm-deid.key"
@@ -90,6 +91,12 @@ def worker_command(
     from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
 
     headers = {"Authorization": authorization} if authorization else {}
+    mllp_peer = None
+    if mllp is not None:
+        host, _, port = mllp.rpartition(":")
+        if not host or not port.isdigit():
+            raise fail("--mllp must be HOST:PORT")
+        mllp_peer = (host, int(port))
     archive = run_guarded(lambda: DicomWebSource(DicomWebSettings(dicomweb, headers=headers)))
     loaded, processor = run_guarded(lambda: load_pretrained(model, adapter=adapter))
     engine = TorchEngine(loaded, processor, model_id=model.name)
@@ -101,7 +108,7 @@ def worker_command(
         engine=engine,
         ledger=book,
         deidentifier=DicomDeidentifier(PseudonymMap(key, record=False)),
-        publish=PacsPublisher(archive, outbox=outbox),
+        publish=PacsPublisher(archive, outbox=outbox, mllp=mllp_peer),
         discovery=discovery,
     )
     update_metrics = _serve_metrics(metrics_port, book, worker) if metrics_port else (lambda: None)
