@@ -20,6 +20,7 @@ header value.
 
 from __future__ import annotations
 
+import abc
 import csv
 import hashlib
 import io
@@ -155,17 +156,17 @@ class Note:
 Item = Record | Drop | Note
 
 
-class Source:
+class Source(abc.ABC):
     """Base of every source: a ``name``, ``validate()`` (raises ``InputError``) and ``records()``."""
 
     name: str = "source"
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - a source without files to check has nothing to do here
         """Check the files up front; raise :class:`~radlvlm.errors.InputError` naming the file and row."""
 
+    @abc.abstractmethod
     def records(self) -> Iterator[Item]:
         """Yield :class:`Record`, :class:`Drop` and :class:`Note` items, in a deterministic order."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
