@@ -26,10 +26,9 @@ from pydicom.dataset import Dataset
 
 from radlvlm.engine.base import DraftRequest, DraftResult, Engine
 from radlvlm.errors import GuardrailViolation, RadlvlmError
-from radlvlm.imaging import Image, Study, View, dataset_to_image
+from radlvlm.imaging import Image
 from radlvlm.integrations.dicomweb import DicomWebSource, PacsError
 from radlvlm.integrations.ledger import StudyLedger
-from radlvlm.safety.guardrails import input_findings
 
 logger = logging.getLogger(__name__)
 
@@ -230,21 +229,14 @@ class DraftWorker:
             self.counts.failed += 1
 
     def _frontal(self, datasets: Sequence[Dataset]) -> Image:
-        study = Study("working-copy")
-        for index, ds in enumerate(datasets):
-            if str(ds.get("Modality", "")) not in RADIOGRAPH_MODALITIES:
-                continue  # SRs (including our own drafts) and other objects in the study
-            name = f"instance[{index}]"
-            try:
-                clean = self.deidentifier.deidentify_dataset(ds, name=name).dataset
-                study.add(dataset_to_image(clean, name=name))
-            except RadlvlmError:
-                continue
-        refused = [f for f in input_findings(study) if f.severity == "refuse"]
-        frontal = sorted(study.frontal_images(), key=lambda image: image.view is not View.PA)
-        if refused or not frontal:
-            raise GuardrailViolation("; ".join(f.code for f in refused) or "no_frontal_radiograph")
-        return frontal[0]
+        from radlvlm.service.pipeline import select_frontal
+
+        # Only radiographs are decoded: SRs (our own drafts among them) and other series are passed over.
+        image, findings = select_frontal(datasets, self.deidentifier, modalities=RADIOGRAPH_MODALITIES)
+        if image is None:
+            codes = [f.code for f in findings if f.severity == "refuse"]
+            raise GuardrailViolation("; ".join(codes) or "no_frontal_radiograph")
+        return image
 
     def _clean(self, text: str) -> str:
         """PHI-scanned text without control characters (which DICOM text VRs, HL7 and MLLP framing forbid)."""

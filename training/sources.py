@@ -156,6 +156,14 @@ class Note:
 Item = Record | Drop | Note
 
 
+def _take(per_split: dict[str, int], split: str, limit: int | None) -> bool:
+    """Count a row towards its split; False once the split already holds ``limit`` rows (quick runs)."""
+    if limit is not None and per_split.get(split, 0) >= limit:
+        return False
+    per_split[split] = per_split.get(split, 0) + 1
+    return True
+
+
 class Source(abc.ABC):
     """Base of every source: a ``name``, ``validate()`` (raises ``InputError``) and ``records()``."""
 
@@ -344,9 +352,8 @@ class IUXraySource(Source):
                     first = seen[uid]
                     raise InputError(f"{path}: line {line_no}: uid also at {first[0]} line {first[1]}")
                 seen[uid] = (path, line_no)
-                if self.limit is not None and per_split.get(split, 0) >= self.limit:
+                if not _take(per_split, split, self.limit):
                     continue
-                per_split[split] = per_split.get(split, 0) + 1
                 files, projections = row.get("image_files") or [], row.get("projections") or []
                 if projections and len(projections) != len(files):
                     raise InputError(f"{path}: line {line_no}: image_files and projections differ in length")
@@ -510,9 +517,8 @@ class CovidSource(Source):
             split = _check_split(self.manifest, line_no, row["split"])
             if not str(row["patientid"]).strip():
                 raise InputError(f"{self.manifest}: line {line_no}: empty patientid")
-            if self.limit is not None and per_split.get(split, 0) >= self.limit:
+            if not _take(per_split, split, self.limit):
                 continue
-            per_split[split] = per_split.get(split, 0) + 1
             rows.append((line_no, row))
         self._rows = rows
 
@@ -662,9 +668,8 @@ class NIHSource(Source):
                 raise InputError(f"{self.manifest}: line {line_no}: labels must be a non-empty list of NIH findings")
             if "No Finding" in labels and len(labels) > 1:
                 raise InputError(f"{self.manifest}: line {line_no}: 'No Finding' together with findings")
-            if self.limit is not None and per_split.get(split, 0) >= self.limit:
+            if not _take(per_split, split, self.limit):
                 continue
-            per_split[split] = per_split.get(split, 0) + 1
             rows.append((line_no, row))
         self._rows = rows
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from radlvlm.errors import GuardrailViolation, NotDicomError, RadlvlmError
@@ -128,17 +129,19 @@ def release_sentences(
         yield clean_output(buffer, deidentifier, has_prior=False, has_lateral=False)
 
 
-def frontal_image_from_archive(
-    study_uid: str, source: Any, deidentifier: DicomDeidentifier
-) -> tuple[Image, list[GuardrailFlag]]:
-    """Fetch a study over DICOMweb, de-identify every instance, and pick its frontal radiograph (PA over AP).
+def select_frontal(
+    datasets: Sequence[Dataset], deidentifier: DicomDeidentifier, *, modalities: Sequence[str] | None = None
+) -> tuple[Image | None, list[Finding]]:
+    """De-identify a study's instances and pick its frontal radiograph (PA over AP), with the guardrail findings.
 
-    Instances that cannot be read or de-identified are skipped; with no usable frontal image the input
-    guardrails refuse the study with their reasons.
+    Instances that cannot be read or de-identified (an SR, a damaged file) are skipped; with ``modalities``,
+    instances of other modalities are not even decoded (a CT series in the same study). Returns ``None`` for
+    the image when a finding refuses the study or no frontal view is left.
     """
-    datasets = source.retrieve_study(study_uid)
-    study = Study(study_uid)
+    study = Study("working-copy")
     for index, ds in enumerate(datasets):
+        if modalities is not None and str(ds.get("Modality", "")) not in modalities:
+            continue
         name = f"{UPLOAD_NAME}[{index}]"
         try:
             clean = deidentifier.deidentify_dataset(ds, name=name).dataset
@@ -146,9 +149,18 @@ def frontal_image_from_archive(
         except RadlvlmError:
             continue
     findings = input_findings(study)
-    refused = [f for f in findings if f.severity == "refuse"]
     frontal = sorted(study.frontal_images(), key=lambda image: image.view is not View.PA)
-    if refused or not frontal:
-        reasons = "; ".join(f.message for f in refused) or "no readable frontal radiograph in the study"
-        raise GuardrailViolation(reasons)
-    return frontal[0], [flag_of(f) for f in findings]
+    if any(f.severity == "refuse" for f in findings) or not frontal:
+        return None, findings
+    return frontal[0], findings
+
+
+def frontal_image_from_archive(
+    study_uid: str, source: Any, deidentifier: DicomDeidentifier
+) -> tuple[Image, list[GuardrailFlag]]:
+    """Fetch a study over DICOMweb and pick its de-identified frontal radiograph; refuse it with the reasons."""
+    image, findings = select_frontal(source.retrieve_study(study_uid), deidentifier)
+    if image is None:
+        refused = [f.message for f in findings if f.severity == "refuse"]
+        raise GuardrailViolation("; ".join(refused) or "no readable frontal radiograph in the study")
+    return image, [flag_of(f) for f in findings]
