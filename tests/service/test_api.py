@@ -207,10 +207,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
     settings, key, _ = make_settings(tmp_path, tiny_model_dir, max_queue=1, max_batch_size=1)
     uv, thread, url, app = start_server(settings)
     engine = app.state.radlvlm.engine  # type: ignore[attr-defined]
-    gate = threading.Event()
+    gate, busy = threading.Event(), threading.Event()
     original = engine._run_batch
 
     def held(batch):  # type: ignore[no-untyped-def]
+        busy.set()
         gate.wait(timeout=60)  # the model is "busy" until the test lets go
         original(batch)
 
@@ -225,9 +226,12 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
         first = [threading.Thread(target=post) for _ in range(2)]  # one running, one queued
         for t in first:
             t.start()
-        deadline = time.monotonic() + 30
+        # Wait for the first request to be running and the second to be waiting: the queue is then full.
+        assert busy.wait(timeout=60)
+        deadline = time.monotonic() + 60
         while engine.stats()["queue_depth"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert engine.stats()["queue_depth"] == 1
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as client:
             overloaded = client.post("/v1/checks", data={"report": "FINDINGS: clear."})
         assert overloaded.status_code == 503 and _error(overloaded)["code"] == "overloaded"
