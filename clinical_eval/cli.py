@@ -1,4 +1,4 @@
-"""``radlvlm eval``: build error-check sets, produce baselines, run validation studies, reader studies.
+"""``radlvlm eval``: build error-check sets, produce baselines and predictions, run validation and reader studies.
 
 Wired into the main app with ``app.add_typer(eval_app, name="eval")``. Every radlvlm error ends as one line on
 stderr with exit code 2; counts in/scored/dropped are always printed.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +79,93 @@ def make_errorcheck(
         return summary
 
     summary = run_guarded(job)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@eval_app.command()
+def predict(
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="Studies to predict (JSONL/Parquet): id, image (path), indication; for checks 'text' or 'report'."
+        ),
+    ],
+    model: Annotated[
+        Path,
+        typer.Option(exists=True, file_okay=False, help="torch: a radlvlm model directory; vllm: an HF Llava export."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions JSONL for `radlvlm eval run`.")],
+    task: Annotated[str, typer.Option(help="draft, check-simple or check-complex.")] = "draft",
+    backend: Annotated[
+        str, typer.Option(help="torch, or vllm: vLLM's batch engine (A100/H100; the [vllm] extra's environment).")
+    ] = "torch",
+    adapter: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="A MoLE (torch) or peft LoRA adapter.")
+    ] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Folder relative image paths start from (default: the manifest's).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Predict only rows of this split (their 'split' field).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Predict only the first N rows.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget of a draft.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="torch: requests run together.")] = 8,
+    chunk_size: Annotated[int, typer.Option(help="Studies decoded and handed to the engine at a time.")] = 256,
+    device: Annotated[str, typer.Option(help="torch: cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="torch: float32, bfloat16 or float16 (V100).")] = "float32",
+    prefix_caching: Annotated[bool, typer.Option(help="vllm: reuse the KV cache of shared prompt prefixes.")] = True,
+    ngram_speculative_tokens: Annotated[
+        int, typer.Option(help="vllm: n-gram speculative decoding, draft tokens per step (0: off).")
+    ] = 0,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory it takes.")] = 0.9,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run a model over a manifest of studies and write a predictions file (offline validation runs)."""
+    from radlvlm.cli_support import progress_bar
+    from radlvlm.engine.loading import load_engine
+    from radlvlm.engine.offline import predict as run_predictions
+    from radlvlm.engine.offline import read_manifest
+    from radlvlm.model.generation import GenerationSettings
+
+    def job() -> dict[str, Any]:
+        rows = read_manifest(manifest, task=task, image_root=image_root, split=split, limit=limit)
+        options = None
+        if backend == "vllm":
+            from radlvlm.engine.vllm_engine import VLLMOptions
+
+            options = VLLMOptions(
+                gpu_memory_utilization=gpu_memory_utilization,
+                enable_prefix_caching=prefix_caching,
+                ngram_speculative_tokens=ngram_speculative_tokens,
+            )
+        engine, _ = load_engine(
+            backend,
+            model,
+            adapter_dir=adapter,
+            max_batch_size=batch_size,
+            max_queue=max(batch_size, chunk_size),
+            generation=GenerationSettings(max_new_tokens=max_new_tokens),
+            device=device,
+            dtype=dtype,
+            vllm_options=options,
+        )
+        try:
+            with progress_bar("predicting", progress and sys.stderr.isatty()) as bar:
+                bar_task = bar.add_task("predicting", total=len(rows))
+                predictions, summary = run_predictions(
+                    engine,
+                    rows,
+                    task,
+                    max_new_tokens=max_new_tokens,
+                    chunk_size=chunk_size,
+                    on_progress=lambda done, _total: bar.update(bar_task, completed=done),
+                )
+        finally:
+            engine.close()
+        _write_jsonl(out, predictions)
+        return {**summary, "backend": backend, "out": str(out)}
+
+    summary = run_guarded(job)
+    stderr.print(f"studies predicted: {summary['studies']} in {summary['seconds']} s", highlight=False)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -195,7 +283,7 @@ def run(
 ) -> None:
     """Run a validation study: metrics with bootstrap CIs to metrics.json and a self-contained report.html."""
     from radlvlm.clinical_eval.judges import Judge, LLMJudge, StructuredJudge
-    from radlvlm.clinical_eval.runner import run_validation_study
+    from radlvlm.clinical_eval.runner import headline, run_validation_study
 
     if (llm_judge_url is None) != (llm_judge_model is None):
         raise fail("give both --llm-judge-url and --llm-judge-model for the LLM judge")
@@ -237,29 +325,7 @@ def run(
         f"dropped: {c['dropped']}",
         highlight=False,
     )
-    typer.echo(json.dumps(_headline(result), indent=2))
-
-
-def _headline(result: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers a reader wants first (each with its CI); the rest is in metrics.json."""
-    m = result["metrics"]
-    head: dict[str, Any] = {"task": result["task"], "model": result["stamp"]["model"], "counts": result["counts"]}
-    if result["task"] == "report":
-        head["bleu_4"] = m["nlg"]["bleu_4"]
-        head["rouge_l"] = m["nlg"]["rouge_l"]
-        if "bertscore" in m:
-            head["bertscore_f1"] = m["bertscore"]["f1"]
-        head["chexpert14_micro_f1"] = m["clinical"]["chexpert14_positive"]["micro_f1"]
-        head["chexpert5_micro_f1"] = m["clinical"]["chexpert5_positive"]["micro_f1"]
-        for name, j in m["judges"].items():
-            head[f"significant_errors_per_report:{name}"] = j["significant_errors_per_report"]
-    else:
-        head.update({k: m["simple"][k] for k in ("accuracy", "f1", "auroc") if k in m["simple"]})
-        if "complex" in m:
-            head["complex_macro_f1"] = m["complex"]["macro_f1"]
-    if "comparison" in result:
-        head["comparison"] = result["comparison"]["paired"]
-    return head
+    typer.echo(json.dumps(headline(result), indent=2))
 
 
 @eval_app.command("reader-packets")

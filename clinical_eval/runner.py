@@ -371,6 +371,28 @@ def run_validation_study(
     return result
 
 
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a reader wants first (each with its CI); the rest is in metrics.json."""
+    m = result["metrics"]
+    head: dict[str, Any] = {"task": result["task"], "model": result["stamp"]["model"], "counts": result["counts"]}
+    if result["task"] == "report":
+        head["bleu_4"] = m["nlg"]["bleu_4"]
+        head["rouge_l"] = m["nlg"]["rouge_l"]
+        if "bertscore" in m:
+            head["bertscore_f1"] = m["bertscore"]["f1"]
+        head["chexpert14_micro_f1"] = m["clinical"]["chexpert14_positive"]["micro_f1"]
+        head["chexpert5_micro_f1"] = m["clinical"]["chexpert5_positive"]["micro_f1"]
+        for name, j in m["judges"].items():
+            head[f"significant_errors_per_report:{name}"] = j["significant_errors_per_report"]
+    else:
+        head.update({k: m["simple"][k] for k in ("accuracy", "f1", "auroc") if k in m["simple"]})
+        if "complex" in m:
+            head["complex_macro_f1"] = m["complex"]["macro_f1"]
+    if "comparison" in result:
+        head["comparison"] = result["comparison"]["paired"]
+    return head
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.integer | np.floating):
         return value.item()

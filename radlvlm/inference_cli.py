@@ -1,8 +1,8 @@
 """``radlvlm draft PATH`` and ``radlvlm check [PATH] --report FILE``: the model on one study, from the shell.
 
 They take the service's safety path (DICOM de-identified before the model, input guardrails, PHI scan of the
-output) and print JSON. ``--model`` names a radlvlm model directory (the embedded default model lands with the
-training issue; until then it is required).
+output) and print JSON. ``--model`` names a radlvlm model directory; without it they run the embedded default
+model shipped in the package (:mod:`radlvlm.model.default`: demonstration only, not for clinical use).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import typer
 
 from radlvlm.cli_support import fail, run_guarded
 
-ModelOption = Annotated[Path | None, typer.Option(help="A radlvlm model directory.", exists=True, file_okay=False)]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(help="A radlvlm model directory (default: the embedded model).", exists=True, file_okay=False),
+]
 AdapterOption = Annotated[
     Path | None, typer.Option(help="A MoLE or LoRA adapter directory.", exists=True, file_okay=False)
 ]
@@ -24,14 +27,14 @@ KeyOption = Annotated[Path, typer.Option(help="Project key for pseudonyms (creat
 
 def _engine(model: Path | None, adapter: Path | None, max_new_tokens: int) -> Any:
     from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.model.default import choose_model
     from radlvlm.model.generation import GenerationSettings
     from radlvlm.model.pretrained import load_pretrained
 
-    if model is None:
-        raise fail("no model given: pass --model DIR (a radlvlm model directory, e.g. from `radlvlm convert`)")
-    loaded, processor = run_guarded(lambda: load_pretrained(model, adapter=adapter))
+    choice = run_guarded(lambda: choose_model(model, adapter))
+    loaded, processor = run_guarded(lambda: load_pretrained(choice.base, adapter=choice.adapter))
     return TorchEngine(
-        loaded, processor, model_id=model.name, generation=GenerationSettings(max_new_tokens=max_new_tokens)
+        loaded, processor, model_id=choice.model_id, generation=GenerationSettings(max_new_tokens=max_new_tokens)
     )
 
 

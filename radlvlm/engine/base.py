@@ -152,6 +152,36 @@ class DraftStream:
 Request = DraftRequest | CheckRequest
 Result = DraftResult | CheckResult | DraftStream
 
+# What the error-check prompts ask a model to answer with, after "ASSISTANT:".
+YES_ANSWER, NO_ANSWER = " yes", " no"
+# Token budget of a COMPLEX check's JSON answer (a category and a span fit with room to spare).
+COMPLEX_ANSWER_TOKENS = 96
+
+
+@dataclass(frozen=True)
+class AnswerTokens:
+    """How " yes" and " no" continue a prompt: their shared leading token ids, then the first ids that differ."""
+
+    shared: tuple[int, ...]
+    yes: int
+    no: int
+
+
+def simple_answer_tokens(tokenizer: Any) -> AnswerTokens | None:
+    """The token ids that decide a SIMPLE check by one next-token distribution, or None when none can.
+
+    A byte-level BPE may spell both answers after a lone space token (the shared part, appended to the
+    prompt); when one answer's ids are a prefix of the other's, no single token decides and backends decode.
+    """
+    yes = tokenizer(YES_ANSWER, add_special_tokens=False)["input_ids"]
+    no = tokenizer(NO_ANSWER, add_special_tokens=False)["input_ids"]
+    shared = 0
+    while shared < min(len(yes), len(no)) and yes[shared] == no[shared]:
+        shared += 1
+    if shared == min(len(yes), len(no)):
+        return None
+    return AnswerTokens(tuple(int(t) for t in yes[:shared]), int(yes[shared]), int(no[shared]))
+
 
 class Engine(abc.ABC):
     """A backend that runs drafting and error-check requests."""

@@ -1,43 +1,31 @@
 """The torch backend: runs any radlvlm model (dense, LoRA or MoLE) on CPU or one GPU, batching dynamically.
 
-Requests wait in a bounded queue; one worker thread takes the first, then collects more until the batch is
-full or ``max_wait_ms`` has passed, and runs drafts and checks of the batch together. A full queue rejects
-at once (``EngineOverloaded``, which the service turns into 503 + Retry-After) rather than letting callers
-hang. SIMPLE error checks take one forward pass: the answer is whichever of "yes"/"no" the model rates
-higher for its first answer token, and that probability (renormalised over the two) is the confidence.
+The queue and worker are ``BatchingEngine``'s (a bounded queue, batches up to ``max_batch_size`` or
+``max_wait_ms``); this backend runs each group through HF ``generate``. SIMPLE error checks take one forward
+pass: the answer is whichever of "yes"/"no" the model rates higher for its first answer token, and that
+probability (renormalised over the two) is the confidence.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
-from collections import defaultdict
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import TextIteratorStreamer
 
 from radlvlm.engine.base import (
+    COMPLEX_ANSWER_TOKENS,
     CheckFinding,
     CheckRequest,
     CheckResult,
     DraftRequest,
     DraftResult,
     DraftStream,
-    Engine,
-    EngineClosed,
-    EngineOverloaded,
-    EngineStats,
-    Request,
     Result,
-    StreamDraftRequest,
-    Timings,
+    simple_answer_tokens,
 )
-from radlvlm.errors import InputError
+from radlvlm.engine.batching import BatchingEngine, Pending
 from radlvlm.model.generation import GenerationSettings, generate
 from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.drafting import draft_prompt, parse_draft
@@ -45,17 +33,8 @@ from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, errorchec
 
 logger = logging.getLogger(__name__)
 
-COMPLEX_ANSWER_TOKENS = 96
 
-
-@dataclass
-class _Pending:
-    request: Request
-    future: Future[Result]
-    enqueued: float
-
-
-class TorchEngine(Engine):
+class TorchEngine(BatchingEngine):
     """Dynamic-batching engine over a loaded model and its processor.
 
     Args:
@@ -79,138 +58,27 @@ class TorchEngine(Engine):
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise InputError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        generation = generation or GenerationSettings()
+        super().__init__(
+            model_id=model_id,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            default_max_new_tokens=generation.max_new_tokens,
+            thread_name="radlvlm-torch-engine",
+        )
         self.model = model.eval()
         self.processor = processor
-        self.model_id = model_id
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.generation = generation or GenerationSettings()
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queue)
-        self._stats = EngineStats()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._yes_no = self._answer_token_ids()
+        self.generation = generation
+        self._yes_no = simple_answer_tokens(processor.tokenizer)
         self.stream_timeout_s = 300.0
-        self._worker = threading.Thread(target=self._serve, name="radlvlm-torch-engine", daemon=True)
-        self._worker.start()
-
-    # -- Engine interface -------------------------------------------------------------------------
-
-    def submit(self, request: Request) -> Future[Result]:
-        if self._closed:
-            raise EngineClosed("the engine is shut down")
-        _validate(request)
-        future: Future[Result] = Future()
-        try:
-            self._queue.put_nowait(_Pending(request, future, time.perf_counter()))
-        except queue.Full:
-            with self._lock:
-                self._stats.rejected += 1
-            raise EngineOverloaded(
-                f"engine queue is full ({self._queue.maxsize} requests waiting)", retry_after_s=1.0
-            ) from None
-        return future
+        self._start()
 
     def warmup(self) -> None:
         size = self.processor.image_config.size
         blank = torch.zeros(size, size)
         self.run(DraftRequest(image=blank, max_new_tokens=2))
         self.run(CheckRequest(report="FINDINGS: The lungs are clear."))
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
-        self._worker.join(timeout=60)
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            return {"queue_depth": self._queue.qsize(), **self._stats.as_dict()}
-
-    # -- worker -----------------------------------------------------------------------------------
-
-    def _serve(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                self._drain()
-                return
-            batch = [first]
-            deadline = time.perf_counter() + self.max_wait_s
-            stop = False
-            while len(batch) < self.max_batch_size:
-                remaining = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._run_batch(batch)
-            if stop:
-                self._drain()
-                return
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item.future.set_exception(EngineClosed("the engine shut down before this request ran"))
-
-    def _run_batch(self, batch: list[_Pending]) -> None:
-        groups: dict[tuple[str, int], list[_Pending]] = defaultdict(list)
-        for item in batch:
-            request = item.request
-            if isinstance(request, StreamDraftRequest):
-                groups[(f"stream-{id(item)}", request.max_new_tokens or self.generation.max_new_tokens)].append(item)
-            elif isinstance(request, DraftRequest):
-                groups[("draft", request.max_new_tokens or self.generation.max_new_tokens)].append(item)
-            else:
-                groups[(f"check-{request.mode.value}", 0)].append(item)
-        with self._lock:
-            self._stats.requests += len(batch)
-            self._stats.batches += 1
-            self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
-        for (kind, max_new_tokens), items in groups.items():
-            start = time.perf_counter()
-            try:
-                if kind.startswith("stream-"):
-                    self._stream(items[0], max_new_tokens, start)
-                    continue
-                if kind == "draft":
-                    results = self._drafts(items, max_new_tokens, start)
-                elif kind == "check-simple":
-                    results = self._simple_checks(items, start)
-                else:
-                    results = self._complex_checks(items, start)
-            except Exception as e:  # a failed batch fails its requests, never the worker
-                # Type only: a traceback or message could quote request content.
-                logger.error("engine batch of %d %s request(s) failed: %s", len(items), kind, type(e).__name__)
-                with self._lock:
-                    self._stats.failed += len(items)
-                for item in items:
-                    if not item.future.done():  # a stream's future already holds its (ended) stream
-                        item.future.set_exception(e)
-                continue
-            for item, result in zip(items, results, strict=True):
-                item.future.set_result(result)
-
-    def _timings(self, item: _Pending, start: float, batch_size: int) -> Timings:
-        end = time.perf_counter()
-        return Timings(
-            queued_ms=(start - item.enqueued) * 1000,
-            compute_ms=(end - start) * 1000,
-            total_ms=(end - item.enqueued) * 1000,
-            batch_size=batch_size,
-        )
 
     def _draft_settings(self, max_new_tokens: int) -> GenerationSettings:
         return GenerationSettings(
@@ -224,7 +92,7 @@ class TorchEngine(Engine):
             stop_strings=self.generation.stop_strings,
         )
 
-    def _draft_result(self, item: _Pending, generation: Any, start: float, batch_size: int) -> DraftResult:
+    def _draft_result(self, item: Pending, generation: Any, start: float, batch_size: int) -> DraftResult:
         draft = parse_draft(generation.text)
         return DraftResult(
             findings=draft.findings,
@@ -236,7 +104,7 @@ class TorchEngine(Engine):
             timings=self._timings(item, start, batch_size),
         )
 
-    def _drafts(self, items: list[_Pending], max_new_tokens: int, start: float) -> list[Result]:
+    def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
         requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
         prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
         settings = self._draft_settings(max_new_tokens)
@@ -246,7 +114,7 @@ class TorchEngine(Engine):
             for item, generation in zip(items, batch.generations, strict=True)
         ]
 
-    def _stream(self, item: _Pending, max_new_tokens: int, start: float) -> None:
+    def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:
         """Run one streaming draft here, in the worker, so the model is never used by two threads at once."""
         request: DraftRequest = item.request  # type: ignore[assignment]
         streamer = TextIteratorStreamer(
@@ -276,12 +144,12 @@ class TorchEngine(Engine):
         ]
 
     @torch.inference_mode()
-    def _simple_checks(self, items: list[_Pending], start: float) -> list[Result]:
+    def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:
         requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
         if self._yes_no is None:  # the tokenizer cannot tell yes from no by one token: decode instead
             return self._generated_simple_checks(items, start)
         batch = self.processor(self._check_prompts(requests), [r.image for r in requests])
-        shared, yes, no = self._yes_no
+        shared, yes, no = list(self._yes_no.shared), self._yes_no.yes, self._yes_no.no
         if shared:  # e.g. a byte-level BPE that spells both answers after a lone space token
             rows = batch["input_ids"].shape[0]
             batch["input_ids"] = torch.cat([batch["input_ids"], torch.tensor([shared] * rows)], dim=1)
@@ -290,6 +158,8 @@ class TorchEngine(Engine):
             )
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in batch.items()}
+        if "pixel_values" in inputs:  # a half-precision model on a GPU takes half-precision pixels
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last column is each prompt's end
         pair = torch.stack([logits[:, yes], logits[:, no]], dim=-1).softmax(dim=-1)
         results: list[Result] = []
@@ -310,7 +180,7 @@ class TorchEngine(Engine):
             )
         return results
 
-    def _generated_simple_checks(self, items: list[_Pending], start: float) -> list[Result]:
+    def _generated_simple_checks(self, items: list[Pending], start: float) -> list[Result]:
         from radlvlm.tasks.errorcheck import parse_simple_answer
 
         requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
@@ -340,7 +210,7 @@ class TorchEngine(Engine):
             )
         return results
 
-    def _complex_checks(self, items: list[_Pending], start: float) -> list[Result]:
+    def _complex_checks(self, items: list[Pending], start: float) -> list[Result]:
         requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
         settings = GenerationSettings(max_new_tokens=COMPLEX_ANSWER_TOKENS)
         batch = generate(
@@ -367,27 +237,3 @@ class TorchEngine(Engine):
                 )
             )
         return results
-
-    def _answer_token_ids(self) -> tuple[list[int], int, int] | None:
-        """How " yes" and " no" continue "ASSISTANT:": their shared leading tokens and first differing ids."""
-        tokenizer = self.processor.tokenizer
-        yes = tokenizer(" yes", add_special_tokens=False)["input_ids"]
-        no = tokenizer(" no", add_special_tokens=False)["input_ids"]
-        shared = 0
-        while shared < min(len(yes), len(no)) and yes[shared] == no[shared]:
-            shared += 1
-        if shared == min(len(yes), len(no)):  # one is a prefix of the other: no single token decides
-            return None
-        return [int(t) for t in yes[:shared]], int(yes[shared]), int(no[shared])
-
-
-def _validate(request: Request) -> None:
-    if isinstance(request, CheckRequest):
-        if not request.report or not request.report.strip():
-            raise InputError("the report to check is empty")
-        if not isinstance(request.mode, ErrorCheckTask):
-            raise InputError(f"unknown check mode {request.mode!r}")
-    elif not isinstance(request, DraftRequest):
-        raise InputError(f"unknown request type {type(request).__name__}")
-    elif request.max_new_tokens is not None and request.max_new_tokens < 1:
-        raise InputError("max_new_tokens must be at least 1")

@@ -14,7 +14,8 @@ In:
   The LoRA is merged into the LM with peft.
 
 Out: ``export_hf_llava`` writes a plain HF Llava directory (LoRA merged) with a ``LlavaProcessor``, which
-``LlavaForConditionalGeneration.from_pretrained`` and vLLM load as they are. A MoLE adapter cannot be
+``LlavaForConditionalGeneration.from_pretrained`` and vLLM load as they are (and radlvlm's processor settings,
+so the same directory serves the torch backend too). A MoLE adapter cannot be
 merged (each token uses its own expert) and visual-token pooling is not part of HF Llava: both are refused.
 
 Key maps are data (tables of renames), so every tensor is accounted for: a source key that no rule maps,
@@ -415,6 +416,9 @@ def export_hf_llava(model: torch.nn.Module, processor: RadProcessor, out: str | 
     if getattr(model.config, "visual_token_pool", None):
         raise ModelError("visual-token pooling is a radlvlm extension that HF Llava and vLLM do not run")
     save_model(model, out)
+    # radlvlm's own preprocessing settings too (pad or crop): the vLLM backend prepares images with them, so
+    # vLLM's LlavaProcessor only normalises a square image of the right size, as the torch backend does.
+    processor.save_pretrained(out)
     image_processor = _hf_image_processor(processor)
     hf_processor = LlavaProcessor(
         image_processor=image_processor,

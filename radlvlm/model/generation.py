@@ -121,18 +121,24 @@ def generate(
     )
     seconds = time.perf_counter() - start
     prompt_width = inputs["input_ids"].shape[1]
-    eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
-    generations = []
-    for row in output[:, prompt_width:]:
-        tokens = row.tolist()
-        # Tokens after the row finished are padding; the first EOS (or pad) ends the row.
-        length = next((i for i, token in enumerate(tokens) if token in (eos, pad)), len(tokens))
-        text = processor.decode(tokens[:length])
-        stopped = length < len(tokens)
-        for stop in settings.stop_strings:
-            cut = text.find(stop)
-            if cut >= 0:
-                text, stopped = text[:cut].rstrip(), True
-        finish = "stop" if stopped or length < settings.max_new_tokens else "length"
-        generations.append(Generation(text=text, new_tokens=length, finish_reason=finish))
+    generations = [decode_generation(row.tolist(), processor, settings) for row in output[:, prompt_width:]]
     return GenerationBatch(generations=generations, seconds=seconds)
+
+
+def decode_generation(tokens: Sequence[int], processor: RadProcessor, settings: GenerationSettings) -> Generation:
+    """One row's generated token ids → its text, length and finish reason (shared by every backend).
+
+    The first EOS (or pad: a finished row of a batch is padded) ends the row; the text is cut before the
+    first stop string.
+    """
+    eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
+    tokens = list(tokens)
+    length = next((i for i, token in enumerate(tokens) if token in (eos, pad)), len(tokens))
+    text = processor.decode(tokens[:length])
+    stopped = length < len(tokens)
+    for stop in settings.stop_strings:
+        cut = text.find(stop)
+        if cut >= 0:
+            text, stopped = text[:cut].rstrip(), True
+    finish: Literal["stop", "length"] = "stop" if stopped or length < settings.max_new_tokens else "length"
+    return Generation(text=text, new_tokens=length, finish_reason=finish)

@@ -8,57 +8,62 @@ from typing import Annotated, Any
 import typer
 
 from radlvlm.cli_support import fail, run_guarded, stderr
-from radlvlm.errors import ModelError
 from radlvlm.service.settings import SCOPES, ServiceSettings
 
 
-def model_info(model: Any, model_id: str, adapter: str | None) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    vision = getattr(config, "vision_config", None)
-    text = getattr(config, "text_config", None)
-    return {
-        "id": model_id,
-        "backend": "torch",
-        "architecture": {
-            "vision": getattr(vision, "model_type", None),
-            "text": getattr(text, "model_type", None),
-            "image_tokens": getattr(config, "image_seq_length", None),
-        },
-        "adapter": adapter,
-    }
+def vllm_options(settings: ServiceSettings) -> Any:
+    """The vLLM engine settings named by ``RADLVLM_VLLM_*``."""
+    from radlvlm.engine.vllm_engine import VLLMOptions
+
+    return VLLMOptions(
+        dtype=settings.vllm_dtype,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_model_len=settings.vllm_max_model_len,
+        max_num_seqs=settings.vllm_max_num_seqs,
+        enable_prefix_caching=settings.vllm_prefix_caching,
+        ngram_speculative_tokens=settings.vllm_ngram_speculative_tokens,
+        ngram_lookup_min=settings.vllm_ngram_lookup_min,
+        ngram_lookup_max=settings.vllm_ngram_lookup_max,
+    )
+
+
+def build_engine(settings: ServiceSettings) -> tuple[Any, dict[str, Any]]:
+    """The configured backend (``RADLVLM_BACKEND``) started on the configured model, and its model info."""
+    from radlvlm.engine.loading import load_engine
+    from radlvlm.model.default import choose_model
+    from radlvlm.model.generation import GenerationSettings
+
+    # No model configured: the embedded default model shipped in the package (demonstration only).
+    choice = choose_model(settings.model_dir, settings.adapter_dir)
+    engine, info = load_engine(
+        settings.backend,
+        choice.base,
+        adapter_dir=choice.adapter,
+        model_id=choice.model_id,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        generation=GenerationSettings(max_new_tokens=settings.max_new_tokens),
+        device=settings.device,
+        dtype=settings.dtype,
+        vllm_options=vllm_options(settings) if settings.backend == "vllm" else None,
+    )
+    info["embedded_default"] = choice.embedded
+    return engine, info
 
 
 def build_app(settings: ServiceSettings) -> Any:
-    """Load the configured model, start the torch engine, and wire de-identification and audit around it."""
-    from radlvlm.engine.torch_engine import TorchEngine
-    from radlvlm.model.generation import GenerationSettings
-    from radlvlm.model.pretrained import load_pretrained
+    """Start the configured engine on the model, and wire de-identification and audit around it."""
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DicomDeidentifier
     from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
     from radlvlm.service.app import create_app
 
-    if settings.model_dir is None:
-        raise ModelError(
-            "no model configured: pass --model DIR or set RADLVLM_MODEL_DIR to a radlvlm model directory "
-            "(convert a LLaVA-Rad checkpoint with `radlvlm convert llava-rad`)"
-        )
-    model, processor = load_pretrained(settings.model_dir, adapter=settings.adapter_dir)
-    model_id = Path(settings.model_dir).name + (f"+{Path(settings.adapter_dir).name}" if settings.adapter_dir else "")
-    engine = TorchEngine(
-        model,
-        processor,
-        model_id=model_id,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue=settings.max_queue,
-        generation=GenerationSettings(max_new_tokens=settings.max_new_tokens),
-    )
+    engine, info = build_engine(settings)
     key, _ = load_or_create_key(settings.deid_key_path)
     # The service keeps no original→pseudonym record: nothing identifying accumulates in memory.
     deidentifier = DicomDeidentifier(PseudonymMap(key, record=False))
     audit = AuditTrail(settings.audit_path, key=key)
-    info = model_info(model, model_id, str(settings.adapter_dir) if settings.adapter_dir else None)
     dicomweb = None
     if settings.dicomweb_url:
         from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
@@ -75,15 +80,16 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
     model: Annotated[Path | None, typer.Option(help="A radlvlm model directory (or RADLVLM_MODEL_DIR).")] = None,
     adapter: Annotated[Path | None, typer.Option(help="A MoLE or LoRA adapter directory on top of --model.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="torch (default; CPU or any GPU, MoLE) or vllm (A100/H100, HF Llava export; [vllm] extra)."),
+    ] = None,
 ) -> None:
     """Run the HTTP service (uvicorn). Configuration: RADLVLM_* environment variables; options override them."""
     import uvicorn
 
-    overrides = {
-        k: v
-        for k, v in {"host": host, "port": port, "model_dir": model, "adapter_dir": adapter}.items()
-        if v is not None
-    }
+    values = {"host": host, "port": port, "model_dir": model, "adapter_dir": adapter, "backend": backend}
+    overrides = {k: v for k, v in values.items() if v is not None}
     try:
         settings = ServiceSettings(**overrides)
     except ValueError as e:

@@ -1,0 +1,246 @@
+"""Dynamic batching shared by the backends: a bounded queue, one worker thread, requests grouped by kind.
+
+Requests wait in a bounded queue; the worker takes the first, then collects more until the batch is full or
+``max_wait_ms`` has passed, and hands drafts and checks of the batch to the backend in groups (drafts with the
+same token budget together, each check mode together, each stream alone). A full queue rejects at once
+(``EngineOverloaded``, which the service turns into 503 + Retry-After) rather than letting callers hang. A
+failed group fails its own requests, never the worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from radlvlm.engine.base import (
+    CheckRequest,
+    DraftRequest,
+    Engine,
+    EngineClosed,
+    EngineOverloaded,
+    EngineStats,
+    Request,
+    Result,
+    StreamDraftRequest,
+    Timings,
+)
+from radlvlm.errors import InputError
+from radlvlm.tasks.errorcheck import ErrorCheckTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A queued request, the future its caller waits on, and when it was queued (``time.perf_counter``)."""
+
+    request: Request
+    future: Future[Result]
+    enqueued: float
+
+
+class BatchingEngine(Engine):
+    """The queue and worker of a dynamic-batching backend; subclasses run the groups.
+
+    Args:
+        model_id (str): reported with every result.
+        max_batch_size (int, default 8): most requests run together.
+        max_wait_ms (float, default 5.0): how long the first request of a batch waits for company.
+        max_queue (int, default 64): queued requests beyond this are rejected with ``EngineOverloaded``.
+        default_max_new_tokens (int, default 256): a draft's token budget when its request names none.
+        thread_name (str): the worker thread's name (shows in stack dumps).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        default_max_new_tokens: int = 256,
+        thread_name: str = "radlvlm-engine",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise InputError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        self.model_id = model_id
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.default_max_new_tokens = default_max_new_tokens
+        self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)
+        self._stats = EngineStats()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._worker = threading.Thread(target=self._serve, name=thread_name, daemon=True)
+
+    def _start(self) -> None:
+        """Start the worker; subclasses call this last in ``__init__``, once the model is ready."""
+        self._worker.start()
+
+    # -- Engine interface -------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Future[Result]:
+        if self._closed:
+            raise EngineClosed("the engine is shut down")
+        validate_request(request)
+        future: Future[Result] = Future()
+        try:
+            self._queue.put_nowait(Pending(request, future, time.perf_counter()))
+        except queue.Full:
+            with self._lock:
+                self._stats.rejected += 1
+            raise EngineOverloaded(
+                f"engine queue is full ({self._queue.maxsize} requests waiting)", retry_after_s=1.0
+            ) from None
+        return future
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout=60)
+        self._release()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"queue_depth": self._queue.qsize(), **self._stats.as_dict()}
+
+    def run_all(self, requests: Sequence[Request]) -> list[Result]:
+        """Run an offline batch (a validation study) and return the results in order.
+
+        Requests go through the queue a queue's worth at a time, so the batching is the service's; backends
+        with a batch engine of their own override this.
+        """
+        results: list[Result] = []
+        window = self._queue.maxsize
+        for begin in range(0, len(requests), window):
+            futures = [self.submit(request) for request in requests[begin : begin + window]]
+            results.extend(future.result() for future in futures)
+        return results
+
+    # -- what a backend provides ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
+        """Drafts of ``items`` (all with this token budget), in order."""
+
+    @abc.abstractmethod
+    def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:
+        """Set ``item``'s future to a ``DraftStream`` and generate into it."""
+
+    @abc.abstractmethod
+    def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:
+        """SIMPLE check results of ``items``, in order."""
+
+    @abc.abstractmethod
+    def _complex_checks(self, items: list[Pending], start: float) -> list[Result]:
+        """COMPLEX check results of ``items``, in order."""
+
+    def _release(self) -> None:
+        """Free the model once the worker has stopped (nothing to do by default)."""
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._drain()
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.max_wait_s
+            stop = False
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+            if stop:
+                self._drain()
+                return
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.future.set_exception(EngineClosed("the engine shut down before this request ran"))
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        groups: dict[tuple[str, int], list[Pending]] = defaultdict(list)
+        for item in batch:
+            request = item.request
+            if isinstance(request, StreamDraftRequest):
+                groups[(f"stream-{id(item)}", request.max_new_tokens or self.default_max_new_tokens)].append(item)
+            elif isinstance(request, DraftRequest):
+                groups[("draft", request.max_new_tokens or self.default_max_new_tokens)].append(item)
+            else:
+                groups[(f"check-{request.mode.value}", 0)].append(item)
+        with self._lock:
+            self._stats.requests += len(batch)
+            self._stats.batches += 1
+            self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
+        for (kind, max_new_tokens), items in groups.items():
+            start = time.perf_counter()
+            try:
+                if kind.startswith("stream-"):
+                    self._stream(items[0], max_new_tokens, start)
+                    continue
+                if kind == "draft":
+                    results = self._drafts(items, max_new_tokens, start)
+                elif kind == "check-simple":
+                    results = self._simple_checks(items, start)
+                else:
+                    results = self._complex_checks(items, start)
+            except Exception as e:  # a failed batch fails its requests, never the worker
+                # Type only: a traceback or message could quote request content.
+                logger.error("engine batch of %d %s request(s) failed: %s", len(items), kind, type(e).__name__)
+                with self._lock:
+                    self._stats.failed += len(items)
+                for item in items:
+                    if not item.future.done():  # a stream's future already holds its (ended) stream
+                        item.future.set_exception(e)
+                continue
+            for item, result in zip(items, results, strict=True):
+                item.future.set_result(result)
+
+    @staticmethod
+    def _timings(item: Pending, start: float, batch_size: int) -> Timings:
+        end = time.perf_counter()
+        return Timings(
+            queued_ms=(start - item.enqueued) * 1000,
+            compute_ms=(end - start) * 1000,
+            total_ms=(end - item.enqueued) * 1000,
+            batch_size=batch_size,
+        )
+
+
+def validate_request(request: Request) -> None:
+    """Refuse what no backend can run (an empty report, an unknown mode or request type, a zero token budget)."""
+    if isinstance(request, CheckRequest):
+        if not request.report or not request.report.strip():
+            raise InputError("the report to check is empty")
+        if not isinstance(request.mode, ErrorCheckTask):
+            raise InputError(f"unknown check mode {request.mode!r}")
+    elif not isinstance(request, DraftRequest):
+        raise InputError(f"unknown request type {type(request).__name__}")
+    elif request.max_new_tokens is not None and request.max_new_tokens < 1:
+        raise InputError("max_new_tokens must be at least 1")

@@ -1,0 +1,749 @@
+"""The vLLM backend (A100/H100-class GPUs): an HF Llava export served by vLLM's engine, behind ``Engine``.
+
+What it serves: a directory written by ``radlvlm convert export-hf`` (plain HF Llava + LlavaProcessor) whose
+vision tower vLLM's Llava can build (CLIP or SigLIP), optionally with a peft LoRA adapter served
+through vLLM's multi-LoRA. What it refuses at load, pointing to the torch backend: a MoLE adapter (each token
+picks its expert, so it cannot be merged and vLLM has no kernel for it), any other vision tower (LLaVA-Rad's
+DINOv2 among them: vLLM's Llava builds CLIP, SigLIP and Pixtral towers only, until a radlvlm model plugin lands),
+visual-token pooling (vLLM's Llava does not pool), and GPUs older than compute capability 8.0 (V100), on which
+vLLM's engine does not run.
+
+Requests go through the same dynamic-batching queue as the torch backend; each group is one ``LLM.generate``
+call, inside which vLLM batches continuously. ``run_all`` hands a whole offline validation run to one
+``LLM.generate`` per task. The model's inputs are built exactly as the torch backend builds them: the same chat
+prompt tokenised the same way (passed as token ids, so vLLM adds no second BOS), and the image preprocessed by
+radlvlm's own transform (pad or crop) into a square RGB image of the encoder's size, which vLLM's LlavaProcessor
+then only normalises. Outputs are decoded by the same function as the torch backend's.
+
+The mapping in both directions is pure functions over plain data (token ids, PIL images, dicts of sampling
+arguments, duck-typed ``RequestOutput``), tested on CPU without vLLM; vLLM is imported only when an engine starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from radlvlm.engine.base import (
+    COMPLEX_ANSWER_TOKENS,
+    AnswerTokens,
+    CheckFinding,
+    CheckRequest,
+    CheckResult,
+    DraftRequest,
+    DraftResult,
+    DraftStream,
+    EngineImage,
+    Request,
+    Result,
+    StreamDraftRequest,
+    simple_answer_tokens,
+)
+from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
+from radlvlm.errors import InputError, ModelError
+from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
+from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
+from radlvlm.tasks.drafting import draft_prompt, parse_draft
+from radlvlm.tasks.errorcheck import (
+    AnswerParseError,
+    ErrorCheckTask,
+    errorcheck_prompt,
+    parse_complex_answer,
+    parse_simple_answer,
+)
+
+logger = logging.getLogger(__name__)
+
+# vision_config.model_type → the tower vLLM's Llava builds for it (init_vision_tower_for_llava). It also builds
+# Pixtral, whose variable-size images and own processor radlvlm models do not use.
+VLLM_VISION_TOWERS: dict[str, str] = {"clip_vision_model": "CLIP", "siglip_vision_model": "SigLIP"}
+MIN_COMPUTE_CAPABILITY = (8, 0)
+# LoRA ranks vLLM's max_lora_rank accepts; an adapter's rank is rounded up to the next one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+HF_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+MOLE_CONFIG = "mole_config.json"
+PEFT_CONFIG = "adapter_config.json"
+SIMPLE_FALLBACK_TOKENS = 4
+
+INSTALL_HINT = (
+    "install the [vllm] extra in its own CUDA environment "
+    '(python3 -m venv .venv-vllm && .venv-vllm/bin/pip install -e ".[vllm]")'
+)
+TORCH_BACKEND = "serve it with the torch backend (RADLVLM_BACKEND=torch, or --backend torch)"
+
+
+# -- options -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """vLLM engine settings radlvlm exposes (everything else keeps vLLM's defaults).
+
+    Args:
+        dtype (str, default "bfloat16"): weight and activation dtype.
+        gpu_memory_utilization (float, default 0.9): share of GPU memory vLLM takes (weights + KV cache).
+        max_model_len (int | None, default None): context length; None keeps the model's.
+        max_num_seqs (int | None, default None): most sequences decoded together; None keeps vLLM's default.
+        enable_prefix_caching (bool, default True): reuse the KV cache of a shared prompt prefix. A study's image
+            comes first in the prompt, so this pays off when one study is asked twice (a draft, then a check),
+            not across studies; it never changes greedy outputs.
+        ngram_speculative_tokens (int, default 0): n-gram (prompt lookup) speculative decoding with this many
+            draft tokens per step; 0 turns it off. Greedy outputs are unchanged by construction (drafts are
+            verified by the model); whether it gains is measured by ``benchmarks/gpu.py``.
+        ngram_lookup_min (int, default 2) and ngram_lookup_max (int, default 4): n-gram sizes to match.
+        enforce_eager (bool, default False): no CUDA graphs (slower; for debugging).
+        seed (int, default 0): the engine's seed (sampling only; greedy ignores it).
+    """
+
+    dtype: str = "bfloat16"
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool = True
+    ngram_speculative_tokens: int = 0
+    ngram_lookup_min: int = 2
+    ngram_lookup_max: int = 4
+    enforce_eager: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InputError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise InputError(f"max_model_len must be positive, got {self.max_model_len}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise InputError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
+        if self.ngram_speculative_tokens < 0:
+            raise InputError(f"ngram_speculative_tokens must be >= 0, got {self.ngram_speculative_tokens}")
+        if not 1 <= self.ngram_lookup_min <= self.ngram_lookup_max:
+            raise InputError(
+                f"need 1 <= ngram_lookup_min <= ngram_lookup_max, got {self.ngram_lookup_min}, {self.ngram_lookup_max}"
+            )
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise InputError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+
+
+# -- what vLLM can load --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VLLMModelSpec:
+    """A model directory (and adapter) checked for vLLM: what ``engine_kwargs`` and the engine need."""
+
+    model_dir: Path
+    vision_model: str  # the vision config's model_type (clip_vision_model or siglip_vision_model)
+    text_model: str
+    image_tokens: int | None
+    adapter_dir: Path | None = None
+    lora_rank: int | None = None
+
+
+def check_vllm_config(config: Mapping[str, Any], where: str) -> None:
+    """Refuse a model config vLLM's Llava cannot run as radlvlm means it, saying what to do instead."""
+    if config.get("model_type") != "llava":
+        raise ModelError(f"{where}: model_type is {config.get('model_type')!r}, not an HF Llava model")
+    architectures = list(config.get("architectures") or [])
+    if config.get("visual_token_pool") or "RadLlavaForConditionalGeneration" in architectures:
+        raise ModelError(
+            f"{where}: visual-token pooling is a radlvlm extension that vLLM's Llava does not run; {TORCH_BACKEND}"
+        )
+    vision = config.get("vision_config") or {}
+    tower = vision.get("model_type")
+    if tower not in VLLM_VISION_TOWERS:
+        raise ModelError(
+            f"{where}: vLLM's Llava serves radlvlm models with {' or '.join(VLLM_VISION_TOWERS.values())} vision "
+            f"towers only, not {tower!r} (LLaVA-Rad's tower is DINOv2); {TORCH_BACKEND} until the radlvlm vLLM "
+            "model plugin lands"
+        )
+    if int(vision.get("num_channels", 3)) != 3:
+        raise ModelError(
+            f"{where}: vLLM's Llava processor makes RGB images; a {vision['num_channels']}-channel "
+            f"tower needs the torch backend"
+        )
+
+
+def check_adapter(adapter_dir: Path) -> int:
+    """The rank of a peft LoRA adapter vLLM can serve; refuses MoLE and anything else."""
+    if not adapter_dir.is_dir():
+        raise ModelError(f"{adapter_dir}: adapter directory not found")
+    if (adapter_dir / MOLE_CONFIG).is_file():
+        raise ModelError(
+            f"{adapter_dir}: a MoLE adapter cannot be served by vLLM (each token uses its own expert, so it "
+            f"cannot be merged, and vLLM has no MoLE kernel); {TORCH_BACKEND}"
+        )
+    path = adapter_dir / PEFT_CONFIG
+    if not path.is_file():
+        raise ModelError(
+            f"{adapter_dir}: neither a MoLE adapter ({MOLE_CONFIG}) nor a peft LoRA adapter ({PEFT_CONFIG})"
+        )
+    config = _read_json(path)
+    if str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise ModelError(f"{adapter_dir}: peft adapter type {config.get('peft_type')!r}; vLLM serves LoRA only")
+    if config.get("modules_to_save"):
+        # vLLM's multi-LoRA serves low-rank deltas only; fully trained modules must be merged into the export.
+        raise ModelError(
+            f"{adapter_dir}: the adapter also saves whole modules ({', '.join(map(str, config['modules_to_save']))}), "
+            "which vLLM's multi-LoRA cannot serve; merge it into the export instead: "
+            f"radlvlm convert export-hf --model BASE --adapter {adapter_dir} --out MERGED"
+        )
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise ModelError(f"{adapter_dir}: {PEFT_CONFIG} has no positive LoRA rank 'r'")
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise ModelError(f"{adapter_dir}: LoRA rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+    return rank
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of ``rank``."""
+    return next(allowed for allowed in VLLM_LORA_RANKS if allowed >= rank)
+
+
+def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = None) -> VLLMModelSpec:
+    """Check that vLLM can serve ``model_dir`` (+ ``adapter_dir``) before any GPU work; refusals say why."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir}: no config.json; not a model directory")
+    config = _read_json(model_dir / "config.json")
+    check_vllm_config(config, str(model_dir))
+    if not any((model_dir / name).is_file() for name in HF_PROCESSOR_FILES):
+        raise ModelError(
+            f"{model_dir}: no HF processor files ({' or '.join(HF_PROCESSOR_FILES)}); vLLM needs an HF Llava "
+            f"export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
+        )
+    vision, text = config["vision_config"], config.get("text_config") or {}
+    image_tokens = None
+    if vision.get("image_size") and vision.get("patch_size"):
+        image_tokens = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
+        if config.get("vision_feature_select_strategy") == "full" and vision["model_type"] != "siglip_vision_model":
+            image_tokens += 1  # the CLS token is kept
+    adapter = Path(adapter_dir) if adapter_dir is not None else None
+    rank = check_adapter(adapter) if adapter is not None else None
+    return VLLMModelSpec(
+        model_dir=model_dir,
+        vision_model=str(vision["model_type"]),
+        text_model=str(text.get("model_type", "llama")),
+        image_tokens=image_tokens,
+        adapter_dir=adapter,
+        lora_rank=rank,
+    )
+
+
+def check_gpu(capability: tuple[int, int] | None, name: str = "this GPU") -> None:
+    """Refuse to start vLLM without a CUDA GPU of compute capability 8.0 or newer (A100, L4, H100 …)."""
+    if capability is None:
+        raise ModelError(f"the vLLM backend needs a CUDA GPU and none is visible; {TORCH_BACKEND} (it runs on CPU)")
+    if tuple(capability) < MIN_COMPUTE_CAPABILITY:
+        major, minor = capability
+        raise ModelError(
+            f"{name} has compute capability {major}.{minor}; vLLM's engine needs "
+            f"{MIN_COMPUTE_CAPABILITY[0]}.{MIN_COMPUTE_CAPABILITY[1]} or newer (A100/H100-class): on V100-class "
+            f"GPUs {TORCH_BACKEND}"
+        )
+
+
+def engine_kwargs(spec: VLLMModelSpec, options: VLLMOptions) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM``: local files only, one image per prompt, radlvlm's options."""
+    kwargs: dict[str, Any] = {
+        "model": str(spec.model_dir),
+        "tokenizer": str(spec.model_dir),
+        "dtype": options.dtype,
+        "seed": options.seed,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "enable_prefix_caching": options.enable_prefix_caching,
+        "enforce_eager": options.enforce_eager,
+        "limit_mm_per_prompt": {"image": 1},
+        # Our sampling parameters are explicit; the export's generation_config.json must not override them.
+        "generation_config": "vllm",
+        # A SIMPLE check reads the yes/no log-probabilities after the allowed-token mask (both are returned).
+        "logprobs_mode": "processed_logprobs",
+    }
+    if options.max_model_len is not None:
+        kwargs["max_model_len"] = options.max_model_len
+    if options.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = options.max_num_seqs
+    if spec.lora_rank is not None:
+        kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(spec.lora_rank))
+    if options.ngram_speculative_tokens:
+        kwargs["speculative_config"] = {
+            "method": "ngram",
+            "num_speculative_tokens": options.ngram_speculative_tokens,
+            "prompt_lookup_min": options.ngram_lookup_min,
+            "prompt_lookup_max": options.ngram_lookup_max,
+        }
+    return kwargs
+
+
+def processor_for(model_dir: Path) -> RadProcessor:
+    """radlvlm's processor for an export (its ``radlvlm_processor.json``), else one read from the HF files."""
+    if (model_dir / PROCESSOR_FILE).is_file():
+        return RadProcessor.from_pretrained(model_dir)
+    from transformers import AutoTokenizer
+
+    from radlvlm.imaging import ImageTransformConfig
+
+    hf = _read_json(model_dir / "processor_config.json") if (model_dir / "processor_config.json").is_file() else {}
+    image = hf.get("image_processor") or (
+        _read_json(model_dir / "preprocessor_config.json") if (model_dir / "preprocessor_config.json").is_file() else {}
+    )
+    crop = image.get("crop_size") or {}
+    size = int(crop.get("height") or (image.get("size") or {}).get("shortest_edge") or 0)
+    if size < 1:
+        raise ModelError(f"{model_dir}: the HF image processor names no crop size")
+    config = ImageTransformConfig(
+        size=size,
+        resize_mode="crop",  # what CLIPImageProcessor does: shortest side to size, centre crop
+        mean=tuple(image.get("image_mean") or (0.5,)),
+        std=tuple(image.get("image_std") or (0.5,)),
+        interpolation="bicubic",
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{model_dir}: tokenizer cannot be loaded ({type(e).__name__})") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return RadProcessor(tokenizer, config, num_image_tokens=1, image_token=hf.get("image_token", "<image>"))
+
+
+# -- our requests → vLLM inputs ------------------------------------------------------------------
+
+
+def vllm_image(image: EngineImage, processor: RadProcessor) -> PILImage.Image:
+    """The image as vLLM's LlavaProcessor should see it: radlvlm's resize/pad/crop already applied.
+
+    radlvlm's transform gives the normalised (channels, size, size) tensor the torch backend feeds the model;
+    undoing the normalisation gives a square RGB image of the encoder's size, which the HF processor (same
+    mean/std, exported with the model) resizes and crops by nothing and normalises back. 8-bit rounding is
+    the only difference from the torch backend's input.
+    """
+    config = processor.image_config
+    pixels = processor.pixel_values([image])[0].float()
+    channels = pixels.shape[0]
+    mean = torch.tensor(config.per_channel(config.mean), dtype=torch.float32).view(channels, 1, 1)
+    std = torch.tensor(config.per_channel(config.std), dtype=torch.float32).view(channels, 1, 1)
+    unit = (pixels * std + mean).clamp(0.0, 1.0)
+    if channels == 1:
+        unit = unit.expand(3, -1, -1)
+    rgb = (unit * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return PILImage.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+
+
+def prompt_input(
+    processor: RadProcessor, instruction: str, image: EngineImage | None, answer_prefix: Sequence[int] = ()
+) -> dict[str, Any]:
+    """One vLLM prompt: the chat prompt's token ids (one ``<image>``, which vLLM expands) and the image.
+
+    Token ids, not text: the chat template already holds the BOS, and vLLM would add another when tokenising.
+    ``answer_prefix`` is appended after the prompt (the shared leading tokens of " yes" and " no").
+    """
+    text = processor.chat_prompt(instruction, image=image is not None)
+    ids = [int(t) for t in processor.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    ids.extend(int(t) for t in answer_prefix)
+    placeholders = ids.count(processor.image_token_id)
+    if placeholders != (1 if image is not None else 0):
+        raise InputError(f"the prompt has {placeholders} {processor.image_token} placeholder(s)")
+    length = len(ids) + placeholders * (processor.num_image_tokens - 1)  # as vLLM expands the placeholder
+    if processor.max_length is not None and length > processor.max_length:
+        raise InputError(
+            f"the prompt is {length} tokens (with {placeholders * processor.num_image_tokens} image tokens), "
+            f"longer than the model's context of {processor.max_length}"
+        )
+    prompt: dict[str, Any] = {"prompt_token_ids": ids}
+    if image is not None:
+        prompt["multi_modal_data"] = {"image": vllm_image(image, processor)}
+    return prompt
+
+
+def draft_input(processor: RadProcessor, request: DraftRequest) -> dict[str, Any]:
+    return prompt_input(processor, draft_prompt(request.indication), request.image)
+
+
+def check_input(processor: RadProcessor, request: CheckRequest, answer: AnswerTokens | None = None) -> dict[str, Any]:
+    prefix = answer.shared if answer is not None and request.mode is ErrorCheckTask.SIMPLE else ()
+    return prompt_input(processor, errorcheck_prompt(request.mode, request.report), request.image, prefix)
+
+
+def draft_sampling(settings: GenerationSettings, max_new_tokens: int) -> dict[str, Any]:
+    """``SamplingParams`` arguments equivalent to ``settings`` (greedy or sampling; beam search is refused)."""
+    if settings.strategy == "beam":
+        raise ModelError("beam search is not served by the vLLM backend; use greedy or sampling, or the torch backend")
+    kwargs: dict[str, Any] = {
+        "max_tokens": max_new_tokens,
+        "repetition_penalty": settings.repetition_penalty,
+        "skip_special_tokens": True,
+    }
+    if settings.stop_strings:
+        kwargs["stop"] = list(settings.stop_strings)
+    if settings.strategy == "greedy":
+        kwargs["temperature"] = 0.0
+    else:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
+    return kwargs
+
+
+def simple_check_sampling(answer: AnswerTokens | None) -> dict[str, Any]:
+    """One greedy token restricted to yes/no, with both log-probabilities; or a short decode when no token decides."""
+    if answer is None:
+        return {"max_tokens": SIMPLE_FALLBACK_TOKENS, "temperature": 0.0, "skip_special_tokens": True}
+    return {"max_tokens": 1, "temperature": 0.0, "logprobs": 2, "allowed_token_ids": [answer.yes, answer.no]}
+
+
+def complex_check_sampling() -> dict[str, Any]:
+    return {"max_tokens": COMPLEX_ANSWER_TOKENS, "temperature": 0.0, "skip_special_tokens": True}
+
+
+# -- vLLM outputs → our results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What radlvlm reads of a vLLM ``RequestOutput``: the generated ids, why it ended, first-step logprobs."""
+
+    token_ids: list[int]
+    finish_reason: str
+    first_logprobs: dict[int, float]
+
+
+def completion_of(output: Any) -> Completion:
+    """Read ``output.outputs[0]`` (a vLLM ``CompletionOutput``); an aborted or empty output is an error."""
+    outputs = list(getattr(output, "outputs", None) or [])
+    if not outputs:
+        raise ModelError("vLLM returned no completion for a request")
+    first = outputs[0]
+    reason = getattr(first, "finish_reason", None)
+    if reason not in ("stop", "length"):
+        raise ModelError(f"vLLM did not finish a request (finish reason {reason!r})")
+    steps = getattr(first, "logprobs", None) or []
+    first_logprobs: dict[int, float] = {}
+    if steps:
+        for token, value in dict(steps[0]).items():
+            logprob = float(getattr(value, "logprob", value))
+            if not math.isnan(logprob):
+                first_logprobs[int(token)] = logprob
+    return Completion([int(t) for t in first.token_ids], str(reason), first_logprobs)
+
+
+def simple_verdict(logprobs: Mapping[int, float], answer: AnswerTokens) -> tuple[bool, float] | None:
+    """(has_error, confidence) from the first answer token's log-probabilities, renormalised over yes and no.
+
+    With the allowed-token mask both are present; one that is missing had no probability left (``-inf``).
+    None when neither is there.
+    """
+    yes, no = logprobs.get(answer.yes, -math.inf), logprobs.get(answer.no, -math.inf)
+    if yes == -math.inf and no == -math.inf:
+        return None
+    top = max(yes, no)
+    p_yes, p_no = math.exp(yes - top), math.exp(no - top)
+    has_error = p_yes > p_no
+    return has_error, max(p_yes, p_no) / (p_yes + p_no)
+
+
+def draft_result(generation: Generation, model_id: str, timings: Any) -> DraftResult:
+    draft = parse_draft(generation.text)
+    return DraftResult(
+        findings=draft.findings,
+        impression=draft.impression,
+        text=generation.text,
+        finish_reason=generation.finish_reason,
+        new_tokens=generation.new_tokens,
+        model_id=model_id,
+        timings=timings,
+    )
+
+
+def simple_check_result(
+    request: CheckRequest,
+    completion: Completion,
+    answer: AnswerTokens | None,
+    processor: RadProcessor,
+    model_id: str,
+    timings: Any,
+) -> CheckResult:
+    """A SIMPLE verdict from the logprobs (confidence), or parsed from the short decode when no token decides."""
+    if answer is not None:
+        verdict = simple_verdict(completion.first_logprobs, answer)
+        if verdict is not None:
+            has_error, confidence = verdict
+            return CheckResult(
+                has_error=has_error,
+                confidence=confidence,
+                findings=[],
+                text_only=request.image is None,
+                mode=ErrorCheckTask.SIMPLE,
+                answer_valid=True,
+                raw_answer="yes" if has_error else "no",
+                model_id=model_id,
+                timings=timings,
+            )
+    text = decode_generation(completion.token_ids, processor, GenerationSettings(max_new_tokens=4)).text
+    try:
+        parsed: bool | None = parse_simple_answer(text)
+        valid = True
+    except AnswerParseError:
+        parsed, valid = None, False
+    return CheckResult(parsed, None, [], request.image is None, ErrorCheckTask.SIMPLE, valid, text, model_id, timings)
+
+
+def complex_check_result(
+    request: CheckRequest, completion: Completion, processor: RadProcessor, model_id: str, timings: Any
+) -> CheckResult:
+    """A COMPLEX verdict parsed from the JSON answer; an answer off the format is reported, not guessed."""
+    settings = GenerationSettings(max_new_tokens=COMPLEX_ANSWER_TOKENS)
+    text = decode_generation(completion.token_ids, processor, settings).text
+    try:
+        answer = parse_complex_answer(text)
+    except AnswerParseError:
+        answer = None
+    return CheckResult(
+        has_error=answer.has_error if answer else None,
+        confidence=None,
+        findings=[CheckFinding(answer.category, answer.span)] if answer and answer.has_error else [],
+        text_only=request.image is None,
+        mode=ErrorCheckTask.COMPLEX,
+        answer_valid=answer is not None,
+        raw_answer=text,
+        model_id=model_id,
+        timings=timings,
+    )
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VLLMBindings:
+    """The three vLLM callables the engine uses (``LLM``, ``SamplingParams``, ``LoRARequest``); tests pass fakes."""
+
+    make_llm: Callable[..., Any]
+    sampling_params: Callable[..., Any]
+    lora_request: Callable[..., Any]
+
+    @classmethod
+    def from_vllm(cls) -> VLLMBindings:
+        try:
+            import vllm
+            from vllm.lora.request import LoRARequest
+        except ImportError as e:
+            raise ModelError(f"the vLLM backend needs vLLM, which is not installed here: {INSTALL_HINT}") from e
+        return cls(make_llm=vllm.LLM, sampling_params=vllm.SamplingParams, lora_request=LoRARequest)
+
+
+class VLLMEngine(BatchingEngine):
+    """The ``Engine`` interface over a ``vllm.LLM``: drafts, SIMPLE/COMPLEX checks and (whole-text) streams.
+
+    Args:
+        llm: a started ``vllm.LLM`` (or an object with its ``generate``).
+        processor: radlvlm's processor for the model (prompts, tokenizer, image preprocessing).
+        bindings: vLLM's ``SamplingParams`` and ``LoRARequest`` (see ``VLLMBindings``).
+        model_id (str): reported with every result.
+        adapter_dir (Path | None): a peft LoRA adapter served through vLLM's multi-LoRA on every request.
+        max_batch_size, max_wait_ms, max_queue: the dynamic batching of the service (see ``BatchingEngine``).
+        generation (GenerationSettings): drafting decode settings (greedy, 256 new tokens by default).
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        processor: RadProcessor,
+        *,
+        bindings: VLLMBindings,
+        model_id: str,
+        adapter_dir: Path | None = None,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        generation: GenerationSettings | None = None,
+    ) -> None:
+        generation = generation or GenerationSettings()
+        if generation.strategy == "beam":
+            raise ModelError(
+                "beam search is not served by the vLLM backend; use greedy or sampling, or the torch backend"
+            )
+        super().__init__(
+            model_id=model_id,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            default_max_new_tokens=generation.max_new_tokens,
+            thread_name="radlvlm-vllm-engine",
+        )
+        self.llm = llm
+        self.processor = processor
+        self.bindings = bindings
+        self.generation = generation
+        self.lora = bindings.lora_request(adapter_dir.name, 1, str(adapter_dir)) if adapter_dir is not None else None
+        self._answer = simple_answer_tokens(processor.tokenizer)
+        self._generate_lock = threading.Lock()  # the worker and run_all never drive the LLM at once
+        self._start()
+
+    def warmup(self) -> None:
+        size = self.processor.image_config.size
+        self.run(DraftRequest(image=torch.zeros(size, size), max_new_tokens=2))
+        self.run(CheckRequest(report="FINDINGS: The lungs are clear."))
+
+    def run_all(self, requests: Sequence[Request]) -> list[Result]:
+        """Run an offline batch (a validation study) on vLLM's batch engine: one ``generate`` per request kind.
+
+        Streams are not offered here; results come back in the order of ``requests``.
+        """
+        pending: list[Pending] = []
+        for request in requests:
+            if isinstance(request, StreamDraftRequest):
+                raise InputError("an offline batch takes drafts and checks, not streams")
+            validate_request(request)
+            pending.append(Pending(request, Future(), time.perf_counter()))
+        start = time.perf_counter()
+        results: dict[int, Result] = {}
+        drafts: dict[int, list[int]] = {}
+        for index, item in enumerate(pending):
+            request = item.request
+            if isinstance(request, DraftRequest):
+                drafts.setdefault(request.max_new_tokens or self.default_max_new_tokens, []).append(index)
+        for max_new_tokens, indices in drafts.items():
+            for index, result in zip(
+                indices, self._drafts([pending[i] for i in indices], max_new_tokens, start), strict=True
+            ):
+                results[index] = result
+        for mode, run in ((ErrorCheckTask.SIMPLE, self._simple_checks), (ErrorCheckTask.COMPLEX, self._complex_checks)):
+            indices = [
+                i
+                for i, item in enumerate(pending)
+                if isinstance(item.request, CheckRequest) and item.request.mode is mode
+            ]
+            if indices:
+                for index, result in zip(indices, run([pending[i] for i in indices], start), strict=True):
+                    results[index] = result
+        return [results[i] for i in range(len(pending))]
+
+    # -- groups -----------------------------------------------------------------------------------
+
+    def _generate(self, prompts: list[dict[str, Any]], sampling: dict[str, Any]) -> list[Completion]:
+        params = self.bindings.sampling_params(**sampling)
+        with self._generate_lock:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        if len(outputs) != len(prompts):
+            raise ModelError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
+        return [completion_of(output) for output in outputs]
+
+    def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
+        settings = dataclasses.replace(self.generation, max_new_tokens=max_new_tokens)
+        prompts = [draft_input(self.processor, item.request) for item in items]  # type: ignore[arg-type]
+        completions = self._generate(prompts, draft_sampling(settings, max_new_tokens))
+        return [
+            draft_result(
+                decode_generation(c.token_ids, self.processor, settings),
+                self.model_id,
+                self._timings(i, start, len(items)),
+            )
+            for i, c in zip(items, completions, strict=True)
+        ]
+
+    def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:
+        """vLLM's offline engine returns whole completions: the stream carries the text in one piece."""
+        (result,) = self._drafts([item], max_new_tokens, start)
+        assert isinstance(result, DraftResult)
+        stream = DraftStream([result.text] if result.text else [])
+        stream.finish(result)
+        item.future.set_result(stream)
+
+    def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:
+        requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
+        prompts = [check_input(self.processor, r, self._answer) for r in requests]
+        completions = self._generate(prompts, simple_check_sampling(self._answer))
+        return [
+            simple_check_result(r, c, self._answer, self.processor, self.model_id, self._timings(i, start, len(items)))
+            for i, r, c in zip(items, requests, completions, strict=True)
+        ]
+
+    def _complex_checks(self, items: list[Pending], start: float) -> list[Result]:
+        requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
+        prompts = [check_input(self.processor, r) for r in requests]
+        completions = self._generate(prompts, complex_check_sampling())
+        return [
+            complex_check_result(r, c, self.processor, self.model_id, self._timings(i, start, len(items)))
+            for i, r, c in zip(items, requests, completions, strict=True)
+        ]
+
+    def _release(self) -> None:
+        self.llm = None
+
+
+def load_vllm_engine(
+    model_dir: str | Path,
+    *,
+    adapter_dir: str | Path | None = None,
+    options: VLLMOptions | None = None,
+    model_id: str | None = None,
+    max_batch_size: int = 8,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 64,
+    generation: GenerationSettings | None = None,
+    bindings: VLLMBindings | None = None,
+    gpu: tuple[tuple[int, int] | None, str] | None = None,
+) -> tuple[VLLMEngine, VLLMModelSpec]:
+    """Check the model, the adapter and the GPU, then start vLLM on them (refusals come before any GPU work).
+
+    ``gpu`` is (compute capability, name) of the GPU to check; None detects it. ``bindings`` default to vLLM's.
+    """
+    spec = inspect_model_dir(model_dir, adapter_dir)
+    options = options or VLLMOptions()
+    processor = processor_for(spec.model_dir)
+    capability, gpu_name = gpu if gpu is not None else detect_gpu()
+    check_gpu(capability, gpu_name)
+    bindings = bindings or VLLMBindings.from_vllm()
+    kwargs = engine_kwargs(spec, options)
+    try:
+        llm = bindings.make_llm(**kwargs)
+    except (ValueError, RuntimeError, OSError, NotImplementedError) as e:
+        raise ModelError(
+            f"{spec.model_dir}: vLLM could not load the model ({type(e).__name__}: {_first_line(e)})"
+        ) from e
+    engine = VLLMEngine(
+        llm,
+        processor,
+        bindings=bindings,
+        model_id=model_id or spec.model_dir.name,
+        adapter_dir=spec.adapter_dir,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        generation=generation,
+    )
+    return engine, spec
+
+
+def detect_gpu() -> tuple[tuple[int, int] | None, str]:
+    """(compute capability, name) of the first CUDA GPU, or (None, "this machine") without one."""
+    if not torch.cuda.is_available():
+        return None, "this machine"
+    major, minor = torch.cuda.get_device_capability(0)
+    return (int(major), int(minor)), torch.cuda.get_device_name(0)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: cannot be read as JSON ({type(e).__name__})") from e
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return value
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__

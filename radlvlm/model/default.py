@@ -1,0 +1,65 @@
+"""The embedded default model: a small MoLE model trained on public data, shipped inside the package.
+
+``radlvlm serve``, ``radlvlm draft`` and ``radlvlm check`` use it when no ``--model`` is given. It is for
+demonstration and pipeline testing, not for clinical use: its model card (``MODEL_CARD.md`` next to the
+weights, also printed by ``radlvlm model-card``) says what it was trained on and what it can and cannot do.
+A hospital points ``--model``/``RADLVLM_MODEL_DIR`` at its own model or a converted LLaVA-Rad instead.
+
+Layout of ``weights/default/`` (written by ``python -m radlvlm.training.embedded --ship-to``): ``base/`` (a
+radlvlm model directory, float16), ``adapter/`` (the MoLE adapter, float16), ``MODEL_CARD.md`` and
+``model.json`` (id, recipe, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radlvlm.errors import ModelError
+
+DEFAULT_MODEL_ROOT = Path(__file__).resolve().parent / "weights" / "default"
+MODEL_CARD = "MODEL_CARD.md"
+MODEL_INFO = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model directory (and adapter) to load, and the id results carry."""
+
+    base: Path
+    adapter: Path | None
+    model_id: str
+    embedded: bool
+
+
+def embedded_model(root: Path = DEFAULT_MODEL_ROOT) -> ModelChoice:
+    """The shipped model; a clear error when this installation carries no weights."""
+    info_path = root / MODEL_INFO
+    if not (root / "base" / "config.json").is_file() or not info_path.is_file():
+        raise ModelError(
+            f"the embedded default model is not installed ({root} has no weights): pass --model DIR "
+            "(or set RADLVLM_MODEL_DIR) to a radlvlm model directory"
+        )
+    info: dict[str, Any] = json.loads(info_path.read_text())
+    adapter = root / "adapter"
+    return ModelChoice(root / "base", adapter if adapter.is_dir() else None, str(info["id"]), True)
+
+
+def choose_model(model: Path | None, adapter: Path | None) -> ModelChoice:
+    """``model``/``adapter`` as given, or the embedded model when no model is given (an adapter alone is refused:
+    it would silently land on a base it may not have been trained for)."""
+    if model is None:
+        if adapter is not None:
+            raise ModelError("--adapter needs --model: an adapter belongs to the base model it was trained on")
+        return embedded_model()
+    model_id = Path(model).name + (f"+{Path(adapter).name}" if adapter else "")
+    return ModelChoice(Path(model), Path(adapter) if adapter else None, model_id, False)
+
+
+def model_card(root: Path = DEFAULT_MODEL_ROOT) -> str:
+    card = root / MODEL_CARD
+    if not card.is_file():
+        raise ModelError(f"the embedded default model is not installed ({root} has no {MODEL_CARD})")
+    return card.read_text(encoding="utf-8")
