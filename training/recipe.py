@@ -1,7 +1,8 @@
 """Training recipes: a YAML file → validated dataclasses, checked before any training starts.
 
-A recipe names the stage (``align``: projector only; ``instruct``: MoLE or LoRA experts + projector), the
-model to start from, the data (sources and task mixture), and the training arguments — transformers'
+A recipe names the stage (``align``: projector only; ``instruct``: MoLE or LoRA experts + projector; ``dpo``:
+preference alignment of a stage-2 adapter, see :mod:`radlvlm.training.dpo`), the model to start from, the data
+(sources and task mixture, or preference pairs), and the training arguments — transformers'
 ``TrainingArguments``, so ``accelerate launch`` / ``torchrun`` with a DeepSpeed or FSDP config scale the same
 recipe to many GPUs without code of ours. Unknown keys and impossible combinations are refused, naming them.
 """
@@ -18,7 +19,7 @@ from transformers import TrainingArguments
 
 from radlvlm.errors import InputError
 
-Stage = Literal["align", "instruct"]
+Stage = Literal["align", "instruct", "dpo"]
 AdapterKind = Literal["mole", "lora", "none"]
 
 
@@ -56,12 +57,34 @@ class DataSpec:
         mixture (dict): weights of ``draft``, ``check_simple``, ``check_complex`` and the ``error_fraction``.
         validation_split (str, default "validation"): the split evaluated during training.
         limit (int | None): keep at most this many examples per split (quick runs).
+        preferences (dict | None): stage ``dpo`` only: ``dir`` (where the preference pairs are, or are built from
+            ``sources`` when absent) and the builder's settings (``radlvlm.training.preferences.PreferenceSettings``).
     """
 
     sources: list[dict[str, Any]] = field(default_factory=list)
     mixture: dict[str, float] = field(default_factory=lambda: {"draft": 1.0, "check_simple": 0.0, "check_complex": 0.0})
     validation_split: str = "validation"
     limit: int | None = None
+    preferences: dict[str, Any] | None = None
+
+
+@dataclass
+class DPOSpec:
+    """Direct Preference Optimization settings (stage ``dpo``), named as in trl's ``DPOConfig``.
+
+    Args:
+        beta (float, default 0.1): strength of the KL tie to the reference (the stage-2 model).
+        label_smoothing (float, default 0.0): conservative DPO: the share of pairs assumed mislabelled, in [0, 0.5).
+        rpo_alpha (float, default 0.0): weight of the chosen answers' NLL added to the loss (RPO); keeps the
+            likelihood of good reports from falling while the margin grows.
+        precompute_batch_size (int | None): batch size of the one pass computing the reference log-probabilities
+            (default: ``per_device_eval_batch_size``).
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
+    precompute_batch_size: int | None = None
 
 
 @dataclass
@@ -72,10 +95,11 @@ class Recipe:
     data: DataSpec
     training: TrainingArguments
     seed: int = 0
+    dpo: DPOSpec = field(default_factory=DPOSpec)
 
     def validate(self) -> None:
-        if self.stage not in ("align", "instruct"):
-            raise InputError(f"stage must be 'align' or 'instruct', got {self.stage!r}")
+        if self.stage not in ("align", "instruct", "dpo"):
+            raise InputError(f"stage must be 'align', 'instruct' or 'dpo', got {self.stage!r}")
         if not self.model.base:
             raise InputError("model.base is required: the radlvlm model directory training starts from")
         if self.stage == "align" and self.model.adapter != "none":
@@ -90,7 +114,11 @@ class Recipe:
             raise InputError("a MoLE adapter needs num_experts >= 2 (use adapter: lora for one expert)")
         if self.model.r < 1 or self.model.alpha <= 0:
             raise InputError("model.r must be >= 1 and model.alpha > 0")
-        if not self.data.sources:
+        if self.stage == "dpo":
+            self._validate_dpo()
+        elif self.data.preferences is not None:
+            raise InputError("data.preferences belongs to stage 'dpo'")
+        if not self.data.sources and not (self.stage == "dpo" and self._preferences_built()):
             raise InputError("data.sources is empty: name at least one data source")
         for index, source in enumerate(self.data.sources):
             if not isinstance(source, dict) or "type" not in source:
@@ -116,8 +144,50 @@ class Recipe:
         if self.stage == "align" and any(weights.get(t, 0) > 0 for t in ("check_simple", "check_complex")):
             raise InputError("stage 'align' learns image → report only: set the check weights to 0")
 
+    def _preferences_built(self) -> bool:
+        directory = (self.data.preferences or {}).get("dir")
+        return bool(directory) and (Path(str(directory)) / "train.jsonl").is_file()
 
-_TOP_LEVEL = {"name", "stage", "model", "data", "training", "seed"}
+    def _validate_dpo(self) -> None:
+        from radlvlm.model.mole import ADAPTER_CONFIG
+        from radlvlm.training.preferences import PreferenceSettings
+
+        spec = self.model
+        if spec.adapter not in ("mole", "lora"):
+            raise InputError("stage 'dpo' trains the stage-2 adapter: set model.adapter to 'mole' or 'lora'")
+        if not spec.adapter_init:
+            raise InputError(
+                "stage 'dpo' starts from the stage-2 model: set model.adapter_init to its adapter directory "
+                "(and model.base to its base directory); that model is also the frozen DPO reference"
+            )
+        wanted = ADAPTER_CONFIG if spec.adapter == "mole" else "adapter_config.json"
+        if not (Path(spec.adapter_init) / wanted).is_file():
+            raise InputError(f"model.adapter_init {spec.adapter_init}: no {wanted} (not a {spec.adapter} adapter)")
+        preferences = self.data.preferences
+        if not isinstance(preferences, dict) or not preferences.get("dir"):
+            raise InputError("stage 'dpo' needs data.preferences.dir: where the preference pairs are (or are built)")
+        settings = PreferenceSettings.from_dict(preferences)
+        if "train" not in settings.splits:
+            raise InputError("data.preferences.splits must include 'train'")
+        if self.training.eval_strategy != "no" and self.data.validation_split not in settings.splits:
+            raise InputError(f"evaluation needs data.preferences.splits to include {self.data.validation_split!r}")
+        dpo = self.dpo
+        for name in ("beta", "label_smoothing", "rpo_alpha"):
+            value = getattr(dpo, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"dpo.{name} must be a number, got {value!r}")
+        if dpo.beta <= 0:
+            raise InputError(f"dpo.beta must be positive, got {dpo.beta}")
+        if not 0 <= dpo.label_smoothing < 0.5:
+            raise InputError(f"dpo.label_smoothing must be in [0, 0.5), got {dpo.label_smoothing}")
+        if dpo.rpo_alpha < 0:
+            raise InputError(f"dpo.rpo_alpha must be >= 0, got {dpo.rpo_alpha}")
+        size = dpo.precompute_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise InputError(f"dpo.precompute_batch_size must be a positive integer, got {size!r}")
+
+
+_TOP_LEVEL = {"name", "stage", "model", "data", "training", "seed", "dpo"}
 
 
 def _build(kind: type, values: dict[str, Any] | None, where: str) -> Any:
@@ -136,7 +206,7 @@ _HARDWARE_FLAGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
 
 
 def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None, check_hardware: bool = True) -> Recipe:
-    """Build and validate a recipe; relative paths resolve against ``base_dir`` when given.
+    """Build and validate a recipe; relative paths (model, adapter, preferences, output) resolve against ``base_dir``.
 
     ``check_hardware=False`` validates a GPU recipe on a machine without the GPU (TrainingArguments refuses
     bf16/tf32 where the hardware lacks them); the flags are kept on the result as written.
@@ -158,16 +228,23 @@ def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None, ch
     training_values.setdefault("seed", int(values.get("seed", 0)))
     model = _build(ModelSpec, values["model"], "model")
     data = _build(DataSpec, values["data"], "data")
+    if "dpo" in values and values["stage"] != "dpo":
+        raise InputError("the 'dpo' section belongs to stage 'dpo'")
+    dpo = _build(DPOSpec, values.get("dpo"), "dpo")
+    if data.preferences is not None and not isinstance(data.preferences, dict):
+        raise InputError("data.preferences must be a mapping with a 'dir'")
     if base_dir is not None:
         model.base = _resolve(model.base, base_dir)
         if model.adapter_init:
             model.adapter_init = _resolve(model.adapter_init, base_dir)
+        if data.preferences and data.preferences.get("dir"):
+            data.preferences["dir"] = _resolve(str(data.preferences["dir"]), base_dir)
         training_values["output_dir"] = _resolve(str(training_values["output_dir"]), base_dir)
     deferred = {} if check_hardware else {k: training_values.pop(k) for k in _HARDWARE_FLAGS if k in training_values}
     training = _build(TrainingArguments, training_values, "training")
     for key, value in deferred.items():
         setattr(training, key, value)
-    recipe = Recipe(str(values["name"]), values["stage"], model, data, training, int(values.get("seed", 0)))
+    recipe = Recipe(str(values["name"]), values["stage"], model, data, training, int(values.get("seed", 0)), dpo)
     recipe.validate()
     return recipe
 

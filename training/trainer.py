@@ -1,5 +1,7 @@
 """Stages 1 and 2 on transformers' Trainer: model set-up per stage, batching, MoLE's auxiliary loss, outputs.
 
+Stage ``dpo`` reuses the model set-up, checkpoints and outputs here; its loss is in :mod:`radlvlm.training.dpo`.
+
 What is ours is only what the Trainer cannot know: which parameters a stage trains, how an ``Example``
 becomes a batch (prompt tokens are not learned from), the MoLE balance loss, and saving the result as a base
 directory plus an adapter that ``radlvlm.model.load_pretrained`` reads. Checkpointing, resuming, mixed
@@ -179,6 +181,17 @@ def prepare_model(
                     balance_loss_weight=spec.balance_loss_weight,
                 ),
             )
+    elif spec.adapter == "lora" and spec.adapter_init:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, spec.adapter_init, is_trainable=True)
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            raise InputError(f"{spec.adapter_init}: LoRA adapter does not fit {spec.base} ({type(e).__name__})") from e
+        if not spec.train_projector:  # a stage-2 adapter may carry the projector (modules_to_save)
+            for name, parameter in model.named_parameters():
+                if "modules_to_save" in name:
+                    parameter.requires_grad_(False)
     elif spec.adapter == "lora":
         # peft saves the projector with the adapter (modules_to_save), so a resumed run keeps its progress.
         model = apply_lora(

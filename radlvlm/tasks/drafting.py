@@ -2,6 +2,10 @@
 
 The answer format is the report's own: ``FINDINGS: … IMPRESSION: …``, parsed back with the report-section
 parser, so a draft can be scored, stored or sent as DICOM SR / FHIR without a second format.
+
+For an image the model is not for (not a chest radiograph) the answer is :data:`ABSTENTION_MESSAGE` instead of a
+report; DPO alignment teaches it and :func:`parse_draft` marks it (``Draft.abstained``) so evaluation can score
+abstention and callers never file it as findings.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from radlvlm.reports import normalize_text, parse_report
 
 DRAFT_INSTRUCTION = "Write the findings and impression of the radiology report for this chest X-ray."
 INDICATION_LINE = "Indication: {indication}"
+# One fixed sentence, so training targets and the parser agree; the marker before the colon is what is matched.
+ABSTENTION_MARKER = "NO REPORT"
+ABSTENTION_MESSAGE = f"{ABSTENTION_MARKER}: this image is not a chest radiograph. Only chest X-rays are reported."
 
 
 def draft_prompt(indication: str | None = None) -> str:
@@ -34,18 +41,33 @@ def draft_target(findings: str, impression: str) -> str:
 
 @dataclass(frozen=True)
 class Draft:
+    """A parsed draft. ``abstained`` is True when the model declined (:data:`ABSTENTION_MESSAGE`); then
+    findings and impression are empty."""
+
     findings: str
     impression: str
+    abstained: bool = False
 
     @property
     def text(self) -> str:
-        return draft_target(self.findings, self.impression)
+        return ABSTENTION_MESSAGE if self.abstained else draft_target(self.findings, self.impression)
+
+
+def is_abstention(answer: str) -> bool:
+    """True when ``answer`` starts with the abstention marker (``NO REPORT:``), whatever follows it."""
+    head = normalize_text(answer or "").lstrip(" \"'*#").upper()
+    return head.startswith(f"{ABSTENTION_MARKER}:") or head == ABSTENTION_MARKER
 
 
 def parse_draft(answer: str) -> Draft:
-    """Split a generated draft into findings and impression; text without headers counts as findings."""
+    """Split a generated draft into findings and impression; text without headers counts as findings.
+
+    An abstention (see :func:`is_abstention`) gives an empty draft with ``abstained=True``.
+    """
     if not answer or not answer.strip():
         return Draft("", "")
+    if is_abstention(answer):
+        return Draft("", "", abstained=True)
     try:
         sections = parse_report(answer)
     except ReportParseError:
