@@ -12,7 +12,12 @@ interrupted step resumes from its checkpoints):
 4. assembly into a radlvlm model (visual tokens pooled for a short prefill);
 5. stage 1 (align: projector only) on image → report pairs: NIH label-templated targets, COVID notes, and IU
    reports paired with NIH images by matching labels (pseudo-pairs);
-6. stage 2 (instruct: MoLE experts + projector) on drafting and SIMPLE/COMPLEX error checking.
+6. stage 2 (instruct: MoLE experts + projector) on drafting and SIMPLE/COMPLEX error checking;
+7. validation next to the evaluation baselines, with the router's per-task expert usage
+   (:mod:`radlvlm.training.embedded_eval`, into ``eval/summary.json``).
+
+``scripts/train-embedded.sh`` runs this, then DPO alignment (``recipes/dpo-embedded.yaml``) and its
+before/after evaluation, and installs the better model into the package (:mod:`radlvlm.training.ship`).
 
 What the data allows is limited and the model card says so: the IU reports have no images here, so image
 conditioning is learnt from 842 NIH thumbnails (mostly 64 x 64) and ~200 COVID radiographs through label-level
@@ -43,7 +48,7 @@ from radlvlm.errors import InputError
 from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model.tokenizer import train_tokenizer
 
-STEPS = ("tokenizer", "lm", "vision", "assembled", "stage1", "stage2")
+STEPS = ("tokenizer", "lm", "vision", "assembled", "stage1", "stage2", "eval")
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,24 @@ def build_embedded(data: Path, work: Path, *, scale_name: str = "default", seed:
         scale.stage2_steps,
         3e-4,
     )
+    step = work / "eval"
+    if (info := _done(step)) is None:
+        from radlvlm.training.embedded_eval import evaluate
+
+        started = time.perf_counter()
+        run = work / "stage2" / "run"
+        evaluate(
+            data,
+            run / "base",
+            step,
+            adapter=run / "adapter",
+            seed=seed,
+            name="embedded-stage2",
+            limit=scale.limit,
+            n_boot=1000 if scale.limit is None else 100,
+        )
+        info = _finish(step, {"summary": str(step / "summary.json"), "seconds": time.perf_counter() - started})
+    summary["eval"] = info
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

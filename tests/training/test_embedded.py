@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from testsupport import shared_path
 
 from radlvlm.errors import InputError
 from radlvlm.model import load_pretrained
+from radlvlm.model.default import embedded_model, model_card
 from radlvlm.training.embedded import STEPS, build_embedded
+from radlvlm.training.ship import ship
 
 
 def test_tiny_embedded_recipe_runs_and_resumes(tmp_path: Path) -> None:
@@ -24,8 +28,28 @@ def test_tiny_embedded_recipe_runs_and_resumes(tmp_path: Path) -> None:
     assert getattr(model, "_mole_adapter", None) is not None and processor.num_image_tokens == 4
     lm_losses = json.loads((tmp_path / "work" / "vision" / "state" / "contrastive_history.json").read_text())
     assert len(lm_losses) == 2
+    evaluation = json.loads((tmp_path / "work" / "eval" / "summary.json").read_text())
+    assert set(evaluation["sets"]) == {
+        "draft_nih_cxr14",
+        "draft_covid",
+        "check_simple_iu_xray",
+        "check_complex_iu_xray",
+    }
+    assert set(evaluation["router"]) == {"draft", "check_simple", "check_complex"}
+    assert "baseline_most_common_normal" in evaluation["sets"]["draft_nih_cxr14"]
     again = build_embedded(data, tmp_path / "work", scale_name="tiny")  # every step is done: nothing reruns
     assert again["stage2"]["seconds"] == stage2["seconds"]
+
+    # Installing it as a default model: float16, loadable through the default-model path, with its card.
+    shipped = ship(tmp_path / "work", tmp_path / "default")
+    assert shipped["final_stage"] == "stage2" and shipped["bytes"] < 40 * 2**20
+    choice = embedded_model(tmp_path / "default")
+    assert choice.embedded and choice.adapter is not None
+    model, _ = load_pretrained(choice.base, adapter=choice.adapter)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # stored float16, loaded float32
+    assert load_file(str(choice.base / "model.safetensors"))["lm_head.weight"].dtype == torch.float16
+    card = model_card(tmp_path / "default")
+    assert "Not for clinical use" in card and "CC BY-NC-ND" in card and "this model" in card
     with pytest.raises(InputError, match="unknown scale"):
         build_embedded(data, tmp_path / "x", scale_name="huge")
     with pytest.raises(InputError, match="missing"):

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The embedded default model end to end, from the public data to the package: about 2 hours on 2 CPU cores,
+# resumable (rerun the same command after an interruption; finished steps are skipped).
+#
+#   scripts/train-embedded.sh DATA WORK [SHIP_TO]
+#
+# DATA: a folder with iu_xray/, nih_cxr14/, covid_chestxray/ (see README "Training"); WORK: working folder;
+# SHIP_TO (default radlvlm/model/weights/default): where the float16 weights and the model card are installed.
+set -euo pipefail
+if [[ $# -lt 2 || $# -gt 3 ]]; then
+    echo "usage: scripts/train-embedded.sh DATA WORK [SHIP_TO]" >&2
+    exit 2
+fi
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+data="$(cd "$1" && pwd)"
+mkdir -p "$2"
+work="$(cd "$2" && pwd)"
+ship_to="$(realpath -m "${3:-$repo/radlvlm/model/weights/default}")"
+python="${PYTHON:-$repo/.venv/bin/python}"
+
+# 1-7: tokenizer, LM, vision encoder, assembly, stage 1, stage 2, validation against the baselines.
+"$python" -m radlvlm.training.embedded --data "$data" --work "$work" --scale default --seed 0
+# 8: DPO safety alignment on top of stage 2 (the recipe's paths are relative to the working folder).
+cd "$work"
+ln -sfn "$data" data
+"$python" -m radlvlm train "$repo/recipes/dpo-embedded.yaml"
+# 9: before/after figures of the alignment on the validation split.
+if [[ ! -f dpo/eval/metrics.json ]]; then
+    "$python" -m radlvlm.training.dpo_eval "$repo/recipes/dpo-embedded.yaml" --out dpo/eval
+fi
+# 10: install the better of stage 2 and DPO into the package, with its model card.
+"$python" -m radlvlm.training.ship --work "$work" --to "$ship_to"

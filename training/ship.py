@@ -1,0 +1,286 @@
+"""Install a trained model as the package's embedded default: float16 weights, ``model.json`` and the model card.
+
+    python -m radlvlm.training.ship --work runs/embedded --to radlvlm/model/weights/default
+
+Takes the final model of an embedded-model working folder (the DPO-aligned one when its evaluation shows it
+is better, else stage 2) and the figures its evaluation wrote, and renders the model card from them, so that
+every number in the card comes from a file the recipe produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from radlvlm.errors import InputError
+from radlvlm.model.default import MODEL_CARD, MODEL_INFO
+from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+MAX_SHIPPED_BYTES = 40 * 1024 * 1024
+
+
+def _fmt(metric: Any) -> str:
+    if not isinstance(metric, dict) or "value" not in metric:
+        return "n/a" if metric is None else f"{metric:.3f}" if isinstance(metric, float) else str(metric)
+    if metric.get("ci_low") is None:
+        return f"{metric['value']:.3f}"
+    return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
+
+
+# DPO is kept only if it is better: safer on every safety figure it targets (not worse on any), abstains on
+# out-of-scope images at least as often, and loses at most one point of CheXpert-14 micro F1 (issue's limit).
+_LOWER_IS_SAFER = ("false_findings_per_report", "unsupported_comparison_rate", "identifier_in_output_rate")
+
+
+def dpo_is_better(alignment: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the DPO model (``after``) should replace stage 2 (``before``), and why, from dpo_eval's metrics."""
+    before, after = alignment["metrics"]["before"], alignment["metrics"]["after"]
+
+    def value(side: dict[str, Any], metric: str) -> float:
+        return float(side[metric]["value"]) if side.get(metric) else float("nan")
+
+    if value(after, "chexpert14_micro_f1") < value(before, "chexpert14_micro_f1") - 0.01:
+        return False, "CheXpert-14 micro F1 dropped by more than 1 point"
+    worse = [m for m in _LOWER_IS_SAFER if value(after, m) > value(before, m)]
+    if worse:
+        return False, f"worse after DPO: {', '.join(worse)}"
+    if value(after, "abstention_accuracy_out_of_scope") < value(before, "abstention_accuracy_out_of_scope"):
+        return False, "abstains less often on out-of-scope images"
+    gained = [m for m in (*_LOWER_IS_SAFER, "abstention_accuracy_out_of_scope") if value(after, m) != value(before, m)]
+    if not gained:
+        return False, "no safety figure changed"
+    return True, f"safer on {', '.join(gained)}; CheXpert-14 F1 within 1 point"
+
+
+def _final_model(work: Path) -> tuple[Path, Path, str, str]:
+    """(base, adapter, stage, reason): the DPO model when its evaluation says it is better, else stage 2."""
+    alignment_path = work / "dpo" / "eval" / "metrics.json"
+    if alignment_path.is_file() and (work / "dpo" / "run" / "adapter").is_dir():
+        better, reason = dpo_is_better(json.loads(alignment_path.read_text()))
+        if better:
+            return work / "dpo" / "run" / "base", work / "dpo" / "run" / "adapter", "dpo", reason
+        return work / "stage2" / "run" / "base", work / "stage2" / "run" / "adapter", "stage2", reason
+    return work / "stage2" / "run" / "base", work / "stage2" / "run" / "adapter", "stage2", "no DPO run"
+
+
+def _half_base(source: Path, target: Path) -> None:
+    from radlvlm.model.modeling import load_model, save_model
+    from radlvlm.model.processor import RadProcessor
+
+    model = load_model(source, dtype=torch.float16)
+    save_model(model, target)
+    RadProcessor.from_pretrained(source).save_pretrained(target)
+
+
+def _half_adapter(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / ADAPTER_CONFIG, target / ADAPTER_CONFIG)
+    state = {k: v.to(torch.float16) for k, v in load_file(str(source / ADAPTER_WEIGHTS)).items()}
+    save_file(state, str(target / ADAPTER_WEIGHTS), metadata={"format": "pt", "adapter": "mole"})
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1") -> dict[str, Any]:
+    """Write ``target``/{base, adapter, model.json, MODEL_CARD.md} from the working folder ``work``."""
+    base, adapter, stage, reason = _final_model(work)
+    summary_path, eval_path = work / "summary.json", work / "eval" / "summary.json"
+    for path in (summary_path, eval_path, base / "config.json", adapter / ADAPTER_CONFIG):
+        if not path.is_file():
+            raise InputError(f"{path}: missing (the recipe has not finished)")
+    summary, evaluation = json.loads(summary_path.read_text()), json.loads(eval_path.read_text())
+    alignment_path = work / "dpo" / "eval" / "metrics.json"
+    alignment = json.loads(alignment_path.read_text()) if alignment_path.is_file() else None
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _half_base(base, staging / "base")
+    _half_adapter(adapter, staging / "adapter")
+    info = {
+        "id": model_id,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "final_stage": stage,
+        "final_stage_reason": reason,
+        "recipe": "scripts/train-embedded.sh DATA WORK",
+        "seed": summary.get("seed", 0),
+        "training": {k: summary.get(k) for k in ("scale", "seed", "seconds_per_step")},
+        "evaluation": evaluation,
+        "alignment": alignment,
+    }
+    (staging / MODEL_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (staging / MODEL_CARD).write_text(render_card(info, summary), encoding="utf-8")
+    size = _size(staging)
+    if size > MAX_SHIPPED_BYTES:
+        raise InputError(f"the model is {size / 2**20:.1f} MiB; the package carries at most 40 MiB")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return {"target": str(target), "bytes": size, "final_stage": stage}
+
+
+def _eval_rows(evaluation: dict[str, Any]) -> list[str]:
+    rows = []
+    titles = {
+        "draft_nih_cxr14": "Drafting, NIH ChestX-ray14 images (label-templated reference)",
+        "draft_covid": "Drafting, COVID-19 collection images (reference: radiographic sentences of the notes)",
+        "check_simple_iu_xray": "Error check SIMPLE, IU-Xray reports (text only)",
+        "check_complex_iu_xray": "Error check COMPLEX, IU-Xray reports (text only)",
+    }
+    for key, title in titles.items():
+        scored = evaluation["sets"].get(key)
+        if scored is None:
+            continue
+        model = scored["model"]
+        n = model.get("counts", {}).get("scored", "?")
+        rows.append(f"\n**{title}** — {evaluation['split']} split, n = {n} studies; 95% bootstrap CIs\n")
+        report = model.get("task") == "report"
+        columns = (
+            ["chexpert14_micro_f1", "bleu_4", "rouge_l", "significant_errors_per_report:structured"]
+            if report
+            else ["accuracy", "f1", "auroc", "complex_macro_f1"]
+        )
+        if key == "check_complex_iu_xray":
+            columns = ["accuracy", "complex_macro_f1"]
+        if key == "check_simple_iu_xray":
+            columns = ["accuracy", "f1", "auroc"]
+        rows.append(
+            "| system | "
+            + " | ".join(
+                c.replace("significant_errors_per_report:structured", "significant errors / report") for c in columns
+            )
+            + " |"
+        )
+        rows.append("|---" * (len(columns) + 1) + "|")
+        rows.append("| **this model** | " + " | ".join(_fmt(model.get(c)) for c in columns) + " |")
+        for name, value in scored.items():
+            if name.startswith("baseline_"):
+                label = name.removeprefix("baseline_").replace("_", " ")
+                rows.append(f"| baseline: {label} | " + " | ".join(_fmt(value.get(c)) for c in columns) + " |")
+    return rows
+
+
+def _router_rows(evaluation: dict[str, Any]) -> list[str]:
+    router = evaluation.get("router")
+    if not router:
+        return []
+    experts = len(next(iter(router.values()))["share_per_expert"])
+    rows = [
+        "| task | tokens | " + " | ".join(f"expert {i}" for i in range(experts)) + " |",
+        "|---" * (experts + 2) + "|",
+    ]
+    for task, usage in router.items():
+        rows.append(f"| {task} | {usage['tokens']:,} | " + " | ".join(f"{x:.2f}" for x in usage["share_per_expert"]))
+    return rows
+
+
+def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The model card, every figure taken from the recipe's own output files."""
+    evaluation = info["evaluation"]
+    # A step interrupted by the end of a session records the time of its earlier runs separately.
+    times = {
+        step: (summary.get(step, {}).get("seconds") or 0.0) + summary.get(step, {}).get("seconds_earlier_sessions", 0.0)
+        for step in ("tokenizer", "lm", "vision", "stage1", "stage2")
+    }
+    time_rows = [f"| {step} | {seconds / 60:.1f} min |" for step, seconds in times.items()]
+    time_rows.append(f"| total | {sum(times.values()) / 60:.1f} min |")
+    scale = summary.get("scale", {})
+    lines = [
+        f"# Model card: {info['id']} (radlvlm's embedded default model)",
+        "",
+        "**Intended use: demonstration and pipeline testing only. Not for clinical use, not a medical device.** It",
+        "lets `radlvlm serve`, `radlvlm draft` and `radlvlm check` run out of the box, and gives integration and",
+        "validation pipelines a real model to exercise. A hospital replaces it with its own model (trained by the",
+        "same recipes on its de-identified DICOM + reports) or a converted LLaVA-Rad (`--model` /",
+        "`RADLVLM_MODEL_DIR`).",
+        "",
+        "## What it is",
+        f"- LLaVA-style: a DINOv2-architecture ViT ({scale.get('vision_layers')} layers, width "
+        f"{scale.get('vision_hidden')}, {scale.get('image_size')} px, patch 14) → MLP projector with visual-token "
+        f"pooling to {scale.get('pool', 0) ** 2} tokens → a Llama-architecture LM ({scale.get('lm_layers')} layers, "
+        f"width {scale.get('lm_hidden')}, byte-level BPE vocabulary of {summary.get('tokenizer', {}).get('vocab')}).",
+        f"- Mixture-of-LoRA-Experts on the LM's MLPs: {scale.get('experts')} experts of rank {scale.get('rank')} "
+        "per layer, top-1 routed per token.",
+        f"- Weights in float16 (``base/``, ``adapter/`` next to this card). Final stage: {info['final_stage']} "
+        f"({info['final_stage_reason']}).",
+        "- Everything trained from scratch on a 2-core CPU: no pretrained weights could be downloaded.",
+        "",
+        "## Training data and licences",
+        "- **IU-Xray / Open-i** chest X-ray reports (Demner-Fushman et al., 2016; licence CC BY-NC-ND 4.0: research",
+        "  use; cite the paper). Text only: the images could not be obtained offline. Used for the tokenizer, LM",
+        "  pretraining, error-check training (errors injected into findings or impression) and as the report text",
+        "  of label-matched pseudo-pairs.",
+        "- **NIH ChestX-ray14** (Wang et al., CVPR 2017; NIH Clinical Center, attribution requested): 1,000 frontal",
+        "  radiographs, mostly 64 x 64 thumbnails, with 14 NLP-mined finding labels (>90% accurate).",
+        "- **COVID-19 image data collection** (Cohen et al., 2020; per-image licences as listed in its metadata):",
+        "  423 radiographs with case-report notes.",
+        "- Splits are by patient as in the manifests; nothing from the validation or test splits was trained on.",
+        "",
+        "## What it can and cannot learn from this data",
+        "- Image-conditioned drafting comes from **label-matched pseudo-pairs**: each NIH image is paired with IU",
+        "  reports whose labeler findings match the image's labels, plus label-templated impressions and the COVID",
+        "  notes. So the model can only associate coarse findings (normal vs. cardiomegaly, effusion, opacity …) with",
+        "  an image. It cannot report location, size or fine detail it never saw, and a pseudo-pair's wording is",
+        "  another patient's report.",
+        "- The text-only consistency check (findings vs impression) is learnt from real IU reports with injected",
+        "  errors; it cannot check a report against an image it has not learnt to read.",
+        "- Expect fluent, radiology-styled text that is frequently wrong. Output passes the same guardrails as",
+        "  any model (identifier scan, unsupported-comparison flags) and is labelled a preliminary AI draft.",
+        "",
+        "## Recipe and training time (2-core CPU)",
+        f"`{info['recipe']}` (seed {info['seed']}; resumable: rerun it after an interruption). It trains the steps",
+        "below, evaluates, aligns with DPO, and installs the better of stage 2 and DPO here.",
+        "",
+        "| step | time |",
+        "|---|---|",
+        *time_rows,
+        "",
+        f"## Validation metrics ({evaluation['split']} split, seed {evaluation['seed']}, "
+        f"{evaluation['n_boot']} bootstrap resamples)",
+        *_eval_rows(evaluation),
+        "",
+        "## Router: share of tokens per expert, by task (all layers)",
+        *_router_rows(evaluation),
+    ]
+    if info.get("alignment"):
+        from radlvlm.training.dpo_eval import markdown_table
+
+        lines += [
+            "",
+            "## DPO safety alignment (before = stage 2, after = DPO; validation split)",
+            "",
+            markdown_table(info["alignment"]),
+        ]
+    lines += [
+        "",
+        "## Citation",
+        "Demner-Fushman D. et al. Preparing a collection of radiology examinations for distribution and retrieval.",
+        "JAMIA 2016. Wang X. et al. ChestX-ray8. CVPR 2017. Cohen J.P. et al. COVID-19 image data collection.",
+        "arXiv:2003.11597.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Install a trained embedded model into the package.")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--to", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(ship(args.work, args.to), indent=2))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
