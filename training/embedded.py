@@ -102,8 +102,11 @@ def _sources(data: Path, scale: Scale) -> dict[str, Any]:
     return {"iu": iu, "nih": nih, "covid": covid, "pairs": pairs}
 
 
-def build_embedded(data: Path, work: Path, *, scale_name: str = "default", seed: int = 0) -> dict[str, Any]:
-    """Run (or resume) every step; returns each step's summary."""
+def build_embedded(
+    data: Path, work: Path, *, scale_name: str = "default", seed: int = 0, compare_lora: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) every step; returns each step's summary. ``compare_lora`` also trains and evaluates the
+    plain-LoRA stage 2 (``stage2_lora``, ``eval_lora``) for the MoLE-vs-LoRA comparison."""
     if scale_name not in SCALES:
         raise InputError(f"unknown scale {scale_name!r}; known: {sorted(SCALES)}")
     for folder in ("iu_xray", "nih_cxr14", "covid_chestxray"):
@@ -247,26 +250,47 @@ def build_embedded(data: Path, work: Path, *, scale_name: str = "default", seed:
         scale.stage2_steps,
         3e-4,
     )
-    step = work / "eval"
-    if (info := _done(step)) is None:
-        from radlvlm.training.embedded_eval import evaluate
-
-        started = time.perf_counter()
-        run = work / "stage2" / "run"
-        evaluate(
+    summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
+    if compare_lora:
+        # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
+        # compute per token is the same; same data, steps and learning rate.
+        summary["stage2_lora"] = _stage(
+            work,
+            "stage2_lora",
+            "instruct",
+            work / "stage1" / "run" / "base",
             data,
-            run / "base",
-            step,
-            adapter=run / "adapter",
-            seed=seed,
-            name="embedded-stage2",
-            limit=scale.limit,
-            n_boot=1000 if scale.limit is None else 100,
+            scale,
+            seed,
+            {"draft": 1.0, "check_simple": 0.5, "check_complex": 0.5},
+            scale.stage2_steps,
+            3e-4,
+            adapter="lora",
         )
-        info = _finish(step, {"summary": str(step / "summary.json"), "seconds": time.perf_counter() - started})
-    summary["eval"] = info
+        summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _evaluate(work: Path, name: str, run_name: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:
+    step = work / name
+    if (info := _done(step)) is not None:
+        return info
+    from radlvlm.training.embedded_eval import evaluate
+
+    started = time.perf_counter()
+    run = work / run_name / "run"
+    evaluate(
+        data,
+        run / "base",
+        step,
+        adapter=run / "adapter",
+        seed=seed,
+        name=f"embedded-{run_name}",
+        limit=scale.limit,
+        n_boot=1000 if scale.limit is None else 100,
+    )
+    return _finish(step, {"summary": str(step / "summary.json"), "seconds": time.perf_counter() - started})
 
 
 def _stage(
@@ -280,6 +304,8 @@ def _stage(
     mixture: dict[str, float],
     steps: int,
     lr: float,
+    *,
+    adapter: str = "mole",
 ) -> dict[str, Any]:
     step = work / name
     if (info := _done(step)) is not None:
@@ -304,7 +330,7 @@ def _stage(
             "seed": seed,
             "model": {
                 "base": str(base),
-                "adapter": "none" if stage == "align" else "mole",
+                "adapter": "none" if stage == "align" else adapter,
                 "num_experts": scale.experts,
                 "r": scale.rank,
                 "alpha": 2 * scale.rank,
@@ -336,9 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, step summaries)")
     parser.add_argument("--scale", default="default", choices=sorted(SCALES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compare-lora", action="store_true", help="also train and evaluate a plain-LoRA stage 2 (the baseline)"
+    )
     args = parser.parse_args(argv)
     try:
-        summary = build_embedded(args.data, args.work, scale_name=args.scale, seed=args.seed)
+        summary = build_embedded(
+            args.data, args.work, scale_name=args.scale, seed=args.seed, compare_lora=args.compare_lora
+        )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
