@@ -92,6 +92,9 @@ class ModelOut(BaseModel):
     backend: str
     architecture: dict[str, str | int | None]
     adapter: str | None
+    embedded_default: bool = Field(
+        default=False, description="True for the small model shipped in the package: demonstration only"
+    )
 
 
 class ModelsOut(BaseModel):

@@ -1,0 +1,21 @@
+"""The service with no model configured runs the embedded default model and says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from servicesupport import make_settings
+
+from radlvlm.service.schemas import ModelOut
+from radlvlm.service.serve import build_engine
+
+
+def test_no_model_configured_serves_the_embedded_default(tmp_path: Path) -> None:
+    settings, _, _ = make_settings(tmp_path, None)  # type: ignore[arg-type]
+    engine, info = build_engine(settings)
+    try:
+        described = ModelOut(**info)
+        assert described.embedded_default and described.id.startswith("radlvlm-embedded")
+        assert described.architecture["vision"] == "dinov2" and described.adapter is not None
+    finally:
+        engine.close()
