@@ -76,6 +76,9 @@ def _half_base(source: Path, target: Path) -> None:
     from radlvlm.model.processor import RadProcessor
 
     model = load_model(source, dtype=torch.float16)
+    # The sub-configs remember the local folders they were built from; a shipped config names none.
+    for config in (model.config, model.config.text_config, model.config.vision_config):
+        config._name_or_path = ""
     save_model(model, target)
     RadProcessor.from_pretrained(source).save_pretrained(target)
 

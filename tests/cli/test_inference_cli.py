@@ -65,8 +65,25 @@ def test_bad_input_exits_2(model_dir: Path, tmp_path: Path) -> None:
     ct = str(pydicom_file("CT_small.dcm"))
     refused = runner.invoke(app, ["draft", ct, "--model", str(model_dir), "--key-file", str(tmp_path / "k")])
     assert refused.exit_code == 2 and "not CR or DX" in refused.stderr
-    no_model = runner.invoke(app, ["draft", str(pydicom_file("RG1_UNCR.dcm")), "--key-file", str(tmp_path / "k")])
-    assert no_model.exit_code == 2 and "no model given" in no_model.stderr
+    adapter_alone = runner.invoke(
+        app, ["draft", str(pydicom_file("RG1_UNCR.dcm")), "--adapter", str(tmp_path), "--key-file", str(tmp_path / "k")]
+    )
+    assert adapter_alone.exit_code == 2 and "--adapter needs --model" in adapter_alone.stderr
     (tmp_path / "empty.txt").write_text("  ")
     empty = runner.invoke(app, ["check", "--report", str(tmp_path / "empty.txt"), "--model", str(model_dir)])
     assert empty.exit_code == 2 and "empty" in empty.stderr
+
+
+def test_draft_and_check_default_to_the_embedded_model(tmp_path: Path) -> None:
+    """No --model: the model shipped in the package drafts and checks (text-only check without an image)."""
+    study = str(pydicom_file("RG1_UNCR.dcm"))
+    drafted = runner.invoke(app, ["draft", study, "--max-new-tokens", "24", "--key-file", str(tmp_path / "k")])
+    assert drafted.exit_code == 0, drafted.output
+    draft = json.loads(drafted.stdout)
+    assert draft["model_id"].startswith("radlvlm-embedded") and "not for clinical use" in draft["disclaimer"]
+    report = tmp_path / "report.txt"
+    report.write_text("FINDINGS: Heart size is normal. The lungs are clear.\nIMPRESSION: No acute disease.")
+    checked = runner.invoke(app, ["check", "--report", str(report), "--key-file", str(tmp_path / "k")])
+    assert checked.exit_code == 0, checked.output
+    verdict = json.loads(checked.stdout)
+    assert verdict["check_type"] == "text_only" and 0.5 <= verdict["confidence"] <= 1.0

@@ -1,0 +1,59 @@
+"""The embedded default model: chosen when no model is given, refused clearly when absent or misused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radlvlm.errors import ModelError
+from radlvlm.model import load_pretrained
+from radlvlm.model.default import DEFAULT_MODEL_ROOT, choose_model, embedded_model, model_card
+from radlvlm.training.ship import MAX_SHIPPED_BYTES, dpo_is_better
+
+
+def test_shipped_model_loads_with_its_adapter_and_card() -> None:
+    choice = choose_model(None, None)
+    assert choice.embedded and choice.base == DEFAULT_MODEL_ROOT / "base" and choice.adapter is not None
+    model, processor = load_pretrained(choice.base, adapter=choice.adapter)
+    assert getattr(model, "_mole_adapter", None) is not None and processor.num_image_tokens > 0
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_ROOT.rglob("*") if p.is_file())
+    assert size <= MAX_SHIPPED_BYTES
+    card = model_card()
+    assert "Not for clinical use" in card and "pseudo-pairs" in card and "baseline" in card
+
+
+def test_explicit_model_wins_and_an_adapter_alone_is_refused(tmp_path: Path) -> None:
+    choice = choose_model(tmp_path / "mine", None)
+    assert not choice.embedded and choice.model_id == "mine" and choice.adapter is None
+    with pytest.raises(ModelError, match="--adapter needs --model"):
+        choose_model(None, tmp_path / "adapter")
+
+
+def test_missing_weights_say_how_to_give_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"not installed.*--model DIR"):
+        embedded_model(tmp_path)
+    with pytest.raises(ModelError, match="not installed"):
+        model_card(tmp_path)
+
+
+def _alignment(before: dict[str, float], after: dict[str, float]) -> dict:
+    def side(values: dict[str, float]) -> dict:
+        return {k: {"value": v, "ci_low": v, "ci_high": v} for k, v in values.items()}
+
+    return {"metrics": {"before": side(before), "after": side(after)}}
+
+
+def test_dpo_replaces_stage_2_only_when_safer_without_losing_f1() -> None:
+    base = {
+        "false_findings_per_report": 1.0,
+        "unsupported_comparison_rate": 0.10,
+        "identifier_in_output_rate": 0.0,
+        "abstention_accuracy_out_of_scope": 0.2,
+        "chexpert14_micro_f1": 0.50,
+    }
+    safer = {**base, "unsupported_comparison_rate": 0.02, "abstention_accuracy_out_of_scope": 0.9}
+    assert dpo_is_better(_alignment(base, safer))[0]
+    assert not dpo_is_better(_alignment(base, {**safer, "chexpert14_micro_f1": 0.48}))[0]  # F1 -2 points
+    assert not dpo_is_better(_alignment(base, {**safer, "false_findings_per_report": 1.2}))[0]
+    assert dpo_is_better(_alignment(base, base)) == (False, "no safety figure changed")
