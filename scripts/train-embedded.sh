@@ -18,8 +18,9 @@ work="$(cd "$2" && pwd)"
 ship_to="$(realpath -m "${3:-$repo/radlvlm/model/weights/default}")"
 python="${PYTHON:-$repo/.venv/bin/python}"
 
-# 1-7: tokenizer, LM, vision encoder, assembly, stage 1, stage 2, validation against the baselines.
-"$python" -m radlvlm.training.embedded --data "$data" --work "$work" --scale default --seed 0
+# 1-7: tokenizer, LM, vision encoder, assembly, stage 1, stage 2, validation against the baselines, and the
+# plain-LoRA stage 2 with its validation (the MoLE-vs-LoRA comparison).
+"$python" -m radlvlm.training.embedded --data "$data" --work "$work" --scale default --seed 0 --compare-lora
 # 8: DPO safety alignment on top of stage 2 (the recipe's paths are relative to the working folder).
 cd "$work"
 ln -sfn "$data" data
@@ -28,5 +29,10 @@ ln -sfn "$data" data
 if [[ ! -f dpo/eval/metrics.json ]]; then
     "$python" -m radlvlm.training.dpo_eval "$repo/recipes/dpo-embedded.yaml" --out dpo/eval
 fi
-# 10: install the better of stage 2 and DPO into the package, with its model card.
+# 10: the DPO model's own validation figures next to the baselines (the card reports the model it ships).
+if [[ ! -f eval_dpo/summary.json ]]; then
+    "$python" -m radlvlm.training.embedded_eval --data "$data" --model dpo/run/base --adapter dpo/run/adapter \
+        --out eval_dpo --name embedded-dpo
+fi
+# 11: install the better of stage 2 and DPO into the package, with its model card.
 "$python" -m radlvlm.training.ship --work "$work" --to "$ship_to"

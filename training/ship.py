@@ -35,8 +35,9 @@ def _fmt(metric: Any) -> str:
     return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
 
 
-# DPO is kept only if it is better: safer on every safety figure it targets (not worse on any), abstains on
-# out-of-scope images at least as often, and loses at most one point of CheXpert-14 micro F1 (issue's limit).
+# DPO is kept only if it is better: safer on every safety figure it targets (not worse on any), no more
+# errors per report in all (false + omitted findings: fewer inventions must not be bought with more omissions),
+# abstains on out-of-scope images at least as often, and loses at most one point of CheXpert-14 micro F1.
 _LOWER_IS_SAFER = ("false_findings_per_report", "unsupported_comparison_rate", "identifier_in_output_rate")
 
 
@@ -52,6 +53,9 @@ def dpo_is_better(alignment: dict[str, Any]) -> tuple[bool, str]:
     worse = [m for m in _LOWER_IS_SAFER if value(after, m) > value(before, m)]
     if worse:
         return False, f"worse after DPO: {', '.join(worse)}"
+    errors = ("false_findings_per_report", "omitted_findings_per_report")
+    if sum(value(after, m) for m in errors) > sum(value(before, m) for m in errors):
+        return False, "more false plus omitted findings per report after DPO"
     if value(after, "abstention_accuracy_out_of_scope") < value(before, "abstention_accuracy_out_of_scope"):
         return False, "abstains less often on out-of-scope images"
     gained = [m for m in (*_LOWER_IS_SAFER, "abstention_accuracy_out_of_scope") if value(after, m) != value(before, m)]
@@ -97,13 +101,18 @@ def _size(folder: Path) -> int:
 def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1") -> dict[str, Any]:
     """Write ``target``/{base, adapter, model.json, MODEL_CARD.md} from the working folder ``work``."""
     base, adapter, stage, reason = _final_model(work)
-    summary_path, eval_path = work / "summary.json", work / "eval" / "summary.json"
+    # The shipped model's own validation figures: the DPO model's evaluation when DPO is what ships.
+    eval_path = work / ("eval_dpo" if stage == "dpo" else "eval") / "summary.json"
+    summary_path = work / "summary.json"
     for path in (summary_path, eval_path, base / "config.json", adapter / ADAPTER_CONFIG):
         if not path.is_file():
             raise InputError(f"{path}: missing (the recipe has not finished)")
     summary, evaluation = json.loads(summary_path.read_text()), json.loads(eval_path.read_text())
     alignment_path = work / "dpo" / "eval" / "metrics.json"
     alignment = json.loads(alignment_path.read_text()) if alignment_path.is_file() else None
+    lora_path, stage2_path = work / "eval_lora" / "summary.json", work / "eval" / "summary.json"
+    lora = json.loads(lora_path.read_text()) if lora_path.is_file() else None
+    stage2_evaluation = json.loads(stage2_path.read_text()) if stage2_path.is_file() else evaluation
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _half_base(base, staging / "base")
@@ -118,6 +127,8 @@ def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1"
         "training": {k: summary.get(k) for k in ("scale", "seed", "seconds_per_step")},
         "evaluation": evaluation,
         "alignment": alignment,
+        "lora_baseline_evaluation": lora,
+        "stage2_evaluation": stage2_evaluation,
     }
     (staging / MODEL_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
     (staging / MODEL_CARD).write_text(render_card(info, summary), encoding="utf-8")
@@ -170,6 +181,21 @@ def _eval_rows(evaluation: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _comparison_rows(mole: dict[str, Any], lora: dict[str, Any]) -> list[str]:
+    columns = {
+        "draft_nih_cxr14": "chexpert14_micro_f1",
+        "draft_covid": "chexpert14_micro_f1",
+        "check_simple_iu_xray": "auroc",
+        "check_complex_iu_xray": "complex_macro_f1",
+    }
+    rows = ["", "| set | metric | MoLE (stage 2) | LoRA (stage 2) |", "|---|---|---|---|"]
+    for key, metric in columns.items():
+        if key in mole["sets"] and key in lora["sets"]:
+            a, b = mole["sets"][key]["model"].get(metric), lora["sets"][key]["model"].get(metric)
+            rows.append(f"| {key} | {metric} | {_fmt(a)} | {_fmt(b)} |")
+    return rows
+
+
 def _router_rows(evaluation: dict[str, Any]) -> list[str]:
     router = evaluation.get("router")
     if not router:
@@ -180,7 +206,8 @@ def _router_rows(evaluation: dict[str, Any]) -> list[str]:
         "|---" * (experts + 2) + "|",
     ]
     for task, usage in router.items():
-        rows.append(f"| {task} | {usage['tokens']:,} | " + " | ".join(f"{x:.2f}" for x in usage["share_per_expert"]))
+        shares = " | ".join(f"{x:.2f}" for x in usage["share_per_expert"])
+        rows.append(f"| {task} | {usage['tokens']:,} | {shares} |")
     return rows
 
 
@@ -245,13 +272,19 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "|---|---|",
         *time_rows,
         "",
-        f"## Validation metrics ({evaluation['split']} split, seed {evaluation['seed']}, "
-        f"{evaluation['n_boot']} bootstrap resamples)",
+        f"## Validation metrics of this model ({evaluation['model']}; {evaluation['split']} split, seed "
+        f"{evaluation['seed']}, {evaluation['n_boot']} bootstrap resamples)",
         *_eval_rows(evaluation),
         "",
         "## Router: share of tokens per expert, by task (all layers)",
         *_router_rows(evaluation),
     ]
+    if info.get("lora_baseline_evaluation"):
+        lines += [
+            "",
+            "## Sparse experts vs one plain LoRA (stage 2, same data, steps, learning rate and compute per token)",
+            *_comparison_rows(info["stage2_evaluation"], info["lora_baseline_evaluation"]),
+        ]
     if info.get("alignment"):
         from radlvlm.training.dpo_eval import markdown_table
 

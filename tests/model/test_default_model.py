@@ -47,6 +47,7 @@ def _alignment(before: dict[str, float], after: dict[str, float]) -> dict:
 def test_dpo_replaces_stage_2_only_when_safer_without_losing_f1() -> None:
     base = {
         "false_findings_per_report": 1.0,
+        "omitted_findings_per_report": 0.3,
         "unsupported_comparison_rate": 0.10,
         "identifier_in_output_rate": 0.0,
         "abstention_accuracy_out_of_scope": 0.2,
@@ -56,4 +57,7 @@ def test_dpo_replaces_stage_2_only_when_safer_without_losing_f1() -> None:
     assert dpo_is_better(_alignment(base, safer))[0]
     assert not dpo_is_better(_alignment(base, {**safer, "chexpert14_micro_f1": 0.48}))[0]  # F1 -2 points
     assert not dpo_is_better(_alignment(base, {**safer, "false_findings_per_report": 1.2}))[0]
+    # fewer inventions bought with more omissions in all is not better
+    traded = {**safer, "false_findings_per_report": 0.5, "omitted_findings_per_report": 0.9}
+    assert dpo_is_better(_alignment(base, traded)) == (False, "more false plus omitted findings per report after DPO")
     assert dpo_is_better(_alignment(base, base)) == (False, "no safety figure changed")
