@@ -94,6 +94,15 @@ def _half_adapter(source: Path, target: Path) -> None:
     save_file(state, str(target / ADAPTER_WEIGHTS), metadata={"format": "pt", "adapter": "mole"})
 
 
+TRAINING_STEPS = ("tokenizer", "lm", "vision", "stage1", "stage2")
+
+
+def _step_seconds(summary: dict[str, Any], step: str) -> float:
+    # A step interrupted by the end of a session records the time of its earlier runs separately.
+    info = summary.get(step, {})
+    return float(info.get("seconds") or 0.0) + float(info.get("seconds_earlier_sessions", 0.0))
+
+
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -124,7 +133,10 @@ def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1"
         "final_stage_reason": reason,
         "recipe": "scripts/train-embedded.sh DATA WORK",
         "seed": summary.get("seed", 0),
-        "training": {k: summary.get(k) for k in ("scale", "seed", "seconds_per_step")},
+        "training": {
+            "scale": summary.get("scale"),
+            "seconds": {step: _step_seconds(summary, step) for step in TRAINING_STEPS},
+        },
         "evaluation": evaluation,
         "alignment": alignment,
         "lora_baseline_evaluation": lora,
@@ -214,11 +226,7 @@ def _router_rows(evaluation: dict[str, Any]) -> list[str]:
 def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
     """The model card, every figure taken from the recipe's own output files."""
     evaluation = info["evaluation"]
-    # A step interrupted by the end of a session records the time of its earlier runs separately.
-    times = {
-        step: (summary.get(step, {}).get("seconds") or 0.0) + summary.get(step, {}).get("seconds_earlier_sessions", 0.0)
-        for step in ("tokenizer", "lm", "vision", "stage1", "stage2")
-    }
+    times = {step: _step_seconds(summary, step) for step in TRAINING_STEPS}
     time_rows = [f"| {step} | {seconds / 60:.1f} min |" for step, seconds in times.items()]
     time_rows.append(f"| total | {sum(times.values()) / 60:.1f} min |")
     scale = summary.get("scale", {})
