@@ -297,6 +297,22 @@ class ExampleDataset(Dataset):
         return {task: counts.get(task, 0) for task in TASKS}
 
 
+class SplitRegistry:
+    """Which split each patient and study was seen in: a second split for either is leakage and refused."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dict[str, tuple[str, str]]] = {"patient": {}, "study": {}}
+
+    def check(self, item: Record) -> None:
+        for what, value in (("patient", item.patient_id), ("study", item.study_id)):
+            seen = self._seen[what].setdefault(value, (item.split, item.source))
+            if seen[0] != item.split:
+                raise InputError(
+                    f"{what} {value} is in split {seen[0]!r} ({seen[1]}) and {item.split!r} ({item.source}): "
+                    "splits must not share patients or studies"
+                )
+
+
 def write_manifest(dataset: ExampleDataset, path: str | Path, *, include_text: bool = True) -> Path:
     """Write one JSON line per example: ids, task, split, source, image id, error metadata (+ text).
 
@@ -375,8 +391,7 @@ def build_examples(
 
     report = DatasetReport(split=split, seed=seed, mixture=mixture.to_dict())
     records: list[Record] = []
-    patient_split: dict[str, tuple[str, str]] = {}
-    study_split: dict[str, tuple[str, str]] = {}
+    splits = SplitRegistry()
     for source in sources:
         report.sources[source.name] = counts = SourceCounts()
         kept_any = Counter()
@@ -390,14 +405,7 @@ def build_examples(
                     counts.notes[item.note] += 1
                 continue
             kept_any[item.split] += 1
-            for ids, value in ((patient_split, item.patient_id), (study_split, item.study_id)):
-                seen = ids.setdefault(value, (item.split, item.source))
-                if seen[0] != item.split:
-                    what = "patient" if ids is patient_split else "study"
-                    raise InputError(
-                        f"{what} {value} is in split {seen[0]!r} ({seen[1]}) and {item.split!r} ({item.source}): "
-                        "splits must not share patients or studies"
-                    )
+            splits.check(item)
             if item.split == split:
                 counts.kept += 1
                 records.append(item)

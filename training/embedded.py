@@ -238,25 +238,11 @@ def build_embedded(
         scale.stage1_steps,
         1e-3,
     )
-    summary["stage2"] = _stage(
-        work,
-        "stage2",
-        "instruct",
-        work / "stage1" / "run" / "base",
-        data,
-        scale,
-        seed,
-        {"draft": 1.0, "check_simple": 0.5, "check_complex": 0.5},
-        scale.stage2_steps,
-        3e-4,
-    )
-    summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
-    if compare_lora:
-        # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
-        # compute per token is the same; same data, steps and learning rate.
-        summary["stage2_lora"] = _stage(
+
+    def instruct(name: str, adapter: str) -> dict[str, Any]:
+        return _stage(
             work,
-            "stage2_lora",
+            name,
             "instruct",
             work / "stage1" / "run" / "base",
             data,
@@ -265,8 +251,15 @@ def build_embedded(
             {"draft": 1.0, "check_simple": 0.5, "check_complex": 0.5},
             scale.stage2_steps,
             3e-4,
-            adapter="lora",
+            adapter=adapter,
         )
+
+    summary["stage2"] = instruct("stage2", "mole")
+    summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
+    if compare_lora:
+        # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
+        # compute per token is the same; same data, steps and learning rate.
+        summary["stage2_lora"] = instruct("stage2_lora", "lora")
         summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from radlvlm.errors import InputError
+from radlvlm.training.data import SplitRegistry
 from radlvlm.training.sources import SPLITS, Drop, Note, Record, Source
 
 __all__ = [
@@ -531,8 +532,7 @@ def collect_drafting_records(
         source.validate()
     by_split: dict[str, list[Record]] = {split: [] for split in splits}
     counts: dict[str, dict[str, Any]] = {}
-    patient_split: dict[str, tuple[str, str]] = {}
-    study_split: dict[str, tuple[str, str]] = {}
+    splits = SplitRegistry()
     for source in sources:
         entry: dict[str, Any] = {"drafting": Counter(), "no_image_or_report": Counter(), "dropped": Counter()}
         for item in source.records():
@@ -541,14 +541,7 @@ def collect_drafting_records(
                 continue
             if isinstance(item, Note):
                 continue
-            for ids, value in ((patient_split, item.patient_id), (study_split, item.study_id)):
-                seen = ids.setdefault(value, (item.split, item.source))
-                if seen[0] != item.split:
-                    what = "patient" if ids is patient_split else "study"
-                    raise InputError(
-                        f"{what} {value} is in split {seen[0]!r} ({seen[1]}) and {item.split!r} ({item.source}): "
-                        "splits must not share patients or studies"
-                    )
+            splits.check(item)
             usable = "draft" in item.tasks and item.image is not None and bool(item.findings or item.impression)
             if not usable:
                 entry["no_image_or_report"][item.split] += 1

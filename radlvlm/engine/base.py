@@ -84,6 +84,22 @@ class DraftResult:
     timings: Timings
 
 
+def draft_result(generation: Any, model_id: str, timings: Timings) -> DraftResult:
+    """A decoded generation (``radlvlm.model.generation.Generation``) as a drafting result, for both backends."""
+    from radlvlm.tasks.drafting import parse_draft
+
+    draft = parse_draft(generation.text)
+    return DraftResult(
+        findings=draft.findings,
+        impression=draft.impression,
+        text=generation.text,
+        finish_reason=generation.finish_reason,
+        new_tokens=generation.new_tokens,
+        model_id=model_id,
+        timings=timings,
+    )
+
+
 @dataclass(frozen=True)
 class CheckFinding:
     category: ErrorCategory | None

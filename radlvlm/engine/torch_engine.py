@@ -9,7 +9,6 @@ probability (renormalised over the two) is the confidence.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from transformers import TextIteratorStreamer
@@ -20,15 +19,15 @@ from radlvlm.engine.base import (
     CheckRequest,
     CheckResult,
     DraftRequest,
-    DraftResult,
     DraftStream,
     Result,
+    draft_result,
     simple_answer_tokens,
 )
 from radlvlm.engine.batching import BatchingEngine, Pending
 from radlvlm.model.generation import GenerationSettings, generate
 from radlvlm.model.processor import RadProcessor
-from radlvlm.tasks.drafting import draft_prompt, parse_draft
+from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, errorcheck_prompt, parse_complex_answer
 
 logger = logging.getLogger(__name__)
@@ -92,25 +91,13 @@ class TorchEngine(BatchingEngine):
             stop_strings=self.generation.stop_strings,
         )
 
-    def _draft_result(self, item: Pending, generation: Any, start: float, batch_size: int) -> DraftResult:
-        draft = parse_draft(generation.text)
-        return DraftResult(
-            findings=draft.findings,
-            impression=draft.impression,
-            text=generation.text,
-            finish_reason=generation.finish_reason,
-            new_tokens=generation.new_tokens,
-            model_id=self.model_id,
-            timings=self._timings(item, start, batch_size),
-        )
-
     def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
         requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
         prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
         settings = self._draft_settings(max_new_tokens)
         batch = generate(self.model, self.processor, prompts, [r.image for r in requests], settings)
         return [
-            self._draft_result(item, generation, start, len(items))
+            draft_result(generation, self.model_id, self._timings(item, start, len(items)))
             for item, generation in zip(items, batch.generations, strict=True)
         ]
 
@@ -136,7 +123,7 @@ class TorchEngine(BatchingEngine):
             streamer.end()  # the reader must not wait forever
             stream.finish(None)
             raise
-        stream.finish(self._draft_result(item, batch.generations[0], start, 1))
+        stream.finish(draft_result(batch.generations[0], self.model_id, self._timings(item, start, 1)))
 
     def _check_prompts(self, requests: list[CheckRequest]) -> list[str]:
         return [

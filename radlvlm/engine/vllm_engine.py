@@ -50,13 +50,14 @@ from radlvlm.engine.base import (
     Request,
     Result,
     StreamDraftRequest,
+    draft_result,
     simple_answer_tokens,
 )
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
-from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
+from radlvlm.model.generation import GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
-from radlvlm.tasks.drafting import draft_prompt, parse_draft
+from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,
     ErrorCheckTask,
@@ -450,19 +451,6 @@ def simple_verdict(logprobs: Mapping[int, float], answer: AnswerTokens) -> tuple
     p_yes, p_no = math.exp(yes - top), math.exp(no - top)
     has_error = p_yes > p_no
     return has_error, max(p_yes, p_no) / (p_yes + p_no)
-
-
-def draft_result(generation: Generation, model_id: str, timings: Any) -> DraftResult:
-    draft = parse_draft(generation.text)
-    return DraftResult(
-        findings=draft.findings,
-        impression=draft.impression,
-        text=generation.text,
-        finish_reason=generation.finish_reason,
-        new_tokens=generation.new_tokens,
-        model_id=model_id,
-        timings=timings,
-    )
 
 
 def simple_check_result(
