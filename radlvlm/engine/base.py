@@ -73,6 +73,9 @@ class Timings:
         }
 
 
+REPETITION = "repetition"  # finish_reason of a draft withheld because the model looped
+
+
 @dataclass(frozen=True)
 class DraftResult:
     findings: str
@@ -85,9 +88,16 @@ class DraftResult:
 
 
 def draft_result(generation: Any, model_id: str, timings: Timings) -> DraftResult:
-    """A decoded generation (``radlvlm.model.generation.Generation``) as a drafting result, for both backends."""
-    from radlvlm.tasks.drafting import parse_draft
+    """A decoded generation (``radlvlm.model.generation.Generation``) as a drafting result, for both backends.
 
+    A degenerate repetition loop (:func:`radlvlm.tasks.drafting.find_repetition`) never reaches a user as a
+    draft: the result is empty with ``finish_reason="repetition"`` (the torch backend retries such a row with
+    repetition controls before it gets here).
+    """
+    from radlvlm.tasks.drafting import find_repetition, parse_draft
+
+    if find_repetition(generation.text) is not None:
+        return DraftResult("", "", "", REPETITION, generation.new_tokens, model_id, timings)
     draft = parse_draft(generation.text)
     return DraftResult(
         findings=draft.findings,

@@ -9,6 +9,7 @@ probability (renormalised over the two) is the confidence.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from transformers import TextIteratorStreamer
@@ -27,10 +28,14 @@ from radlvlm.engine.base import (
 from radlvlm.engine.batching import BatchingEngine, Pending
 from radlvlm.model.generation import GenerationSettings, generate
 from radlvlm.model.processor import RadProcessor
-from radlvlm.tasks.drafting import draft_prompt
+from radlvlm.tasks.drafting import draft_prompt, find_repetition
 from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, errorcheck_prompt, parse_complex_answer
 
 logger = logging.getLogger(__name__)
+
+# Decode settings of the second try for a draft that looped (greedy decoders of small models do).
+RETRY_REPETITION_PENALTY = 1.3
+RETRY_NO_REPEAT_NGRAM = 4
 
 
 class TorchEngine(BatchingEngine):
@@ -95,10 +100,24 @@ class TorchEngine(BatchingEngine):
         requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
         prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
         settings = self._draft_settings(max_new_tokens)
-        batch = generate(self.model, self.processor, prompts, [r.image for r in requests], settings)
+        generations = generate(self.model, self.processor, prompts, [r.image for r in requests], settings).generations
+        looped = [i for i, g in enumerate(generations) if find_repetition(g.text) is not None]
+        if looped:
+            # Once more with repetition controls; a row that still loops is withheld by draft_result.
+            retry = replace(
+                settings,
+                repetition_penalty=max(settings.repetition_penalty, RETRY_REPETITION_PENALTY),
+                no_repeat_ngram_size=RETRY_NO_REPEAT_NGRAM,
+            )
+            again = generate(
+                self.model, self.processor, [prompts[i] for i in looped], [requests[i].image for i in looped], retry
+            ).generations
+            for i, generation in zip(looped, again, strict=True):
+                generations[i] = generation
+            logger.info("draft repetition loop: %d of %d row(s) regenerated", len(looped), len(generations))
         return [
             draft_result(generation, self.model_id, self._timings(item, start, len(items)))
-            for item, generation in zip(items, batch.generations, strict=True)
+            for item, generation in zip(items, generations, strict=True)
         ]
 
     def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:

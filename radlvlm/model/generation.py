@@ -29,6 +29,7 @@ class GenerationSettings:
         num_beams (int, default 4): beams for "beam".
         temperature (float, default 0.7) and top_p (float, default 0.9): for "sample".
         repetition_penalty (float, default 1.0): 1.0 disables it.
+        no_repeat_ngram_size (int, default 0): no n-gram of this many tokens is generated twice; 0 disables it.
         seed (int, default 0): seeds sampling so a request is reproducible.
         stop_strings (tuple[str, ...], default ()): generation of a row stops when one of these appears; the
             text is cut before it.
@@ -40,12 +41,15 @@ class GenerationSettings:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     seed: int = 0
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam", "sample"):
             raise InputError(f"strategy must be greedy, beam or sample, got {self.strategy!r}")
+        if self.no_repeat_ngram_size < 0:
+            raise InputError(f"no_repeat_ngram_size must be 0 (off) or positive, got {self.no_repeat_ngram_size}")
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.strategy == "beam" and self.num_beams < 2:
@@ -62,6 +66,8 @@ class GenerationSettings:
             "repetition_penalty": self.repetition_penalty,
             "use_cache": True,
         }
+        if self.no_repeat_ngram_size:
+            values["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.stop_strings:
             values["stop_strings"] = list(self.stop_strings)
         if self.strategy == "greedy":

@@ -116,16 +116,25 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 def release_sentences(
     pieces: Iterator[str], deidentifier: DicomDeidentifier
 ) -> Iterator[tuple[str, list[GuardrailFlag]]]:
-    """Group streamed text into sentences and release each only after its PHI scan (PHI replaced)."""
-    buffer = ""
+    """Group streamed text into sentences and release each only after its PHI scan (PHI replaced).
+
+    Release stops at the first sentence that would make the released text a repetition loop
+    (:func:`radlvlm.tasks.drafting.find_repetition`); the final parsed draft says ``repetition`` then.
+    """
+    from radlvlm.tasks.drafting import find_repetition
+
+    buffer, released = "", ""
     for piece in pieces:
         buffer += piece
         parts = _SENTENCE_END.split(buffer)
         for sentence in parts[:-1]:
             if sentence.strip():
+                if find_repetition(f"{released} {sentence}") is not None:
+                    return
+                released += f" {sentence}"
                 yield clean_output(sentence, deidentifier, has_prior=False, has_lateral=False)
         buffer = parts[-1]
-    if buffer.strip():
+    if buffer.strip() and find_repetition(f"{released} {buffer}") is None:
         yield clean_output(buffer, deidentifier, has_prior=False, has_lateral=False)
 
 

@@ -10,6 +10,8 @@ abstention and callers never file it as findings.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 from radlvlm.errors import ReportParseError
@@ -74,3 +76,32 @@ def parse_draft(answer: str) -> Draft:
         return Draft(normalize_text(answer), "")
     findings = sections.findings or sections.other.get("preamble", "")
     return Draft(normalize_text(findings), normalize_text(sections.impression))
+
+
+# A unit of 1-10 words said three or more times in a row ("chest radiograph chest radiograph chest radiograph").
+_RUN = re.compile(r"\b((?:[a-z0-9']+[^a-z0-9']+){1,10}?)\1{2,}")
+_SENTENCE = re.compile(r"[^.!?]+[.!?]?")
+
+
+def find_repetition(text: str) -> str | None:
+    """Why ``text`` is a degenerate repetition loop, or None when it reads as a report.
+
+    A loop is what small greedy decoders fall into: a run of 1-10 words repeated three or more times in a row,
+    the same sentence three or more times, or 30+ words of which fewer than a quarter are distinct. Real reports
+    repeat short negations ("No effusion. No pneumothorax.") but never a sentence three times.
+    """
+    words = re.sub(r"\s+", " ", (text or "").lower()).strip()
+    # IU-Xray's de-identification writes one XXXX per redacted word, so real reports hold runs of them.
+    words = re.sub(r"\bxxxx(?:\W+xxxx\b)+", "xxxx", words)
+    if not words:
+        return None
+    run = _RUN.search(words + " ")
+    if run is not None:
+        return f"a run of {len(run.group(1).split())} word(s) repeated in a row"
+    sentences = Counter(s.strip(" .!?") for s in _SENTENCE.findall(words) if len(s.strip(" .!?").split()) >= 2)
+    if sentences and max(sentences.values()) >= 3:
+        return "the same sentence three or more times"
+    tokens = re.findall(r"[a-z0-9']+", words)
+    if len(tokens) >= 30 and len(set(tokens)) / len(tokens) < 0.25:
+        return "too few distinct words for its length"
+    return None

@@ -116,3 +116,45 @@ def test_bad_requests_and_overload(parts) -> None:  # type: ignore[no-untyped-de
         engine.close()
     with pytest.raises(EngineClosed):
         engine.submit(DraftRequest(image=torch.rand(28, 28)))
+
+
+def _fake_generate(texts_per_call: list[list[str]], calls: list[GenerationSettings]):  # type: ignore[no-untyped-def]
+    """Stands in for the model's decoding so the retry logic sees a loop on demand (the model is tested above)."""
+    from radlvlm.model.generation import Generation, GenerationBatch
+
+    def fake(model, processor, prompts, images, settings=None, streamer=None):  # type: ignore[no-untyped-def]
+        calls.append(settings)
+        texts = texts_per_call[len(calls) - 1]
+        return GenerationBatch([Generation(t, 5, "stop") for t in texts[: len(prompts)]], 0.01)
+
+    return fake
+
+
+LOOP = "FINDINGS: Chest radiograph chest radiograph chest radiograph chest radiograph"
+
+
+def test_a_looping_draft_is_retried_with_repetition_controls(parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import radlvlm.engine.torch_engine as torch_engine
+
+    calls: list[GenerationSettings] = []
+    monkeypatch.setattr(torch_engine, "generate", _fake_generate([[LOOP], ["IMPRESSION: Pleural effusion."]], calls))
+    engine = TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8))
+    try:
+        result = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
+    finally:
+        engine.close()
+    assert result.impression == "Pleural effusion." and result.finish_reason == "stop"
+    assert len(calls) == 2 and calls[1].no_repeat_ngram_size > 0 and calls[1].repetition_penalty > 1.0
+
+
+def test_a_draft_that_loops_twice_is_withheld(parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import radlvlm.engine.torch_engine as torch_engine
+
+    calls: list[GenerationSettings] = []
+    monkeypatch.setattr(torch_engine, "generate", _fake_generate([[LOOP], [LOOP]], calls))
+    engine = TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8))
+    try:
+        result = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
+    finally:
+        engine.close()
+    assert (result.text, result.findings, result.impression, result.finish_reason) == ("", "", "", "repetition")

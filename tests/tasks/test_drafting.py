@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, is_abstention, parse_draft
+import pytest
+
+from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, find_repetition, is_abstention, parse_draft
 
 
 def test_the_abstention_message_parses_as_an_abstention() -> None:
@@ -17,3 +19,42 @@ def test_reports_are_not_abstentions() -> None:
         assert not parse_draft(text).abstained
     draft = parse_draft("FINDINGS: The lungs are clear. IMPRESSION: Normal chest.")
     assert (draft.findings, draft.impression, draft.abstained) == ("The lungs are clear.", "Normal chest.", False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FINDINGS: Chest radiograph chest radiograph chest radiograph chest radiograph",
+        "FINDINGS: The the the the lungs.",
+        "IMPRESSION: Pleural effusion. Pleural effusion. Pleural effusion.",
+        "FINDINGS: " + " ".join(["effusion", "left", "right", "base"] * 2 + ["effusion", "left"] * 14),
+    ],
+)
+def test_repetition_loops_are_found(text: str) -> None:
+    assert find_repetition(text) is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FINDINGS: No effusion. No pneumothorax. No consolidation.\nIMPRESSION: No acute cardiopulmonary abnormality.",
+        "FINDINGS: Heart size normal. Lungs clear. XXXX XXXX are normal.\nIMPRESSION: Normal chest x-XXXX.",
+        "FINDINGS: Small left effusion. Small left effusion is unchanged.\nIMPRESSION: Small left pleural effusion.",
+        "",
+    ],
+)
+def test_real_report_wording_is_not_a_loop(text: str) -> None:
+    assert find_repetition(text) is None
+
+
+def test_no_iu_report_reads_as_a_loop() -> None:
+    """The detector must never withhold what radiologists actually write: every IU-Xray report passes."""
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "iu_xray"
+    if not data.is_dir():
+        pytest.skip("../shared/data/iu_xray is absent (real reports needed for this check)")
+    rows = [json.loads(line) for split in ("train", "validation") for line in (data / f"{split}.jsonl").open()]
+    flagged = [r["uid"] for r in rows if find_repetition(f"FINDINGS: {r['findings']}\nIMPRESSION: {r['impression']}")]
+    assert len(rows) > 3000 and flagged == []
