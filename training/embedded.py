@@ -7,8 +7,10 @@ interrupted step resumes from its checkpoints):
 
 1. a byte-level BPE tokenizer trained on the IU-Xray training reports (and the NIH label words);
 2. a small Llama-architecture LM pretrained on those reports;
-3. a small DINOv2-style vision encoder trained contrastively on the NIH ChestX-ray14 and COVID-19 training
-   radiographs against the LM's embedding of their label/notes text;
+3. a small DINOv2-style vision encoder trained on the NIH ChestX-ray14 and COVID-19 training radiographs (512 px
+   where the source has them) with two losses: the NIH finding labels (COVID diagnoses as "Pneumonia") read from
+   its patch tokens, and the contrast against the LM's embedding of their label/notes text; its per-label AUROC
+   on held-out NIH images is recorded;
 4. assembly into a radlvlm model (visual tokens pooled for a short prefill);
 5. stage 1 (align: projector only) on image → report pairs: NIH label-templated targets, COVID notes, and IU
    reports paired with NIH images by matching labels (pseudo-pairs);
@@ -63,7 +65,7 @@ class Scale:
     vision_heads: int
     image_size: int
     pool: int
-    contrastive_epochs: int
+    vision_epochs: int
     stage1_steps: int
     stage2_steps: int
     batch_size: int
@@ -76,7 +78,7 @@ SCALES = {
     # A few minutes on 2 CPU cores; for tests of the recipe itself.
     "tiny": Scale(512, 64, 2, 2, 20, 32, 2, 2, 56, 2, 2, 6, 6, 4, 2, 2, 24),
     # The shipped model: about 2 hours on 2 CPU cores, weights < 40 MB in float16.
-    "default": Scale(4096, 256, 4, 4, 3000, 192, 4, 3, 224, 8, 8, 1200, 1800, 8, 4, 8, None),
+    "default": Scale(4096, 256, 4, 4, 3000, 192, 4, 3, 224, 8, 15, 1200, 1800, 8, 4, 8, None),
 }
 
 
@@ -103,10 +105,21 @@ def _sources(data: Path, scale: Scale) -> dict[str, Any]:
 
 
 def build_embedded(
-    data: Path, work: Path, *, scale_name: str = "default", seed: int = 0, compare_lora: bool = False
+    data: Path,
+    work: Path,
+    *,
+    scale_name: str = "default",
+    seed: int = 0,
+    compare_lora: bool = False,
+    lm_from: Path | None = None,
+    until: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every step; returns each step's summary. ``compare_lora`` also trains and evaluates the
-    plain-LoRA stage 2 (``stage2_lora``, ``eval_lora``) for the MoLE-vs-LoRA comparison."""
+    plain-LoRA stage 2 (``stage2_lora``, ``eval_lora``) for the MoLE-vs-LoRA comparison. ``lm_from`` (a model
+    directory this recipe made before, such as the shipped default's ``base``) supplies steps 1 and 2; ``until``
+    (a name of :data:`STEPS`) stops after that step."""
+    if until is not None and until not in STEPS:
+        raise InputError(f"unknown step {until!r}; steps: {', '.join(STEPS)}")
     if scale_name not in SCALES:
         raise InputError(f"unknown scale {scale_name!r}; known: {sorted(SCALES)}")
     for folder in ("iu_xray", "nih_cxr14", "covid_chestxray"):
@@ -116,6 +129,8 @@ def build_embedded(
     work.mkdir(parents=True, exist_ok=True)
     sources = _sources(data, scale)
     summary: dict[str, Any] = {"scale": asdict(scale), "seed": seed}
+    if lm_from is not None:
+        _reuse_language_model(lm_from, work)
 
     # 1. tokenizer
     step = work / "tokenizer"
@@ -129,6 +144,8 @@ def build_embedded(
         tokenizer.save_pretrained(step)
         info = _finish(step, {"vocab": len(tokenizer), "texts": len(texts), "seconds": time.perf_counter() - started})
     summary["tokenizer"] = info
+    if until == "tokenizer":
+        return summary
     tokenizer = PreTrainedTokenizerFast.from_pretrained(step)
 
     # 2. language model
@@ -170,21 +187,18 @@ def build_embedded(
         lm.save_pretrained(step / "final")
         info = _finish(step, {**stats, "parameters": lm.num_parameters(), "seconds": time.perf_counter() - started})
     summary["lm"] = info
+    if until == "lm":
+        return summary
     lm = LlamaForCausalLM.from_pretrained(step / "final")
 
-    # 3. vision encoder (contrastive)
+    # 3. vision encoder (finding labels + contrastive)
     step = work / "vision"
     if (info := _done(step)) is None:
-        from radlvlm.training.pretrain import ContrastiveSettings, embed_texts, pretrain_vision_encoder
-        from radlvlm.training.sources import Record
+        from radlvlm.training.pretrain import VisionSettings, embed_texts, load_image_tensors, train_vision_encoder
 
         started = time.perf_counter()
-        images, texts = [], []
-        for name in ("nih", "covid"):
-            for item in sources[name].records():
-                if isinstance(item, Record) and item.split == "train" and item.image is not None:
-                    images.append(item.image.load)
-                    texts.append(" ".join(part for part in (item.findings, item.impression) if part) or "normal")
+        examples = vision_examples(sources)
+        train = [e for e in examples if e.split == "train"]
         vision_config = Dinov2Config(
             hidden_size=scale.vision_hidden,
             num_hidden_layers=scale.vision_layers,
@@ -193,22 +207,39 @@ def build_embedded(
             patch_size=14,
             mlp_ratio=4,
         )
-        embeddings = embed_texts(texts, tokenizer, lm)
-        settings = ContrastiveSettings(
-            epochs=scale.contrastive_epochs, batch_size=32, image_size=scale.image_size, seed=seed
+        embeddings = embed_texts([e.text for e in train], tokenizer, lm)
+        settings = VisionSettings(
+            epochs=scale.vision_epochs, batch_size=32, learning_rate=5e-4, image_size=scale.image_size, seed=seed
         )
-        encoder, stats = pretrain_vision_encoder(images, embeddings, vision_config, step / "state", settings)
+        pixels = load_image_tensors([e.image for e in train], scale.image_size)
+        encoder, heads, stats = train_vision_encoder(
+            pixels,
+            embeddings,
+            vision_config,
+            step / "state",
+            settings,
+            labels=torch.stack([e.labels for e in train]),
+            label_mask=torch.stack([e.mask for e in train]),
+        )
         encoder.save_pretrained(step / "final")
+        torch.save(heads.labels.state_dict(), step / "final" / "label_head.pt")
+        held_out = {
+            split: label_auroc(encoder, heads, [e for e in examples if e.split == split and e.source == "nih"], scale)
+            for split in ("validation", "test")
+        }
         info = _finish(
             step,
             {
                 **stats,
-                "images": len(images),
+                "images": len(train),
                 "parameters": sum(p.numel() for p in encoder.parameters()),
+                "label_auroc": held_out,
                 "seconds": time.perf_counter() - started,
             },
         )
     summary["vision"] = info
+    if until == "vision":
+        return summary
     vision = AutoModel.from_pretrained(step / "final")
 
     # 4. assembly
@@ -224,6 +255,8 @@ def build_embedded(
         )
         info = _finish(step, {"model": str(step / "model")})
     summary["assembled"] = info
+    if until == "assembled":
+        return summary
 
     # 5 and 6. the two stages, through the same recipe machinery a hospital uses
     summary["stage1"] = _stage(
@@ -238,6 +271,8 @@ def build_embedded(
         scale.stage1_steps,
         1e-3,
     )
+    if until == "stage1":
+        return summary
 
     def instruct(name: str, adapter: str) -> dict[str, Any]:
         return _stage(
@@ -255,6 +290,8 @@ def build_embedded(
         )
 
     summary["stage2"] = instruct("stage2", "mole")
+    if until == "stage2":
+        return summary
     summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
     if compare_lora:
         # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
@@ -263,6 +300,121 @@ def build_embedded(
         summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+@dataclass(frozen=True)
+class VisionExample:
+    """One radiograph for the vision step: lazy pixels, its text, its NIH label vector and which labels count."""
+
+    image: Any
+    text: str
+    labels: torch.Tensor
+    mask: torch.Tensor
+    split: str
+    source: str
+
+
+# COVID-19 collection diagnoses that are an infectious or aspiration pneumonia (the NIH "Pneumonia" label);
+# ARDS alone and "todo" (not yet filed) say nothing about NIH labels and are masked out.
+_COVID_PNEUMONIA = (
+    "covid",
+    "pneumo",
+    "strepto",
+    "klebsiella",
+    "mycoplasma",
+    "legionella",
+    "lipoid",
+    "varicella",
+    "e.coli",
+    "bacterial",
+    "influenza",
+    "sars",
+    "mers",
+    "chlamydophila",
+    "staphylococcus",
+)
+
+
+def vision_examples(sources: dict[str, Any]) -> list[VisionExample]:
+    """NIH images of every split (labels known for all 14 findings) and COVID-19 training radiographs (only the
+    Pneumonia label known, from the diagnosis; "No Finding" images known negative for all)."""
+    from radlvlm.training.sources import NIH_LABELS, Record
+
+    out = []
+    for item in sources["nih"].records():
+        if isinstance(item, Record) and item.image is not None:
+            present = set(item.labels)
+            labels = torch.tensor([float(name in present) for name in NIH_LABELS])
+            text = " ".join(part for part in (item.findings, item.impression) if part) or "normal"
+            out.append(VisionExample(item.image.load, text, labels, torch.ones_like(labels), item.split, "nih"))
+    pneumonia = NIH_LABELS.index("Pneumonia")
+    for item in sources["covid"].records():
+        if not (isinstance(item, Record) and item.split == "train" and item.image is not None):
+            continue
+        finding = str(item.extra.get("finding", "")).lower()
+        labels, mask = torch.zeros(len(NIH_LABELS)), torch.zeros(len(NIH_LABELS))
+        if finding == "no finding":
+            mask[:] = 1
+        elif any(word in finding for word in _COVID_PNEUMONIA):
+            labels[pneumonia], mask[pneumonia] = 1, 1
+        text = " ".join(part for part in (item.findings, item.impression) if part) or "normal"
+        out.append(VisionExample(item.image.load, text, labels, mask, item.split, "covid"))
+    return out
+
+
+def label_auroc(encoder: Any, heads: Any, examples: list[VisionExample], scale: Scale) -> dict[str, Any]:
+    """Per-label AUROC of the encoder's label read-out on held-out NIH images (labels with >= 1 positive and
+    >= 1 negative), with positives counted so a reader can ignore the thin ones; the mean over labels with
+    >= 10 positives is the figure the model card quotes."""
+    from sklearn.metrics import roc_auc_score
+
+    from radlvlm.training.pretrain import label_scores, load_image_tensors
+    from radlvlm.training.sources import NIH_LABELS
+
+    if not examples:
+        return {"n": 0}
+    scores = label_scores(encoder, heads, load_image_tensors([e.image for e in examples], scale.image_size))
+    truth = torch.stack([e.labels for e in examples])
+    per_label = {}
+    for j, name in enumerate(NIH_LABELS):
+        positives = int(truth[:, j].sum())
+        if 0 < positives < len(examples):
+            auc = roc_auc_score(truth[:, j].numpy(), scores[:, j].numpy())
+            per_label[name] = {"auroc": round(float(auc), 4), "positives": positives}
+    abnormal = truth.max(1).values
+    any_score = scores.max(1).values
+    wide = [v["auroc"] for v in per_label.values() if v["positives"] >= 10]
+    return {
+        "n": len(examples),
+        "per_label": per_label,
+        "mean_auroc_labels_ge10": round(sum(wide) / len(wide), 4) if wide else None,
+        "abnormal_auroc": round(float(roc_auc_score(abnormal.numpy(), any_score.numpy())), 4)
+        if 0 < int(abnormal.sum()) < len(examples)
+        else None,
+    }
+
+
+def _reuse_language_model(model_dir: Path, work: Path) -> None:
+    """Steps 1 and 2 (tokenizer, report LM) taken from a model this recipe assembled before.
+
+    Stages 1, 2 and DPO never train the LM's own weights (only the projector and adapters), so the LM inside
+    a model this recipe shipped is the pretrained LM, stored in float16; the 30 CPU-minutes of step 2 need not
+    be spent again when only later steps change. The done markers say where the two steps came from.
+    """
+    if _done(work / "tokenizer") is not None and _done(work / "lm") is not None:
+        return
+    from radlvlm.model import load_pretrained
+
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no config.json) to take the tokenizer and LM from")
+    model, processor = load_pretrained(model_dir)
+    processor.tokenizer.save_pretrained(work / "tokenizer")
+    _finish(work / "tokenizer", {"vocab": len(processor.tokenizer), "reused_from": str(model_dir)})
+    lm = LlamaForCausalLM(model.config.text_config)
+    lm.model.load_state_dict(model.model.language_model.state_dict(), strict=True)
+    lm.lm_head.load_state_dict(model.lm_head.state_dict(), strict=True)
+    lm.save_pretrained(work / "lm" / "final")
+    _finish(work / "lm", {"parameters": lm.num_parameters(), "reused_from": str(model_dir)})
 
 
 def _evaluate(work: Path, name: str, run_name: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:
@@ -358,10 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-lora", action="store_true", help="also train and evaluate a plain-LoRA stage 2 (the baseline)"
     )
+    parser.add_argument("--until", choices=STEPS, default=None, help="stop after this step")
+    parser.add_argument(
+        "--lm-from", type=Path, default=None, help="take the tokenizer and LM from this model directory (steps 1-2)"
+    )
     args = parser.parse_args(argv)
     try:
         summary = build_embedded(
-            args.data, args.work, scale_name=args.scale, seed=args.seed, compare_lora=args.compare_lora
+            args.data,
+            args.work,
+            scale_name=args.scale,
+            seed=args.seed,
+            compare_lora=args.compare_lora,
+            lm_from=args.lm_from,
+            until=args.until,
         )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -26,8 +26,10 @@ def test_tiny_embedded_recipe_runs_and_resumes(tmp_path: Path) -> None:
     stage2 = summary["stage2"]
     model, processor = load_pretrained(stage2["base"], adapter=stage2["adapter"])
     assert getattr(model, "_mole_adapter", None) is not None and processor.num_image_tokens == 4
-    lm_losses = json.loads((tmp_path / "work" / "vision" / "state" / "contrastive_history.json").read_text())
-    assert len(lm_losses) == 2
+    vision_losses = json.loads((tmp_path / "work" / "vision" / "state" / "vision_history.json").read_text())
+    assert len(vision_losses) == 2
+    auroc = summary["vision"]["label_auroc"]["test"]
+    assert auroc["n"] > 0 and all(0 <= v["auroc"] <= 1 for v in auroc["per_label"].values())
     evaluation = json.loads((tmp_path / "work" / "eval" / "summary.json").read_text())
     assert set(evaluation["sets"]) == {
         "draft_nih_cxr14",
@@ -50,6 +52,11 @@ def test_tiny_embedded_recipe_runs_and_resumes(tmp_path: Path) -> None:
     assert load_file(str(choice.base / "model.safetensors"))["lm_head.weight"].dtype == torch.float16
     card = model_card(tmp_path / "default")
     assert "Not for clinical use" in card and "CC BY-NC-ND" in card and "this model" in card
+    # The tokenizer and LM can come from a model this recipe made; the next steps build on them.
+    reused = build_embedded(data, tmp_path / "reuse", scale_name="tiny", lm_from=Path(stage2["base"]), until="lm")
+    assert reused["lm"]["reused_from"] == stage2["base"] and "vision" not in reused
+    with pytest.raises(InputError, match="unknown step"):
+        build_embedded(data, tmp_path / "x", scale_name="tiny", until="everything")
     with pytest.raises(InputError, match="unknown scale"):
         build_embedded(data, tmp_path / "x", scale_name="huge")
     with pytest.raises(InputError, match="missing"):

@@ -12,11 +12,14 @@ from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model import load_pretrained, train_tokenizer
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.training.pretrain import (
-    ContrastiveSettings,
+    VisionSettings,
     assemble,
+    augment_batch,
     embed_texts,
+    label_scores,
+    load_image_tensors,
     pretrain_language_model,
-    pretrain_vision_encoder,
+    train_vision_encoder,
 )
 
 
@@ -45,20 +48,31 @@ def test_lm_vision_pretraining_and_assembly(tmp_path: Path) -> None:
         trained_loss = float(lm(input_ids=first, labels=first).loss)
     assert trained_loss < 4.0  # a fresh 300-token model starts near ln(300) = 5.7
 
-    # Two kinds of image (bright / dark) described by two kinds of text: the encoder must tell them apart.
+    # Two kinds of image (bright / dark) described by two kinds of text and labels: the encoder must tell them
+    # apart. The last label is unknown (masked) for every image, so it must not be learnt.
     generator = torch.Generator().manual_seed(0)
     pixels = [torch.rand(32, 32, generator=generator) * 0.3 + (0.6 if i % 2 else 0.0) for i in range(16)]
     texts = ["Large left pleural effusion." if i % 2 else "The lungs are clear." for i in range(16)]
+    labels = torch.tensor([[float(i % 2), 1.0] for i in range(16)])
+    mask = torch.tensor([[1.0, 0.0]] * 16)
     embeddings = embed_texts(texts, tokenizer, lm)
     vision_config = tiny_vision_config("dinov2")
-    settings = ContrastiveSettings(epochs=6, batch_size=8, learning_rate=3e-3, image_size=28)
-    images = [lambda p=p: p for p in pixels]
-    encoder, stats = pretrain_vision_encoder(images, embeddings, vision_config, tmp_path / "vision", settings)
+    cached = load_image_tensors([lambda p=p: p for p in pixels], 28)
+    assert cached.shape == (16, 1, 28, 28) and cached.dtype == torch.float16
+
+    def run(epochs: int):  # type: ignore[no-untyped-def]
+        settings = VisionSettings(epochs=epochs, batch_size=8, learning_rate=3e-3, image_size=28)
+        return train_vision_encoder(
+            cached, embeddings, vision_config, tmp_path / "vision", settings, labels=labels, label_mask=mask
+        )
+
+    encoder, heads, stats = run(6)
     losses = stats["epoch_losses"]
     assert losses[-1] < losses[0], losses
+    scores = label_scores(encoder, heads, cached)
+    assert scores[1::2, 0].min() > scores[0::2, 0].max()  # bright images score higher for the known label
     # Resume: a second call with more epochs continues from the saved epoch instead of starting over.
-    more = ContrastiveSettings(epochs=8, batch_size=8, learning_rate=3e-3, image_size=28)
-    _, resumed = pretrain_vision_encoder(images, embeddings, vision_config, tmp_path / "vision", more)
+    _, _, resumed = run(8)
     assert resumed["epoch_losses"][:6] == losses and len(resumed["epoch_losses"]) == 8
 
     out = assemble(encoder, lm, tokenizer, tmp_path / "model", image_config=ImageTransformConfig(size=28))
@@ -67,3 +81,13 @@ def test_lm_vision_pretraining_and_assembly(tmp_path: Path) -> None:
     with torch.no_grad():
         assert model(**batch).logits.shape[-1] == len(tokenizer)
     torch.testing.assert_close(model.model.language_model.embed_tokens.weight, lm.model.embed_tokens.weight)
+
+
+def test_augmentation_keeps_shape_and_range_and_is_seeded() -> None:
+    batch = torch.rand(6, 1, 28, 28) * 2 - 1
+    settings = VisionSettings(image_size=28, low_resolution=7, low_resolution_p=0.5)
+    first = augment_batch(batch, settings, torch.Generator().manual_seed(1))
+    again = augment_batch(batch, settings, torch.Generator().manual_seed(1))
+    assert first.shape == batch.shape and first.min() >= -1 and first.max() <= 1
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, batch)
