@@ -77,7 +77,7 @@ def worker_command(
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
 ) -> None:
     """Draft every new chest CR/DX study once and write the SR back (FHIR/HL7 to the outbox)."""
-    from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.engine.loading import load_engine
     from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
     from radlvlm.integrations.ledger import StudyLedger
     from radlvlm.integrations.worker import (
@@ -86,7 +86,6 @@ def worker_command(
         PacsPublisher,
         QidoDiscovery,
     )
-    from radlvlm.model.pretrained import load_pretrained
     from radlvlm.safety.dicom_deid import DicomDeidentifier
     from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
 
@@ -98,8 +97,7 @@ def worker_command(
             raise fail("--mllp must be HOST:PORT")
         mllp_peer = (host, int(port))
     archive = run_guarded(lambda: DicomWebSource(DicomWebSettings(dicomweb, headers=headers)))
-    loaded, processor = run_guarded(lambda: load_pretrained(model, adapter=adapter))
-    engine = TorchEngine(loaded, processor, model_id=model.name)
+    engine, _ = run_guarded(lambda: load_engine("torch", model, adapter_dir=adapter, model_id=model.name))
     book = StudyLedger(ledger)
     key, _ = run_guarded(lambda: load_or_create_key(key_file))
     discovery = OrthancChangesDiscovery(orthanc, book, headers) if orthanc else QidoDiscovery(archive)

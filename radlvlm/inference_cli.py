@@ -26,16 +26,18 @@ KeyOption = Annotated[Path, typer.Option(help="Project key for pseudonyms (creat
 
 
 def _engine(model: Path | None, adapter: Path | None, max_new_tokens: int) -> Any:
-    from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.engine.loading import load_engine
     from radlvlm.model.default import choose_model
     from radlvlm.model.generation import GenerationSettings
-    from radlvlm.model.pretrained import load_pretrained
 
     choice = run_guarded(lambda: choose_model(model, adapter))
-    loaded, processor = run_guarded(lambda: load_pretrained(choice.base, adapter=choice.adapter))
-    return TorchEngine(
-        loaded, processor, model_id=choice.model_id, generation=GenerationSettings(max_new_tokens=max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    engine, _ = run_guarded(
+        lambda: load_engine(
+            "torch", choice.base, adapter_dir=choice.adapter, model_id=choice.model_id, generation=settings
+        )
     )
+    return engine
 
 
 def _deidentifier(key_file: Path) -> Any:
@@ -128,11 +130,14 @@ def check_command(
         "check_type": "text_only" if result.text_only else "image",
         "has_error": result.has_error,
         "confidence": result.confidence,
+        "error_probability": result.error_probability,
+        "calibrated": result.calibrated,
         "findings": [
             {"category": f.category.value if f.category else None, "span_in_deidentified_report": f.span}
             for f in result.findings
         ],
         "answer_valid": result.answer_valid,
+        "reason": result.reason,
         "timings": result.timings.as_dict(),
     }
     typer.echo(json.dumps(out, indent=2))

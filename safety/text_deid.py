@@ -20,8 +20,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts, NoOpNlpEngine
@@ -31,6 +29,7 @@ from presidio_anonymizer.entities import OperatorConfig
 
 from radlvlm.errors import InputError
 from radlvlm.safety.pseudonyms import PseudonymMap
+from radlvlm.safety.vocabulary import load_english, load_vocabulary
 
 __all__ = [
     "ENTITY_TYPES",
@@ -129,20 +128,6 @@ class TextDeidConfig:
     spacy_model: str | None = None
     extra_vocabulary: frozenset[str] = field(default_factory=frozenset)
     min_unknown_length: int = 2
-
-
-@lru_cache(maxsize=1)
-def load_english() -> frozenset[str]:
-    """General English words (SCOWL, lower-case entries only), for lower-case and sentence-initial words."""
-    text = resources.files("radlvlm.safety").joinpath("english_words.txt").read_text("utf-8")
-    return frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-
-
-@lru_cache(maxsize=1)
-def load_vocabulary() -> frozenset[str]:
-    """The shipped safe-word vocabulary (``vocabulary.txt`` in this package), lower-cased."""
-    text = resources.files("radlvlm.safety").joinpath("vocabulary.txt").read_text("utf-8")
-    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
 def build_vocabulary(reports: Iterable[str], *, min_documents: int = 3) -> list[str]:

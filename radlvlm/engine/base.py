@@ -7,6 +7,7 @@ dynamic batching) and the vLLM backend (GPU) implement it.
 from __future__ import annotations
 
 import abc
+import math
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -120,8 +121,11 @@ class CheckFinding:
 class CheckResult:
     """``has_error`` with a confidence (SIMPLE), or also the error's type and span (COMPLEX).
 
-    ``answer_valid`` is False when the model's COMPLEX answer did not follow the format; ``has_error`` is then
-    None and ``raw_answer`` holds what it said.
+    ``answer_valid`` is False when the check could not be done (``reason`` says why: a report without the
+    sections a text-only check compares, not English, longer than the context) or when the model's COMPLEX
+    answer did not follow the format (``raw_answer`` holds what it said); ``has_error`` is then None.
+    ``error_probability`` is the calibrated P(error) of a SIMPLE check (see :mod:`radlvlm.tasks.calibration`);
+    ``confidence`` the probability of the verdict given (``error_probability`` or its complement).
     """
 
     has_error: bool | None
@@ -133,6 +137,55 @@ class CheckResult:
     raw_answer: str
     model_id: str
     timings: Timings
+    error_probability: float | None = None
+    reason: str | None = None
+    calibrated: bool = False
+
+
+def simple_check_result(
+    request: CheckRequest, log_odds: float, calibrations: Any, model_id: str, timings: Timings
+) -> CheckResult:
+    """The SIMPLE verdict from the model's log-odds of " yes" over " no", for every backend.
+
+    With the model's calibration (:class:`radlvlm.tasks.calibration.CheckCalibrations`) P(error) is the fitted
+    probability and the verdict is taken at the threshold chosen on validation; without one, at 0.5 of the
+    renormalised yes/no probability.
+    """
+    calibration = calibrations.for_check(with_image=request.image is not None) if calibrations else None
+    if calibration is not None:
+        p_error, threshold = calibration.probability(log_odds, request.report), calibration.threshold
+    else:
+        p_error, threshold = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, log_odds)))), 0.5
+    has_error = p_error >= threshold
+    return CheckResult(
+        has_error=has_error,
+        confidence=p_error if has_error else 1.0 - p_error,
+        findings=[],
+        text_only=request.image is None,
+        mode=ErrorCheckTask.SIMPLE,
+        answer_valid=True,
+        raw_answer="yes" if has_error else "no",
+        model_id=model_id,
+        timings=timings,
+        error_probability=p_error,
+        calibrated=calibration is not None,
+    )
+
+
+def unanswerable_check(request: CheckRequest, reason: str, model_id: str) -> CheckResult:
+    """A check that cannot be done, said so instead of guessed (no model call was made)."""
+    return CheckResult(
+        has_error=None,
+        confidence=None,
+        findings=[],
+        text_only=request.image is None,
+        mode=request.mode,
+        answer_valid=False,
+        raw_answer="",
+        model_id=model_id,
+        timings=Timings(0.0, 0.0, 0.0, 0),
+        reason=reason,
+    )
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from radlvlm.engine.base import (
+    COMPLEX_ANSWER_TOKENS,
     CheckRequest,
     DraftRequest,
     Engine,
@@ -31,6 +32,7 @@ from radlvlm.engine.base import (
     Result,
     StreamDraftRequest,
     Timings,
+    unanswerable_check,
 )
 from radlvlm.errors import InputError
 from radlvlm.tasks.errorcheck import ErrorCheckTask
@@ -92,6 +94,9 @@ class BatchingEngine(Engine):
             raise EngineClosed("the engine is shut down")
         validate_request(request)
         future: Future[Result] = Future()
+        if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
+            future.set_result(unanswerable_check(request, problem, self.model_id))
+            return future
         try:
             self._queue.put_nowait(Pending(request, future, time.perf_counter()))
         except queue.Full:
@@ -114,6 +119,29 @@ class BatchingEngine(Engine):
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"queue_depth": self._queue.qsize(), **self._stats.as_dict()}
+
+    def check_problem(self, request: CheckRequest) -> str | None:
+        """Why this check cannot be done (see :func:`radlvlm.tasks.report_input.check_input_problem`, plus a
+        prompt longer than the model's context), or None. Answered at once, so a bad report never joins, and
+        never fails, a batch of other clients' requests."""
+        from radlvlm.tasks.errorcheck import errorcheck_prompt
+        from radlvlm.tasks.report_input import check_input_problem
+
+        problem = check_input_problem(request.report, with_image=request.image is not None)
+        processor = getattr(self, "processor", None)
+        if problem is None and processor is not None and processor.max_length is not None:
+            prompt = processor.chat_prompt(
+                errorcheck_prompt(request.mode, request.report), image=request.image is not None
+            )
+            tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            tokens += (processor.num_image_tokens - 1) if request.image is not None else 0
+            answer = COMPLEX_ANSWER_TOKENS if request.mode is ErrorCheckTask.COMPLEX else 1
+            if tokens + answer > processor.max_length:
+                problem = (
+                    f"the report is too long for the model: {tokens} tokens with the prompt, "
+                    f"context {processor.max_length}"
+                )
+        return problem
 
     def run_all(self, requests: Sequence[Request]) -> list[Result]:
         """Run an offline batch (a validation study) and return the results in order.

@@ -138,8 +138,10 @@ def prediction_row(row: ManifestRow, result: Result) -> dict[str, Any]:
         return {"id": row.id, "prediction": text, "model": result.model_id}
     if isinstance(result, CheckResult):
         out: dict[str, Any] = {"id": row.id, "prediction": result.raw_answer, "model": result.model_id}
-        if result.confidence is not None and result.has_error is not None:
-            out["confidence"] = result.confidence if result.has_error else 1.0 - result.confidence
+        if result.error_probability is not None:
+            out["confidence"] = result.error_probability
+        if result.reason is not None:
+            out["reason"] = result.reason  # the check could not be done; scored as an invalid answer
         return out
     raise InputError(f"study {row.id}: the engine returned a {type(result).__name__}, not a draft or check result")
 

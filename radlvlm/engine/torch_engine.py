@@ -2,8 +2,8 @@
 
 The queue and worker are ``BatchingEngine``'s (a bounded queue, batches up to ``max_batch_size`` or
 ``max_wait_ms``); this backend runs each group through HF ``generate``. SIMPLE error checks take one forward
-pass: the answer is whichever of "yes"/"no" the model rates higher for its first answer token, and that
-probability (renormalised over the two) is the confidence.
+pass: the log-odds of "yes" over "no" for the first answer token, turned into a verdict and P(error) by the
+model's calibration when it has one (:func:`radlvlm.engine.base.simple_check_result`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from radlvlm.engine.base import (
     Result,
     draft_result,
     simple_answer_tokens,
+    simple_check_result,
 )
 from radlvlm.engine.batching import BatchingEngine, Pending
 from radlvlm.model.generation import GenerationSettings, generate
 from radlvlm.model.processor import RadProcessor
+from radlvlm.tasks.calibration import CheckCalibrations
 from radlvlm.tasks.drafting import draft_prompt, find_repetition
 from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, errorcheck_prompt, parse_complex_answer
 
@@ -49,6 +51,7 @@ class TorchEngine(BatchingEngine):
         max_wait_ms (float, default 5.0): how long the first request of a batch waits for company.
         max_queue (int, default 64): queued requests beyond this are rejected with ``EngineOverloaded``.
         generation (GenerationSettings): drafting decode settings (greedy, 256 new tokens by default).
+        calibrations (CheckCalibrations | None): the model's SIMPLE-check calibration (verdicts at 0.5 without).
     """
 
     def __init__(
@@ -61,8 +64,10 @@ class TorchEngine(BatchingEngine):
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
+        calibrations: CheckCalibrations | None = None,
     ) -> None:
         generation = generation or GenerationSettings()
+        self.calibrations = calibrations
         super().__init__(
             model_id=model_id,
             max_batch_size=max_batch_size,
@@ -167,24 +172,13 @@ class TorchEngine(BatchingEngine):
         if "pixel_values" in inputs:  # a half-precision model on a GPU takes half-precision pixels
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         logits = self.model(**inputs).logits[:, -1, :].float()  # left padding: the last column is each prompt's end
-        pair = torch.stack([logits[:, yes], logits[:, no]], dim=-1).softmax(dim=-1)
-        results: list[Result] = []
-        for item, request, (p_yes, p_no) in zip(items, requests, pair.tolist(), strict=True):
-            has_error = p_yes > p_no
-            results.append(
-                CheckResult(
-                    has_error=has_error,
-                    confidence=max(p_yes, p_no),
-                    findings=[],
-                    text_only=request.image is None,
-                    mode=ErrorCheckTask.SIMPLE,
-                    answer_valid=True,
-                    raw_answer="yes" if has_error else "no",
-                    model_id=self.model_id,
-                    timings=self._timings(item, start, len(items)),
-                )
+        log_odds = (logits[:, yes] - logits[:, no]).tolist()
+        return [
+            simple_check_result(
+                request, value, self.calibrations, self.model_id, self._timings(item, start, len(items))
             )
-        return results
+            for item, request, value in zip(items, requests, log_odds, strict=True)
+        ]
 
     def _generated_simple_checks(self, items: list[Pending], start: float) -> list[Result]:
         from radlvlm.tasks.errorcheck import parse_simple_answer

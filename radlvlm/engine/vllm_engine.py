@@ -52,11 +52,14 @@ from radlvlm.engine.base import (
     StreamDraftRequest,
     draft_result,
     simple_answer_tokens,
+    simple_check_result,
+    unanswerable_check,
 )
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
 from radlvlm.model.generation import GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
+from radlvlm.tasks.calibration import CheckCalibrations, find_calibrations
 from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,
@@ -438,45 +441,32 @@ def completion_of(output: Any) -> Completion:
     return Completion([int(t) for t in first.token_ids], str(reason), first_logprobs)
 
 
-def simple_verdict(logprobs: Mapping[int, float], answer: AnswerTokens) -> tuple[bool, float] | None:
-    """(has_error, confidence) from the first answer token's log-probabilities, renormalised over yes and no.
-
-    With the allowed-token mask both are present; one that is missing had no probability left (``-inf``).
-    None when neither is there.
-    """
+def yes_no_log_odds(logprobs: Mapping[int, float], answer: AnswerTokens) -> float | None:
+    """The first answer token's log-odds of yes over no (what :func:`radlvlm.engine.base.simple_check_result`
+    turns into a verdict). With the allowed-token mask both are present; one that is missing had no probability
+    left (``-inf``, clipped by the verdict). None when neither is there."""
     yes, no = logprobs.get(answer.yes, -math.inf), logprobs.get(answer.no, -math.inf)
     if yes == -math.inf and no == -math.inf:
         return None
-    top = max(yes, no)
-    p_yes, p_no = math.exp(yes - top), math.exp(no - top)
-    has_error = p_yes > p_no
-    return has_error, max(p_yes, p_no) / (p_yes + p_no)
+    if yes == -math.inf or no == -math.inf:
+        return math.inf if no == -math.inf else -math.inf
+    return yes - no
 
 
-def simple_check_result(
+def vllm_simple_check(
     request: CheckRequest,
     completion: Completion,
     answer: AnswerTokens | None,
     processor: RadProcessor,
     model_id: str,
     timings: Any,
+    calibrations: CheckCalibrations | None = None,
 ) -> CheckResult:
-    """A SIMPLE verdict from the logprobs (confidence), or parsed from the short decode when no token decides."""
+    """A SIMPLE verdict from the logprobs (calibrated), or parsed from the short decode when no token decides."""
     if answer is not None:
-        verdict = simple_verdict(completion.first_logprobs, answer)
-        if verdict is not None:
-            has_error, confidence = verdict
-            return CheckResult(
-                has_error=has_error,
-                confidence=confidence,
-                findings=[],
-                text_only=request.image is None,
-                mode=ErrorCheckTask.SIMPLE,
-                answer_valid=True,
-                raw_answer="yes" if has_error else "no",
-                model_id=model_id,
-                timings=timings,
-            )
+        log_odds = yes_no_log_odds(completion.first_logprobs, answer)
+        if log_odds is not None:
+            return simple_check_result(request, log_odds, calibrations, model_id, timings)
     text = decode_generation(completion.token_ids, processor, GenerationSettings(max_new_tokens=4)).text
     try:
         parsed: bool | None = parse_simple_answer(text)
@@ -541,6 +531,7 @@ class VLLMEngine(BatchingEngine):
         adapter_dir (Path | None): a peft LoRA adapter served through vLLM's multi-LoRA on every request.
         max_batch_size, max_wait_ms, max_queue: the dynamic batching of the service (see ``BatchingEngine``).
         generation (GenerationSettings): drafting decode settings (greedy, 256 new tokens by default).
+        calibrations (CheckCalibrations | None): the model's SIMPLE-check calibration (verdicts at 0.5 without).
     """
 
     def __init__(
@@ -555,8 +546,10 @@ class VLLMEngine(BatchingEngine):
         max_wait_ms: float = 5.0,
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
+        calibrations: CheckCalibrations | None = None,
     ) -> None:
         generation = generation or GenerationSettings()
+        self.calibrations = calibrations
         if generation.strategy == "beam":
             raise ModelError(
                 "beam search is not served by the vLLM backend; use greedy or sampling, or the torch backend"
@@ -581,7 +574,7 @@ class VLLMEngine(BatchingEngine):
     def warmup(self) -> None:
         size = self.processor.image_config.size
         self.run(DraftRequest(image=torch.zeros(size, size), max_new_tokens=2))
-        self.run(CheckRequest(report="FINDINGS: The lungs are clear."))
+        self.run(CheckRequest(report="FINDINGS: The lungs are clear.\nIMPRESSION: Normal chest."))
 
     def run_all(self, requests: Sequence[Request]) -> list[Result]:
         """Run an offline batch (a validation study) on vLLM's batch engine: one ``generate`` per request kind.
@@ -599,7 +592,9 @@ class VLLMEngine(BatchingEngine):
         drafts: dict[int, list[int]] = {}
         for index, item in enumerate(pending):
             request = item.request
-            if isinstance(request, DraftRequest):
+            if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
+                results[index] = unanswerable_check(request, problem, self.model_id)
+            elif isinstance(request, DraftRequest):
                 drafts.setdefault(request.max_new_tokens or self.default_max_new_tokens, []).append(index)
         for max_new_tokens, indices in drafts.items():
             for index, result in zip(
@@ -610,7 +605,7 @@ class VLLMEngine(BatchingEngine):
             indices = [
                 i
                 for i, item in enumerate(pending)
-                if isinstance(item.request, CheckRequest) and item.request.mode is mode
+                if isinstance(item.request, CheckRequest) and item.request.mode is mode and i not in results
             ]
             if indices:
                 for index, result in zip(indices, run([pending[i] for i in indices], start), strict=True):
@@ -653,7 +648,15 @@ class VLLMEngine(BatchingEngine):
         prompts = [check_input(self.processor, r, self._answer) for r in requests]
         completions = self._generate(prompts, simple_check_sampling(self._answer))
         return [
-            simple_check_result(r, c, self._answer, self.processor, self.model_id, self._timings(i, start, len(items)))
+            vllm_simple_check(
+                r,
+                c,
+                self._answer,
+                self.processor,
+                self.model_id,
+                self._timings(i, start, len(items)),
+                self.calibrations,
+            )
             for i, r, c in zip(items, requests, completions, strict=True)
         ]
 
@@ -710,6 +713,7 @@ def load_vllm_engine(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         generation=generation,
+        calibrations=find_calibrations(spec.model_dir, spec.adapter_dir),
     )
     return engine, spec
 

@@ -67,10 +67,17 @@ class CheckOut(BaseModel):
     check_type: Literal["image", "text_only"] = Field(
         description="'text_only' when no image was given: a findings-vs-impression consistency check only"
     )
-    has_error: bool | None = Field(description="None when the model's answer did not follow the format")
-    confidence: float | None
+    has_error: bool | None = Field(description="None when the check could not be done (see 'reason')")
+    confidence: float | None = Field(description="Probability of the verdict given (SIMPLE)")
+    error_probability: float | None = Field(
+        default=None, description="Calibrated probability that the report contains an error (SIMPLE)"
+    )
+    calibrated: bool = Field(
+        default=False, description="Whether the probability comes from the model's fitted calibration"
+    )
     findings: list[CheckFindingOut]
     answer_valid: bool
+    reason: str | None = Field(default=None, description="Why the check could not be done, when it could not")
     guardrail_flags: list[GuardrailFlag]
     timings: TimingsOut
     disclaimer: str = DISCLAIMER

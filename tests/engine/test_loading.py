@@ -28,7 +28,10 @@ def test_the_torch_backend_in_half_precision(model_dir: Path) -> None:
         assert next(engine.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
         assert isinstance(engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60), DraftResult)
         # A SIMPLE check with an image is one forward pass: the pixels follow the model's precision.
-        check = engine.run(CheckRequest(report="FINDINGS: Lungs clear.", image=torch.rand(28, 28)), timeout=60)
+        check = engine.run(
+            CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.", image=torch.rand(28, 28)),
+            timeout=60,
+        )
         assert isinstance(check, CheckResult) and check.answer_valid
     finally:
         engine.close()

@@ -61,12 +61,18 @@ def test_drafts_over_a_manifest(tmp_path: Path, model_dir: Path) -> None:
 
 def test_simple_checks_are_scored_by_eval_run(tmp_path: Path, model_dir: Path) -> None:
     rows = [
-        {"id": "a", "uid": "a", "split": "test", "text": "FINDINGS: Lungs clear.", "has_error": False},
+        {
+            "id": "a",
+            "uid": "a",
+            "split": "test",
+            "text": "FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.",
+            "has_error": False,
+        },
         {
             "id": "b",
             "uid": "b",
             "split": "test",
-            "text": "FINDINGS: Lungs clear. IMPRESSION: Effusion.",
+            "text": "FINDINGS: Lungs clear.\nIMPRESSION: Effusion.",
             "has_error": True,
         },
     ]

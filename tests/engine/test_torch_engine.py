@@ -64,7 +64,9 @@ def test_concurrent_requests_are_batched_and_equal_single_runs(engine) -> None: 
 
 
 def test_simple_check_gives_a_verdict_with_confidence(engine) -> None:  # type: ignore[no-untyped-def]
-    with_image = engine.run(CheckRequest(report="FINDINGS: Lungs clear.", image=torch.rand(28, 28)), timeout=60)
+    with_image = engine.run(
+        CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.", image=torch.rand(28, 28)), timeout=60
+    )
     text_only = engine.run(CheckRequest(report="FINDINGS: Lungs clear. IMPRESSION: Effusion."), timeout=60)
     for result in (with_image, text_only):
         assert isinstance(result, CheckResult) and result.answer_valid
@@ -73,7 +75,10 @@ def test_simple_check_gives_a_verdict_with_confidence(engine) -> None:  # type: 
 
 
 def test_complex_check_reports_invalid_answers_instead_of_guessing(engine) -> None:  # type: ignore[no-untyped-def]
-    result = engine.run(CheckRequest(report="FINDINGS: Lungs clear.", mode=ErrorCheckTask.COMPLEX), timeout=60)
+    result = engine.run(
+        CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.", mode=ErrorCheckTask.COMPLEX),
+        timeout=60,
+    )
     assert result.mode == ErrorCheckTask.COMPLEX
     # An untrained model does not write the JSON answer: the engine must say so, not invent a verdict.
     assert result.answer_valid is False and result.has_error is None and result.findings == []
@@ -158,3 +163,55 @@ def test_a_draft_that_loops_twice_is_withheld(parts, monkeypatch) -> None:  # ty
     finally:
         engine.close()
     assert (result.text, result.findings, result.impression, result.finish_reason) == ("", "", "", "repetition")
+
+
+@pytest.mark.parametrize(
+    ("report", "image", "reason"),
+    [
+        ("FINDINGS: Lungs clear.", False, "no impression"),
+        ("FINDINGS: \nIMPRESSION: Normal chest.", False, "no findings"),
+        ("Heart and lungs normal.", False, "no impression"),
+        ("FINDINGS: Herz normal gross. Lunge frei, kein Erguss.\nIMPRESSION: Unauffaelliger Befund.", False, "English"),
+        ("FINDINGS: " + "Lungs clear. " * 400 + "\nIMPRESSION: Normal.", False, "too long"),
+        ("IMPRESSION: Normal chest.", True, None),
+    ],
+)
+def test_checks_that_cannot_be_done_say_why_instead_of_no_error(engine, report, image, reason) -> None:  # type: ignore[no-untyped-def]
+    for mode in ErrorCheckTask:
+        request = CheckRequest(report=report, image=torch.rand(28, 28) if image else None, mode=mode)
+        result = engine.run(request, timeout=60)
+        if reason is None:
+            assert result.reason is None
+            continue
+        assert result.answer_valid is False and result.has_error is None and result.confidence is None
+        assert reason in result.reason and "Lungs" not in result.reason  # the reason never quotes the report
+
+
+def test_a_bad_report_never_fails_the_batch_it_would_have_joined(engine) -> None:  # type: ignore[no-untyped-def]
+    good = "FINDINGS: Lungs clear.\nIMPRESSION: Normal chest."
+    long = "FINDINGS: " + "Lungs clear. " * 400 + "\nIMPRESSION: Normal."
+    futures = [engine.submit(CheckRequest(report=r)) for r in (good, long, good, long)]
+    results = [f.result(timeout=60) for f in futures]
+    assert [r.answer_valid for r in results] == [True, False, True, False]
+
+
+def test_simple_checks_use_the_models_calibration(parts) -> None:  # type: ignore[no-untyped-def]
+    from radlvlm.tasks.calibration import RULE_FEATURES, CheckCalibration, CheckCalibrations
+
+    # A calibration that trusts only the rule checker's contradiction count: the verdict follows the report,
+    # whatever the untrained model says, and P(error) is the fitted probability.
+    weights = tuple(4.0 if name == "contradiction" else 0.0 for name in RULE_FEATURES)
+    calibration = CheckCalibration(RULE_FEATURES, weights, -2.0, 0.5, {"source": "test"})
+    engine = TorchEngine(*parts, model_id="tiny", calibrations=CheckCalibrations(text_only=calibration))
+    contradiction = "FINDINGS: Large right pneumothorax.\nIMPRESSION: No pneumothorax."
+    clean = "FINDINGS: Lungs clear.\nIMPRESSION: Normal chest."
+    try:
+        flagged, passed = (engine.run(CheckRequest(report=r), timeout=60) for r in (contradiction, clean))
+        with_image = engine.run(CheckRequest(report=clean, image=torch.rand(28, 28)), timeout=60)
+    finally:
+        engine.close()
+    assert flagged.has_error is True and flagged.calibrated and flagged.error_probability > 0.8
+    assert flagged.confidence == pytest.approx(flagged.error_probability)
+    assert passed.has_error is False and passed.error_probability == pytest.approx(1 / (1 + 2.718281828**2), 1e-4)
+    assert passed.confidence == pytest.approx(1 - passed.error_probability)
+    assert not with_image.calibrated  # no calibration for image checks: raw yes/no at 0.5

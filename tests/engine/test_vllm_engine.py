@@ -40,11 +40,11 @@ from radlvlm.engine.vllm_engine import (
     engine_kwargs,
     inspect_model_dir,
     load_vllm_engine,
-    simple_check_result,
     simple_check_sampling,
-    simple_verdict,
     vllm_image,
     vllm_lora_rank,
+    vllm_simple_check,
+    yes_no_log_odds,
 )
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import ImageTransformConfig
@@ -288,19 +288,19 @@ def test_simple_verdicts_from_logprobs(processor: RadProcessor) -> None:
     step = {7: SimpleNamespace(logprob=math.log(0.2)), 9: SimpleNamespace(logprob=math.log(0.6))}
     completion = completion_of(_output([9], logprobs=[step]))
     assert completion.first_logprobs == pytest.approx({7: math.log(0.2), 9: math.log(0.6)})
-    has_error, confidence = simple_verdict(completion.first_logprobs, answer)  # type: ignore[misc]
-    assert has_error is False and confidence == pytest.approx(0.75)  # renormalised over yes and no
-    assert simple_verdict({7: -0.1}, answer) == (True, 1.0)  # the other had no probability left
-    assert simple_verdict({}, answer) is None
-    request = CheckRequest(report="FINDINGS: Lungs clear.")
-    result = simple_check_result(request, completion, answer, processor, "m", None)
+    assert yes_no_log_odds(completion.first_logprobs, answer) == pytest.approx(math.log(0.2 / 0.6))
+    assert yes_no_log_odds({7: -0.1}, answer) == math.inf  # the other had no probability left
+    assert yes_no_log_odds({}, answer) is None
+    request = CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.")
+    result = vllm_simple_check(request, completion, answer, processor, "m", None)
     assert result.answer_valid and result.raw_answer == "no" and result.text_only
-    assert result.confidence == pytest.approx(0.75)
+    assert result.confidence == pytest.approx(0.75)  # renormalised over yes and no (no calibration)
+    assert result.error_probability == pytest.approx(0.25) and not result.calibrated
     # No single token decides (or no logprobs came back): the short decode is parsed instead.
     yes_ids = processor.tokenizer(" yes", add_special_tokens=False)["input_ids"]
-    decoded = simple_check_result(request, Completion(yes_ids, "stop", {}), None, processor, "m", None)
+    decoded = vllm_simple_check(request, Completion(yes_ids, "stop", {}), None, processor, "m", None)
     assert decoded.has_error is True and decoded.confidence is None and decoded.answer_valid
-    garbled = simple_check_result(request, Completion([5, 6], "length", {}), None, processor, "m", None)
+    garbled = vllm_simple_check(request, Completion([5, 6], "length", {}), None, processor, "m", None)
     assert garbled.answer_valid is False and garbled.has_error is None
 
 
@@ -399,13 +399,13 @@ def test_greedy_drafts_and_checks_equal_the_torch_backend(engines) -> None:  # t
         )
         assert (ours.findings, ours.impression) == (theirs.findings, theirs.impression)
     for request in (
-        CheckRequest(report="FINDINGS: Lungs clear.", image=images[0]),
+        CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.", image=images[0]),
         CheckRequest(report="FINDINGS: Lungs clear. IMPRESSION: Effusion."),
     ):
         ours, theirs = vllm.run(request, timeout=60), reference.run(request, timeout=60)
         assert isinstance(ours, CheckResult) and ours.answer_valid
         assert ours.has_error == theirs.has_error and ours.confidence == pytest.approx(theirs.confidence, abs=1e-5)
-    request = CheckRequest(report="FINDINGS: Lungs clear.", mode=ErrorCheckTask.COMPLEX)
+    request = CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.", mode=ErrorCheckTask.COMPLEX)
     ours, theirs = vllm.run(request, timeout=60), reference.run(request, timeout=60)
     assert (ours.raw_answer, ours.answer_valid) == (theirs.raw_answer, theirs.answer_valid)
 
@@ -425,9 +425,9 @@ def test_batches_streams_and_offline_runs(engines) -> None:  # type: ignore[no-u
     stand_in.calls.clear()
     mixed = [
         DraftRequest(image=images[1]),
-        CheckRequest(report="FINDINGS: Lungs clear."),
+        CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest."),
         DraftRequest(image=images[2]),
-        CheckRequest(report="FINDINGS: Heart normal.", mode=ErrorCheckTask.COMPLEX),
+        CheckRequest(report="FINDINGS: Heart normal.\nIMPRESSION: Normal chest.", mode=ErrorCheckTask.COMPLEX),
     ]
     results = vllm.run_all(mixed)
     assert [type(r).__name__ for r in results] == ["DraftResult", "CheckResult", "DraftResult", "CheckResult"]

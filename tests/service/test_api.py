@@ -98,18 +98,18 @@ def test_checks_with_and_without_an_image(server: Server) -> None:
 
 def test_auth_scopes_and_bearer(server: Server) -> None:
     with server.client(key="") as client:
-        response = client.post("/v1/checks", data={"report": "FINDINGS: clear."})
+        response = client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."})
         assert response.status_code == 401 and _error(response)["code"] == "unauthorized"
     with server.client(key="wrong-key") as client:
-        assert client.post("/v1/checks", data={"report": "FINDINGS: clear."}).status_code == 401
+        assert client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code == 401
     with server.client(key=server.check_only_key) as client:
-        assert client.post("/v1/checks", data={"report": "FINDINGS: clear."}).status_code == 200
+        assert client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code == 200
         forbidden = client.post("/v1/drafts", files={"file": ("x.png", _png())}, data={"view": "PA"})
         assert forbidden.status_code == 403 and "'draft' scope" in _error(forbidden)["message"]
     import httpx
 
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}) as client:
-        assert client.post("/v1/checks", data={"report": "FINDINGS: clear."}).status_code == 200
+        assert client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code == 200
 
 
 def test_deid_of_a_dicom_with_realistic_phi_and_of_text(server: Server) -> None:
@@ -140,7 +140,7 @@ def test_oversized_body_is_413(server: Server) -> None:
 def test_audit_trail_has_one_entry_per_request_and_no_phi(server: Server) -> None:
     with server.client() as client:
         before = len(server.settings.audit_path.read_text().splitlines()) if server.settings.audit_path.exists() else 0
-        client.post("/v1/checks", data={"report": "Discussed with Dr. Patel. FINDINGS: clear."})
+        client.post("/v1/checks", data={"report": "Discussed with Dr. Patel. FINDINGS: clear.\nIMPRESSION: Normal."})
         client.post("/v1/drafts", files={"file": ("rg1.dcm", pydicom_file(RG1).read_bytes())})
     lines = server.settings.audit_path.read_text().splitlines()
     assert len(lines) == before + 2
@@ -168,9 +168,9 @@ def test_rate_limit_and_overload(tmp_path: Path, tiny_model_dir: Path) -> None:
         import httpx
 
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as client:
-            codes = [client.post("/v1/checks", data={"report": "FINDINGS: clear."}).status_code for _ in range(4)]
+            codes = [client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code for _ in range(4)]
             assert codes[:3] == [200, 200, 200] and codes[3] == 429
-            limited = client.post("/v1/checks", data={"report": "FINDINGS: clear."})
+            limited = client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."})
             assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     finally:
         uv.should_exit = True
@@ -221,7 +221,7 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
 
         def post() -> None:
             with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as client:
-                results.append(client.post("/v1/checks", data={"report": "FINDINGS: clear."}).status_code)
+                results.append(client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code)
 
         first = [threading.Thread(target=post) for _ in range(2)]  # one running, one queued
         for t in first:
@@ -233,7 +233,7 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
             time.sleep(0.05)
         assert engine.stats()["queue_depth"] == 1
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as client:
-            overloaded = client.post("/v1/checks", data={"report": "FINDINGS: clear."})
+            overloaded = client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."})
         assert overloaded.status_code == 503 and _error(overloaded)["code"] == "overloaded"
         assert int(overloaded.headers["Retry-After"]) >= 1
         gate.set()

@@ -79,8 +79,11 @@ async def create_check(
         check_type="text_only" if result.text_only else "image",
         has_error=result.has_error,
         confidence=result.confidence,
+        error_probability=result.error_probability,
+        calibrated=result.calibrated,
         findings=findings,
         answer_valid=result.answer_valid,
+        reason=result.reason,
         guardrail_flags=flags,
         timings=TimingsOut(**result.timings.as_dict(), request_ms=round(elapsed_ms, 2)),
     )

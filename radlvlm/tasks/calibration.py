@@ -1,0 +1,220 @@
+"""Calibrated SIMPLE error-check verdicts: P(error) from the model's yes/no scores and the report's own
+consistency findings, with an operating point chosen on validation data.
+
+The model's answer to "does this report contain an error?" is one forward pass: the log-odds of " yes" over
+" no". Read at 0.5 it is neither calibrated nor a good operating point (a small model trained on balanced data
+can rank errors above chance and still say "no" to everything). A :class:`CheckCalibration` turns it into a
+probability with a scikit-learn logistic regression fitted on a held-out validation set, optionally together
+with the rule consistency checker's findings (:func:`radlvlm.clinical_eval.baselines.check_consistency`), and
+holds the threshold chosen on that set. It is stored as JSON next to the weights (``check_calibration.json``):
+a handful of numbers that anyone can read and that load without unpickling code.
+
+The engines apply it to every SIMPLE check, whichever door the check came through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from radlvlm.errors import InputError, ModelError
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "MODEL_FEATURE",
+    "RULE_FEATURES",
+    "CheckCalibration",
+    "CheckCalibrations",
+    "find_calibrations",
+    "fit_calibration",
+    "rule_features",
+]
+
+CALIBRATION_FILE = "check_calibration.json"
+MODEL_FEATURE = "model_log_odds"
+# The rule checker's findings, by kind; "findings_only" splits by weight: an acute finding under an impression
+# that calls the study normal (weight 1) is a contradiction, other findings left out of the impression (0.5)
+# are common in correct reports.
+RULE_FEATURES = (
+    "contradiction",
+    "laterality",
+    "severity",
+    "impression_only",
+    "findings_only_acute",
+    "findings_only_other",
+)
+CheckKind = Literal["text_only", "image"]
+_LOG_ODDS_CLIP = 30.0  # a saturated softmax gives +-inf log-odds; the fit only needs "very sure"
+
+
+def rule_features(report: str) -> dict[str, float]:
+    """How many inconsistencies of each kind the rule checker finds in ``report`` (findings vs impression)."""
+    from radlvlm.clinical_eval.baselines import check_consistency
+
+    counts = dict.fromkeys(RULE_FEATURES, 0.0)
+    for finding in check_consistency(report):
+        kind = str(finding["kind"])
+        if kind == "findings_only":
+            kind = "findings_only_acute" if float(finding["weight"]) >= 1.0 else "findings_only_other"
+        counts[kind] += 1.0
+    return counts
+
+
+def _row(features: Sequence[str], model_log_odds: float | None, report: str) -> list[float]:
+    values: dict[str, float] = {}
+    if any(name in RULE_FEATURES for name in features):
+        values.update(rule_features(report))
+    if MODEL_FEATURE in features:
+        if model_log_odds is None:
+            raise InputError("this calibration needs the model's yes/no log-odds")
+        values[MODEL_FEATURE] = max(-_LOG_ODDS_CLIP, min(_LOG_ODDS_CLIP, float(model_log_odds)))
+    return [values[name] for name in features]
+
+
+@dataclass(frozen=True)
+class CheckCalibration:
+    """A fitted logistic model of P(error) and the threshold at which a verdict says "error".
+
+    Args:
+        features: the inputs, in order (:data:`MODEL_FEATURE` and/or names of :data:`RULE_FEATURES`).
+        coefficients, intercept: the logistic regression's weights.
+        threshold: P(error) at or above which the verdict is "error" (chosen on the validation set).
+        fitted_on: what it was fitted on (counts, source, the validation figures), for the model card.
+    """
+
+    features: tuple[str, ...]
+    coefficients: tuple[float, ...]
+    intercept: float
+    threshold: float
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.features if name != MODEL_FEATURE and name not in RULE_FEATURES]
+        if unknown or len(self.features) != len(self.coefficients) or not self.features:
+            raise ModelError(
+                f"check calibration: bad features {list(self.features)} for {len(self.coefficients)} weights"
+            )
+        if not 0.0 < self.threshold < 1.0:
+            raise ModelError(f"check calibration: threshold must be in (0, 1), got {self.threshold}")
+
+    @property
+    def uses_model(self) -> bool:
+        return MODEL_FEATURE in self.features
+
+    def probability(self, model_log_odds: float | None, report: str) -> float:
+        """Calibrated P(error) of one report."""
+        z = self.intercept + sum(
+            w * x for w, x in zip(self.coefficients, _row(self.features, model_log_odds, report), strict=True)
+        )
+        return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckCalibration:
+        try:
+            return cls(
+                features=tuple(data["features"]),
+                coefficients=tuple(float(w) for w in data["coefficients"]),
+                intercept=float(data["intercept"]),
+                threshold=float(data["threshold"]),
+                fitted_on=dict(data.get("fitted_on", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"check calibration: malformed entry ({type(e).__name__}: {e})") from e
+
+
+@dataclass(frozen=True)
+class CheckCalibrations:
+    """The calibrations of one model: text-only checks and checks against the image score differently."""
+
+    text_only: CheckCalibration | None = None
+    image: CheckCalibration | None = None
+
+    def for_check(self, *, with_image: bool) -> CheckCalibration | None:
+        return self.image if with_image else self.text_only
+
+    def save(self, path: Path) -> Path:
+        data = {kind: c.to_dict() for kind, c in (("text_only", self.text_only), ("image", self.image)) if c}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> CheckCalibrations:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path}: unreadable check calibration ({type(e).__name__})") from e
+        if not isinstance(data, dict) or not set(data) <= {"text_only", "image"}:
+            raise ModelError(f"{path}: a check calibration has 'text_only' and/or 'image' entries only")
+        return cls(**{kind: CheckCalibration.from_dict(entry) for kind, entry in data.items()})
+
+
+def find_calibrations(model_dir: str | Path, adapter_dir: str | Path | None = None) -> CheckCalibrations | None:
+    """The calibration that belongs to this model: next to the adapter (it was fitted on the adapted model),
+    else next to the base weights; None when the model has none (verdicts are then the raw yes/no at 0.5)."""
+    for folder in ([Path(adapter_dir)] if adapter_dir else []) + [Path(model_dir)]:
+        if (folder / CALIBRATION_FILE).is_file():
+            return CheckCalibrations.load(folder / CALIBRATION_FILE)
+    return None
+
+
+def fit_calibration(
+    reports: Sequence[str],
+    labels: Sequence[bool],
+    *,
+    model_log_odds: Sequence[float] | None = None,
+    use_rules: bool = True,
+    source: str = "",
+    folds: int = 5,
+    seed: int = 0,
+) -> CheckCalibration:
+    """Fit P(error) on a validation set and choose the operating point on it.
+
+    The threshold maximises Youden's J (sensitivity + specificity - 1) over out-of-fold probabilities
+    (``folds``-fold cross-validation), so it is not chosen on the very predictions it was fitted to; the
+    final weights are then fitted on the whole set.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    features = ((MODEL_FEATURE,) if model_log_odds is not None else ()) + (RULE_FEATURES if use_rules else ())
+    if not features:
+        raise InputError("a calibration needs the model's log-odds, the rule features, or both")
+    if len(reports) != len(labels) or (model_log_odds is not None and len(model_log_odds) != len(reports)):
+        raise InputError("reports, labels and log-odds must have the same length")
+    y = np.array([bool(v) for v in labels], dtype=int)
+    if y.sum() < folds or (len(y) - y.sum()) < folds:
+        raise InputError(f"need at least {folds} reports with and {folds} without an error to calibrate")
+    odds = list(model_log_odds) if model_log_odds is not None else [None] * len(reports)
+    x = np.array([_row(features, o, r) for o, r in zip(odds, reports, strict=True)], dtype=float)
+    model = LogisticRegression(C=1.0, max_iter=1000)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out_of_fold = cross_val_predict(model, x, y, cv=splitter, method="predict_proba")[:, 1]
+    fpr, tpr, thresholds = roc_curve(y, out_of_fold)
+    best = int(np.argmax(tpr - fpr))
+    threshold = float(min(max(thresholds[best], 1e-6), 1 - 1e-6))
+    model.fit(x, y)
+    verdicts = out_of_fold >= threshold
+    return CheckCalibration(
+        features=features,
+        coefficients=tuple(float(w) for w in model.coef_[0]),
+        intercept=float(model.intercept_[0]),
+        threshold=threshold,
+        fitted_on={
+            "source": source,
+            "n": len(y),
+            "errors": int(y.sum()),
+            "out_of_fold_auroc": round(float(roc_auc_score(y, out_of_fold)), 4),
+            "out_of_fold_sensitivity": round(float(verdicts[y == 1].mean()), 4),
+            "out_of_fold_specificity": round(float((~verdicts[y == 0]).mean()), 4),
+            "operating_point": "max Youden J over out-of-fold probabilities",
+        },
+    )

@@ -1,0 +1,94 @@
+"""Calibrated SIMPLE verdicts: fitted P(error), an operating point from validation, JSON that round-trips."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from radlvlm.errors import InputError, ModelError
+from radlvlm.tasks.calibration import (
+    CALIBRATION_FILE,
+    MODEL_FEATURE,
+    RULE_FEATURES,
+    CheckCalibration,
+    CheckCalibrations,
+    find_calibrations,
+    fit_calibration,
+    rule_features,
+)
+
+CLEAN = [
+    "FINDINGS: The lungs are clear. Heart size is normal.\nIMPRESSION: No acute cardiopulmonary abnormality.",
+    "FINDINGS: Small left pleural effusion.\nIMPRESSION: Small left pleural effusion.",
+    "FINDINGS: No pneumothorax or effusion.\nIMPRESSION: Normal chest.",
+]
+WRONG = [
+    "FINDINGS: Large right pneumothorax.\nIMPRESSION: No pneumothorax.",
+    "FINDINGS: No pleural effusion.\nIMPRESSION: Large left pleural effusion.",
+    "FINDINGS: Right lower lobe consolidation.\nIMPRESSION: Left lower lobe consolidation.",
+]
+
+
+def test_rule_features_count_the_checkers_inconsistencies() -> None:
+    assert sum(rule_features(CLEAN[0]).values()) == 0
+    assert rule_features(WRONG[0])["contradiction"] >= 1
+    assert set(rule_features(WRONG[2])) == set(RULE_FEATURES)
+
+
+def _data(n: int, seed: int) -> tuple[list[str], list[bool], list[float]]:
+    rng = random.Random(seed)
+    reports, labels, odds = [], [], []
+    for i in range(n):
+        wrong = i % 2 == 1
+        reports.append(rng.choice(WRONG if wrong else CLEAN))
+        labels.append(wrong)
+        odds.append(rng.gauss(1.0 if wrong else -1.0, 1.5))  # an informative but noisy model score
+    return reports, labels, odds
+
+
+def test_fitted_calibration_separates_and_picks_its_threshold_out_of_fold(tmp_path: Path) -> None:
+    reports, labels, odds = _data(200, 0)
+    fitted = fit_calibration(reports, labels, model_log_odds=odds, source="synthetic")
+    assert fitted.features == (MODEL_FEATURE, *RULE_FEATURES)
+    assert 0 < fitted.threshold < 1 and fitted.fitted_on["n"] == 200 and fitted.fitted_on["errors"] == 100
+    assert fitted.fitted_on["out_of_fold_auroc"] > 0.9  # the rule features separate these reports
+    assert fitted.probability(3.0, WRONG[0]) > fitted.threshold > fitted.probability(-3.0, CLEAN[0])
+    # The model's score moves P(error) in the direction it points.
+    assert fitted.probability(3.0, CLEAN[1]) > fitted.probability(-3.0, CLEAN[1])
+    saved = CheckCalibrations(text_only=fitted).save(tmp_path / CALIBRATION_FILE)
+    loaded = CheckCalibrations.load(saved)
+    assert loaded.text_only == fitted and loaded.image is None
+    assert find_calibrations(tmp_path) == loaded
+    assert find_calibrations(tmp_path / "base-without", adapter_dir=None) is None
+
+
+def test_the_adapters_calibration_comes_before_the_bases(tmp_path: Path) -> None:
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir(), adapter.mkdir()
+    rules = CheckCalibration(RULE_FEATURES, (1.0,) * len(RULE_FEATURES), -1.0, 0.4)
+    model = CheckCalibration((MODEL_FEATURE,), (1.0,), 0.0, 0.6)
+    CheckCalibrations(text_only=rules).save(base / CALIBRATION_FILE)
+    CheckCalibrations(text_only=model).save(adapter / CALIBRATION_FILE)
+    assert find_calibrations(base, adapter).text_only == model
+    assert find_calibrations(base).text_only == rules
+    with pytest.raises(InputError, match="log-odds"):
+        model.probability(None, CLEAN[0])
+
+
+def test_bad_calibrations_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="threshold"):
+        CheckCalibration((MODEL_FEATURE,), (1.0,), 0.0, 1.5)
+    with pytest.raises(ModelError, match="bad features"):
+        CheckCalibration(("age",), (1.0,), 0.0, 0.5)
+    (tmp_path / "bad.json").write_text('{"text_only": {"features": ["model_log_odds"]}}')
+    with pytest.raises(ModelError, match="malformed"):
+        CheckCalibrations.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"ct": {}}')
+    with pytest.raises(ModelError, match="text_only"):
+        CheckCalibrations.load(tmp_path / "other.json")
+    with pytest.raises(InputError, match="at least"):
+        fit_calibration(CLEAN, [False, False, True])
+    with pytest.raises(InputError, match="same length"):
+        fit_calibration(CLEAN, [False, True])
