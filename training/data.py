@@ -17,7 +17,10 @@ Tasks (prompts and targets from :mod:`radlvlm.tasks`):
 * ``draft`` — image (+ indication) → ``FINDINGS: … IMPRESSION: …``. Needs a record with an image.
 * ``check_simple`` / ``check_complex`` — a report with, for ``error_fraction`` of the studies, one injected
   error (:func:`radlvlm.tasks.build_errorcheck_set`) → yes/no, or JSON with category and span. The image is
-  attached when the record has one (hospital studies); IU reports without images give text-only checks.
+  attached when the record has one (hospital studies); IU reports without images give text-only checks. With
+  ``check_variants > 1`` the train split draws from up to that many rows per study
+  (:func:`radlvlm.tasks.build_errorcheck_training_set`: varied surface forms, clean and errored, errors of many
+  families), and the check pools count those rows; validation and test keep one row per study.
 
 Mixture: the weights are the shares of each task in the dataset. Each task draws from its own pool (every
 record that can serve it, once); the dataset is the largest one whose shares fit in every pool (and at most
@@ -96,6 +99,10 @@ class TaskMixture:
             injected error, in (0, 1).
         max_examples (`int | None`, defaults to `None`): cap on the dataset's size (shares kept).
         with_indication (`bool`, defaults to `True`): put the clinical indication into drafting prompts.
+        check_variants (`int`, defaults to `1`): for the ``train`` split, how many rows each study may give
+            each check task (:func:`radlvlm.tasks.build_errorcheck_training_set`: varied surface forms, clean and
+            with one error of many families). 1 keeps one row per study (:func:`radlvlm.tasks.build_errorcheck_set`,
+            as the validation and test splits always do).
 
     Weights must be finite and non-negative with a positive sum; only their ratios matter.
     """
@@ -106,6 +113,7 @@ class TaskMixture:
     error_fraction: float = 0.5
     max_examples: int | None = None
     with_indication: bool = True
+    check_variants: int = 1
 
     def __post_init__(self) -> None:
         for name in TASKS:
@@ -120,6 +128,8 @@ class TaskMixture:
             isinstance(self.max_examples, bool) or not isinstance(self.max_examples, int) or self.max_examples < 1
         ):
             raise InputError(f"max_examples must be a positive integer or None, got {self.max_examples!r}")
+        if isinstance(self.check_variants, bool) or not isinstance(self.check_variants, int) or self.check_variants < 1:
+            raise InputError(f"check_variants must be a positive integer, got {self.check_variants!r}")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -372,7 +382,7 @@ def build_examples(
             ``validate``), a source that keeps no record in any split, a patient or study in two splits,
             or a task the mixture asks for with nothing to draw from.
     """
-    from radlvlm.tasks import build_errorcheck_set, errorcheck_prompt
+    from radlvlm.tasks import build_errorcheck_set, build_errorcheck_training_set, errorcheck_prompt
     from radlvlm.tasks.drafting import draft_prompt, draft_target
 
     if split not in SPLITS:
@@ -418,10 +428,12 @@ def build_examples(
 
     draft_pool = [r for r in records if "draft" in r.tasks and r.image is not None and (r.findings or r.impression)]
     check_pool = [r for r in records if r.tasks & {"check_simple", "check_complex"} and (r.findings or r.impression)]
+    # Training check pools count rows: each study may give up to ``check_variants`` varied rows per check task.
+    variants = mixture.check_variants if split == "train" else 1
     pools = {
         "draft": len(draft_pool),
-        "check_simple": sum("check_simple" in r.tasks for r in check_pool),
-        "check_complex": sum("check_complex" in r.tasks for r in check_pool),
+        "check_simple": variants * sum("check_simple" in r.tasks for r in check_pool),
+        "check_complex": variants * sum("check_complex" in r.tasks for r in check_pool),
     }
     report.pools = pools
     plan = _plan(mixture, pools, split)
@@ -447,16 +459,38 @@ def build_examples(
         if plan[task] == 0:
             continue
         pool = [r for r in check_pool if task in r.tasks]
-        chosen = sorted(pool, key=lambda r: _rank(seed, task, r.source, r.study_id))[: plan[task]]
+        ranked = sorted(pool, key=lambda r: _rank(seed, task, r.source, r.study_id))
+        if variants == 1:
+            chosen = ranked[: plan[task]]
+            rows, _ = build_errorcheck_set(
+                [
+                    {"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression}
+                    for r in chosen
+                ],
+                seed=_rank(seed, task) % (2**31),
+                error_fraction=mixture.error_fraction,
+            )
+        else:
+            # As many studies as the plan allows (breadth first), then as few variants each as fill the plan;
+            # the rows are then down-sampled to the plan by a seeded hash, so shares stay shares of examples.
+            chosen = ranked[: min(len(ranked), plan[task])]
+            per_study = min(variants, math.ceil(plan[task] / len(chosen)))
+            rows, _ = build_errorcheck_training_set(
+                [
+                    {"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression}
+                    for r in chosen
+                ],
+                seed=_rank(seed, task) % (2**31),
+                variants_per_report=per_study,
+                error_fraction=mixture.error_fraction,
+            )
+            rows = sorted(rows, key=lambda row: _rank(seed, task, "row", row["id"]))[: plan[task]]
         by_id = {r.study_id: r for r in chosen}
-        rows, _ = build_errorcheck_set(
-            [{"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression} for r in chosen],
-            seed=_rank(seed, task) % (2**31),
-            error_fraction=mixture.error_fraction,
-        )
         for row in rows:
             record = by_id[row["uid"]]
             meta = {**record.extra, "has_error": row["has_error"], "category": row["category"], "edit": row["edit"]}
+            if variants > 1:
+                meta.update(family=row["family"], variant=row["variant"])
             entries.append(
                 _Entry(
                     record.study_id,

@@ -54,7 +54,8 @@ class DataSpec:
 
     Args:
         sources (list[dict]): each ``{type: iu_xray | covid | nih_cxr14 | hospital | pseudo_pairs, ...options}``.
-        mixture (dict): weights of ``draft``, ``check_simple``, ``check_complex`` and the ``error_fraction``.
+        mixture (dict): weights of ``draft``, ``check_simple``, ``check_complex``, the ``error_fraction`` and
+            ``check_variants`` (rows per study for the train split's check tasks; see ``TaskMixture``).
         validation_split (str, default "validation"): the split evaluated during training.
         limit (int | None): keep at most this many examples per split (quick runs).
         preferences (dict | None): stage ``dpo`` only: ``dir`` (where the preference pairs are, or are built from
@@ -123,7 +124,8 @@ class Recipe:
         for index, source in enumerate(self.data.sources):
             if not isinstance(source, dict) or "type" not in source:
                 raise InputError(f"data.sources[{index}] needs a 'type'")
-        weights = {k: v for k, v in self.data.mixture.items() if k != "error_fraction"}
+        settings = {"error_fraction", "check_variants", "with_indication"}  # TaskMixture fields that are no weight
+        weights = {k: v for k, v in self.data.mixture.items() if k not in settings}
         unknown = set(weights) - {"draft", "check_simple", "check_complex"}
         if unknown:
             raise InputError(f"unknown task(s) in data.mixture: {sorted(unknown)}")

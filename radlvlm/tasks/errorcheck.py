@@ -19,8 +19,16 @@ from typing import Any
 
 from radlvlm.errors import InputError
 from radlvlm.reports import normalize_text
-from radlvlm.tasks.injection import applicable_edits, inject_error
+from radlvlm.tasks.injection import (
+    FAMILIES,
+    _analyse,
+    _family_candidates,
+    applicable_edits,
+    inject_error,
+    inject_family,
+)
 from radlvlm.tasks.taxonomy import ErrorCategory
+from radlvlm.tasks.variation import vary_report
 
 __all__ = [
     "PROMPTS",
@@ -28,6 +36,7 @@ __all__ = [
     "ComplexAnswer",
     "ErrorCheckTask",
     "build_errorcheck_set",
+    "build_errorcheck_training_set",
     "compose_report",
     "errorcheck_prompt",
     "errorcheck_target",
@@ -182,8 +191,8 @@ def build_errorcheck_set(
 
     Returns:
         ``(rows, summary)``. Each row: ``id``, ``uid``, ``split``, ``text``, ``has_error``, ``category``,
-        ``edit``, ``span``, ``original``, ``replacement``, ``seed``, ``simple_target``, ``complex_target``.
-        ``summary`` gives counts per split, category and edit, and the rows skipped.
+        ``edit``, ``span``, ``original``, ``replacement``, ``seed``, ``family``, ``simple_target``,
+        ``complex_target``. ``summary`` gives counts per split, category and edit, and the rows skipped.
 
     Raises:
         InputError: a row lacks a uid, a uid appears twice (or in two splits), a row has no split and no
@@ -242,7 +251,16 @@ def build_errorcheck_set(
                 used[category] += 1
                 row.update(text=corrupted, **record.to_dict())
             else:
-                row.update(text=text, category=None, edit=None, span=None, original=None, replacement=None, seed=None)
+                row.update(
+                    text=text,
+                    category=None,
+                    edit=None,
+                    span=None,
+                    original=None,
+                    replacement=None,
+                    seed=None,
+                    family=None,
+                )
             row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
             row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
             rows.append(row)
@@ -259,5 +277,143 @@ def build_errorcheck_set(
         },
         "categories": dict(sorted(Counter(r["category"] for r in rows if r["has_error"]).items())),
         "edits": dict(sorted(Counter(r["edit"] for r in rows if r["has_error"]).items())),
+    }
+    return rows, summary
+
+
+def _read_studies(reports: Iterable[Mapping[str, Any]]) -> tuple[list[tuple[str, str, str, str]], int]:
+    """``(uid, split, findings, impression)`` of each study with a report, and the count of empty ones."""
+    studies = []
+    seen: dict[str, int] = {}
+    skipped_empty = 0
+    for index, row in enumerate(reports, start=1):
+        uid = row.get("uid", row.get("id"))
+        if uid is None or str(uid).strip() == "":
+            raise InputError(f"report row {index} has no uid")
+        uid = str(uid)
+        if uid in seen:
+            raise InputError(f"uid in report rows {seen[uid]} and {index}: every study must appear once")
+        seen[uid] = index
+        if not row.get("split"):
+            raise InputError(f"report row {index} has no 'split'")
+        findings, impression = str(row.get("findings") or ""), str(row.get("impression") or "")
+        if not compose_report(findings, impression):
+            skipped_empty += 1
+            continue
+        studies.append((uid, str(row["split"]), findings, impression))
+    return studies, skipped_empty
+
+
+def build_errorcheck_training_set(
+    reports: Iterable[Mapping[str, Any]],
+    *,
+    seed: int,
+    variants_per_report: int = 8,
+    error_fraction: float = 0.5,
+    families: Iterable[str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A large, varied error-check set for TRAINING: several surface variants of each study, clean and errored.
+
+    Each study gives ``variants_per_report`` rows. Variant 0 is the report as written; the others are
+    :func:`~radlvlm.tasks.variation.vary_report` rewrites (label-preserving; a duplicate of an earlier variant's
+    text is redrawn a few times). For each study a seeded ``error_fraction`` of its variants carry one injected
+    error, of a family (:data:`~radlvlm.tasks.injection.FAMILIES`) drawn per row: the least-used family the variant
+    can carry, ties broken by the seed, so families are spread evenly as far as the reports allow. One study thus
+    gives clean and errored versions; this is for a training split only (never build evaluation sets this way:
+    :func:`build_errorcheck_set` keeps each study once). Rows keep their study's ``uid`` and ``split``.
+
+    Args:
+        reports (`Iterable[Mapping]`): rows with ``uid``, ``split`` and ``findings``/``impression``; rows with
+            neither section are skipped and counted.
+        seed (`int`): seeds variation, the errored variants, family choice and injection.
+        variants_per_report (`int`, defaults to `8`): rows per study, >= 1.
+        error_fraction (`float`, defaults to `0.5`): share of each study's variants that carry an error, in (0, 1)
+            (with a fractional count, e.g. 1 variant at 0.5, the last one is drawn with that probability).
+        families (`Iterable[str]`, *optional*): the families to inject (default: all).
+
+    Returns:
+        ``(rows, summary)``. Each row has :func:`build_errorcheck_set`'s fields (``id`` is ``"<uid>#v<variant>"``)
+        plus ``variant``; ``family`` is ``None`` on clean rows. ``summary`` counts rows per split, family, category
+        and edit.
+
+    Raises:
+        InputError: a row without uid or split, a repeated uid, a bad fraction or variant count, an unknown family.
+    """
+    if isinstance(variants_per_report, bool) or not isinstance(variants_per_report, int) or variants_per_report < 1:
+        raise InputError(f"variants_per_report must be a positive integer, got {variants_per_report!r}")
+    if not 0.0 < error_fraction < 1.0:
+        raise InputError(f"error_fraction must be in (0, 1), got {error_fraction}")
+    wanted = list(FAMILIES) if families is None else list(dict.fromkeys(families))
+    unknown = [f for f in wanted if f not in FAMILIES]
+    if unknown or not wanted:
+        raise InputError(f"unknown or no error family {unknown}; choose from {', '.join(FAMILIES)}")
+    studies, skipped_empty = _read_studies(reports)
+    studies.sort(key=lambda item: _hash_int(seed, "train-order", item[0]))
+    rng = random.Random(f"radlvlm-errorcheck-train:{seed}")
+    used: Counter[str] = Counter({f: 0 for f in wanted})
+    whole, part = divmod(variants_per_report * error_fraction, 1.0)
+    rows: list[dict[str, Any]] = []
+    for uid, split, findings, impression in studies:
+        n_error = int(whole) + (1 if rng.random() < part else 0)
+        errored = set(rng.sample(range(variants_per_report), n_error))
+        texts: set[str] = set()
+        for variant in range(variants_per_report):
+            text = compose_report(findings, impression)
+            for attempt in range(4 if variant else 0):
+                varied = compose_report(*vary_report(findings, impression, seed=_hash_int(seed, uid, variant, attempt)))
+                text = varied
+                if varied not in texts:
+                    break
+            texts.add(text)
+            row: dict[str, Any] = {
+                "id": f"{uid}#v{variant}",
+                "uid": uid,
+                "split": split,
+                "variant": variant,
+                "has_error": False,
+            }
+            record = None
+            if variant in errored:
+                sentences = _analyse(text)
+                for family in sorted(wanted, key=lambda f: (used[f], rng.random())):
+                    if _family_candidates(text, family, sentences):
+                        injection_seed = _hash_int(seed, "inject-train", uid, variant) % (2**31)
+                        corrupted, record = inject_family(text, family, seed=injection_seed, _sentences=sentences)
+                        used[family] += 1
+                        break
+            if record is not None:
+                row.update(has_error=True, text=corrupted, **record.to_dict())
+            else:
+                row.update(
+                    text=text,
+                    category=None,
+                    edit=None,
+                    span=None,
+                    original=None,
+                    replacement=None,
+                    seed=None,
+                    family=None,
+                )
+            row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
+            row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
+            rows.append(row)
+    splits = sorted({r["split"] for r in rows})
+    errored_rows = [r for r in rows if r["has_error"]]
+    summary = {
+        "n_rows": len(rows),
+        "n_studies": len(studies),
+        "variants_per_report": variants_per_report,
+        "skipped_empty_reports": skipped_empty,
+        "seed": seed,
+        "splits": {
+            split: {
+                "n": sum(r["split"] == split for r in rows),
+                "n_error": sum(r["split"] == split for r in errored_rows),
+            }
+            for split in splits
+        },
+        "families": {f: used[f] for f in wanted},
+        "categories": dict(sorted(Counter(r["category"] for r in errored_rows).items())),
+        "edits": dict(sorted(Counter(r["edit"] for r in errored_rows).items())),
     }
     return rows, summary

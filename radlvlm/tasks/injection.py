@@ -6,6 +6,17 @@ and the original text it replaced, so :meth:`InjectedError.revert` gives the ori
 
 The same ``(text, category, edit, seed)`` always gives the same edit: the random generator is built from the seed
 alone, never from global state. Word lists live in ``radlvlm/tasks/data/lexicon.json``.
+
+Two ways in:
+
+* :func:`inject_error` by category (the legacy per-category generators; :func:`build_errorcheck_set`, the
+  evaluation builder, uses these and its output does not change);
+* :func:`inject_family` by a finer *family* (:data:`FAMILIES`), each mapped to one category and edit: the error
+  kinds of ReXErr (Rao et al. 2024: false prediction, false negation, added contradiction, changed severity,
+  location, measurement, device) and GREEN (Ostmeier et al. 2024: false finding, missed finding, location,
+  severity, unsupported comparison, omitted comparison). Families touch clinically significant findings only
+  (no severity or side of degenerative change), never edit inside a negated sentence where the edit would
+  leave a true statement ("no left effusion" -> "no right effusion"), and inject into findings or impression.
 """
 
 from __future__ import annotations
@@ -22,10 +33,14 @@ from radlvlm.errors import InputError
 from radlvlm.tasks.taxonomy import VALID_EDITS, EditKind, ErrorCategory
 
 __all__ = [
+    "FAMILIES",
+    "ErrorFamily",
     "InjectedError",
     "InjectionNotApplicableError",
     "applicable_edits",
+    "applicable_families",
     "inject_error",
+    "inject_family",
     "lexicon",
     "sentence_spans",
 ]
@@ -54,6 +69,7 @@ class InjectedError:
         original (`str`): the source text that was replaced (``""`` for an insertion).
         replacement (`str`): the text now at ``[start, end)`` (``""`` for a removal).
         seed (`int`): the seed the edit was drawn with.
+        family (`str | None`): the finer error family (:data:`FAMILIES`), e.g. ``"laterality"``.
     """
 
     category: ErrorCategory
@@ -63,6 +79,7 @@ class InjectedError:
     original: str
     replacement: str
     seed: int
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if self.end - self.start != len(self.replacement):
@@ -84,6 +101,7 @@ class InjectedError:
             "original": self.original,
             "replacement": self.replacement,
             "seed": self.seed,
+            "family": self.family,
         }
 
     @classmethod
@@ -97,6 +115,7 @@ class InjectedError:
             original=str(data["original"]),
             replacement=str(data["replacement"]),
             seed=int(data["seed"]),
+            family=str(data["family"]) if data.get("family") is not None else None,
         )
 
 
@@ -218,8 +237,13 @@ def _severity(text: str, spans: list[tuple[int, int]]) -> list[_Candidate]:
     return out
 
 
+@cache
+def _flip_rules() -> tuple[tuple[re.Pattern[str], str], ...]:
+    return tuple((re.compile(p, re.IGNORECASE), r) for p, r in lexicon()["negation_flips"])
+
+
 def _negation_flips(text: str, spans: list[tuple[int, int]]) -> list[_Candidate]:
-    rules = [(re.compile(p, re.IGNORECASE), r) for p, r in lexicon()["negation_flips"]]
+    rules = _flip_rules()
     out = []
     for s, e in spans:
         body_end = e - 1 if text[e - 1] in ".!?" else e
@@ -311,5 +335,473 @@ def inject_error(
         original=text[chosen.start : chosen.end],
         replacement=chosen.replacement,
         seed=seed,
+        family=_legacy_family(category, edit, text[chosen.start : chosen.end], chosen.replacement),
+    )
+    return corrupted, record
+
+
+def _legacy_family(category: ErrorCategory, edit: EditKind, original: str, replacement: str) -> str:
+    """The family name of an edit made by the legacy per-category generators (names as in :data:`FAMILIES`)."""
+    if category is ErrorCategory.FALSE_FINDING:
+        return "false_prediction" if edit is EditKind.INSERT else "wrong_finding"
+    if category is ErrorCategory.OMITTED_FINDING:
+        return "missed_finding"
+    if category is ErrorCategory.WRONG_LOCATION:
+        return "laterality" if original.lower() in ("left", "right") else "location_zone"
+    if category is ErrorCategory.WRONG_SEVERITY:
+        return "measurement" if any(c.isdigit() for c in original) else "severity"
+    if category is ErrorCategory.NEGATION_FLIP:
+        return "negation_removed" if _is_negated(original) else "false_negation"
+    return category.value  # the two comparison categories are families of their own
+
+
+# --------------------------------------------------------------------------------------------- families
+@dataclass(frozen=True)
+class ErrorFamily:
+    """A finer kind of error, mapped to one taxonomy category and edit.
+
+    Args:
+        name (`str`): the stable name written to rows (``"laterality"`` …).
+        category (`ErrorCategory`): the category the COMPLEX task answers with.
+        edit (`EditKind`): how it is injected.
+        source (`str`): where in the literature it comes from.
+        description (`str`): what the edit does.
+    """
+
+    name: str
+    category: ErrorCategory
+    edit: EditKind
+    source: str
+    description: str
+
+
+_F = ErrorCategory
+_E = EditKind
+FAMILIES: dict[str, ErrorFamily] = {
+    f.name: f
+    for f in (
+        ErrorFamily(
+            "false_prediction",
+            _F.FALSE_FINDING,
+            _E.INSERT,
+            "ReXErr false prediction; GREEN false finding",
+            "a sentence asserting a finding the report does not mention",
+        ),
+        ErrorFamily(
+            "wrong_finding",
+            _F.FALSE_FINDING,
+            _E.SUBSTITUTE,
+            "ReXVal false prediction",
+            "a positive finding replaced by a different one (granuloma -> nodule)",
+        ),
+        ErrorFamily(
+            "added_contradiction",
+            _F.FALSE_FINDING,
+            _E.INSERT,
+            "ReXErr added contradiction",
+            "a sentence asserting a finding that another sentence negates or calls normal, in the other section",
+        ),
+        ErrorFamily(
+            "device_inserted",
+            _F.FALSE_FINDING,
+            _E.INSERT,
+            "ReXErr device",
+            "a support device (tube, line, pacemaker) in a report that mentions none",
+        ),
+        ErrorFamily(
+            "missed_finding",
+            _F.OMITTED_FINDING,
+            _E.REMOVE,
+            "GREEN missed finding",
+            "a sentence with a clinically significant positive finding removed",
+        ),
+        ErrorFamily(
+            "laterality",
+            _F.WRONG_LOCATION,
+            _E.SUBSTITUTE,
+            "ReXErr location; GREEN location",
+            "left <-> right in a positive sentence about a significant finding",
+        ),
+        ErrorFamily(
+            "location_zone",
+            _F.WRONG_LOCATION,
+            _E.SUBSTITUTE,
+            "ReXErr location; GREEN location",
+            "upper/lower, apical/basilar, anterior/posterior, lobe swaps in a positive significant sentence",
+        ),
+        ErrorFamily(
+            "device_position",
+            _F.WRONG_LOCATION,
+            _E.SUBSTITUTE,
+            "ReXErr device position",
+            "a device tip moved to a malposition (ET tube above the carina -> right mainstem bronchus)",
+        ),
+        ErrorFamily(
+            "severity",
+            _F.WRONG_SEVERITY,
+            _E.SUBSTITUTE,
+            "ReXErr changed severity; GREEN severity",
+            "mild <-> severe, small <-> large … in a positive significant sentence",
+        ),
+        ErrorFamily(
+            "measurement",
+            _F.WRONG_SEVERITY,
+            _E.SUBSTITUTE,
+            "ReXErr measurement",
+            "a size or distance tripled, cut to a third, or its unit swapped (mm <-> cm)",
+        ),
+        ErrorFamily(
+            "unsupported_comparison",
+            _F.UNSUPPORTED_COMPARISON,
+            _E.INSERT,
+            "GREEN unsupported comparison",
+            "a comparison with a prior study in a report that makes none",
+        ),
+        ErrorFamily(
+            "omitted_comparison",
+            _F.OMITTED_COMPARISON,
+            _E.REMOVE,
+            "GREEN omitted comparison",
+            "a sentence comparing with a prior study removed",
+        ),
+        ErrorFamily(
+            "false_negation",
+            _F.NEGATION_FLIP,
+            _E.SUBSTITUTE,
+            "ReXErr false negation",
+            "a positive significant finding negated",
+        ),
+        ErrorFamily(
+            "negation_removed",
+            _F.NEGATION_FLIP,
+            _E.SUBSTITUTE,
+            "ReXErr false prediction by negation",
+            "a fully negated significant finding made positive",
+        ),
+        ErrorFamily(
+            "contradicting_impression",
+            _F.NEGATION_FLIP,
+            _E.SUBSTITUTE,
+            "ReXErr added contradiction",
+            "the impression denies a finding the findings assert ('No pneumothorax.' or a normal impression)",
+        ),
+    )
+}
+"""The error families, in a fixed order; every category of the taxonomy has at least one."""
+
+
+def _section_of(text: str) -> list[tuple[str, int, int]]:
+    """``(name, start, end)`` of the ``FINDINGS:``/``IMPRESSION:`` sections (one ``"report"`` without headers)."""
+    heads = [(m.group(1).lower(), m.start(), m.end()) for m in _SECTION_HEAD.finditer(text)]
+    if not heads:
+        return [("report", 0, len(text))]
+    out = []
+    for i, (name, start, _) in enumerate(heads):
+        end = heads[i + 1][1] if i + 1 < len(heads) else len(text)
+        out.append((name, start, end))
+    return out
+
+
+_SECTION_HEAD = re.compile(r"^(FINDINGS|IMPRESSION):", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    start: int
+    end: int
+    text: str
+    section: str
+    negated: bool
+    fully_negated: bool
+    significant: bool
+
+
+def _fully_negated(sentence: str) -> bool:
+    """The whole sentence denies (``No X or Y.``, ``X is not seen.``): safe to contradict or flip as a whole."""
+    lex = lexicon()
+    low = sentence.lower().rstrip(".!? ")
+    if ";" in low or _word_re(lex["negation_blockers"]).search(low):
+        return False
+    if any(re.match(p, low) for p in lex["full_negation_openers"]):
+        return True
+    return bool(re.match(r"^[\w ,-]+ (?:is|are) not (?:seen|identified|present|visualized|demonstrated)$", low))
+
+
+def _analyse(text: str) -> list[_Sentence]:
+    lex = lexicon()
+    significant = _word_re(lex["significant_terms"])
+    sections = _section_of(text)
+    out = []
+    for s, e in sentence_spans(text):
+        sentence = text[s:e]
+        section = next((name for name, a, b in sections if a <= s < b), "report")
+        out.append(
+            _Sentence(
+                s,
+                e,
+                sentence,
+                section,
+                _is_negated(sentence),
+                _fully_negated(sentence),
+                bool(significant.search(sentence)),
+            )
+        )
+    return out
+
+
+def _positive_significant(sentences: list[_Sentence]) -> list[tuple[int, int]]:
+    return [(x.start, x.end) for x in sentences if x.significant and not x.negated]
+
+
+def _other_section_points(text: str, sentences: list[_Sentence], section: str) -> list[int]:
+    """Insertion points (sentence ends) in a section other than ``section``; the same one if there is no other."""
+    points = [x.end for x in sentences if x.section != section]
+    return points or [x.end for x in sentences]
+
+
+def _mentioned_positively(sentences: list[_Sentence], terms: list[str]) -> bool:
+    pattern = _word_re(terms)
+    return any(pattern.search(x.text) and not x.negated for x in sentences)
+
+
+def _f_false_prediction(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    fresh = [f["text"] for f in lexicon()["false_prediction_sentences"] if not _mentions(text, f["terms"])]
+    return _insert(text, [(x.start, x.end) for x in sentences], fresh)
+
+
+def _f_wrong_finding(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    return _swap_words(text, _positive_significant(sentences), lexicon()["finding_substitutions"], positive_only=True)
+
+
+def _matches_normal(sentence: str, normals: list[str]) -> bool:
+    low = sentence.lower()
+    return any(n in low for n in normals) and not _is_negated(sentence)
+
+
+def _f_added_contradiction(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    out = []
+    for entry in lexicon()["contradictions"]:
+        terms = _word_re(entry["terms"])
+        if _mentioned_positively(sentences, entry["terms"]):
+            continue  # the report asserts it somewhere: a second assertion is no contradiction
+        for x in sentences:
+            denies = x.fully_negated and terms.search(x.text)
+            if not denies and not _matches_normal(x.text, entry["normal"]):
+                continue
+            for point in _other_section_points(text, sentences, x.section):
+                for positive in entry["positive"]:
+                    out.append(_Candidate(point, point, " " + positive))
+    return _unique(out)
+
+
+def _unique(candidates: list[_Candidate]) -> list[_Candidate]:
+    return list(dict.fromkeys(candidates))
+
+
+def _f_device_inserted(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    if _word_re(lexicon()["device_terms"]).search(text):
+        return []
+    return _insert(text, [(x.start, x.end) for x in sentences], lexicon()["device_sentences"])
+
+
+def _f_missed_finding(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    spans = [(x.start, x.end) for x in sentences]
+    return _remove(text, spans, _positive_significant(sentences))
+
+
+def _f_laterality(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    return _swap_words(text, _positive_significant(sentences), lexicon()["laterality_swaps"], positive_only=True)
+
+
+def _f_location_zone(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    return _swap_words(text, _positive_significant(sentences), lexicon()["zone_swaps"], positive_only=True)
+
+
+def _f_device_position(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    devices = _word_re(["tube", "catheter", "PICC", "line", "port", "tip"])
+    spans = [(x.start, x.end) for x in sentences if devices.search(x.text) and "lead" not in x.text.lower()]
+    out = []
+    for c in _swap_words(text, spans, lexicon()["device_position_swaps"], positive_only=False):
+        original = text[c.start : c.end]
+        if original.isupper():  # "SVC" -> "azygos vein", not "AZYGOS VEIN"
+            table = {a.lower(): b for a, b in lexicon()["device_position_swaps"]}
+            c = _Candidate(c.start, c.end, table[original.lower()])
+        out.append(c)
+    return out
+
+
+def _f_severity(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    return _swap_words(text, _positive_significant(sentences), lexicon()["severity_family_swaps"], positive_only=True)
+
+
+_MEASURE_FAMILY = re.compile(r"\b(\d+(?:\.\d+)?)(\s?)(cm|mm)\b")
+
+
+def _f_measurement(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    out = []
+    for x in sentences:
+        if x.negated:
+            continue  # "no nodule larger than 5 mm" stays true whatever the number
+        for m in _MEASURE_FAMILY.finditer(x.text):
+            value, blank, unit = float(m.group(1)), m.group(2), m.group(3)
+            start, end = x.start + m.start(), x.start + m.end()
+            for factor in (3.0, 1 / 3):
+                number = f"{value * factor:.1f}".rstrip("0").rstrip(".")
+                if number not in ("0", m.group(1)):
+                    out.append(_Candidate(start, end, f"{number}{blank}{unit}"))
+            out.append(_Candidate(start, end, f"{m.group(1)}{blank}{'mm' if unit == 'cm' else 'cm'}"))
+    return out
+
+
+def _f_unsupported_comparison(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    lex = lexicon()
+    if _word_re(lex["comparison_cues"]).search(text):
+        return []
+    return _insert(text, [(x.start, x.end) for x in sentences], lex["unsupported_comparison_family_sentences"])
+
+
+def _f_omitted_comparison(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    cues = _word_re(lexicon()["comparison_cues"])
+    spans = [(x.start, x.end) for x in sentences]
+    return _remove(text, spans, [(x.start, x.end) for x in sentences if cues.search(x.text)])
+
+
+_NO_QUALIFIER = re.compile(
+    r"\b(no) (?:(?:small|mild|minimal|trace|tiny|moderate|large|severe|borderline|slight|marked|extensive) )+", re.I
+)
+_VERB = re.compile(r"\b(?:is|are|was|were|has|have|had|with|and|or|seen|noted|present|appears?|may|which)\b", re.I)
+_QUALIFIER = re.compile(
+    r"^(?:(?:mild|mildly|moderate|small|large|minimal|trace|severe|borderline|tiny|slight|marked|extensive|"
+    r"a|an|the|some|stable|persistent|new|unchanged|increased|decreased|improved|improving|worsening|worsened)\s+)+",
+    re.I,
+)
+
+
+def _f_false_negation(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    spans = _positive_significant(sentences)
+    # "There is no small effusion" could be read as "the effusion is not small": deny the finding itself.
+    out = [_Candidate(c.start, c.end, _NO_QUALIFIER.sub(r"\1 ", c.replacement)) for c in _negation_flips(text, spans)]
+    flipped = {c.start for c in out}
+    for s, e in spans:
+        if s in flipped:
+            continue
+        body_end = e - 1 if text[e - 1] in ".!?" else e
+        body = text[s:body_end]
+        # A bare noun phrase ("Small left pleural effusion.") is denied as a whole: "No left pleural effusion."
+        if len(body.split()) > 7 or _VERB.search(body) or "," in body or "XXXX" in body:
+            continue
+        core = _QUALIFIER.sub("", body)
+        if not core:
+            continue
+        core = core if core[:2].isupper() else core[:1].lower() + core[1:]
+        out.append(_Candidate(s, body_end, "No " + core))
+    return out
+
+
+def _f_negation_removed(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    spans = [(x.start, x.end) for x in sentences if x.fully_negated and x.significant]
+    out = []
+    for c in _negation_flips(text, spans):
+        # "No A, B or C" made positive reads "There is A, B and C": one edit, every item now asserted.
+        out.append(_Candidate(c.start, c.end, re.sub(r",? or ", " and ", c.replacement)))
+    return out
+
+
+def _f_contradicting_impression(text: str, sentences: list[_Sentence]) -> list[_Candidate]:
+    lex = lexicon()
+    findings = [x for x in sentences if x.section == "findings"]
+    impression = [x for x in sentences if x.section == "impression"]
+    if not findings or not impression:
+        return []
+    out = []
+    for entry in lex["contradictions"]:
+        terms = _word_re(entry["terms"])
+        if not any(terms.search(x.text) and not x.negated for x in findings):
+            continue
+        hits = [x for x in impression if terms.search(x.text) and not x.negated]
+        for x in hits:
+            out.append(_Candidate(x.start, x.end, entry["negative"]))
+        if hits:
+            start, end = impression[0].start, impression[-1].end
+            for normal in lex["normal_impressions"]:
+                out.append(_Candidate(start, end, normal))
+    return _unique(out)
+
+
+_GENERATORS = {
+    "false_prediction": _f_false_prediction,
+    "wrong_finding": _f_wrong_finding,
+    "added_contradiction": _f_added_contradiction,
+    "device_inserted": _f_device_inserted,
+    "missed_finding": _f_missed_finding,
+    "laterality": _f_laterality,
+    "location_zone": _f_location_zone,
+    "device_position": _f_device_position,
+    "severity": _f_severity,
+    "measurement": _f_measurement,
+    "unsupported_comparison": _f_unsupported_comparison,
+    "omitted_comparison": _f_omitted_comparison,
+    "false_negation": _f_false_negation,
+    "negation_removed": _f_negation_removed,
+    "contradicting_impression": _f_contradicting_impression,
+}
+assert list(_GENERATORS) == list(FAMILIES)
+
+
+def _family(name: str) -> ErrorFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"unknown error family {name!r}; choose from {', '.join(FAMILIES)}") from None
+
+
+def _family_candidates(text: str, name: str, sentences: list[_Sentence] | None = None) -> list[_Candidate]:
+    _family(name)
+    if sentences is None:
+        sentences = _analyse(text)
+    if not sentences:
+        return []
+    return [c for c in _GENERATORS[name](text, sentences) if text[c.start : c.end] != c.replacement]
+
+
+def applicable_families(text: str) -> list[str]:
+    """The families (:data:`FAMILIES` order) that can be injected into ``text``."""
+    sentences = _analyse(text)
+    return [name for name in FAMILIES if _family_candidates(text, name, sentences)]
+
+
+def inject_family(
+    text: str, family: str, *, seed: int, _sentences: list[_Sentence] | None = None
+) -> tuple[str, InjectedError]:
+    """Inject one error of ``family`` (:data:`FAMILIES`) into ``text``.
+
+    Args:
+        text (`str`): the report (``FINDINGS:``/``IMPRESSION:`` headers are never edited).
+        family (`str`): the family name.
+        seed (`int`): seeds the position and wording.
+
+    Returns:
+        The corrupted text and the :class:`InjectedError` (with ``family`` set) that turns it back into ``text``.
+
+    Raises:
+        InjectionNotApplicableError: the report offers nothing this family could change.
+        InputError: an unknown family.
+    """
+    spec = _family(family)
+    candidates = _family_candidates(text, family, _sentences)
+    if not candidates:
+        raise InjectionNotApplicableError(f"report offers no place for a {family} error")
+    rng = random.Random(f"radlvlm-inject-family:{family}:{seed}")
+    chosen = rng.choice(candidates)
+    corrupted = text[: chosen.start] + chosen.replacement + text[chosen.end :]
+    record = InjectedError(
+        category=spec.category,
+        edit=spec.edit,
+        start=chosen.start,
+        end=chosen.start + len(chosen.replacement),
+        original=text[chosen.start : chosen.end],
+        replacement=chosen.replacement,
+        seed=seed,
+        family=family,
     )
     return corrupted, record

@@ -157,3 +157,74 @@ def test_build_does_not_depend_on_the_hash_seed() -> None:
         )
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+# ------------------------------------------------------------------------------------------------ training set
+def test_training_set_variants_balance_families_and_revert() -> None:
+    from radlvlm.tasks import FAMILIES, build_errorcheck_training_set
+
+    rows = _rows(40, "train")
+    built, summary = build_errorcheck_training_set(rows, seed=3, variants_per_report=8)
+    assert len(built) == summary["n_rows"] == 320 and summary["n_studies"] == 40
+    assert Counter(r["uid"] for r in built) == {r["uid"]: 8 for r in rows}
+    assert summary["splits"] == {"train": {"n": 320, "n_error": 160}}
+    for uid in {r["uid"] for r in built}:  # each study: 4 errored and 4 clean variants
+        assert sum(r["has_error"] for r in built if r["uid"] == uid) == 4
+    assert {r["variant"] for r in built} == set(range(8))
+    families = Counter(r["family"] for r in built if r["has_error"])
+    assert sum(families.values()) == 160 and len(families) >= 10
+    assert summary["families"] == {f: families.get(f, 0) for f in FAMILIES}
+    by_uid = {r["uid"]: r for r in rows}
+    texts = set()
+    for row in built:
+        assert (
+            row["family"] is None if not row["has_error"] else FAMILIES[row["family"]].category.value == row["category"]
+        )
+        if row["has_error"]:
+            clean = InjectedError.from_dict(row).revert(row["text"])
+            assert clean.startswith("FINDINGS: ")
+        elif row["variant"] == 0:
+            source = by_uid[row["uid"]]
+            assert row["text"] == compose_report(source["findings"], source["impression"])
+        texts.add(row["text"])
+    assert len(texts) > 100  # 4 distinct reports in _rows: the variants differ in surface form
+    assert build_errorcheck_training_set(rows, seed=3, variants_per_report=8) == (built, summary)
+    assert build_errorcheck_training_set(rows, seed=4, variants_per_report=8)[0] != built
+
+
+def test_training_set_keeps_splits_and_validates() -> None:
+    from radlvlm.tasks import build_errorcheck_training_set
+
+    rows = _rows(10, "train") + [dict(r, uid=str(int(r["uid"]) + 100), split="test") for r in _rows(6)]
+    built, summary = build_errorcheck_training_set(rows, seed=0, variants_per_report=3)
+    split_of = {r["uid"]: r["split"] for r in rows}
+    assert all(row["split"] == split_of[row["uid"]] for row in built)
+    assert summary["splits"]["train"]["n"] == 30 and summary["splits"]["test"]["n"] == 18
+    with pytest.raises(InputError, match="variants_per_report"):
+        build_errorcheck_training_set(rows, seed=0, variants_per_report=0)
+    with pytest.raises(InputError, match="error family"):
+        build_errorcheck_training_set(rows, seed=0, families=["typo"])
+    with pytest.raises(InputError, match="no 'split'"):
+        build_errorcheck_training_set(_rows(2, None), seed=0)
+    only, _ = build_errorcheck_training_set(rows, seed=0, variants_per_report=4, families=["laterality"])
+    assert {r["family"] for r in only} <= {None, "laterality"}
+
+
+def test_training_set_on_the_iu_train_split_is_large_varied_and_fast() -> None:
+    import time
+
+    from radlvlm.tasks import build_errorcheck_training_set
+
+    rows = [json.loads(line) for line in shared_path("iu_xray", "train.jsonl").read_text().splitlines()]
+    start = time.perf_counter()
+    built, summary = build_errorcheck_training_set(rows, seed=0, variants_per_report=8)
+    elapsed = time.perf_counter() - start
+    assert summary["n_rows"] > 20_000 and abs(summary["splits"]["train"]["n_error"] / summary["n_rows"] - 0.5) < 0.01
+    assert all(summary["families"].values()) and len(summary["categories"]) == len(ErrorCategory)
+    assert {r["split"] for r in built} == {"train"}
+    assert elapsed < 60, elapsed
+
+
+def test_evaluation_set_rows_carry_the_family() -> None:
+    built, _ = build_errorcheck_set(_rows(20), seed=1)
+    assert all((r["family"] is None) == (not r["has_error"]) for r in built)

@@ -63,6 +63,10 @@ def test_mixture_is_validated() -> None:
         TaskMixture(error_fraction=1.0)
     with pytest.raises(InputError, match="max_examples"):
         TaskMixture(max_examples=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="check_variants"):
+            TaskMixture(check_variants=bad)
+    assert TaskMixture.from_dict({"check_variants": 4}).to_dict()["check_variants"] == 4
     with pytest.raises(InputError, match=r"unknown mixture key\(s\) \['drafts'\]"):
         TaskMixture.from_dict({"drafts": 1})
     mixture = TaskMixture.from_dict({"draft": 2, "check_simple": 1, "check_complex": 1})
@@ -201,6 +205,69 @@ def test_mixture_proportions_determinism_and_report(iu_root: Path, nih_manifest:
     assert data["task_counts"] == counts and data["n_examples"] == len(dataset)
     table = str(report)
     assert "iu_xray" in table and "nih_cxr14" in table and "no image: check tasks only" in table
+
+
+def test_check_variants_give_more_varied_check_examples_for_train_only(iu_root: Path, nih_manifest: Path) -> None:
+    from radlvlm.tasks import build_errorcheck_set, errorcheck_prompt
+    from radlvlm.training.data import _rank
+    from radlvlm.training.sources import Record
+
+    source = IUXraySource(iu_root, limit=60)
+    checks = TaskMixture(draft=0, check_simple=1, check_complex=1)
+    base, base_report = build_examples([source], mixture=checks, split="train", seed=3)
+    kept = base_report.sources["iu_xray"].kept
+    # check_variants=1 is exactly what the check tasks gave before: one build_errorcheck_set row per study.
+    assert _all(base) == _all(
+        build_examples(
+            [source], mixture=TaskMixture(**{**checks.to_dict(), "check_variants": 1}), split="train", seed=3
+        )[0]
+    )
+    simple = sorted(
+        base.text(i) for i, m in enumerate(map(base.metadata, range(len(base)))) if m["task"] == "check_simple"
+    )
+    records = [r for r in source.records() if isinstance(r, Record) and r.split == "train"]
+    rows, _ = build_errorcheck_set(
+        [{"uid": r.study_id, "split": "train", "findings": r.findings, "impression": r.impression} for r in records],
+        seed=_rank(3, "check_simple") % (2**31),
+    )
+    assert simple == sorted((errorcheck_prompt("simple", r["text"]), r["simple_target"]) for r in rows)
+    assert all("family" not in base.metadata(i) for i in range(len(base)))
+
+    varied, report = build_examples(
+        [source], mixture=TaskMixture(draft=0, check_simple=1, check_complex=1, check_variants=4), split="train", seed=3
+    )
+    assert report.pools["check_simple"] == 4 * kept
+    counts = varied.task_counts()
+    assert counts["check_simple"] == counts["check_complex"] == 4 * kept
+    meta = [varied.metadata(i) for i in range(len(varied))]
+    assert {m["variant"] for m in meta} == {0, 1, 2, 3}
+    assert abs(sum(m["has_error"] for m in meta) / len(meta) - 0.5) < 0.05
+    assert len({m["family"] for m in meta if m["has_error"]}) >= 8
+    assert {m["split"] for m in meta} == {"train"}
+    assert _all(varied) == _all(
+        build_examples(
+            [source],
+            mixture=TaskMixture(draft=0, check_simple=1, check_complex=1, check_variants=4),
+            split="train",
+            seed=3,
+        )[0]
+    )
+    # Shares stay shares of examples: drafting limits the dataset, the check rows are down-sampled to their share.
+    sources = [source, NIHSource(nih_manifest, limit=100)]
+    mixed, mixed_report = build_examples(
+        sources, mixture=TaskMixture(draft=1, check_simple=1, check_complex=1, check_variants=8), split="train", seed=7
+    )
+    assert mixed.task_counts() == {"draft": 100, "check_simple": 100, "check_complex": 100}
+    assert mixed_report.pools["check_simple"] == 8 * mixed_report.sources["iu_xray"].kept
+    # Validation and test keep one row per study.
+    validation, val_report = build_examples(
+        [source],
+        mixture=TaskMixture(draft=0, check_simple=1, check_complex=1, check_variants=8),
+        split="validation",
+        seed=3,
+    )
+    assert validation.task_counts()["check_simple"] == val_report.sources["iu_xray"].kept
+    assert all("variant" not in validation.metadata(i) for i in range(len(validation)))
 
 
 def test_no_patient_or_study_in_two_splits(iu_root: Path, nih_manifest: Path, covid_manifest: Path, pairs) -> None:
