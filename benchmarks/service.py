@@ -60,8 +60,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def start_server(
-    model_dir: Path, work: Path, batch_size: int, max_new_tokens: int
+    model_dir: Path | None, work: Path, batch_size: int, max_new_tokens: int
 ) -> tuple[subprocess.Popen, str, str]:
+    """``radlvlm serve`` on ``model_dir`` (None: the embedded default model) on a free local port."""
     from radlvlm.service.security import new_key
 
     key, entry = new_key(("draft", "check"))
@@ -69,7 +70,7 @@ def start_server(
     env = {
         **os.environ,
         "RADLVLM_API_KEYS": entry,
-        "RADLVLM_MODEL_DIR": str(model_dir),
+        **({"RADLVLM_MODEL_DIR": str(model_dir)} if model_dir is not None else {}),
         "RADLVLM_MAX_BATCH_SIZE": str(batch_size),
         "RADLVLM_MAX_WAIT_MS": "10",
         "RADLVLM_MAX_QUEUE": "256",

@@ -21,6 +21,10 @@ Tasks (prompts and targets from :mod:`radlvlm.tasks`):
   ``check_variants > 1`` the train split draws from up to that many rows per study
   (:func:`radlvlm.tasks.build_errorcheck_training_set`: varied surface forms, clean and errored, errors of many
   families), and the check pools count those rows; validation and test keep one row per study.
+* ``check_image`` — a SIMPLE check against the image: for a record whose image has finding labels (NIH), a
+  report faithful to the labels and one with a finding added, removed or negated
+  (:func:`radlvlm.tasks.image_checks.image_check_reports`). Both read consistently as text; only the image
+  tells them apart. Each labelled image gives the pool two rows.
 
 Mixture: the weights are the shares of each task in the dataset. Each task draws from its own pool (every
 record that can serve it, once); the dataset is the largest one whose shares fit in every pool (and at most
@@ -95,6 +99,8 @@ class TaskMixture:
         draft (`float`, defaults to `1.0`): weight of report drafting.
         check_simple (`float`, defaults to `0.5`): weight of yes/no error checking.
         check_complex (`float`, defaults to `0.5`): weight of error type + span checking.
+        check_image (`float`, defaults to `0.0`): weight of yes/no checks of label-derived reports against the
+            image.
         error_fraction (`float`, defaults to `0.5`): share of check examples whose report carries an
             injected error, in (0, 1).
         max_examples (`int | None`, defaults to `None`): cap on the dataset's size (shares kept).
@@ -110,6 +116,7 @@ class TaskMixture:
     draft: float = 1.0
     check_simple: float = 0.5
     check_complex: float = 0.5
+    check_image: float = 0.0
     error_fraction: float = 0.5
     max_examples: int | None = None
     with_indication: bool = True
@@ -430,10 +437,12 @@ def build_examples(
     check_pool = [r for r in records if r.tasks & {"check_simple", "check_complex"} and (r.findings or r.impression)]
     # Training check pools count rows: each study may give up to ``check_variants`` varied rows per check task.
     variants = mixture.check_variants if split == "train" else 1
+    image_pool = [r for r in records if "check_image" in r.tasks and r.image is not None and r.labels]
     pools = {
         "draft": len(draft_pool),
         "check_simple": variants * sum("check_simple" in r.tasks for r in check_pool),
         "check_complex": variants * sum("check_complex" in r.tasks for r in check_pool),
+        "check_image": 2 * len(image_pool),
     }
     report.pools = pools
     plan = _plan(mixture, pools, split)
@@ -504,6 +513,29 @@ def build_examples(
                     meta,
                 )
             )
+    if plan["check_image"]:
+        from radlvlm.tasks.image_checks import image_check_reports
+
+        ranked = sorted(image_pool, key=lambda r: _rank(seed, "check_image", r.source, r.study_id))
+        image_entries = []
+        for record in ranked[: math.ceil(plan["check_image"] / 2)]:
+            pair = image_check_reports(record.labels, seed=_rank(seed, "check_image", record.study_id) % 2**31)
+            for checked in pair:
+                meta = {**record.extra, "has_error": checked.has_error, "kind": checked.kind, "label": checked.label}
+                image_entries.append(
+                    _Entry(
+                        record.study_id,
+                        record.patient_id,
+                        "check_image",
+                        errorcheck_prompt("simple", checked.text),
+                        "yes" if checked.has_error else "no",
+                        record.image,
+                        split,
+                        record.source,
+                        meta,
+                    )
+                )
+        entries.extend(image_entries[: plan["check_image"]])
     entries.sort(key=lambda e: _rank(seed, "order", e.task, e.source, e.study_id))
     for entry in entries:
         report.examples.setdefault(entry.source, {task: 0 for task in TASKS})[entry.task] += 1

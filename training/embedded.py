@@ -14,8 +14,10 @@ interrupted step resumes from its checkpoints):
 4. assembly into a radlvlm model (visual tokens pooled for a short prefill);
 5. stage 1 (align: projector only) on image → report pairs: NIH label-templated targets, COVID notes, and IU
    reports paired with NIH images by matching labels (pseudo-pairs);
-6. stage 2 (instruct: MoLE experts + projector) on drafting and SIMPLE/COMPLEX error checking;
-7. validation next to the evaluation baselines, with the router's per-task expert usage
+6. stage 2 (instruct: MoLE experts + projector) on drafting, SIMPLE/COMPLEX error checking over many varied
+   errored copies of each IU report, and checks of label-derived reports against NIH images;
+7. calibration of the SIMPLE verdicts on validation data (:mod:`radlvlm.training.calibrate`);
+8. validation next to the evaluation baselines, with the router's per-task expert usage
    (:mod:`radlvlm.training.embedded_eval`, into ``eval/summary.json``).
 
 ``scripts/train-embedded.sh`` runs this, then DPO alignment (``recipes/dpo-embedded.yaml``) and its
@@ -50,7 +52,7 @@ from radlvlm.errors import InputError
 from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model.tokenizer import train_tokenizer
 
-STEPS = ("tokenizer", "lm", "vision", "assembled", "stage1", "stage2", "eval")
+STEPS = ("tokenizer", "lm", "vision", "assembled", "stage1", "stage2", "calibrate", "eval")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ SCALES = {
     # A few minutes on 2 CPU cores; for tests of the recipe itself.
     "tiny": Scale(512, 64, 2, 2, 20, 32, 2, 2, 56, 2, 2, 6, 6, 4, 2, 2, 24),
     # The shipped model: about 2 hours on 2 CPU cores, weights < 40 MB in float16.
-    "default": Scale(4096, 256, 4, 4, 3000, 192, 4, 3, 224, 8, 15, 1200, 1800, 8, 4, 8, None),
+    "default": Scale(4096, 256, 4, 4, 3000, 192, 4, 3, 224, 8, 15, 1200, 3000, 8, 4, 8, None),
 }
 
 
@@ -283,7 +285,9 @@ def build_embedded(
             data,
             scale,
             seed,
-            {"draft": 1.0, "check_simple": 0.5, "check_complex": 0.5},
+            # Text checks over many varied, errored copies of each IU report (check_variants), and checks of
+            # label-derived reports against NIH images.
+            {"draft": 1.0, "check_simple": 2.0, "check_complex": 0.5, "check_image": 0.5, "check_variants": 8},
             scale.stage2_steps,
             3e-4,
             adapter=adapter,
@@ -292,11 +296,15 @@ def build_embedded(
     summary["stage2"] = instruct("stage2", "mole")
     if until == "stage2":
         return summary
+    summary["calibrate"] = _calibrate(work, "calibrate", "stage2", data, scale, seed)
+    if until == "calibrate":
+        return summary
     summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
     if compare_lora:
         # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
         # compute per token is the same; same data, steps and learning rate.
         summary["stage2_lora"] = instruct("stage2_lora", "lora")
+        summary["calibrate_lora"] = _calibrate(work, "calibrate_lora", "stage2_lora", data, scale, seed)
         summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
@@ -415,6 +423,18 @@ def _reuse_language_model(model_dir: Path, work: Path) -> None:
     lm.lm_head.load_state_dict(model.lm_head.state_dict(), strict=True)
     lm.save_pretrained(work / "lm" / "final")
     _finish(work / "lm", {"parameters": lm.num_parameters(), "reused_from": str(model_dir)})
+
+
+def _calibrate(work: Path, name: str, run_name: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:
+    step = work / name
+    if (info := _done(step)) is not None:
+        return info
+    from radlvlm.training.calibrate import calibrate_checks
+
+    started = time.perf_counter()
+    run = work / run_name / "run"
+    fitted = calibrate_checks(data, run / "base", run / "adapter", seed=seed, limit=scale.limit)
+    return _finish(step, {**fitted, "seconds": time.perf_counter() - started})
 
 
 def _evaluate(work: Path, name: str, run_name: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:

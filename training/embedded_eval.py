@@ -134,6 +134,7 @@ def evaluate(
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.model.generation import GenerationSettings
     from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.tasks.calibration import find_calibrations
     from radlvlm.tasks.errorcheck import build_errorcheck_set
     from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource
 
@@ -150,6 +151,7 @@ def evaluate(
         max_batch_size=batch_size,
         max_queue=100_000,
         generation=GenerationSettings(max_new_tokens=max_new_tokens),
+        calibrations=find_calibrations(model_dir, adapter),  # verdicts as the engines give them to users
     )
     iu = IUXraySource(data / "iu_xray")
     sources = {

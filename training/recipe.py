@@ -126,7 +126,7 @@ class Recipe:
                 raise InputError(f"data.sources[{index}] needs a 'type'")
         settings = {"error_fraction", "check_variants", "with_indication"}  # TaskMixture fields that are no weight
         weights = {k: v for k, v in self.data.mixture.items() if k not in settings}
-        unknown = set(weights) - {"draft", "check_simple", "check_complex"}
+        unknown = set(weights) - {"draft", "check_simple", "check_complex", "check_image"}
         if unknown:
             raise InputError(f"unknown task(s) in data.mixture: {sorted(unknown)}")
         if any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
@@ -143,7 +143,9 @@ class Recipe:
                 raise InputError(f"training.{name} must be a non-negative number, got {value!r}")
         if self.training.learning_rate <= 0:
             raise InputError("training.learning_rate must be positive")
-        if self.stage == "align" and any(weights.get(t, 0) > 0 for t in ("check_simple", "check_complex")):
+        if self.stage == "align" and any(
+            weights.get(t, 0) > 0 for t in ("check_simple", "check_complex", "check_image")
+        ):
             raise InputError("stage 'align' learns image → report only: set the check weights to 0")
 
     def _preferences_built(self) -> bool:

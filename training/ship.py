@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from radlvlm.errors import InputError
 from radlvlm.model.default import MODEL_CARD, MODEL_INFO
 from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from radlvlm.tasks.calibration import CALIBRATION_FILE
 
 MAX_SHIPPED_BYTES = 40 * 1024 * 1024
 
@@ -92,6 +93,8 @@ def _half_adapter(source: Path, target: Path) -> None:
     shutil.copy2(source / ADAPTER_CONFIG, target / ADAPTER_CONFIG)
     state = {k: v.to(torch.float16) for k, v in load_file(str(source / ADAPTER_WEIGHTS)).items()}
     save_file(state, str(target / ADAPTER_WEIGHTS), metadata={"format": "pt", "adapter": "mole"})
+    if (source / CALIBRATION_FILE).is_file():  # the SIMPLE-check calibration fitted on this adapter
+        shutil.copy2(source / CALIBRATION_FILE, target / CALIBRATION_FILE)
 
 
 TRAINING_STEPS = ("tokenizer", "lm", "vision", "stage1", "stage2")

@@ -62,8 +62,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
-TASKS: tuple[str, ...] = ("draft", "check_simple", "check_complex")
+TASKS: tuple[str, ...] = ("draft", "check_simple", "check_complex", "check_image")
 _DRAFT = frozenset({"draft"})
+# Records whose image has finding labels: reports that agree or disagree with them (radlvlm.tasks.image_checks).
+_IMAGE_CHECK = frozenset({"check_image"})
 _CHECK = frozenset({"check_simple", "check_complex"})
 
 
@@ -696,7 +698,7 @@ class NIHSource(Source):
                 source=self.name,
                 impression=nih_impression(labels),
                 image=ImageRef(str(path), f"nih_cxr14/{row['file']}"),
-                tasks=_DRAFT if self.templated else frozenset(),
+                tasks=(_DRAFT if self.templated else frozenset()) | _IMAGE_CHECK,
                 labels=labels or ("No Finding",),
             )
 

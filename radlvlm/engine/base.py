@@ -140,6 +140,7 @@ class CheckResult:
     error_probability: float | None = None
     reason: str | None = None
     calibrated: bool = False
+    model_log_odds: float | None = None  # the model's own score (SIMPLE), before calibration
 
 
 def simple_check_result(
@@ -169,6 +170,7 @@ def simple_check_result(
         timings=timings,
         error_probability=p_error,
         calibrated=calibration is not None,
+        model_log_odds=log_odds,
     )
 
 
@@ -181,7 +183,7 @@ def unanswerable_check(request: CheckRequest, reason: str, model_id: str) -> Che
         text_only=request.image is None,
         mode=request.mode,
         answer_valid=False,
-        raw_answer="",
+        raw_answer=f"unanswerable: {reason}",  # what scorers see: an answer off the format, counted invalid
         model_id=model_id,
         timings=Timings(0.0, 0.0, 0.0, 0),
         reason=reason,

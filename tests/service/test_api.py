@@ -168,7 +168,10 @@ def test_rate_limit_and_overload(tmp_path: Path, tiny_model_dir: Path) -> None:
         import httpx
 
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as client:
-            codes = [client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code for _ in range(4)]
+            codes = [
+                client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code
+                for _ in range(4)
+            ]
             assert codes[:3] == [200, 200, 200] and codes[3] == 429
             limited = client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."})
             assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
@@ -221,7 +224,9 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
 
         def post() -> None:
             with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as client:
-                results.append(client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code)
+                results.append(
+                    client.post("/v1/checks", data={"report": "FINDINGS: clear.\nIMPRESSION: Normal."}).status_code
+                )
 
         first = [threading.Thread(target=post) for _ in range(2)]  # one running, one queued
         for t in first:

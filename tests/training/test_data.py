@@ -70,7 +70,7 @@ def test_mixture_is_validated() -> None:
     with pytest.raises(InputError, match=r"unknown mixture key\(s\) \['drafts'\]"):
         TaskMixture.from_dict({"drafts": 1})
     mixture = TaskMixture.from_dict({"draft": 2, "check_simple": 1, "check_complex": 1})
-    assert mixture.shares == {"draft": 0.5, "check_simple": 0.25, "check_complex": 0.25}
+    assert mixture.shares == {"draft": 0.5, "check_simple": 0.25, "check_complex": 0.25, "check_image": 0.0}
     assert TaskMixture.from_dict(mixture.to_dict()) == mixture
 
 
@@ -198,7 +198,7 @@ def test_mixture_proportions_determinism_and_report(iu_root: Path, nih_manifest:
     capped, _ = build_examples(
         sources, mixture=TaskMixture(draft=2, check_simple=1, check_complex=1, max_examples=20), split="train", seed=7
     )
-    assert capped.task_counts() == {"draft": 10, "check_simple": 5, "check_complex": 5}
+    assert capped.task_counts() == {"draft": 10, "check_simple": 5, "check_complex": 5, "check_image": 0}
 
     data = json.loads(report.to_json())
     assert data["sources"]["iu_xray"]["kept"] == report.sources["iu_xray"].kept
@@ -257,7 +257,7 @@ def test_check_variants_give_more_varied_check_examples_for_train_only(iu_root: 
     mixed, mixed_report = build_examples(
         sources, mixture=TaskMixture(draft=1, check_simple=1, check_complex=1, check_variants=8), split="train", seed=7
     )
-    assert mixed.task_counts() == {"draft": 100, "check_simple": 100, "check_complex": 100}
+    assert mixed.task_counts() == {"draft": 100, "check_simple": 100, "check_complex": 100, "check_image": 0}
     assert mixed_report.pools["check_simple"] == 8 * mixed_report.sources["iu_xray"].kept
     # Validation and test keep one row per study.
     validation, val_report = build_examples(
@@ -383,3 +383,22 @@ def test_csv_manifests_read_like_jsonl(iu_root: Path, covid_manifest: Path) -> N
     assert records(IUXraySource(iu_root / "test.csv", limit=15)) == records(
         IUXraySource(iu_root / "test.jsonl", limit=15)
     )
+
+
+def test_image_checks_pair_a_faithful_and_a_wrong_report_per_labelled_image(nih_manifest: Path) -> None:
+    from radlvlm.tasks.errorcheck import parse_simple_answer
+
+    sources = [NIHSource(nih_manifest, limit=30)]
+    dataset, report = build_examples(
+        sources, mixture=TaskMixture(draft=1, check_simple=0, check_complex=0, check_image=1), split="train", seed=5
+    )
+    assert report.pools["check_image"] == 2 * report.sources["nih_cxr14"].kept
+    rows = [i for i in range(len(dataset)) if dataset.metadata(i)["task"] == "check_image"]
+    assert len(rows) == dataset.task_counts()["draft"] == 30
+    meta = [dataset.metadata(i) for i in rows]
+    assert sum(m["has_error"] for m in meta) == 15  # each image once faithful, once wrong
+    assert {m["kind"] for m in meta if m["has_error"]} <= {"added", "removed", "negated"}
+    for i in rows:
+        instruction, response = dataset.text(i)
+        assert parse_simple_answer(response) == dataset.metadata(i)["has_error"]
+        assert dataset.has_image(i) and "FINDINGS:" in instruction and "IMPRESSION:" in instruction

@@ -160,7 +160,7 @@ def test_deidentification_on_the_way_in(rg1: Dataset, tmp_path: Path) -> None:
         "no report": 1,
         "de-identification failed": 1,
     }
-    assert dataset.task_counts() == {"draft": 2, "check_simple": 1, "check_complex": 1}
+    assert dataset.task_counts() == {"draft": 2, "check_simple": 1, "check_complex": 1, "check_image": 0}
 
     texts: list[str] = []
     for index in range(len(dataset)):

@@ -1,0 +1,189 @@
+"""The SIMPLE error check as a user meets it: ``POST /v1/checks`` on a running ``radlvlm serve``.
+
+    python benchmarks/errorcheck_study.py --data ../shared/data [--model DIR] [--splits validation,test]
+
+Starts the service on the model (default: the embedded model), sends every report of these sets through the
+HTTP API (text-only unless an image is named) and scores the verdicts next to the rule consistency checker:
+
+* ``independent_<split>`` — IU-Xray reports, half with one error from the independent injector
+  (:mod:`radlvlm.clinical_eval.independent_injection`, written without reading the training injector): the
+  figure that says whether the checker generalises;
+* ``training_injector_<split>`` — the same reports with errors from the training injector's families
+  (:func:`radlvlm.tasks.build_errorcheck_training_set`, one row per study): the in-distribution figure;
+* ``blatant`` — the hand-written suite of blatant contradictions and clean reports (tests/data);
+* ``nih_image_<split>`` / ``nih_text_<split>`` — reports faithful to an NIH image's labels or with one finding
+  added, removed or negated, checked with the image uploaded and without it.
+
+Accuracy, sensitivity, specificity (95% bootstrap CIs) at the shipped operating point, AUROC of the calibrated
+P(error); checks the service could not do (``answer_valid: false``) are counted and left out of the figures, for
+the rule checker too. Writes ``benchmarks/results/errorcheck.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from report import git_commit, save_report
+from service import start_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "tests" / "data" / "errorcheck_blatant.json"
+
+
+def _iu_rows(data: Path, split: str) -> list[dict[str, Any]]:
+    path = data / "iu_xray" / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Every evaluation set as rows of ``text``, ``has_error`` (and ``image``/``view`` for image checks)."""
+    from radlvlm.clinical_eval.independent_injection import build_independent_set
+    from radlvlm.tasks.errorcheck import build_errorcheck_training_set
+    from radlvlm.tasks.image_checks import image_check_reports
+
+    sets: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        rows = _iu_rows(data, split)
+        independent, _ = build_independent_set(rows, seed=seed)
+        sets[f"independent_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in independent]
+        trained, _ = build_errorcheck_training_set(rows, seed=seed, variants_per_report=1)
+        sets[f"training_injector_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in trained]
+        manifest = data / "nih_cxr14" / "manifest.jsonl"
+        images = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        image_rows = []
+        for row in (r for r in images if r["split"] == split):
+            labels = [label for label in row["labels"] if label != "No Finding"]
+            path = manifest.parent / row["file"]
+            for checked in image_check_reports(labels, seed=zlib.crc32(f"{seed}:{row['image_index']}".encode())):
+                image_rows.append(
+                    {"text": checked.text, "has_error": checked.has_error, "image": str(path), "view": row["view"]}
+                )
+        sets[f"nih_image_{split}"] = image_rows
+        sets[f"nih_text_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in image_rows]
+    suite = json.loads(SUITE.read_text())["cases"]
+    sets["blatant"] = [{"text": c["text"], "has_error": c["kind"] == "contradiction", "id": c["id"]} for c in suite]
+    return sets
+
+
+def check(client: httpx.Client, row: dict[str, Any]) -> dict[str, Any]:
+    files = None
+    data = {"report": row["text"], "mode": "simple"}
+    if "image" in row:
+        files = {"file": ("image.png", Path(row["image"]).read_bytes(), "image/png")}
+        data["view"] = row["view"]
+    response = client.post("/v1/checks", data=data, files=files)
+    if response.status_code != 200:
+        return {"status": response.status_code, "answer_valid": False, "reason": response.json().get("code")}
+    return response.json()
+
+
+def _rate(values: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    from radlvlm.clinical_eval.stats import bootstrap
+
+    if values.size == 0:
+        return {"value": float("nan")}
+    return bootstrap(lambda idx: float(values[idx].mean()), values.size, n_boot=n_boot, seed=seed).as_dict()
+
+
+def score(truth: list[bool], verdict: list[bool], probability: list[float], n_boot: int, seed: int) -> dict[str, Any]:
+    from radlvlm.clinical_eval.stats import auroc, bootstrap
+
+    t, p, c = np.array(truth, bool), np.array(verdict, bool), np.array(probability, float)
+    out = {
+        "n": int(t.size),
+        "errors": int(t.sum()),
+        "accuracy": _rate(t == p, n_boot, seed),
+        "sensitivity": _rate(p[t], n_boot, seed),
+        "specificity": _rate(~p[~t], n_boot, seed),
+    }
+    if 0 < t.sum() < t.size:
+        out["auroc"] = bootstrap(lambda idx: auroc(t[idx], c[idx]), t.size, n_boot=n_boot, seed=seed).as_dict()
+    return out
+
+
+def rule_checker(texts: list[str]) -> tuple[list[bool], list[float]]:
+    from radlvlm.clinical_eval.baselines import consistency_predictions
+
+    rows = [{"id": str(i), "text": text} for i, text in enumerate(texts)]
+    predictions = consistency_predictions(rows)
+    return [json.loads(p["prediction"])["has_error"] for p in predictions], [p["confidence"] for p in predictions]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with iu_xray/ and nih_cxr14/")
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded model)")
+    parser.add_argument("--splits", default="validation,test")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "errorcheck.json")
+    args = parser.parse_args()
+    for folder in ("iu_xray", "nih_cxr14"):
+        if not (args.data / folder).is_dir():
+            print(f"error: {args.data / folder} is missing", file=sys.stderr)
+            sys.exit(2)
+    sets = build_sets(args.data, args.splits.split(","), args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        process, url, key = start_server(args.model, Path(tmp), 8, 64)
+        try:
+            info = httpx.get(f"{url}/v1/models", headers={"X-API-Key": key}, timeout=30).json()
+            metrics: dict[str, Any] = {}
+            with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as client:
+                for name, rows in sets.items():
+                    with ThreadPoolExecutor(args.concurrency) as pool:
+                        answers = list(pool.map(lambda row: check(client, row), rows))
+                    answered = [(row, a) for row, a in zip(rows, answers, strict=True) if a.get("answer_valid")]
+                    truth = [row["has_error"] for row, _ in answered]
+                    texts = [row["text"] for row, _ in answered]
+                    rules = rule_checker(texts)
+                    entry = {
+                        "rows": len(rows),
+                        "unanswered": len(rows) - len(answered),
+                        "calibrated": all(a.get("calibrated") for _, a in answered),
+                        "model": score(
+                            truth,
+                            [a["has_error"] for _, a in answered],
+                            [a["error_probability"] for _, a in answered],
+                            args.n_boot,
+                            args.seed,
+                        ),
+                        "rule_checker": score(truth, rules[0], rules[1], args.n_boot, args.seed),
+                    }
+                    if name == "blatant":
+                        entry["missed_contradictions"] = [
+                            row["id"] for row, a in answered if row["has_error"] and not a["has_error"]
+                        ]
+                        entry["flagged_clean"] = [
+                            row["id"] for row, a in answered if not row["has_error"] and a["has_error"]
+                        ]
+                    metrics[name] = entry
+                    print(
+                        name, json.dumps({k: v for k, v in entry.items() if k != "rule_checker"})[:400], file=sys.stderr
+                    )
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    save_report(
+        args.out,
+        {
+            "name": "errorcheck",
+            "commit": git_commit(),
+            "model": info.get("data", info),
+            "config": {"splits": args.splits, "seed": args.seed, "n_boot": args.n_boot, "door": "POST /v1/checks"},
+            "metrics": metrics,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

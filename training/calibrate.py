@@ -1,0 +1,95 @@
+"""The recipe step that fits a model's SIMPLE-check calibration on validation data (never on test data).
+
+Text-only checks: the IU-Xray validation split, each study twice, as written and with one error of the
+training injector's families (:func:`radlvlm.tasks.build_errorcheck_training_set`). Checks against the
+image: NIH validation images with a report faithful to their labels and one with an error relative to them
+(:func:`radlvlm.tasks.image_checks.image_check_reports`). For each, three logistic models are fitted — the
+model's yes/no log-odds alone, the rule checker's findings alone, both — and the one with the best
+out-of-fold AUROC is kept, with its operating point (:func:`radlvlm.tasks.calibration.fit_calibration`). The
+result is written next to the adapter, where the engines find it.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+from radlvlm.errors import InputError
+
+__all__ = ["calibrate_checks"]
+
+
+def _log_odds(engine: Any, reports: list[str], images: list[Any]) -> tuple[list[str], list[bool], list[float], int]:
+    from radlvlm.engine.base import CheckRequest
+
+    results = engine.run_all([CheckRequest(report=r, image=i) for r, i in zip(reports, images, strict=True)])
+    kept = [(k, res.model_log_odds) for k, res in enumerate(results) if res.model_log_odds is not None]
+    return [reports[k] for k, _ in kept], [k for k, _ in kept], [float(v) for _, v in kept], len(results) - len(kept)
+
+
+def _choose(reports: list[str], labels: list[bool], odds: list[float], source: str, seed: int) -> tuple[Any, dict]:
+    from radlvlm.tasks.calibration import fit_calibration
+
+    candidates = {
+        "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, source=source, seed=seed),
+        "rules": fit_calibration(reports, labels, use_rules=True, source=source, seed=seed),
+        "model+rules": fit_calibration(reports, labels, model_log_odds=odds, use_rules=True, source=source, seed=seed),
+    }
+    scores = {name: c.fitted_on for name, c in candidates.items()}
+    best = max(candidates, key=lambda name: candidates[name].fitted_on["out_of_fold_auroc"])
+    return candidates[best], {"chosen": best, "candidates": scores}
+
+
+def calibrate_checks(
+    data: Path, model_dir: Path, adapter: Path | None, *, seed: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """Fit and save ``check_calibration.json`` for the model at ``model_dir`` (+ ``adapter``); returns a summary."""
+    from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations
+    from radlvlm.tasks.errorcheck import build_errorcheck_training_set
+    from radlvlm.tasks.image_checks import image_check_reports
+    from radlvlm.training.sources import IUXraySource, NIHSource, Record
+
+    for folder in ("iu_xray", "nih_cxr14"):
+        if not (data / folder).is_dir():
+            raise InputError(f"{data / folder}: missing (calibration needs the IU-Xray and NIH validation splits)")
+    model, processor = load_pretrained(model_dir, adapter=adapter)
+    # No calibration is loaded here: what is fitted is the model's raw score.
+    engine = TorchEngine(model, processor, model_id=model_dir.name, max_queue=100_000)
+    summary: dict[str, Any] = {"seed": seed}
+    try:
+        # Each validation study as written and once more with one error of the training injector's families.
+        studies = [r for r in IUXraySource(data / "iu_xray").rows() if r.get("split") == "validation"]
+        rows, _ = build_errorcheck_training_set(studies, seed=seed, variants_per_report=2)
+        rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
+        reports, kept, odds, skipped = _log_odds(engine, [r["text"] for r in rows], [None] * len(rows))
+        labels = [bool(rows[k]["has_error"]) for k in kept]
+        text_only, summary["text_only"] = _choose(reports, labels, odds, "IU-Xray validation, training injector", seed)
+        summary["text_only"]["unanswerable"] = skipped
+
+        images = [
+            r
+            for r in NIHSource(data / "nih_cxr14" / "manifest.jsonl").records()
+            if isinstance(r, Record) and r.split == "validation" and r.image is not None
+        ][:limit]
+        pairs = [
+            (r, checked)
+            for r in images
+            for checked in image_check_reports(r.labels, seed=zlib.crc32(f"{seed}:{r.study_id}".encode()))
+        ]
+        pixels = {r.study_id: r.image.load() for r in images}
+        reports, kept, odds, skipped = _log_odds(
+            engine, [c.text for _, c in pairs], [pixels[r.study_id] for r, _ in pairs]
+        )
+        labels = [pairs[k][1].has_error for k in kept]
+        image, summary["image"] = _choose(reports, labels, odds, "NIH validation images, label-derived reports", seed)
+        summary["image"]["unanswerable"] = skipped
+    finally:
+        engine.close()
+    target = (adapter or model_dir) / CALIBRATION_FILE
+    CheckCalibrations(text_only=text_only, image=image).save(target)
+    summary["file"] = str(target)
+    return json.loads(json.dumps(summary, default=str))
