@@ -130,6 +130,7 @@ _METRICS: dict[str, tuple[str, str, Callable[[np.ndarray, np.ndarray], float], b
     "chexpert14_micro_f1": ("f1", "in_scope", _micro_f1, False),
     "abstention_accuracy_out_of_scope": ("abstained", "out_of_scope", _mean, True),
     "errorcheck_simple_accuracy": ("simple_correct", "errorcheck", _mean, True),
+    "errorcheck_complex_accuracy": ("complex_correct", "errorcheck_complex", _mean, True),
 }
 
 
@@ -158,11 +159,12 @@ def evaluate_alignment(
         InputError: a model directory is missing, or the split has no drafting study.
     """
     from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
+    from radlvlm.engine.base import COMPLEX_ANSWER_TOKENS
     from radlvlm.model.pretrained import load_pretrained
     from radlvlm.safety.text_deid import ReportDeidentifier
     from radlvlm.tasks import parse_simple_answer
     from radlvlm.tasks.drafting import draft_prompt, draft_target, parse_draft
-    from radlvlm.tasks.errorcheck import AnswerParseError
+    from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
     from radlvlm.training.data import TaskMixture, build_examples
     from radlvlm.training.preferences import _rank, collect_drafting_records, out_of_scope_views
     from radlvlm.training.sources import sources_from_config
@@ -199,6 +201,17 @@ def evaluate_alignment(
     except InputError as e:
         logger.warning("no SIMPLE error-check set for %s: %s", split, e)
         check_items, check_truth = [], []
+    try:
+        mixture = TaskMixture(draft=0.0, check_simple=0.0, check_complex=1.0, max_examples=limit)
+        complex_checks, _ = build_examples(sources, mixture=mixture, split=split, seed=seed)
+        complex_items = [
+            (complex_checks.text(i)[0], _Pixels(complex_checks, i) if complex_checks.has_image(i) else None)
+            for i in range(len(complex_checks))
+        ]
+        complex_truth = [parse_complex_answer(complex_checks.text(i)[1]).has_error for i in range(len(complex_checks))]
+    except InputError as e:
+        logger.warning("no COMPLEX error-check set for %s: %s", split, e)
+        complex_items, complex_truth = [], []
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "references.jsonl", "w", encoding="utf-8") as handle:
@@ -217,6 +230,9 @@ def evaluate_alignment(
             model, processor, out_of_scope, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=None
         )
         answers = _generate(model, processor, check_items, max_new_tokens=4, batch_size=batch_size, progress=None)
+        complex_answers = _generate(
+            model, processor, complex_items, max_new_tokens=COMPLEX_ANSWER_TOKENS, batch_size=batch_size, progress=None
+        )
         del model
         with open(out / f"predictions_{name}.jsonl", "w", encoding="utf-8") as handle:
             for record, draft in zip(studies, drafts, strict=True):
@@ -230,9 +246,21 @@ def evaluate_alignment(
             except AnswerParseError:
                 correct.append(False)
         result["simple_correct"] = np.asarray(correct, dtype=float)
+        verdicts = []
+        for answer, truth in zip(complex_answers, complex_truth, strict=True):
+            try:
+                verdicts.append(parse_complex_answer(answer).has_error == truth)
+            except AnswerParseError:
+                verdicts.append(False)  # an answer off the JSON format is no verdict
+        result["complex_correct"] = np.asarray(verdicts, dtype=float)
         outcomes[name] = result
 
-    populations = {"in_scope": len(studies), "out_of_scope": len(out_of_scope), "errorcheck": len(check_items)}
+    populations = {
+        "in_scope": len(studies),
+        "out_of_scope": len(out_of_scope),
+        "errorcheck": len(check_items),
+        "errorcheck_complex": len(complex_items),
+    }
     metrics: dict[str, Any] = {name: {} for name in models}
     comparisons: dict[str, Any] = {}
     names = list(models)
@@ -275,7 +303,7 @@ def evaluate_alignment(
 
 def _target(metric: str) -> bool:
     """The outcome that counts as right for McNemar (abstaining is right only out of scope)."""
-    return metric in ("abstention_accuracy_out_of_scope", "errorcheck_simple_accuracy")
+    return metric in ("abstention_accuracy_out_of_scope", "errorcheck_simple_accuracy", "errorcheck_complex_accuracy")
 
 
 class _Pixels:

@@ -416,13 +416,30 @@ def _reuse_language_model(model_dir: Path, work: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise InputError(f"{model_dir}: not a model directory (no config.json) to take the tokenizer and LM from")
     model, processor = load_pretrained(model_dir)
+    # A shipped model records the time its steps took (model.json beside base/): the card keeps counting it.
+    shipped = model_dir.parent / "model.json"
+    earlier = json.loads(shipped.read_text()).get("training", {}).get("seconds", {}) if shipped.is_file() else {}
     processor.tokenizer.save_pretrained(work / "tokenizer")
-    _finish(work / "tokenizer", {"vocab": len(processor.tokenizer), "reused_from": str(model_dir)})
+    _finish(
+        work / "tokenizer",
+        {
+            "vocab": len(processor.tokenizer),
+            "reused_from": str(model_dir),
+            "seconds_earlier_sessions": earlier.get("tokenizer", 0.0),
+        },
+    )
     lm = LlamaForCausalLM(model.config.text_config)
     lm.model.load_state_dict(model.model.language_model.state_dict(), strict=True)
     lm.lm_head.load_state_dict(model.lm_head.state_dict(), strict=True)
     lm.save_pretrained(work / "lm" / "final")
-    _finish(work / "lm", {"parameters": lm.num_parameters(), "reused_from": str(model_dir)})
+    _finish(
+        work / "lm",
+        {
+            "parameters": lm.num_parameters(),
+            "reused_from": str(model_dir),
+            "seconds_earlier_sessions": earlier.get("lm", 0.0),
+        },
+    )
 
 
 def _calibrate(work: Path, name: str, run_name: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:

@@ -13,6 +13,10 @@ splits as stages 1 and 2), with ``chosen`` = the de-identified reference ``FINDI
   study, …"), only where the reference itself does not compare (the request carries no prior);
 * ``false_abstention`` — the reference against the abstention message, for as many studies as there are
   out-of-scope pairs, so that learning to abstain does not turn into abstaining on chest radiographs.
+* ``error_check`` — error-check prompts (text-only, from the check sources' reports: each study as written and
+  with one injected error, :func:`radlvlm.tasks.build_errorcheck_training_set`): the right SIMPLE answer
+  against the wrong one, and the right COMPLEX JSON against a wrong verdict, so that aligning the drafts does
+  not cost the checks (``error_check_studies`` studies per split).
 
 And ``out_of_scope`` pairs: real images the model is not for — CT, MR, ultrasound, nuclear medicine and a
 non-chest radiograph from pydicom's test files (pydicom-data where installed) and the two photographs shipped
@@ -74,6 +78,7 @@ IN_SCOPE_KINDS: tuple[str, ...] = (
     "identifier",
     "unsupported_comparison",
     "false_abstention",
+    "error_check",
 )
 PAIR_KINDS: tuple[str, ...] = (*IN_SCOPE_KINDS, "out_of_scope")
 COUNTS_FILE = "counts.json"
@@ -168,7 +173,9 @@ class PreferencePair:
         rejected (`str`): the dispreferred answer.
         image (`ImageView | None`): the image of the prompt.
         indication (`str`, defaults to `""`): the clinical indication in the prompt.
-        task (`str`, defaults to `"draft"`): the task whose prompt is asked (drafting only, for now).
+        task (`str`, defaults to `"draft"`): the task whose prompt is asked: ``draft``, ``check_simple`` or
+            ``check_complex``.
+        report (`str`, defaults to `""`): the report an error-check prompt asks about.
         meta (`Mapping[str, Any]`, defaults to `{}`): PHI-free facts (error category, judge counts …).
     """
 
@@ -183,15 +190,21 @@ class PreferencePair:
     image: ImageView | None
     indication: str = ""
     task: str = "draft"
+    report: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def instruction(self) -> str:
         """The user instruction (no chat template, no ``<image>``), exactly as stage 2 asked it."""
         from radlvlm.tasks.drafting import draft_prompt
+        from radlvlm.tasks.errorcheck import errorcheck_prompt
 
+        if self.task in ("check_simple", "check_complex"):
+            return errorcheck_prompt(self.task.removeprefix("check_"), self.report)
         if self.task != "draft":
-            raise InputError(f"pair {self.pair_id}: task {self.task!r} has no prompt here (only 'draft')")
+            raise InputError(
+                f"pair {self.pair_id}: task {self.task!r} has no prompt (draft, check_simple, check_complex)"
+            )
         return draft_prompt(self.indication or None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -260,6 +273,8 @@ class PreferenceSettings:
         model_samples (`ModelSampleSettings | None`, defaults to `ModelSampleSettings()`): None turns
             ``model_sample`` pairs off.
         with_indication (`bool`, defaults to `True`): put the study's indication into the prompt, as stage 2 did.
+        error_check_studies (`int | None`, defaults to `400`): report studies per split for ``error_check`` pairs
+            (four pairs each: SIMPLE and COMPLEX, as written and with an error); None takes all.
     """
 
     kinds: tuple[str, ...] = PAIR_KINDS
@@ -268,6 +283,7 @@ class PreferenceSettings:
     out_of_scope_per_image: int = 8
     model_samples: ModelSampleSettings | None = field(default_factory=ModelSampleSettings)
     with_indication: bool = True
+    error_check_studies: int | None = 400
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -280,6 +296,7 @@ class PreferenceSettings:
             raise InputError(f"preferences.splits must be a non-empty subset of {list(SPLITS)}; unknown: {bad}")
         _positive_or_none("preferences.max_studies", self.max_studies)
         _positive_or_none("preferences.out_of_scope_per_image", self.out_of_scope_per_image, allow_none=False)
+        _positive_or_none("preferences.error_check_studies", self.error_check_studies)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> PreferenceSettings:
@@ -520,10 +537,12 @@ def injected_error_reject(reference: str, *, seed: int, judge: Any) -> tuple[str
 
 # --------------------------------------------------------------------------------------------- records
 def collect_drafting_records(
-    sources: Iterable[Source], splits: Sequence[str]
+    sources: Iterable[Source], splits: Sequence[str], *, checks: dict[str, list[Record]] | None = None
 ) -> tuple[dict[str, list[Record]], dict[str, dict[str, Any]]]:
     """Every drafting record (image + report) of ``splits``, after checking that no patient or study of any
-    source sits in two splits; and per-source counts (records per split, drops by reason)."""
+    source sits in two splits; and per-source counts (records per split, drops by reason). Records that serve
+    error checking (a report, image or not) go into ``checks`` by split when it is given."""
+    checks = checks if checks is not None else {}
     sources = list(sources)
     names = [s.name for s in sources]
     if not sources or len(set(names)) != len(names):
@@ -534,7 +553,12 @@ def collect_drafting_records(
     counts: dict[str, dict[str, Any]] = {}
     splits = SplitRegistry()
     for source in sources:
-        entry: dict[str, Any] = {"drafting": Counter(), "no_image_or_report": Counter(), "dropped": Counter()}
+        entry: dict[str, Any] = {
+            "drafting": Counter(),
+            "checking": Counter(),
+            "no_image_or_report": Counter(),
+            "dropped": Counter(),
+        }
         for item in source.records():
             if isinstance(item, Drop):
                 entry["dropped"][item.reason] += 1
@@ -542,6 +566,10 @@ def collect_drafting_records(
             if isinstance(item, Note):
                 continue
             splits.check(item)
+            if item.tasks & {"check_simple", "check_complex"} and (item.findings or item.impression):
+                entry["checking"][item.split] += 1
+                if item.split in checks:
+                    checks[item.split].append(item)
             usable = "draft" in item.tasks and item.image is not None and bool(item.findings or item.impression)
             if not usable:
                 entry["no_image_or_report"][item.split] += 1
@@ -591,7 +619,8 @@ def build_preferences(
     from radlvlm.clinical_eval.judges import StructuredJudge
     from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, draft_target
 
-    records, source_counts = collect_drafting_records(sources, settings.splits)
+    check_records: dict[str, list[Record]] = {split: [] for split in settings.splits}
+    records, source_counts = collect_drafting_records(sources, settings.splits, checks=check_records)
     judge = StructuredJudge()
     kinds = set(settings.kinds)
     pairs: dict[str, list[PreferencePair]] = {}
@@ -682,6 +711,9 @@ def build_preferences(
             for record in ranked[:wanted]:
                 pair(record, "false_abstention", references[record.study_id], ABSTENTION_MESSAGE)
 
+        if "error_check" in kinds:
+            built.extend(error_check_pairs(check_records[split], split, settings.error_check_studies, seed))
+
         built.sort(key=lambda p: _rank(seed, "order", split, p.pair_id))
         pairs[split] = built
         split_counts[split] = _split_counts(built, len(studies), len(pool), dropped)
@@ -695,6 +727,53 @@ def build_preferences(
         "total_pairs": sum(len(v) for v in pairs.values()),
     }
     return PreferenceSet(pairs, counts)
+
+
+def error_check_pairs(records: Sequence[Record], split: str, studies: int | None, seed: int) -> list[PreferencePair]:
+    """Four pairs per study: SIMPLE and COMPLEX, for the report as written and with one injected error; the
+    right answer is chosen, the opposite verdict (COMPLEX: a wrong verdict in the same JSON form) rejected."""
+    from radlvlm.tasks.errorcheck import build_errorcheck_training_set
+    from radlvlm.tasks.taxonomy import ErrorCategory
+
+    ranked = sorted(records, key=lambda r: _rank(seed, "error-check", r.source, r.study_id))[:studies]
+    by_id = {r.study_id: r for r in ranked}
+    rows, _ = build_errorcheck_training_set(
+        [{"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression} for r in ranked],
+        seed=seed,
+        variants_per_report=2,
+    )
+    categories = [c.value for c in ErrorCategory]
+    out = []
+    for row in rows:
+        record = by_id[row["uid"]]
+        if row["has_error"]:
+            wrong_complex = json.dumps({"has_error": False, "category": None, "span": None})
+        else:
+            category = categories[_rank(seed, "wrong-category", row["id"]) % len(categories)]
+            wrong_complex = json.dumps({"has_error": True, "category": category, "span": None})
+        wrong_simple = "no" if row["has_error"] else "yes"
+        meta = {"has_error": row["has_error"], "family": row.get("family"), "variant": row["variant"]}
+        for task, chosen, rejected in (
+            ("check_simple", row["simple_target"], wrong_simple),
+            ("check_complex", row["complex_target"], wrong_complex),
+        ):
+            out.append(
+                PreferencePair(
+                    f"{row['id']}:{task}",
+                    record.study_id,
+                    record.patient_id,
+                    split,
+                    record.source,
+                    "error_check",
+                    chosen,
+                    rejected,
+                    None,
+                    task=task,
+                    report=row["text"],
+                    meta=meta,
+                )
+            )
+    return out
 
 
 def _in_scope_pair(

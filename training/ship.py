@@ -26,6 +26,7 @@ from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from radlvlm.tasks.calibration import CALIBRATION_FILE
 
 MAX_SHIPPED_BYTES = 40 * 1024 * 1024
+CHECK_MAX_DROP = 0.02  # accuracy points an error check may lose to DPO before stage 2 ships instead
 
 
 def _fmt(metric: Any) -> str:
@@ -59,6 +60,11 @@ def dpo_is_better(alignment: dict[str, Any]) -> tuple[bool, str]:
         return False, "more false plus omitted findings per report after DPO"
     if value(after, "abstention_accuracy_out_of_scope") < value(before, "abstention_accuracy_out_of_scope"):
         return False, "abstains less often on out-of-scope images"
+    # Aligning the drafts must not cost the error checks (it once cost COMPLEX half its macro-F1).
+    checks = ("errorcheck_simple_accuracy", "errorcheck_complex_accuracy")
+    costly = [m for m in checks if value(after, m) < value(before, m) - CHECK_MAX_DROP]
+    if costly:
+        return False, f"error checks worse after DPO: {', '.join(costly)}"
     gained = [m for m in (*_LOWER_IS_SAFER, "abstention_accuracy_out_of_scope") if value(after, m) != value(before, m)]
     if not gained:
         return False, "no safety figure changed"
@@ -97,7 +103,7 @@ def _half_adapter(source: Path, target: Path) -> None:
         shutil.copy2(source / CALIBRATION_FILE, target / CALIBRATION_FILE)
 
 
-TRAINING_STEPS = ("tokenizer", "lm", "vision", "stage1", "stage2")
+TRAINING_STEPS = ("tokenizer", "lm", "vision", "stage1", "stage2", "calibrate")
 
 
 def _step_seconds(summary: dict[str, Any], step: str) -> float:
@@ -110,8 +116,13 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1") -> dict[str, Any]:
-    """Write ``target``/{base, adapter, model.json, MODEL_CARD.md} from the working folder ``work``."""
+def ship(
+    work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.2", results: Path | None = None
+) -> dict[str, Any]:
+    """Write ``target``/{base, adapter, model.json, MODEL_CARD.md} from the working folder ``work``.
+
+    ``results`` (a folder with ``errorcheck.json`` / ``drafts.json`` from ``benchmarks/``, measured on this
+    model through the HTTP API) adds those figures to the card."""
     base, adapter, stage, reason = _final_model(work)
     # The shipped model's own validation figures: the DPO model's evaluation when DPO is what ships.
     eval_path = work / ("eval_dpo" if stage == "dpo" else "eval") / "summary.json"
@@ -144,6 +155,7 @@ def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1"
         "alignment": alignment,
         "lora_baseline_evaluation": lora,
         "stage2_evaluation": stage2_evaluation,
+        "service_results": _service_results(results, model_id),
     }
     (staging / MODEL_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
     (staging / MODEL_CARD).write_text(render_card(info, summary), encoding="utf-8")
@@ -153,6 +165,19 @@ def ship(work: Path, target: Path, *, model_id: str = "radlvlm-embedded-cxr-0.1"
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return {"target": str(target), "bytes": size, "final_stage": stage}
+
+
+def _service_results(results: Path | None, model_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name in ("errorcheck", "drafts"):
+        path = results / f"{name}.json" if results is not None else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            served = str(data.get("model", {}))
+            if model_id not in served:
+                raise InputError(f"{path}: measured on another model than {model_id} ({served[:80]})")
+            found[name] = data
+    return found
 
 
 def _eval_rows(evaluation: dict[str, Any]) -> list[str]:
@@ -226,6 +251,98 @@ def _router_rows(evaluation: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _vision_rows(vision: dict[str, Any]) -> list[str]:
+    test = vision.get("label_auroc", {}).get("test")
+    if not test or not test.get("per_label"):
+        return []
+    rows = [
+        "",
+        f"## Vision encoder: per-label AUROC of its label read-out, NIH test split (n = {test['n']} images)",
+        "",
+        f"Mean over labels with >= 10 test positives: {_fmt(test.get('mean_auroc_labels_ge10'))}; abnormal vs",
+        f"normal (highest label score): {_fmt(test.get('abnormal_auroc'))}.",
+        "",
+        "| label | AUROC | test positives |",
+        "|---|---|---|",
+    ]
+    for label, entry in sorted(test["per_label"].items(), key=lambda item: -item[1]["positives"]):
+        rows.append(f"| {label} | {entry['auroc']:.3f} | {entry['positives']} |")
+    return rows
+
+
+def _calibration_rows(calibration: dict[str, Any] | None) -> list[str]:
+    if not calibration:
+        return []
+    rows = [
+        "",
+        "## Calibrated error-check verdicts (fitted on validation data; `error_probability` in the API)",
+        "",
+        "| check | fitted on | chosen inputs | candidates: out-of-fold AUROC | operating point: sens / spec |",
+        "|---|---|---|---|---|",
+    ]
+    for kind in ("text_only", "image"):
+        entry = calibration.get(kind)
+        if not entry:
+            continue
+        chosen = entry["candidates"][entry["chosen"]]
+        aurocs = ", ".join(f"{name} {c['out_of_fold_auroc']:.3f}" for name, c in entry["candidates"].items())
+        rows.append(
+            f"| {kind.replace('_', '-')} | {chosen['source']}, n = {chosen['n']} | {entry['chosen']} | {aurocs} | "
+            f"{chosen['out_of_fold_sensitivity']:.3f} / {chosen['out_of_fold_specificity']:.3f} |"
+        )
+    rows += [
+        "",
+        '"model" is the LM\'s yes/no log-odds alone, "rules" the rule consistency checker\'s findings alone; the',
+        "threshold maximises Youden's J over out-of-fold probabilities (5-fold).",
+    ]
+    return rows
+
+
+def _service_rows(results: dict[str, Any]) -> list[str]:
+    """Figures measured through the HTTP API (benchmarks/errorcheck_study.py, draft_study.py), when given."""
+    rows: list[str] = []
+    checks = results.get("errorcheck", {}).get("metrics")
+    if checks:
+        rows += [
+            "",
+            "## Error check through `POST /v1/checks` (SIMPLE; 95% bootstrap CIs; unanswerable checks left out)",
+            "",
+            "| set | n | system | accuracy | sensitivity | specificity | AUROC |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, entry in checks.items():
+            for system in ("model", "rule_checker"):
+                m = entry[system]
+                label = "**this model**" if system == "model" else "rule checker"
+                rows.append(
+                    f"| {name} | {m['n']} | {label} | {_fmt(m['accuracy'])} | {_fmt(m['sensitivity'])} | "
+                    f"{_fmt(m['specificity'])} | {_fmt(m.get('auroc'))} |"
+                )
+    drafts = results.get("drafts", {}).get("metrics")
+    if drafts:
+        rows += [
+            "",
+            f"## Drafts through `POST /v1/drafts`, NIH test split ({drafts['images']} images)",
+            "",
+            "| system | CheXpert-14 micro F1 | macro F1 |",
+            "|---|---|---|",
+        ]
+        for key, label in (
+            ("model", "**this model**"),
+            ("baseline_most_common_normal", "baseline: most common normal"),
+            ("baseline_nearest_neighbour_image", "baseline: nearest training image"),
+        ):
+            rows.append(f"| {label} | {_fmt(drafts[key]['micro_f1'])} | {_fmt(drafts[key]['macro_f1'])} |")
+        rows += [
+            "",
+            f"Abnormal vs normal: sensitivity {_fmt(drafts['abnormal_sensitivity'])}, specificity "
+            f"{_fmt(drafts['abnormal_specificity'])}; {drafts['distinct_drafts']} distinct drafts "
+            f"({drafts['distinct_drafts_per_100_images']} per 100 images); "
+            f"{drafts['withheld_repetition_loops']} repetition loops withheld.",
+        ]
+    return rows
+
+
 def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
     """The model card, every figure taken from the recipe's own output files."""
     evaluation = info["evaluation"]
@@ -258,22 +375,28 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "  use; cite the paper). Text only: the images could not be obtained offline. Used for the tokenizer, LM",
         "  pretraining, error-check training (errors injected into findings or impression) and as the report text",
         "  of label-matched pseudo-pairs.",
-        "- **NIH ChestX-ray14** (Wang et al., CVPR 2017; NIH Clinical Center, attribution requested): 1,000 frontal",
-        "  radiographs, mostly 64 x 64 thumbnails, with 14 NLP-mined finding labels (>90% accurate).",
+        "- **NIH ChestX-ray14** (Wang et al., CVPR 2017; NIH Clinical Center, attribution requested): 1,752 frontal",
+        "  radiographs of 767 patients (762 at 512 x 512, the rest 64 x 64 thumbnails), with 14 NLP-mined finding",
+        "  labels (>90% accurate); 1,457 for training, 94 validation, 201 test, split by patient.",
         "- **COVID-19 image data collection** (Cohen et al., 2020; per-image licences as listed in its metadata):",
         "  423 radiographs with case-report notes.",
         "- Splits are by patient as in the manifests; nothing from the validation or test splits was trained on.",
         "",
         "## What it can and cannot learn from this data",
-        "- Image-conditioned drafting comes from **label-matched pseudo-pairs**: each NIH image is paired with IU",
-        "  reports whose labeler findings match the image's labels, plus label-templated impressions and the COVID",
-        "  notes. So the model can only associate coarse findings (normal vs. cardiomegaly, effusion, opacity …) with",
-        "  an image. It cannot report location, size or fine detail it never saw, and a pseudo-pair's wording is",
-        "  another patient's report.",
-        "- The text-only consistency check (findings vs impression) is learnt from real IU reports with injected",
-        "  errors; it cannot check a report against an image it has not learnt to read.",
+        "- The vision encoder is trained from scratch on about 1,700 radiographs (NIH labels, COVID diagnoses as",
+        "  pneumonia, and a contrastive loss against the report LM's text): far too few for a ViT to read findings",
+        "  well. Its per-label AUROC on held-out NIH images is below; drafts follow the image only as far as it does.",
+        "- Image-conditioned drafting comes from label-templated NIH impressions, COVID notes and **label-matched",
+        "  pseudo-pairs** (each NIH image paired with IU reports whose findings match its labels): coarse findings",
+        "  only, never location, size or fine detail, and a pseudo-pair's wording is another patient's report.",
+        "- The text-only check (findings vs impression) is learnt from IU reports with errors of 15 families injected",
+        "  into many varied copies of each report; errors that leave the report consistent with itself (a changed",
+        "  laterality the report mentions once, an added device on a normal study) cannot be seen without the image.",
+        "- Checks against the image are learnt from reports faithful to an NIH image's labels or wrong about one",
+        "  finding; they are only as good as the encoder.",
         "- Expect fluent, radiology-styled text that is frequently wrong. Output passes the same guardrails as",
-        "  any model (identifier scan, unsupported-comparison flags) and is labelled a preliminary AI draft.",
+        "  any model (identifier scan, unsupported-comparison flags, repetition loops withheld) and is labelled a",
+        "  preliminary AI draft.",
         "",
         "## Recipe and training time (2-core CPU)",
         f"`{info['recipe']}` (seed {info['seed']}; resumable: rerun it after an interruption). It trains the steps",
@@ -289,6 +412,9 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         "## Router: share of tokens per expert, by task (all layers)",
         *_router_rows(evaluation),
+        *_vision_rows(summary.get("vision", {})),
+        *_calibration_rows(summary.get("calibrate")),
+        *_service_rows(info.get("service_results") or {}),
     ]
     if info.get("lora_baseline_evaluation"):
         lines += [
@@ -320,9 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Install a trained embedded model into the package.")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--to", type=Path, required=True)
+    parser.add_argument(
+        "--results", type=Path, default=None, help="benchmarks/results with errorcheck.json / drafts.json of this model"
+    )
     args = parser.parse_args(argv)
     try:
-        print(json.dumps(ship(args.work, args.to), indent=2))
+        print(json.dumps(ship(args.work, args.to, results=args.results), indent=2))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

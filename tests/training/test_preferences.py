@@ -237,3 +237,25 @@ def test_every_identifier_template_and_comparison_sentence_is_caught() -> None:
         text = f"{reference} {sentence}"
         assert any(f.code == "claims_prior" for f in output_findings(text, has_prior=False, deidentifier=deid))
         assert judge.judge(text, reference).count(ErrorCategory.UNSUPPORTED_COMPARISON) == 1, sentence
+
+
+def test_error_check_pairs_prefer_the_right_verdict(tmp_path: Path) -> None:
+    from radlvlm.tasks.errorcheck import parse_complex_answer, parse_simple_answer
+    from radlvlm.training.sources import IUXraySource
+
+    iu = IUXraySource(shared_path("iu_xray"), limit=40)
+    drafting = FakeSource(tmp_path, {"train": 4, "validation": 2})
+    built = build_preferences([drafting, iu], _settings(kinds=["error_check"], error_check_studies=10), seed=0)
+    pairs = built.pairs["train"]
+    assert len(pairs) == 40 and {p.kind for p in pairs} == {"error_check"}  # 10 studies x 2 versions x 2 tasks
+    assert {p.source for p in pairs} == {"iu_xray"} and all(p.image is None for p in pairs)
+    for pair in pairs:
+        assert pair.report and pair.report in pair.instruction
+        if pair.task == "check_simple":
+            assert parse_simple_answer(pair.chosen) == pair.meta["has_error"] != parse_simple_answer(pair.rejected)
+        else:
+            chosen, rejected = parse_complex_answer(pair.chosen), parse_complex_answer(pair.rejected)
+            assert chosen.has_error == pair.meta["has_error"] != rejected.has_error
+    assert sum(p.meta["has_error"] for p in pairs) == 20
+    write_preferences(built, tmp_path / "prefs")
+    assert read_preferences(tmp_path / "prefs", "train") == pairs
