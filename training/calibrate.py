@@ -5,8 +5,9 @@ training injector's families (:func:`radlvlm.tasks.build_errorcheck_training_set
 image: NIH validation images with a report faithful to their labels and one with an error relative to them
 (:func:`radlvlm.tasks.image_checks.image_check_reports`). For each, three logistic models are fitted — the
 model's yes/no log-odds alone, the rule checker's findings alone, both — and the one with the best
-out-of-fold AUROC is kept, with its operating point (:func:`radlvlm.tasks.calibration.fit_calibration`). The
-result is written next to the adapter, where the engines find it.
+out-of-fold AUROC is kept (for text-only checks, one of the two with the rule findings), with its operating
+point (:func:`radlvlm.tasks.calibration.fit_calibration`). The result is written next to the adapter, where
+the engines find it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def _log_odds(engine: Any, reports: list[str], images: list[Any]) -> tuple[list[
     return [reports[k] for k, _ in kept], [k for k, _ in kept], [float(v) for _, v in kept], len(results) - len(kept)
 
 
-def _choose(reports: list[str], labels: list[bool], odds: list[float], source: str, seed: int) -> tuple[Any, dict]:
+def _choose(
+    reports: list[str], labels: list[bool], odds: list[float], source: str, seed: int, *, keep_rules: bool
+) -> tuple[Any, dict]:
+    """The best of the three fits by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule
+    checker's findings may win (the model can then add to the rules but never replace them)."""
     from radlvlm.tasks.calibration import fit_calibration
 
     candidates = {
@@ -38,7 +43,8 @@ def _choose(reports: list[str], labels: list[bool], odds: list[float], source: s
         "model+rules": fit_calibration(reports, labels, model_log_odds=odds, use_rules=True, source=source, seed=seed),
     }
     scores = {name: c.fitted_on for name, c in candidates.items()}
-    best = max(candidates, key=lambda name: candidates[name].fitted_on["out_of_fold_auroc"])
+    eligible = [name for name in candidates if not keep_rules or "rules" in name]
+    best = max(eligible, key=lambda name: candidates[name].fitted_on["out_of_fold_auroc"])
     return candidates[best], {"chosen": best, "candidates": scores}
 
 
@@ -67,7 +73,10 @@ def calibrate_checks(
         rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
         reports, kept, odds, skipped = _log_odds(engine, [r["text"] for r in rows], [None] * len(rows))
         labels = [bool(rows[k]["has_error"]) for k in kept]
-        text_only, summary["text_only"] = _choose(reports, labels, odds, "IU-Xray validation, training injector", seed)
+        # A text-only check never drops the rule checker's findings: the served check must not score below it.
+        text_only, summary["text_only"] = _choose(
+            reports, labels, odds, "IU-Xray validation, training injector", seed, keep_rules=True
+        )
         summary["text_only"]["unanswerable"] = skipped
 
         images = [
@@ -85,7 +94,9 @@ def calibrate_checks(
             engine, [c.text for _, c in pairs], [pixels[r.study_id] for r, _ in pairs]
         )
         labels = [pairs[k][1].has_error for k in kept]
-        image, summary["image"] = _choose(reports, labels, odds, "NIH validation images, label-derived reports", seed)
+        image, summary["image"] = _choose(
+            reports, labels, odds, "NIH validation images, label-derived reports", seed, keep_rules=False
+        )
         summary["image"]["unanswerable"] = skipped
     finally:
         engine.close()
