@@ -131,10 +131,14 @@ def labels_report(labels: Sequence[str], rng: random.Random, *, denied: Sequence
 
 
 def image_check_reports(labels: Sequence[str], *, seed: int) -> tuple[ImageCheckReport, ImageCheckReport]:
-    """A faithful report of the image's ``labels`` and one with a single error relative to them (seeded)."""
+    """A faithful report of the image's ``labels`` and one with a single error relative to them (seeded).
+
+    Both reports deny the same zero to two findings the image does not have ("No pneumothorax."), as real
+    reports do: otherwise a denial sentence would mark the negated error by its wording alone, and a text-only
+    check could find it without looking at the image.
+    """
     rng = random.Random(f"radlvlm-image-check:{seed}")
     present = [label for label in labels if label in _WORDING and label != NO_FINDING]
-    faithful = ImageCheckReport(labels_report(present, rng), False, None, None)
     deniable = [
         label for label in present if not (label in _OPACITIES and any(o in _OPACITIES for o in present if o != label))
     ]
@@ -142,11 +146,22 @@ def image_check_reports(labels: Sequence[str], *, seed: int) -> tuple[ImageCheck
     kind = rng.choice(kinds)
     if kind == "added":
         label = rng.choice([name for name in _ADDABLE if name not in present])
-        text = labels_report([*present, label], rng)
-    elif kind == "removed":
-        label = rng.choice(present)
-        text = labels_report([name for name in present if name != label], rng)
     else:
-        label = rng.choice(deniable)
-        text = labels_report([name for name in present if name != label], rng, denied=[label])
+        label = rng.choice(present if kind == "removed" else deniable)
+    # True denials: absent findings that no present one overlaps with (denying an opacity beside pneumonia would
+    # read as a contradiction), and never the finding the error is about.
+    absent = [
+        name
+        for name in _ADDABLE
+        if name not in present and name != label and not (name in _OPACITIES and any(o in _OPACITIES for o in present))
+    ]
+    extra = rng.sample(absent, k=min(len(absent), rng.choice((0, 1, 1, 2)))) if present else []
+    faithful_rng, wrong_rng = random.Random(rng.random()), random.Random(rng.random())
+    faithful = ImageCheckReport(labels_report(present, faithful_rng, denied=extra), False, None, None)
+    if kind == "added":
+        text = labels_report([*present, label], wrong_rng, denied=extra)
+    elif kind == "removed":
+        text = labels_report([name for name in present if name != label], wrong_rng, denied=extra)
+    else:  # the false denial takes the place of a true one, so both reports deny as many findings
+        text = labels_report([name for name in present if name != label], wrong_rng, denied=[*extra[1:], label])
     return faithful, ImageCheckReport(text, True, kind, label)

@@ -86,4 +86,11 @@ def test_draft_and_check_default_to_the_embedded_model(tmp_path: Path) -> None:
     checked = runner.invoke(app, ["check", "--report", str(report), "--key-file", str(tmp_path / "k")])
     assert checked.exit_code == 0, checked.output
     verdict = json.loads(checked.stdout)
-    assert verdict["check_type"] == "text_only" and 0.5 <= verdict["confidence"] <= 1.0
+    assert verdict["check_type"] == "text_only" and 0.0 <= verdict["confidence"] <= 1.0
+    assert verdict["calibrated"] and 0.0 <= verdict["error_probability"] <= 1.0
+    # A text-only check needs both sections: without an impression it says why instead of "no error".
+    report.write_text("FINDINGS: Large right pneumothorax.")
+    unchecked = json.loads(
+        runner.invoke(app, ["check", "--report", str(report), "--key-file", str(tmp_path / "k")]).stdout
+    )
+    assert unchecked["answer_valid"] is False and unchecked["has_error"] is None and "impression" in unchecked["reason"]
