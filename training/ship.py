@@ -298,6 +298,57 @@ def _calibration_rows(calibration: dict[str, Any] | None) -> list[str]:
     return rows
 
 
+def _target_rows(results: dict[str, Any], vision: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """The project's targets for this model (the error-check and drafting issue), each met or not, from the
+    figures above."""
+    checks = results.get("errorcheck", {}).get("metrics", {})
+    drafts = results.get("drafts", {}).get("metrics", {})
+    test = vision.get("label_auroc", {}).get("test", {})
+    targets: list[tuple[str, Any, Any]] = []
+
+    def value(entry: Any) -> Any:
+        return entry.get("value") if isinstance(entry, dict) else entry
+
+    independent = checks.get("independent_test", {}).get("model", {})
+    rules = checks.get("independent_test", {}).get("rule_checker", {})
+    for metric, goal in (("accuracy", 0.85), ("sensitivity", 0.80), ("specificity", 0.80), ("auroc", 0.90)):
+        got = value(independent.get(metric))
+        targets.append((f"SIMPLE {metric}, independent injector, test >= {goal}", got, got is not None and got >= goal))
+    if independent and rules:
+        worse = [m for m in ("accuracy", "auroc") if value(independent.get(m)) < value(rules.get(m))]
+        targets.append(("never below the rule checker there (accuracy, AUROC)", ", ".join(worse) or "-", not worse))
+    blatant = checks.get("blatant", {})
+    if blatant:
+        missed = len(blatant.get("missed_contradictions", []))
+        clean = blatant["model"]["n"] - blatant["model"]["errors"]
+        passed = clean - len(blatant.get("flagged_clean", []))
+        targets.append(("blatant suite: every contradiction flagged", f"{missed} missed", missed == 0))
+        targets.append(("blatant suite: >= 90% of clean reports pass", f"{passed}/{clean}", passed >= 0.9 * clean))
+    mean = test.get("mean_auroc_labels_ge10")
+    targets.append(
+        ("encoder mean per-label AUROC (labels with >= 10 positives) >= 0.75", mean, bool(mean and mean >= 0.75))
+    )
+    if drafts:
+        sens, spec = drafts.get("abnormal_sensitivity"), drafts.get("abnormal_specificity")
+        ok = sens is not None and spec is not None and sens >= 0.60 and spec >= 0.70
+        targets.append(("drafts: abnormal sensitivity >= 0.60 at specificity >= 0.70", f"{sens:.3f} / {spec:.3f}", ok))
+        per_100 = drafts.get("distinct_drafts_per_100_images")
+        targets.append(("drafts: more than 20 distinct drafts per 100 images", per_100, bool(per_100 and per_100 > 20)))
+    complex_set = evaluation.get("sets", {}).get("check_complex_iu_xray", {})
+    if complex_set:
+        ours = value(complex_set["model"].get("complex_macro_f1"))
+        theirs = value(complex_set.get("baseline_consistency_checker", {}).get("complex_macro_f1"))
+        if ours is not None and theirs is not None:
+            targets.append((f"COMPLEX macro-F1 at least the rule checker's ({theirs:.3f})", ours, ours >= theirs))
+    if not checks and not drafts:
+        return []
+    rows = ["", "## Against the project's targets", "", "| target | reached | met |", "|---|---|---|"]
+    for name, got, met in targets:
+        shown = f"{got:.3f}" if isinstance(got, float) else str(got)
+        rows.append(f"| {name} | {shown} | {'yes' if met else '**no**'} |")
+    return rows
+
+
 def _service_rows(results: dict[str, Any]) -> list[str]:
     """Figures measured through the HTTP API (benchmarks/errorcheck_study.py, draft_study.py), when given."""
     rows: list[str] = []
@@ -415,6 +466,7 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         *_vision_rows(summary.get("vision", {})),
         *_calibration_rows(summary.get("calibrate")),
         *_service_rows(info.get("service_results") or {}),
+        *_target_rows(info.get("service_results") or {}, summary.get("vision", {}), evaluation),
     ]
     if info.get("lora_baseline_evaluation"):
         lines += [
