@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-import radlvlm
 from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 from radlvlm.clinical_eval.cli import eval_app
 from radlvlm.inference_cli import check_command, draft_command
@@ -62,12 +61,10 @@ def main(
 @app.command()
 def version() -> None:
     """Print the radlvlm version and the versions of the libraries it decodes and computes with."""
-    import monai
-    import pydicom
-    import torch
+    from importlib.metadata import version as installed  # metadata, not imports: MONAI alone takes seconds
 
-    libraries = f"torch {torch.__version__}, pydicom {pydicom.__version__}, monai {monai.__version__}"
-    typer.echo(f"radlvlm {radlvlm.__version__} ({libraries})")
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("torch", "pydicom", "monai"))
+    typer.echo(f"radlvlm {installed('radlvlm')} ({libraries})")
 
 
 @app.command()
