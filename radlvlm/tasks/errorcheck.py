@@ -152,6 +152,17 @@ def compose_report(findings: str, impression: str) -> str:
     return "\n".join(parts)
 
 
+# The error fields of a clean row.
+_NO_ERROR: dict[str, Any] = dict.fromkeys(("category", "edit", "span", "original", "replacement", "seed", "family"))
+
+
+def _with_targets(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the answers a perfect model gives: ``simple_target`` and ``complex_target``."""
+    row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
+    row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
+    return row
+
+
 def _hash_int(*parts: object) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:12], 16)
 
@@ -251,19 +262,8 @@ def build_errorcheck_set(
                 used[category] += 1
                 row.update(text=corrupted, **record.to_dict())
             else:
-                row.update(
-                    text=text,
-                    category=None,
-                    edit=None,
-                    span=None,
-                    original=None,
-                    replacement=None,
-                    seed=None,
-                    family=None,
-                )
-            row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
-            row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
-            rows.append(row)
+                row.update(text=text, **_NO_ERROR)
+            rows.append(_with_targets(row))
     summary = {
         "n_rows": len(rows),
         "skipped_empty_reports": skipped_empty,
@@ -384,19 +384,8 @@ def build_errorcheck_training_set(
             if record is not None:
                 row.update(has_error=True, text=corrupted, **record.to_dict())
             else:
-                row.update(
-                    text=text,
-                    category=None,
-                    edit=None,
-                    span=None,
-                    original=None,
-                    replacement=None,
-                    seed=None,
-                    family=None,
-                )
-            row["simple_target"] = errorcheck_target(ErrorCheckTask.SIMPLE, row)
-            row["complex_target"] = errorcheck_target(ErrorCheckTask.COMPLEX, row)
-            rows.append(row)
+                row.update(text=text, **_NO_ERROR)
+            rows.append(_with_targets(row))
     splits = sorted({r["split"] for r in rows})
     errored_rows = [r for r in rows if r["has_error"]]
     summary = {
