@@ -97,7 +97,7 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="Predictions JSONL for `radlvlm eval run`.")],
     task: Annotated[str, typer.Option(help="draft, check-simple or check-complex.")] = "draft",
     backend: Annotated[
-        str, typer.Option(help="torch, or vllm: vLLM's batch engine (A100/H100; the [vllm] extra's environment).")
+        str, typer.Option(help="torch, or vllm: vLLM's batch engine (A100/H100; the vllm extra's environment).")
     ] = "torch",
     adapter: Annotated[
         Path | None, typer.Option(exists=True, file_okay=False, help="A MoLE (torch) or peft LoRA adapter.")

@@ -5,7 +5,6 @@ All resampling uses ``numpy.random.default_rng(seed)``, so a study's numbers are
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -112,46 +111,44 @@ def paired_bootstrap(
 
 
 def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float]:
-    """Exact McNemar test on paired binary outcomes (two-sided binomial on the discordant pairs).
+    """Exact McNemar test on paired binary outcomes (scipy's two-sided binomial test on the discordant pairs).
 
     Returns:
         ``{"a_only", "b_only", "p_value"}``: studies only A got right, only B got right, and the p-value.
     """
+    from scipy.stats import binomtest
+
     if len(correct_a) != len(correct_b):
         raise ValueError(f"McNemar needs paired outcomes, got {len(correct_a)} and {len(correct_b)}")
     b = sum(bool(x) and not bool(y) for x, y in zip(correct_a, correct_b, strict=True))
     c = sum(bool(y) and not bool(x) for x, y in zip(correct_a, correct_b, strict=True))
-    k, m = min(b, c), b + c
-    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m)
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"a_only": b, "b_only": c, "p_value": p}
 
 
 def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney rank statistic (ties count half); NaN with one class."""
+    """Area under the ROC curve (scikit-learn); NaN when only one class is present (a bootstrap resample can
+    draw one), where scikit-learn would raise."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(labels, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=float)
-    sorted_s = s[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=float)))
 
 
 def cohen_kappa(a: Sequence[object], b: Sequence[object], *, weights: str | None = None) -> float:
-    """Cohen's kappa between two raters' labels over the same items.
+    """Cohen's kappa between two raters' labels over the same items (scikit-learn).
 
     Args:
         a, b (`Sequence`): the two raters' labels (same length).
-        weights (`str`, *optional*): ``"linear"`` or ``"quadratic"`` for ordinal (numeric) labels.
+        weights (`str`, *optional*): ``"linear"`` or ``"quadratic"`` for ordinal integer grades; every grade
+            from the lowest to the highest given is a category, so the weights follow the grades' distances.
 
     Returns 1.0 when both raters use one identical label throughout (perfect, no variance), NaN for no items.
     """
+    from sklearn.metrics import cohen_kappa_score
+
     if len(a) != len(b):
         raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
     if not a:
@@ -159,25 +156,17 @@ def cohen_kappa(a: Sequence[object], b: Sequence[object], *, weights: str | None
     cats = sorted(set(a) | set(b), key=str)
     if len(cats) == 1:
         return 1.0
-    index = {c: i for i, c in enumerate(cats)}
-    k = len(cats)
-    table = np.zeros((k, k))
-    for x, y in zip(a, b, strict=True):
-        table[index[x], index[y]] += 1
-    table /= table.sum()
-    expected = np.outer(table.sum(1), table.sum(0))
     if weights is None:
-        w = 1 - np.eye(k)
-    else:
-        values = np.array([float(c) for c in cats])  # type: ignore[arg-type]
-        dist = np.abs(values[:, None] - values[None, :])
-        w = dist / dist.max() if weights == "linear" else (dist / dist.max()) ** 2
-    denominator = (w * expected).sum()
-    return float(1 - (w * table).sum() / denominator) if denominator else 1.0
+        return float(cohen_kappa_score([str(x) for x in a], [str(y) for y in b]))
+    grades = [int(x) for x in cats]  # type: ignore[call-overload]
+    labels = list(range(min(grades), max(grades) + 1))
+    return float(cohen_kappa_score([int(x) for x in a], [int(y) for y in b], labels=labels, weights=weights))  # type: ignore[call-overload]
 
 
 def fleiss_kappa(ratings: Sequence[Sequence[object]]) -> float:
-    """Fleiss' kappa: ``ratings[item]`` lists every rater's label for that item (same rater count per item)."""
+    """Fleiss' kappa: ``ratings[item]`` lists every rater's label for that item (same rater count per item).
+
+    Written here because neither scikit-learn nor scipy has it (statsmodels does, but is not a dependency)."""
     if not ratings:
         return float("nan")
     n_raters = len(ratings[0])

@@ -74,7 +74,7 @@ def inspect(
     ] = None,
     sample: Annotated[
         bool,
-        typer.Option("--sample", help=f"Inspect the bundled sample study ({SAMPLE_STUDY}, needs radlvlm[samples])."),
+        typer.Option("--sample", help=f"Inspect the bundled sample study ({SAMPLE_STUDY}, needs the 'samples' extra)."),
     ] = False,
     frame: Annotated[
         int | None, typer.Option(help="For multi-frame images, the frame to read (default: refuse multi-frame).")

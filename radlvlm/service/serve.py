@@ -82,7 +82,7 @@ def serve_command(
     adapter: Annotated[Path | None, typer.Option(help="A MoLE or LoRA adapter directory on top of --model.")] = None,
     backend: Annotated[
         str | None,
-        typer.Option(help="torch (default; CPU or any GPU, MoLE) or vllm (A100/H100, HF Llava export; [vllm] extra)."),
+        typer.Option(help="torch (default; CPU or any GPU, MoLE) or vllm (A100/H100, HF Llava export, vllm extra)."),
     ] = None,
 ) -> None:
     """Run the HTTP service (uvicorn). Configuration: RADLVLM_* environment variables; options override them."""

@@ -16,7 +16,7 @@ class ServiceSettings(BaseSettings):
 
     API keys are configured as ``sha256:<hex digest of the key>:<scope>[,<scope>…]`` entries (comma-free
     digests, ``;``-separated in ``RADLVLM_API_KEYS``), so the configuration never holds a usable key.
-    ``radlvlm serve --hash-key`` prints such an entry for a new key.
+    ``radlvlm apikey`` prints such an entry for a new key.
     """
 
     model_config = SettingsConfigDict(env_prefix="RADLVLM_", env_file=None, extra="forbid")
