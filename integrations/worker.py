@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -217,11 +216,6 @@ class DraftWorker:
             pass
         return self.counts
 
-    def run_forever(self, poll_s: float, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.run_once()
-            stop.wait(poll_s)
-
     def _count_failure(self, state: str) -> None:
         if state == "dead":
             self.counts.dead += 1
@@ -250,15 +244,6 @@ def draft_sop_instance_uid(study_uid: str, model_id: str) -> str:
     """The SR's SOP Instance UID: the same study and model always give the same UID (idempotent STOW)."""
     digest = hashlib.sha256(f"radlvlm-draft-sr\x00{study_uid}\x00{model_id}".encode()).digest()[:16]
     return "2.25." + str(int.from_bytes(digest, "big"))
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def outbox_path(outbox: Path, study_uid: str, suffix: str) -> Path:

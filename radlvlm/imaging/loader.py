@@ -113,11 +113,6 @@ def load_studies(
     return result
 
 
-def count_candidates(path: str | Path) -> int:
-    """How many files ``iter_images`` would try (for progress bars)."""
-    return sum(1 for _ in _entries(Path(path), []))
-
-
 class _BytesSource:
     """File-like adapter so ``read_image_file`` reads folder files and zip members alike."""
 

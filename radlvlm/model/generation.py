@@ -91,10 +91,6 @@ class GenerationBatch:
     generations: list[Generation]
     seconds: float
 
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(g.new_tokens for g in self.generations) / self.seconds if self.seconds > 0 else 0.0
-
 
 @torch.inference_mode()
 def generate(

@@ -254,10 +254,6 @@ class MoLEAdapter:
                 out[task][name] = counts.tolist()
         return dict(out)
 
-    def reset_statistics(self) -> None:
-        for item in self._injected.values():
-            item.router.usage.clear()
-
     def save(self, directory: str | Path) -> Path:
         """Write ``mole_config.json`` and ``mole_adapter.safetensors`` (adapter weights only)."""
         directory = Path(directory)

@@ -91,10 +91,6 @@ class RadProcessor:
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
-    def training_text(self, instruction: str, response: str, *, image: bool = True, system: str | None = None) -> str:
-        """Prompt + answer + end-of-sequence, for supervised training."""
-        return f"{self.chat_prompt(instruction, image=image, system=system)} {response}{self.tokenizer.eos_token}"
-
     def pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         tensors = []
         for index, image in enumerate(images):

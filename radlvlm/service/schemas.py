@@ -83,10 +83,6 @@ class CheckOut(BaseModel):
     disclaimer: str = DISCLAIMER
 
 
-class DeidTextIn(BaseModel):
-    text: str = Field(min_length=1, max_length=200_000)
-
-
 class DeidTextOut(BaseModel):
     text: str
     replaced: dict[str, int] = Field(description="How many spans of each PHI type were replaced")
