@@ -8,6 +8,7 @@ English radiology text (the model and the rule checker read nothing else).
 from __future__ import annotations
 
 import re
+from functools import cache
 
 from radlvlm.errors import ReportParseError
 from radlvlm.reports import parse_report
@@ -20,14 +21,19 @@ ENGLISH_SHARE = 0.6
 _WORD = re.compile(r"[A-Za-z][A-Za-z']{2,}")
 
 
-def _english_share(text: str) -> float | None:
+@cache
+def _known_words() -> frozenset[str]:
     from radlvlm.safety.vocabulary import load_english, load_vocabulary
 
+    return load_vocabulary() | load_english()
+
+
+def _english_share(text: str) -> float | None:
     words = [w.lower().strip("'") for w in _WORD.findall(text)]
     words = [w.removesuffix("'s") for w in words if set(w) != {"x"}]
     if len(words) < 3:
         return None
-    known = load_vocabulary() | load_english()
+    known = _known_words()
     return sum(w in known for w in words) / len(words)
 
 
