@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from report import git_commit, save_report
+from report import git_commit, save_report, served_model
 from service import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def main() -> None:
         {
             "name": "drafts",
             "commit": git_commit(),
-            "model": info.get("data", info),
+            "model": served_model(info),
             "config": {"split": args.split, "max_new_tokens": args.max_new_tokens, "door": "POST /v1/drafts"},
             "metrics": metrics,
         },

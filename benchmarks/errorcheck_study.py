@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from report import git_commit, save_report
+from report import git_commit, save_report, served_model
 from service import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def main() -> None:
         {
             "name": "errorcheck",
             "commit": git_commit(),
-            "model": info.get("data", info),
+            "model": served_model(info),
             "config": {"splits": args.splits, "seed": args.seed, "n_boot": args.n_boot, "door": "POST /v1/checks"},
             "metrics": metrics,
         },

@@ -23,3 +23,11 @@ def save_report(path: Path, report: dict[str, Any]) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
     json.dump(report.get("metrics", {}), sys.stdout, indent=2)
     print()
+
+
+def served_model(models: dict[str, Any]) -> dict[str, Any]:
+    """What ``GET /v1/models`` said of the served model, without server-side paths (a result file is committed
+    and read on other machines): id, backend, architecture, whether it is the embedded default."""
+    entries = models.get("models") or models.get("data") or [models]
+    keep = ("id", "backend", "architecture", "embedded_default")
+    return {"models": [{k: entry[k] for k in keep if k in entry} for entry in entries]}

@@ -220,13 +220,7 @@ def build_errorcheck_set(
     seen: dict[str, int] = {}
     skipped_empty = 0
     for index, row in enumerate(reports, start=1):
-        uid = row.get("uid", row.get("id"))
-        if uid is None or str(uid).strip() == "":
-            raise InputError(f"report row {index} has no uid")
-        uid = str(uid)
-        if uid in seen:
-            raise InputError(f"uid in report rows {seen[uid]} and {index}: every study must appear once")
-        seen[uid] = index
+        uid = _study_uid(row, index, seen)
         if split_fractions is not None:
             split = _split_of(uid, split_fractions)
         elif row.get("split"):
@@ -281,19 +275,25 @@ def build_errorcheck_set(
     return rows, summary
 
 
+def _study_uid(row: Mapping[str, Any], index: int, seen: dict[str, int]) -> str:
+    """Row ``index``'s study uid, recorded in ``seen``; a missing or repeated uid is refused naming the rows."""
+    uid = row.get("uid", row.get("id"))
+    if uid is None or str(uid).strip() == "":
+        raise InputError(f"report row {index} has no uid")
+    uid = str(uid)
+    if uid in seen:
+        raise InputError(f"uid in report rows {seen[uid]} and {index}: every study must appear once")
+    seen[uid] = index
+    return uid
+
+
 def _read_studies(reports: Iterable[Mapping[str, Any]]) -> tuple[list[tuple[str, str, str, str]], int]:
     """``(uid, split, findings, impression)`` of each study with a report, and the count of empty ones."""
     studies = []
     seen: dict[str, int] = {}
     skipped_empty = 0
     for index, row in enumerate(reports, start=1):
-        uid = row.get("uid", row.get("id"))
-        if uid is None or str(uid).strip() == "":
-            raise InputError(f"report row {index} has no uid")
-        uid = str(uid)
-        if uid in seen:
-            raise InputError(f"uid in report rows {seen[uid]} and {index}: every study must appear once")
-        seen[uid] = index
+        uid = _study_uid(row, index, seen)
         if not row.get("split"):
             raise InputError(f"report row {index} has no 'split'")
         findings, impression = str(row.get("findings") or ""), str(row.get("impression") or "")
