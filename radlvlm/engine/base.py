@@ -11,7 +11,7 @@ import math
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,9 @@ from radlvlm.errors import RadlvlmError
 from radlvlm.imaging import Image
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 from radlvlm.tasks.taxonomy import ErrorCategory
+
+if TYPE_CHECKING:
+    from radlvlm.tasks.calibration import CheckCalibrations
 
 EngineImage = Image | torch.Tensor
 
@@ -144,7 +147,11 @@ class CheckResult:
 
 
 def simple_check_result(
-    request: CheckRequest, log_odds: float, calibrations: Any, model_id: str, timings: Timings
+    request: CheckRequest,
+    log_odds: float,
+    calibrations: CheckCalibrations | None,
+    model_id: str,
+    timings: Timings,
 ) -> CheckResult:
     """The SIMPLE verdict from the model's log-odds of " yes" over " no", for every backend.
 
