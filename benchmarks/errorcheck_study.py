@@ -54,7 +54,9 @@ def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[
     for split in splits:
         rows = _iu_rows(data, split)
         independent, _ = build_independent_set(rows, seed=seed)
-        sets[f"independent_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in independent]
+        sets[f"independent_{split}"] = [
+            {"text": r["text"], "has_error": r["has_error"], "family": r["family"]} for r in independent
+        ]
         trained, _ = build_errorcheck_training_set(rows, seed=seed, variants_per_report=1)
         sets[f"training_injector_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in trained]
         manifest = data / "nih_cxr14" / "manifest.jsonl"
@@ -110,6 +112,26 @@ def score(truth: list[bool], verdict: list[bool], probability: list[float], n_bo
     return out
 
 
+def by_family(rows: list[dict[str, Any]], model: list[bool], rules: list[bool]) -> dict[str, dict[str, Any]]:
+    """Sensitivity per injected error family (model and rule checker): which kinds of error a check catches."""
+    families: dict[str, dict[str, Any]] = {}
+    for row, flagged, ruled in zip(rows, model, rules, strict=True):
+        if not row["has_error"]:
+            continue
+        entry = families.setdefault(row["family"], {"n": 0, "model": 0, "rule_checker": 0})
+        entry["n"] += 1
+        entry["model"] += bool(flagged)
+        entry["rule_checker"] += bool(ruled)
+    return {
+        name: {
+            "n": e["n"],
+            "model_sensitivity": round(e["model"] / e["n"], 3),
+            "rule_checker_sensitivity": round(e["rule_checker"] / e["n"], 3),
+        }
+        for name, e in sorted(families.items())
+    }
+
+
 def rule_checker(texts: list[str]) -> tuple[list[bool], list[float]]:
     from radlvlm.clinical_eval.baselines import consistency_predictions
 
@@ -159,6 +181,10 @@ def main() -> None:
                         ),
                         "rule_checker": score(truth, rules[0], rules[1], args.n_boot, args.seed),
                     }
+                    if name.startswith("independent_"):
+                        entry["by_family"] = by_family(
+                            [row for row, _ in answered], [a["has_error"] for _, a in answered], rules[0]
+                        )
                     if name == "blatant":
                         entry["missed_contradictions"] = [
                             row["id"] for row, a in answered if row["has_error"] and not a["has_error"]
