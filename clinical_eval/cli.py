@@ -119,53 +119,50 @@ def predict(
     gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory it takes.")] = 0.9,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Run a model over a manifest of studies and write a predictions file (offline validation runs)."""
+    """Run a model over a manifest of studies and write a predictions file (offline validation runs).
+
+    Each study takes the path it takes at every door (de-identification, guardrails, engine, audit); the engine,
+    the project key and the audit trail come from the RADLVLM_* settings, with these options on top."""
     from radlvlm.cli_support import progress_bar
-    from radlvlm.engine.loading import load_engine
-    from radlvlm.engine.offline import predict as run_predictions
-    from radlvlm.engine.offline import read_manifest
-    from radlvlm.model.generation import GenerationSettings
+    from radlvlm.pipeline import build_runtime
+    from radlvlm.pipeline.batch import predict as run_predictions
+    from radlvlm.pipeline.batch import read_manifest
+    from radlvlm.settings import load_settings
 
     def job() -> dict[str, Any]:
         rows = read_manifest(manifest, task=task, image_root=image_root, split=split, limit=limit)
-        options = None
-        if backend == "vllm":
-            from radlvlm.engine.vllm_engine import VLLMOptions
-
-            options = VLLMOptions(
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_prefix_caching=prefix_caching,
-                ngram_speculative_tokens=ngram_speculative_tokens,
-            )
-        engine, _ = load_engine(
-            backend,
-            model,
+        settings = load_settings(
+            model_dir=model,
             adapter_dir=adapter,
-            max_batch_size=batch_size,
-            max_queue=max(batch_size, chunk_size),
-            generation=GenerationSettings(max_new_tokens=max_new_tokens),
+            backend=backend,
             device=device,
             dtype=dtype,
-            vllm_options=options,
+            max_new_tokens=max_new_tokens,
+            max_batch_size=batch_size,
+            max_queue=max(batch_size, chunk_size),
+            vllm_prefix_caching=prefix_caching,
+            vllm_ngram_speculative_tokens=ngram_speculative_tokens,
+            vllm_gpu_memory_utilization=gpu_memory_utilization,
         )
+        runtime = build_runtime(settings)
         try:
             with progress_bar("predicting", progress and sys.stderr.isatty()) as bar:
                 bar_task = bar.add_task("predicting", total=len(rows))
                 predictions, summary = run_predictions(
-                    engine,
+                    runtime,
                     rows,
                     task,
-                    max_new_tokens=max_new_tokens,
                     chunk_size=chunk_size,
                     on_progress=lambda done, _total: bar.update(bar_task, completed=done),
                 )
         finally:
-            engine.close()
+            runtime.close()
         _write_jsonl(out, predictions)
         return {**summary, "backend": backend, "out": str(out)}
 
     summary = run_guarded(job)
-    stderr.print(f"studies predicted: {summary['studies']} in {summary['seconds']} s", highlight=False)
+    refused = f", {len(summary['refused'])} refused by the guardrails" if summary["refused"] else ""
+    stderr.print(f"studies predicted: {summary['studies']}{refused} in {summary['seconds']} s", highlight=False)
     typer.echo(json.dumps(summary, indent=2))
 
 

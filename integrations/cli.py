@@ -66,9 +66,10 @@ def worker_command(
     outbox: Annotated[Path | None, typer.Option(help="Folder for FHIR DiagnosticReport and HL7 ORU files.")] = None,
     mllp: Annotated[str | None, typer.Option(help="HOST:PORT of an HL7 MLLP receiver (RIS) for the ORU^R01.")] = None,
     authorization: Annotated[str | None, typer.Option(help="Authorization header for the archive.")] = None,
-    key_file: Annotated[Path, typer.Option(help="Project key for the de-identified working copies.")] = Path(
-        "radlvlm-deid.key"
-    ),
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="Project key for the working copies (default: RADLVLM_DEID_KEY_PATH or the state folder)."),
+    ] = None,
     spool: Annotated[
         Path | None, typer.Option(help="Draft studies from the listener's spool instead of the archive.")
     ] = None,
@@ -77,7 +78,6 @@ def worker_command(
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
 ) -> None:
     """Draft every new chest CR/DX study once and write the SR back (FHIR/HL7 to the outbox)."""
-    from radlvlm.engine.loading import load_engine
     from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
     from radlvlm.integrations.ledger import StudyLedger
     from radlvlm.integrations.worker import (
@@ -86,8 +86,8 @@ def worker_command(
         PacsPublisher,
         QidoDiscovery,
     )
-    from radlvlm.safety.dicom_deid import DicomDeidentifier
-    from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
+    from radlvlm.pipeline import build_runtime
+    from radlvlm.settings import load_settings
 
     headers = {"Authorization": authorization} if authorization else {}
     mllp_peer = None
@@ -97,15 +97,15 @@ def worker_command(
             raise fail("--mllp must be HOST:PORT")
         mllp_peer = (host, int(port))
     archive = run_guarded(lambda: DicomWebSource(DicomWebSettings(dicomweb, headers=headers)))
-    engine, _ = run_guarded(lambda: load_engine("torch", model, adapter_dir=adapter, model_id=model.name))
+    settings = run_guarded(lambda: load_settings(model_dir=model, adapter_dir=adapter, deid_key_path=key_file))
+    # The RADLVLM_* settings give the engine (backend, device, dtype), the project key and the audit trail.
+    runtime = run_guarded(lambda: build_runtime(settings))
     book = StudyLedger(ledger)
-    key, _ = run_guarded(lambda: load_or_create_key(key_file))
     discovery = OrthancChangesDiscovery(orthanc, book, headers) if orthanc else QidoDiscovery(archive)
     worker = DraftWorker(
         fetch=archive.retrieve_study,
-        engine=engine,
+        runtime=runtime,
         ledger=book,
-        deidentifier=DicomDeidentifier(PseudonymMap(key, record=False)),
         publish=PacsPublisher(archive, outbox=outbox, mllp=mllp_peer),
         discovery=discovery,
     )
@@ -124,7 +124,7 @@ def worker_command(
     except KeyboardInterrupt:
         pass
     finally:
-        engine.close()
+        runtime.close()
         update_metrics()
     if not book.path.exists():
         raise fail("the ledger was not written")

@@ -1,12 +1,13 @@
 """The drafting worker: new chest CR/DX studies in the archive → a preliminary AI draft written back.
 
-For each new study: fetch it → de-identify a working copy → draft through the engine → PHI-scan the text →
-publish (a DICOM SR referencing the original images, stored back by STOW; FHIR and HL7 to the outbox). The
-ledger (SQLite) makes it idempotent and resumable: each study is claimed before work starts and marked done
-only after its outputs were accepted; the SR's SOP Instance UID is derived from the study UID and the model,
-so a study redone after a kill at the worst moment replaces its SR instead of adding a second one.
-Archive failures are retried with back-off and dead-lettered after the last attempt; studies the model is
-not for are skipped with their reason. Nothing identifying is logged: pseudonymous counts and codes only.
+For each new study: fetch it → the drafting use case, as at every other door (:func:`radlvlm.pipeline.draft_study`:
+a de-identified working copy, guardrails, the engine, the PHI scan, the audit entry) → publish (a DICOM SR
+referencing the original images, stored back by STOW; FHIR and HL7 to the outbox). The ledger (SQLite) makes it
+idempotent and resumable: each study is claimed before work starts and marked done only after its outputs were
+accepted; the SR's SOP Instance UID is derived from the study UID and the model, so a study redone after a kill
+at the worst moment replaces its SR instead of adding a second one. Archive failures are retried with back-off
+and dead-lettered after the last attempt; studies the model is not for are skipped with their reason. Nothing
+identifying is logged: pseudonymous counts and codes only.
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import requests
 from pydicom.dataset import Dataset
 
-from radlvlm.engine.base import DraftRequest, DraftResult, Engine
-from radlvlm.errors import GuardrailViolation, RadlvlmError
-from radlvlm.imaging import Image
+from radlvlm.errors import GuardrailViolation, ModelTimeout, RadlvlmError
 from radlvlm.integrations.dicomweb import DicomWebSource, PacsError
 from radlvlm.integrations.ledger import StudyLedger
+from radlvlm.pipeline import Caller, Runtime, StudyInput, draft_study
+from radlvlm.pipeline.ingest import RADIOGRAPH_MODALITIES
 
 logger = logging.getLogger(__name__)
 
-RADIOGRAPH_MODALITIES = ("CR", "DX")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -146,9 +146,8 @@ class WorkerCounts:
 class DraftWorker:
     """Args:
     fetch: StudyInstanceUID → the study's datasets (e.g. ``DicomWebSource.retrieve_study``).
-    engine: the drafting engine.
+    runtime: the runtime the drafting use case runs on (engine, project key, audit trail).
     ledger: the durable study ledger.
-    deidentifier: ``radlvlm.safety`` DicomDeidentifier for the working copy.
     publish: writes the outputs; returns the output UID recorded in the ledger.
     discovery: where new studies come from.
     """
@@ -157,20 +156,18 @@ class DraftWorker:
         self,
         *,
         fetch: Callable[[str], list[Dataset]],
-        engine: Engine,
+        runtime: Runtime,
         ledger: StudyLedger,
-        deidentifier: Any,
         publish: Publisher,
         discovery: Discovery,
-        timeout_s: float = 600.0,
+        actor: str = "pacs-worker",
     ) -> None:
         self.fetch = fetch
-        self.engine = engine
+        self.runtime = runtime
         self.ledger = ledger
-        self.deidentifier = deidentifier
         self.publish = publish
         self.discovery = discovery
-        self.timeout_s = timeout_s
+        self.caller = Caller(actor, "pacs")
         self.counts = WorkerCounts()
 
     def poll(self) -> int:
@@ -188,16 +185,14 @@ class DraftWorker:
             return False
         try:
             datasets = self.fetch(uid)
-            image = self._frontal(datasets)
-            result = self.engine.run(DraftRequest(image=image), timeout=self.timeout_s)
-            assert isinstance(result, DraftResult)
-            findings, impression = self._clean(result.findings), self._clean(result.impression)
-            output_uid = self.publish(datasets, findings, impression, result.model_id)
+            outcome = draft_study(self.runtime, StudyInput(datasets=datasets), self.caller)
+            findings, impression = _printable(outcome.findings), _printable(outcome.impression)
+            output_uid = self.publish(datasets, findings, impression, outcome.model_id)
         except GuardrailViolation as e:
             self.ledger.failed(uid, f"not_for_model: {e}"[:200], permanent=True, skipped=True)
             self.counts.skipped += 1
             return True
-        except (PacsError, TimeoutError, OSError) as e:
+        except (PacsError, TimeoutError, ModelTimeout, OSError) as e:
             state = self.ledger.failed(uid, f"{type(e).__name__}: {e}"[:200])
             self._count_failure(state)
             return True
@@ -222,22 +217,10 @@ class DraftWorker:
         else:
             self.counts.failed += 1
 
-    def _frontal(self, datasets: Sequence[Dataset]) -> Image:
-        from radlvlm.service.pipeline import select_frontal
 
-        # Only radiographs are decoded: SRs (our own drafts among them) and other series are passed over.
-        image, findings = select_frontal(datasets, self.deidentifier, modalities=RADIOGRAPH_MODALITIES)
-        if image is None:
-            codes = [f.code for f in findings if f.severity == "refuse"]
-            raise GuardrailViolation("; ".join(codes) or "no_frontal_radiograph")
-        return image
-
-    def _clean(self, text: str) -> str:
-        """PHI-scanned text without control characters (which DICOM text VRs, HL7 and MLLP framing forbid)."""
-        from radlvlm.service.pipeline import clean_output
-
-        cleaned, _ = clean_output(text, self.deidentifier, has_prior=False, has_lateral=False)
-        return _CONTROL_CHARACTERS.sub("", cleaned)
+def _printable(text: str) -> str:
+    """Text without control characters (which DICOM text VRs, HL7 and MLLP framing forbid)."""
+    return _CONTROL_CHARACTERS.sub("", text)
 
 
 def draft_sop_instance_uid(study_uid: str, model_id: str) -> str:

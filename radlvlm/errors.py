@@ -61,3 +61,11 @@ class EvaluationInputError(InputError):
 
 class ModelError(RadlvlmError):
     """A model, adapter or checkpoint cannot be built, loaded or converted as asked."""
+
+
+class ModelTimeout(RadlvlmError):
+    """The model did not answer within the request timeout."""
+
+
+class NoArchiveError(InputError):
+    """A study was named by its archive UID where no DICOMweb archive is configured."""

@@ -1,18 +1,38 @@
-"""Service configuration from ``RADLVLM_*`` environment variables or a ``.env``-style file (pydantic-settings)."""
+"""radlvlm's configuration from ``RADLVLM_*`` environment variables (pydantic-settings): the model and the
+engine that runs it, the project key and the audit trail, and the service's limits.
+
+Every door reads the same settings (the service, ``radlvlm draft``/``check``, the PACS worker, ``eval predict``),
+so one environment gives the same engine, the same pseudonyms and the same audit trail whichever door is used.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from radlvlm.engine.vllm_engine import VLLMOptions
+    from radlvlm.model.generation import GenerationSettings
+
 SCOPES = ("draft", "check", "deid", "admin")
 
 
-class ServiceSettings(BaseSettings):
-    """Everything the service reads at start-up.
+def state_dir() -> Path:
+    """Where radlvlm keeps its own state (the project key, the audit trail) unless told otherwise:
+    ``$RADLVLM_HOME``, else ``$XDG_DATA_HOME/radlvlm``, else ``~/.local/share/radlvlm`` — never the working
+    directory, so a key is not created (or a different one found) wherever a command happens to run."""
+    if os.environ.get("RADLVLM_HOME"):
+        return Path(os.environ["RADLVLM_HOME"]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "radlvlm"
+
+
+class Settings(BaseSettings):
+    """Everything radlvlm reads at start-up.
 
     API keys are configured as ``sha256:<hex digest of the key>:<scope>[,<scope>…]`` entries (comma-free
     digests, ``;``-separated in ``RADLVLM_API_KEYS``), so the configuration never holds a usable key.
@@ -56,8 +76,13 @@ class ServiceSettings(BaseSettings):
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
     dicomweb_url: str | None = Field(default=None, description="The archive drafts may name studies in (DICOMweb root)")
     dicomweb_authorization: str | None = Field(default=None, description="Authorization header for the archive")
-    audit_path: Path = Path("radlvlm-audit.jsonl")
-    deid_key_path: Path = Field(default=Path("radlvlm-deid.key"), description="Project key for pseudonyms and UIDs")
+    audit_path: Path = Field(
+        default_factory=lambda: state_dir() / "audit.jsonl", description="The audit trail (JSON lines, hash-chained)"
+    )
+    deid_key_path: Path = Field(
+        default_factory=lambda: state_dir() / "deid.key",
+        description="Project key for pseudonyms, UIDs and the audit MAC (created 0600 when absent)",
+    )
 
     @field_validator("cors_origins")
     @classmethod
@@ -67,11 +92,51 @@ class ServiceSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _ngram_window(self) -> ServiceSettings:
-        if self.vllm_ngram_lookup_min > self.vllm_ngram_lookup_max:
-            raise ValueError("vllm_ngram_lookup_min must not exceed vllm_ngram_lookup_max")
+    def _valid_vllm_options(self) -> Settings:
+        from radlvlm.errors import InputError
+
+        try:  # VLLMOptions holds the rules; checked here too so a bad value fails at start, whatever the backend
+            self.vllm_options()
+        except InputError as e:
+            raise ValueError(str(e)) from None
         return self
+
+    def vllm_options(self) -> VLLMOptions:
+        """The vLLM engine settings named by ``RADLVLM_VLLM_*``."""
+        from radlvlm.engine.vllm_engine import VLLMOptions
+
+        return VLLMOptions(
+            dtype=self.vllm_dtype,
+            gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            max_model_len=self.vllm_max_model_len,
+            max_num_seqs=self.vllm_max_num_seqs,
+            enable_prefix_caching=self.vllm_prefix_caching,
+            ngram_speculative_tokens=self.vllm_ngram_speculative_tokens,
+            ngram_lookup_min=self.vllm_ngram_lookup_min,
+            ngram_lookup_max=self.vllm_ngram_lookup_max,
+        )
+
+    def generation(self) -> GenerationSettings:
+        from radlvlm.model.generation import GenerationSettings
+
+        return GenerationSettings(max_new_tokens=self.max_new_tokens)
 
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The ``RADLVLM_*`` settings with a command's options on top (None means "not given"); a bad value is an
+    ``InputError`` of one line naming each field, so every door refuses it the same way."""
+    from pydantic import ValidationError
+
+    from radlvlm.errors import InputError
+
+    try:
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}" for error in e.errors()
+        )
+        raise InputError(f"invalid configuration: {problems}") from None

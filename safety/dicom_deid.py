@@ -21,19 +21,17 @@ import io
 import logging
 import os
 import re
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
@@ -41,7 +39,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 
 import radlvlm
-from radlvlm.errors import DeidentificationError
+from radlvlm.errors import DeidentificationError, NotDicomError
 from radlvlm.safety.burned_in import BurnedInPolicy, handle_burned_in
 from radlvlm.safety.profile import OPTION_COLUMNS, DeidOptions, lookup_row, resolve_action
 from radlvlm.safety.pseudonyms import PseudonymMap
@@ -125,19 +123,19 @@ class DicomDeidentifier:
             ds (Dataset): the input; it is not modified.
             name (str, default "<dataset>"): how the input is named in errors.
         """
+        context = _Context(name=name)  # this call's own: an error names this dataset's attribute, no other's
         try:
             with quiet_pydicom():
-                return self._deidentify(ds, name)
+                return self._deidentify(ds, name, context)
         except DeidentificationError:
             raise
         except Exception as e:  # any other failure is a doubt too; its message may quote values, so drop it
             raise DeidentificationError(
-                f"{name}: de-identification failed at {_Context.current or 'start'} ({type(e).__name__})"
+                f"{name}: de-identification failed at {context.keyword or 'start'} ({type(e).__name__})"
             ) from e
 
-    def _deidentify(self, ds: Dataset, name: str) -> DeidResult:
+    def _deidentify(self, ds: Dataset, name: str, context: _Context) -> DeidResult:
         self._check_limits(ds, name)
-        context = _Context(name=name)
         patient_name = str(ds.get("PatientName", "") or "")
         patient_key = str(ds.get("PatientID", "") or "") or patient_name or str(ds.get("StudyInstanceUID", ""))
         if patient_name:
@@ -183,7 +181,7 @@ class DicomDeidentifier:
         for tag in list(dataset.keys()):
             elem = dataset[tag]
             keyword = elem.keyword or f"({tag.group:04X},{tag.element:04X})"
-            context.keyword = _Context.current = keyword
+            context.keyword = keyword
             if tag.element == 0:
                 del dataset[tag]  # group lengths: recomputed by writers, and stale after any change
                 continue
@@ -358,28 +356,48 @@ class DicomDeidentifier:
         with quiet_pydicom():
             return self._deidentify_file(source, destination, label, by_uid)
 
-    def _deidentify_file(self, source: Path, destination: Path, label: str, by_uid: bool) -> FileOutcome:
+    def deidentify_bytes(self, data: bytes, *, name: str) -> tuple[bytes, DeidResult]:
+        """De-identify a DICOM file's bytes for export: the output file's bytes and what was done.
+
+        The one export rule, at every door (``radlvlm deid``, ``POST /v1/deid``): the input is read by
+        :func:`radlvlm.imaging.dicom.parse_dicom_bytes`; a file without pixel data, with pixel data shorter
+        than its header declares, or without its SOP UIDs is refused, and so is an output that cannot be
+        encoded. Raises ``DeidentificationError`` naming the input and the reason, never a value.
+        """
+        from radlvlm.imaging.dicom import parse_dicom_bytes
+
         try:
-            ds = _read(source, label)
-            if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-                raise DeidentificationError(f"{label}: DICOM file has no pixel data; not exported")
-            if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-                raise DeidentificationError(f"{label}: SOPClassUID or SOPInstanceUID missing; not exported")
-            result = self.deidentify_dataset(ds, name=label)
+            ds = parse_dicom_bytes(data, name=name)
+        except NotDicomError as e:
+            raise DeidentificationError(str(e)) from e
+        with quiet_pydicom():
+            _check_exportable(ds, name)
+            result = self.deidentify_dataset(ds, name=name)
             buffer = io.BytesIO()
             try:
                 result.dataset.save_as(buffer, enforce_file_format=True)
             except Exception as e:  # a value that cannot be encoded: refuse, naming only the error type
                 raise DeidentificationError(
-                    f"{label}: de-identified dataset could not be written ({type(e).__name__})"
+                    f"{name}: de-identified dataset could not be written ({type(e).__name__})"
                 ) from e
+        return buffer.getvalue(), result
+
+    def _deidentify_file(self, source: Path, destination: Path, label: str, by_uid: bool) -> FileOutcome:
+        try:
+            try:
+                data = source.read_bytes()
+            except FileNotFoundError as e:
+                raise DeidentificationError(f"{label}: no such file") from e
+            except OSError as e:
+                raise DeidentificationError(f"{label}: unreadable ({type(e).__name__})") from e
+            output, result = self.deidentify_bytes(data, name=label)
             if by_uid:
                 out = result.dataset
                 parts = [str(out.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
                 if not all(parts):
                     raise DeidentificationError(f"{label}: study, series or instance UID missing; not exported")
                 destination = destination / parts[0] / parts[1] / f"{parts[2]}.dcm"
-            _write_atomically(destination, buffer.getvalue())
+            _write_atomically(destination, output)
         except DeidentificationError as e:
             return FileOutcome(label, "failed", reason=str(e))
         except Exception as e:  # any other doubt is a failure too, reported without the message (it may quote values)
@@ -389,23 +407,79 @@ class DicomDeidentifier:
         return FileOutcome(label, "written", str(destination), actions=dict(result.actions), study=study)
 
 
+def _check_exportable(ds: Dataset, name: str) -> None:
+    """Refuse what radlvlm does not export: no pixel data (a structured report or a presentation state would
+    need the Clean Structured Content rules reviewed for its template), pixel data shorter than the header
+    declares (a truncated transfer), or no SOP Class/Instance UID."""
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise DeidentificationError(f"{name}: DICOM file has no pixel data; not exported")
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        raise DeidentificationError(f"{name}: SOPClassUID or SOPInstanceUID missing; not exported")
+    if "PixelData" in ds:
+        expected = _native_pixel_bytes(ds, name)
+        if expected is not None and len(ds.PixelData) < expected:
+            raise DeidentificationError(
+                f"{name}: pixel data is shorter than Rows x Columns x frames declare (truncated); not exported"
+            )
+        if expected is None:  # encapsulated (compressed): the frames must decode
+            try:
+                ds.pixel_array  # noqa: B018 - decoding is the check
+            except Exception as e:
+                raise DeidentificationError(
+                    f"{name}: compressed pixel data does not decode ({type(e).__name__}); not exported"
+                ) from e
+
+
+def _native_pixel_bytes(ds: Dataset, name: str) -> int | None:
+    """The bytes native (uncompressed) pixel data must hold; None for an encapsulated transfer syntax."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DeidentificationError(f"{name}: image attributes missing or malformed; not exported") from e
+    return (rows * columns * samples * frames * bits + 7) // 8
+
+
 def _drop(record: logging.LogRecord) -> bool:
     return False
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list = []
 
 
 @contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's warnings and log records while PHI is handled: they quote values ("Invalid value
-    for VR AS: '75Y'"), and radlvlm reports problems itself, by keyword. Not thread-safe (warnings filters
-    are process-wide); run one de-identification per thread of control or per process."""
+    for VR AS: '75Y'"), and radlvlm reports problems itself, by keyword.
+
+    Warning filters are process-wide, and ``warnings.catch_warnings`` saves and restores them per call, which
+    loses or leaks filters when threads overlap (the service de-identifies in a thread pool). So the silence
+    is counted instead: the first thread in installs it, the last one out restores what was there before.
+    """
+    global _quiet_depth
     pydicom_logger = logging.getLogger("pydicom")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pydicom_logger.addFilter(_drop)
-        try:
-            yield
-        finally:
-            pydicom_logger.removeFilter(_drop)
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved[:] = list(warnings.filters)
+            warnings.simplefilter("ignore")
+            pydicom_logger.addFilter(_drop)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                pydicom_logger.removeFilter(_drop)
+                warnings.filters[:] = _quiet_saved
+                warnings._filters_mutated()  # type: ignore[attr-defined]  # as catch_warnings does on exit
 
 
 _OPTION_TITLES = {name: code.meaning.removesuffix(" Option") for name, code in OPTION_COLUMNS.items()}
@@ -415,7 +489,6 @@ _OPTION_TITLES = {name: code.meaning.removesuffix(" Option") for name, code in O
 class _Context:
     """Per-file state: the identifying values seen (for the final check), action counts, the date offset."""
 
-    current: ClassVar[str] = ""  # the attribute being handled, for error messages (keyword only)
     name: str
     offset: int = -1
     keyword: str = ""
@@ -533,31 +606,6 @@ def _walk_item(ds: Dataset, inside_own: bool) -> Iterator[tuple[DataElement, boo
         if elem.VR == "SQ":
             for item in elem.value or []:
                 yield from _walk_item(item, inside_own or elem.keyword in _OWN_MARKS)
-
-
-def _read(source: Path, label: str) -> Dataset:
-    try:
-        ds = dcmread(source)
-        # Convert every raw element now so a damaged element fails here, not half-way through the rules.
-        for _ in ds.iterall():
-            pass
-        return ds
-    except FileNotFoundError as e:
-        raise DeidentificationError(f"{label}: no such file") from e
-    except InvalidDicomError as e:
-        # Some archives hold datasets without the preamble and 'DICM'; accept one only when a forced parse
-        # finds what an image must have (as radlvlm.imaging does).
-        try:
-            ds = dcmread(source, force=True)
-            if "SOPClassUID" in ds and any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-                for _ in ds.iterall():
-                    pass
-                return ds
-        except Exception:  # a forced parse of a non-DICOM file fails in many ways; all mean "not DICOM"
-            pass
-        raise DeidentificationError(f"{label}: not a DICOM file") from e
-    except Exception as e:  # pydicom raises many kinds on damaged headers; the message may quote values
-        raise DeidentificationError(f"{label}: corrupt or unreadable DICOM ({type(e).__name__})") from e
 
 
 def _write_atomically(destination: Path, data: bytes) -> None:

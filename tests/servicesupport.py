@@ -12,7 +12,7 @@ import uvicorn
 
 from radlvlm.service.security import new_key
 from radlvlm.service.serve import build_app
-from radlvlm.service.settings import ServiceSettings
+from radlvlm.settings import Settings
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Server:
     url: str
     key: str
     check_only_key: str
-    settings: ServiceSettings
+    settings: Settings
     app: object
 
     def client(self, key: str | None = None) -> httpx.Client:
@@ -28,7 +28,7 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
-def start_server(settings: ServiceSettings) -> tuple[uvicorn.Server, threading.Thread, str, object]:
+def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str, object]:
     app = build_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -42,7 +42,7 @@ def start_server(settings: ServiceSettings) -> tuple[uvicorn.Server, threading.T
     return server, thread, f"http://127.0.0.1:{port}", app
 
 
-def make_settings(tmp: Path, model_dir: Path, **overrides: object) -> tuple[ServiceSettings, str, str]:
+def make_settings(tmp: Path, model_dir: Path, **overrides: object) -> tuple[Settings, str, str]:
     key, entry = new_key(("draft", "check", "deid", "admin"))
     check_key, check_entry = new_key(("check",))
     values: dict[str, object] = {
@@ -54,7 +54,7 @@ def make_settings(tmp: Path, model_dir: Path, **overrides: object) -> tuple[Serv
         "max_body_bytes": 20 * 2**20,
         **overrides,
     }
-    return ServiceSettings(**values), key, check_key  # type: ignore[arg-type]
+    return Settings(**values), key, check_key  # type: ignore[arg-type]
 
 
 def build_tiny_model_dir(directory: Path) -> Path:

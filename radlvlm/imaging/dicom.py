@@ -60,12 +60,12 @@ def read_image_file(source: str | Path | BinaryIO, *, name: str | None = None, f
     label = name if name is not None else str(source)
     data = _read_bytes(source, label)
     if is_plain_image(data[:8]):
-        return _read_plain_image(data, label)
+        return read_plain_image(data, name=label)
     return read_dicom_bytes(data, name=label, frame=frame)
 
 
 def read_dicom_bytes(data: bytes, *, name: str, frame: int | None = None) -> Image:
-    ds = _parse_dicom(data, name)
+    ds = parse_dicom_bytes(data, name=name)
     return dataset_to_image(ds, name=name, frame=frame, content=data)
 
 
@@ -119,24 +119,39 @@ def _read_bytes(source: str | Path | BinaryIO, label: str) -> bytes:
     return source.read()
 
 
-def _parse_dicom(data: bytes, name: str) -> Dataset:
+def parse_dicom_bytes(data: bytes, *, name: str) -> Dataset:
+    """The one rule radlvlm reads DICOM bytes by, at every door (uploads, files, de-identification, archives).
+
+    A Part 10 file is read as it is. A dataset without the 128-byte preamble and 'DICM' prefix (some archives
+    hold them) is accepted only when a forced parse finds what an image must have (SOP Class UID, Rows, pixel
+    data). Every element is converted here, so a damaged element fails now, as "not readable", rather than
+    half-way through de-identification. Errors name the input and the error type, never a value.
+    """
     if not data:
         raise NotDicomError(f"{name}: empty file")
     try:
-        return dcmread(io.BytesIO(data))
+        ds = dcmread(io.BytesIO(data))
     except InvalidDicomError:
-        pass
+        ds = None
     except Exception as e:  # pydicom raises assorted errors on damaged headers
         raise NotDicomError(f"{name}: not a readable DICOM file ({type(e).__name__})") from e
-    # Some archives hold datasets without the 128-byte preamble and 'DICM' prefix; accept them only if
-    # the forced parse finds the attributes an image must have.
+    if ds is None:
+        try:
+            forced = dcmread(io.BytesIO(data), force=True)
+            if "SOPClassUID" in forced and any(keyword in forced for keyword in _PIXEL_KEYWORDS) and "Rows" in forced:
+                ds = forced
+        except Exception:  # a forced parse of a non-DICOM file fails in many ways; all mean "not DICOM"
+            pass
+    if ds is None:
+        raise NotDicomError(f"{name}: not a DICOM file (no 'DICM' prefix) and not a PNG or JPEG image")
     try:
-        ds = dcmread(io.BytesIO(data), force=True)
-        if "SOPClassUID" in ds and any(keyword in ds for keyword in _PIXEL_KEYWORDS) and "Rows" in ds:
-            return ds
-    except Exception:  # a forced parse of a non-DICOM file fails in many ways; all mean "not DICOM"
-        pass
-    raise NotDicomError(f"{name}: not a DICOM file (no 'DICM' prefix) and not a PNG or JPEG image")
+        for _ in ds.iterall():
+            pass
+    except NotImplementedError:
+        pass  # a transfer syntax pydicom cannot read elements of: decoding says so, by name, further on
+    except Exception as e:  # a raw element that does not convert; its message may quote the value
+        raise NotDicomError(f"{name}: not a readable DICOM file ({type(e).__name__})") from e
+    return ds
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
@@ -205,7 +220,7 @@ def _display(pixels: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
         ) from e
 
 
-def _read_plain_image(data: bytes, name: str) -> Image:
+def read_plain_image(data: bytes, *, name: str) -> Image:
     try:
         with PILImage.open(io.BytesIO(data)) as picture:
             picture.load()

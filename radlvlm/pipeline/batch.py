@@ -1,26 +1,34 @@
-"""Offline prediction over a manifest (a validation study's inputs) → a predictions file for ``radlvlm eval run``.
+"""``eval predict``'s door: the drafting and checking use cases over a manifest (a validation study's inputs) →
+a predictions file for ``radlvlm eval run``.
 
 A manifest is JSONL or Parquet with one row per study: ``id`` (or ``uid``), ``image`` (a DICOM, PNG or JPEG
 path, absolute or relative to ``image_root``, else to the manifest's folder; required for drafts, optional for
-checks), ``indication`` (drafts, optional), and for error checks the report as ``text`` (what
-``radlvlm eval make-errorcheck`` writes) or ``report``. A ``split`` column can be filtered on.
+checks), ``view`` (PA or AP: the view of a PNG/JPEG), ``indication`` (drafts, optional), and for error checks
+the report as ``text`` (what ``radlvlm eval make-errorcheck`` writes) or ``report``. A ``split`` column can be
+filtered on.
 
-The images are read as they are: a manifest names de-identified data (a validation set), not live PACS studies.
-Rows go to the engine in chunks (images are decoded per chunk, so memory stays bounded); the vLLM backend runs
-each chunk on its batch engine in one ``generate`` call.
+Each study takes the path it takes at every other door (:mod:`radlvlm.pipeline`: de-identification, input
+guardrails, engine, output guardrails, audit), so a validation study measures what users get. Rows go to the
+engine in chunks (prepared per chunk, so memory stays bounded); the vLLM backend runs each chunk on its batch
+engine in one ``generate`` call. A study the guardrails refuse is left out of the predictions and named, with
+the reason, in the summary.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radlvlm.engine.base import CheckRequest, CheckResult, DraftRequest, DraftResult, Request, Result
-from radlvlm.engine.batching import BatchingEngine
-from radlvlm.errors import InputError, RadlvlmError
+from radlvlm.engine.base import CheckResult, DraftResult
+from radlvlm.errors import GuardrailViolation, InputError, RadlvlmError
+from radlvlm.pipeline.checking import CheckOutcome, PreparedCheck, finish_check, prepare_check
+from radlvlm.pipeline.drafting import DraftOutcome, PreparedDraft, finish_draft, prepare_draft
+from radlvlm.pipeline.ingest import StudyInput
+from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.tasks.drafting import draft_target
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
@@ -34,6 +42,7 @@ class ManifestRow:
     image: Path | None
     indication: str | None
     report: str | None
+    view: str | None = None
 
 
 def read_manifest(
@@ -60,7 +69,7 @@ def read_manifest(
         raise InputError(f"{root}: image folder not found")
     rows: list[ManifestRow] = []
     seen: set[str] = set()
-    no_id, duplicate, no_image, missing_file, no_report = [], [], [], [], []
+    no_id, duplicate, no_image, missing_file, no_report, bad_view = [], [], [], [], [], []
     for row in load_rows(path):
         if split is not None and str(row.get("split")) != split:
             continue
@@ -86,12 +95,16 @@ def read_manifest(
         if task != "draft" and (not isinstance(report, str) or not report.strip()):
             no_report.append(f"{where} ({study})")
         indication = row.get("indication")
+        view = str(row["view"]).upper() if row.get("view") else None
+        if view is not None and view not in ("PA", "AP"):
+            bad_view.append(f"{where} ({study})")
         rows.append(
             ManifestRow(
                 id=study,
                 image=image,
                 indication=str(indication) if indication else None,
                 report=report if isinstance(report, str) else None,
+                view=view,
             )
         )
         if limit is not None and len(rows) >= limit:
@@ -104,6 +117,7 @@ def read_manifest(
             (no_image, "row(s) without an 'image' (a draft needs one)"),
             (missing_file, "row(s) whose image file is not found"),
             (no_report, "row(s) without the report to check ('text' or 'report')"),
+            (bad_view, "row(s) whose 'view' is not PA or AP"),
         )
         if found
     ]
@@ -114,67 +128,96 @@ def read_manifest(
     return rows
 
 
-def request_for(row: ManifestRow, task: str, *, max_new_tokens: int | None = None) -> Request:
-    """The engine request of a manifest row (the image decoded here)."""
-    from radlvlm.imaging.dicom import read_image_file
-
+def _prepare(runtime: Runtime, row: ManifestRow, task: str) -> PreparedDraft | PreparedCheck:
     image = None
     if row.image is not None:
         try:
-            image = read_image_file(row.image, name=row.image.name)
-        except RadlvlmError as e:
-            raise InputError(f"study {row.id}: {e}") from e
+            image = StudyInput(data=row.image.read_bytes(), view=row.view, name=row.image.name)
+        except OSError as e:
+            raise InputError(f"study {row.id}: image unreadable ({type(e).__name__})") from e
     if task == "draft":
         assert image is not None
-        return DraftRequest(image=image, indication=row.indication, max_new_tokens=max_new_tokens)
-    mode = ErrorCheckTask.SIMPLE if task == "check-simple" else ErrorCheckTask.COMPLEX
-    return CheckRequest(report=row.report or "", image=image, mode=mode)
+        return prepare_draft(runtime, image, indication=row.indication)
+    return prepare_check(runtime, row.report or "", image=image, mode=task.removeprefix("check-"))
 
 
-def prediction_row(row: ManifestRow, result: Result) -> dict[str, Any]:
-    """One predictions-file row: ``id``, ``prediction``, ``model`` (+ ``confidence``, the probability of an error)."""
-    if isinstance(result, DraftResult):
-        text = draft_target(result.findings, result.impression) or result.text
-        return {"id": row.id, "prediction": text, "model": result.model_id}
-    if isinstance(result, CheckResult):
-        out: dict[str, Any] = {"id": row.id, "prediction": result.raw_answer, "model": result.model_id}
-        if result.error_probability is not None:
-            out["confidence"] = result.error_probability
-        if result.reason is not None:
-            out["reason"] = result.reason  # the check could not be done; scored as an invalid answer
-        return out
-    raise InputError(f"study {row.id}: the engine returned a {type(result).__name__}, not a draft or check result")
+def prediction_row(row: ManifestRow, outcome: DraftOutcome | CheckOutcome) -> dict[str, Any]:
+    """One predictions-file row: ``id``, ``prediction``, ``model`` (+ ``confidence``, the probability of an error).
+
+    A check's prediction is written in the answer format ``eval run`` parses, with spans in the report as the
+    manifest holds it (the use case maps them back from the de-identified text the model saw).
+    """
+    if isinstance(outcome, DraftOutcome):
+        return {
+            "id": row.id,
+            "prediction": draft_target(outcome.findings, outcome.impression),
+            "model": outcome.model_id,
+        }
+    out: dict[str, Any] = {"id": row.id, "model": outcome.model_id}
+    if not outcome.answer_valid:
+        out["prediction"] = f"(no answer: {outcome.reason or 'the answer did not follow the format'})"
+        if outcome.reason is not None:
+            out["reason"] = outcome.reason  # the check could not be done; scored as an invalid answer
+    elif outcome.mode == ErrorCheckTask.SIMPLE.value:
+        out["prediction"] = "yes" if outcome.has_error else "no"
+    else:
+        first = outcome.errors[0] if outcome.errors else None
+        out["prediction"] = json.dumps(
+            {
+                "has_error": bool(outcome.has_error),
+                "category": first.category if first and outcome.has_error else None,
+                "span": list(first.span) if first and first.span and outcome.has_error else None,
+            }
+        )
+    if outcome.error_probability is not None:
+        out["confidence"] = outcome.error_probability
+    return out
 
 
 def predict(
-    engine: BatchingEngine,
+    runtime: Runtime,
     rows: Sequence[ManifestRow],
     task: str,
     *,
-    max_new_tokens: int | None = None,
     chunk_size: int = 256,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predictions-file rows for ``rows`` (in order) and a summary (counts, seconds, studies per second)."""
+    """Predictions-file rows for ``rows`` (in order) and a summary (counts, refusals, seconds, studies per second)."""
     if chunk_size < 1:
         raise InputError(f"chunk_size must be positive, got {chunk_size}")
+    caller = Caller("eval-predict", "eval")
     out: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
     model_seconds = 0.0
     start = time.perf_counter()
     for begin in range(0, len(rows), chunk_size):
-        chunk = rows[begin : begin + chunk_size]
-        requests = [request_for(row, task, max_new_tokens=max_new_tokens) for row in chunk]
+        ready: list[tuple[ManifestRow, PreparedDraft | PreparedCheck]] = []
+        for row in rows[begin : begin + chunk_size]:
+            try:
+                ready.append((row, _prepare(runtime, row, task)))
+            except GuardrailViolation as e:
+                refused[row.id] = str(e)
+            except RadlvlmError as e:
+                raise InputError(f"study {row.id}: {e}") from e
         began = time.perf_counter()
-        results = engine.run_all(requests)
+        results = runtime.engine.run_all([prepared.request for _, prepared in ready])
         model_seconds += time.perf_counter() - began
-        out.extend(prediction_row(row, result) for row, result in zip(chunk, results, strict=True))
+        for (row, prepared), result in zip(ready, results, strict=True):
+            if isinstance(prepared, PreparedDraft) and isinstance(result, DraftResult):
+                outcome: DraftOutcome | CheckOutcome = finish_draft(runtime, prepared, result, caller)
+            elif isinstance(prepared, PreparedCheck) and isinstance(result, CheckResult):
+                outcome = finish_check(runtime, prepared, result, caller)
+            else:
+                raise InputError(f"study {row.id}: the engine returned a {type(result).__name__}")
+            out.append(prediction_row(row, outcome))
         if on_progress is not None:
-            on_progress(len(out), len(rows))
+            on_progress(len(out) + len(refused), len(rows))
     seconds = time.perf_counter() - start
     summary = {
         "task": task,
-        "model": engine.model_id,
+        "model": runtime.model_id,
         "studies": len(out),
+        "refused": refused,
         "seconds": round(seconds, 2),
         "model_seconds": round(model_seconds, 2),
         "studies_per_s": round(len(out) / model_seconds, 3) if model_seconds > 0 else None,

@@ -1,54 +1,75 @@
-"""The safety path every request takes: de-identify the input, check it, and check what goes back out.
+"""Ingest: a study as it arrives at any door (an upload's bytes, an archive's study, a worker's datasets) →
+the de-identified frontal radiograph the model sees, and the input guardrails' verdict on it.
 
-Uploaded DICOM is de-identified in full (PS3.15 Annex E profile, burned-in annotation refused) before any
-pixels reach the model, so the study UID the audit trail sees is already a pseudonym. Free text
-(indications, reports) is de-identified with the report de-identifier. Generated text is scanned: PHI is
-replaced before it leaves, unsupported claims are flagged for the reader.
+DICOM is read by one rule (:func:`radlvlm.imaging.dicom.parse_dicom_bytes`) and de-identified in full (PS3.15
+Annex E profile, burned-in annotation refused) before any pixels reach the model, so the study UID the audit
+trail sees is already a pseudonym.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from radlvlm.errors import GuardrailViolation, NotDicomError, RadlvlmError
+from radlvlm.errors import GuardrailViolation, InputError, NoArchiveError, RadlvlmError
 from radlvlm.imaging import Image, Study, View, dataset_to_image
-from radlvlm.imaging.dicom import is_plain_image, read_image_file
+from radlvlm.imaging.dicom import is_plain_image, parse_dicom_bytes, read_plain_image
+from radlvlm.pipeline.flags import Flag, flag_of
 from radlvlm.safety.dicom_deid import DicomDeidentifier
-from radlvlm.safety.guardrails import Finding, input_findings, output_findings
-from radlvlm.service.schemas import GuardrailFlag
+from radlvlm.safety.guardrails import Finding, input_findings
+
+__all__ = [
+    "RADIOGRAPH_MODALITIES",
+    "UPLOAD_NAME",
+    "StudyInput",
+    "check_input_image",
+    "deidentified_image",
+    "frontal_image_from_archive",
+    "ingest_study",
+    "select_frontal",
+]
 
 UPLOAD_NAME = "upload"
+RADIOGRAPH_MODALITIES = ("CR", "DX")
 
 
-def flag_of(finding: Finding) -> GuardrailFlag:
-    return GuardrailFlag(
-        code=finding.code, message=finding.message, severity="block" if finding.severity == "refuse" else "warning"
-    )
+@dataclass(frozen=True)
+class StudyInput:
+    """A study as a door received it: exactly one of an image's bytes (a DICOM, PNG or JPEG file), a study UID
+    in the configured archive, or a study's datasets (the PACS worker's fetch).
+
+    ``view`` is the view a PNG/JPEG caller states; ``name`` is how errors name the input (a path at the CLI).
+    """
+
+    data: bytes | None = None
+    archive_uid: str | None = None
+    datasets: Sequence[Dataset] | None = None
+    view: str | None = None
+    name: str = UPLOAD_NAME
+
+    def __post_init__(self) -> None:
+        given = sum(x is not None for x in (self.data, self.archive_uid, self.datasets))
+        if given != 1:
+            raise InputError("give exactly one of an image file, an archive study UID or the study's datasets")
+        if self.view is not None and self.view not in ("PA", "AP"):
+            raise InputError("the view must be PA or AP")
 
 
-def deidentified_image(data: bytes, deidentifier: DicomDeidentifier, *, view: str | None = None) -> Image:
-    """Decode an upload (DICOM de-identified first; PNG/JPEG carry no header) into an ``Image``."""
-    if not data:
-        raise NotDicomError(f"{UPLOAD_NAME}: empty file")
+def deidentified_image(
+    data: bytes, deidentifier: DicomDeidentifier, *, view: str | None = None, name: str = UPLOAD_NAME
+) -> Image:
+    """Decode an image's bytes (DICOM de-identified first; PNG/JPEG carry no header) into an ``Image``;
+    ``name`` is how errors call it (the file's path at the CLI, "upload" over HTTP)."""
     if is_plain_image(data[:8]):
-        image = read_image_file(io.BytesIO(data), name=UPLOAD_NAME)
+        image = read_plain_image(data, name=name)
     else:
-        try:
-            ds = dcmread(io.BytesIO(data))
-        except InvalidDicomError as e:
-            raise NotDicomError(f"{UPLOAD_NAME}: not a DICOM file, PNG or JPEG") from e
-        except Exception as e:  # pydicom fails in many ways on damaged headers
-            raise NotDicomError(f"{UPLOAD_NAME}: not a readable DICOM file ({type(e).__name__})") from e
-        clean = deidentifier.deidentify_dataset(ds, name=UPLOAD_NAME).dataset
-        image = dataset_to_image(clean, name=UPLOAD_NAME)
+        ds = parse_dicom_bytes(data, name=name)
+        clean = deidentifier.deidentify_dataset(ds, name=name).dataset
+        image = dataset_to_image(clean, name=name)
     if view is not None:
         if image.view is not View.UNKNOWN and image.view.value != view:
             raise GuardrailViolation(f"the request says view {view} but the image header says {image.view.value}")
@@ -56,7 +77,7 @@ def deidentified_image(data: bytes, deidentifier: DicomDeidentifier, *, view: st
     return image
 
 
-def check_input_image(image: Image) -> list[GuardrailFlag]:
+def check_input_image(image: Image) -> list[Flag]:
     """Refuse what the model is not for (not CR/DX, not chest, not frontal); return the non-blocking flags."""
     study = Study(image.study_instance_uid)
     study.add(image)
@@ -65,77 +86,6 @@ def check_input_image(image: Image) -> list[GuardrailFlag]:
     if refused:
         raise GuardrailViolation("; ".join(f.message for f in refused))
     return [flag_of(f) for f in findings]
-
-
-def clean_output(
-    text: str, deidentifier: DicomDeidentifier, *, has_prior: bool, has_lateral: bool
-) -> tuple[str, list[GuardrailFlag]]:
-    """Generated text with any PHI replaced, and the guardrail flags raised on it."""
-    findings = output_findings(text, has_prior=has_prior, has_lateral=has_lateral, deidentifier=deidentifier.text)
-    if any(f.severity == "refuse" for f in findings):
-        text = deidentifier.text.deidentify(text).text
-    return text, [flag_of(f) for f in findings]
-
-
-def map_span_to_original(
-    span: tuple[int, int], original: str, cleaned: str, replaced: list[tuple[int, int]]
-) -> tuple[int, int]:
-    """Map character offsets in de-identified text back to the text the caller sent.
-
-    Text outside replaced spans is identical in both, so offsets shift by the length differences of the
-    replacements before them; an offset inside a replacement maps to the whole original span.
-    """
-    pieces: list[tuple[int, int, int, int]] = []  # (clean start, clean end, original start, original end)
-    cursor_o = cursor_c = 0
-    spans = sorted(replaced)
-    for index, (start, end) in enumerate(spans):
-        cursor_c += start - cursor_o
-        following = original[end : spans[index + 1][0]] if index + 1 < len(spans) else original[end:]
-        found = cleaned.find(following, cursor_c) if following else len(cleaned)
-        replacement_end = found if found >= cursor_c else cursor_c
-        pieces.append((cursor_c, replacement_end, start, end))
-        cursor_c, cursor_o = replacement_end, end
-
-    def convert(offset: int, is_end: bool) -> int:
-        shift = 0
-        for clean_start, clean_end, orig_start, orig_end in pieces:
-            if offset < clean_start or (offset == clean_start and not is_end):
-                break
-            if offset < clean_end or (offset == clean_end and is_end):
-                return orig_end if is_end else orig_start
-            shift = orig_end - clean_end
-        return max(0, min(len(original), offset + shift))
-
-    start, end = span
-    return convert(start, False), convert(end, True)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def release_sentences(
-    pieces: Iterator[str], deidentifier: DicomDeidentifier
-) -> Iterator[tuple[str, list[GuardrailFlag]]]:
-    """Group streamed text into sentences and release each only after its PHI scan (PHI replaced).
-
-    Release stops at the first sentence that would make the released text a repetition loop
-    (:func:`radlvlm.tasks.drafting.find_repetition`); the final parsed draft says ``repetition`` then.
-    """
-    from radlvlm.tasks.drafting import find_repetition
-
-    buffer, released = "", ""
-    for piece in pieces:
-        buffer += piece
-        parts = _SENTENCE_END.split(buffer)
-        for sentence in parts[:-1]:
-            if sentence.strip():
-                if find_repetition(f"{released} {sentence}") is not None:
-                    return
-                released += f" {sentence}"
-                yield clean_output(sentence, deidentifier, has_prior=False, has_lateral=False)
-        buffer = parts[-1]
-    if buffer.strip() and find_repetition(f"{released} {buffer}") is None:
-        yield clean_output(buffer, deidentifier, has_prior=False, has_lateral=False)
 
 
 def select_frontal(
@@ -166,9 +116,28 @@ def select_frontal(
 
 def frontal_image_from_archive(
     study_uid: str, source: Any, deidentifier: DicomDeidentifier
-) -> tuple[Image, list[GuardrailFlag]]:
+) -> tuple[Image, list[Flag]]:
     """Fetch a study over DICOMweb and pick its de-identified frontal radiograph; refuse it with the reasons."""
     image, findings = select_frontal(source.retrieve_study(study_uid), deidentifier)
+    if image is None:
+        refused = [f.message for f in findings if f.severity == "refuse"]
+        raise GuardrailViolation("; ".join(refused) or "no readable frontal radiograph in the study")
+    return image, [flag_of(f) for f in findings]
+
+
+def ingest_study(study: StudyInput, deidentifier: DicomDeidentifier, archive: Any = None) -> tuple[Image, list[Flag]]:
+    """The de-identified frontal radiograph of ``study`` and its non-blocking flags; refuses (GuardrailViolation)
+    what the model is not for. ``archive`` is where an archive study UID is fetched from."""
+    if study.data is not None:
+        image = deidentified_image(study.data, deidentifier, view=study.view, name=study.name)
+        return image, check_input_image(image)
+    if study.archive_uid is not None:
+        if archive is None:
+            raise NoArchiveError("this service has no DICOMweb archive configured")
+        return frontal_image_from_archive(study.archive_uid, archive, deidentifier)
+    assert study.datasets is not None
+    # Only radiographs are decoded: SRs (our own drafts among them) and other series are passed over.
+    image, findings = select_frontal(study.datasets, deidentifier, modalities=RADIOGRAPH_MODALITIES)
     if image is None:
         refused = [f.message for f in findings if f.severity == "refuse"]
         raise GuardrailViolation("; ".join(refused) or "no readable frontal radiograph in the study")

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlvlm import __version__
-from radlvlm.engine.base import Engine
+from radlvlm.pipeline.runtime import Runtime
 from radlvlm.service.errors import error_response, install_error_handlers
 from radlvlm.service.routers import checks, deid, drafts, meta, page
 from radlvlm.service.security import KeyStore, RateLimiter
-from radlvlm.service.settings import ServiceSettings
 from radlvlm.service.state import Metrics, ServiceState
+from radlvlm.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +63,16 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(
-    settings: ServiceSettings,
-    engine: Engine,
-    *,
-    model_info: dict[str, Any],
-    audit: Any = None,
-    deidentifier: Any = None,
-    dicomweb: Any = None,
-) -> FastAPI:
-    """The app around a ready ``engine``. ``audit`` and ``deidentifier`` come from ``radlvlm.safety``."""
+def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
+    """The app around a ready runtime (:func:`radlvlm.pipeline.build_runtime`)."""
+    engine = runtime.engine
+    model_info = runtime.model_info
     state = ServiceState(
         settings=settings,
-        engine=engine,
-        model_info=model_info,
+        runtime=runtime,
         keys=KeyStore(settings.api_keys),
         limiter=RateLimiter(settings.rate_limit_per_minute),
         metrics=Metrics(),
-        audit=audit,
-        deidentifier=deidentifier,
-        dicomweb=dicomweb,
     )
 
     @asynccontextmanager

@@ -20,6 +20,8 @@ from radlvlm.errors import (
     GuardrailViolation,
     InputError,
     ModelError,
+    ModelTimeout,
+    NoArchiveError,
     NotDicomError,
     RadlvlmError,
     UnsupportedTransferSyntaxError,
@@ -47,7 +49,9 @@ _STATUS_BY_ERROR: list[tuple[type[Exception], int, str]] = [
     (DecodeError, 422, "undecodable_image"),
     (GuardrailViolation, 422, "guardrail"),
     (DeidentificationError, 422, "deidentification_failed"),
+    (NoArchiveError, 422, "no_archive"),
     (InputError, 422, "invalid_input"),
+    (ModelTimeout, 504, "timeout"),
     (ModelError, 422, "model_error"),
 ]
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from radlvlm.errors import InputError
-from radlvlm.service.settings import SCOPES
+from radlvlm.settings import SCOPES
 
 
 @dataclass(frozen=True)

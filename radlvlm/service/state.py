@@ -1,4 +1,4 @@
-"""What the running service holds: settings, the engine, keys, limits, metrics, and the audit trail."""
+"""What the running service holds: settings, the runtime the use cases run on, keys, limits and metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from radlvlm.engine.base import Engine
+from radlvlm.pipeline.runtime import Runtime
 from radlvlm.service.security import KeyStore, RateLimiter
-from radlvlm.service.settings import ServiceSettings
+from radlvlm.settings import Settings
 
 
 @dataclass
@@ -45,14 +46,18 @@ class Metrics:
 
 @dataclass
 class ServiceState:
-    settings: ServiceSettings
-    engine: Engine
-    model_info: dict[str, Any]
+    settings: Settings
+    runtime: Runtime  # the engine, the project key, the audit trail, the archive: what the use cases run on
     keys: KeyStore
     limiter: RateLimiter
     metrics: Metrics
-    audit: Any = None  # radlvlm.safety.audit.AuditTrail
-    deidentifier: Any = None  # radlvlm.safety.dicom_deid.DicomDeidentifier
-    dicomweb: Any = None  # radlvlm.integrations.dicomweb.DicomWebSource, when an archive is configured
     ready: bool = False
     started: float = field(default_factory=time.time)
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.runtime.model_info

@@ -53,8 +53,8 @@ from radlvlm.model.convert import export_hf_llava
 from radlvlm.model.generation import decode_generation
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
-from radlvlm.service.serve import build_engine, vllm_options
-from radlvlm.service.settings import ServiceSettings
+from radlvlm.pipeline.runtime import build_engine
+from radlvlm.settings import Settings
 from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import ErrorCheckTask, errorcheck_prompt
 
@@ -501,21 +501,21 @@ def test_loading_checks_the_model_before_the_gpu_and_the_gpu_before_vllm(
 def test_the_backend_is_chosen_by_configuration(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clip_export: Path
 ) -> None:
-    assert ServiceSettings().backend == "torch"  # the default is unchanged
+    assert Settings().backend == "torch"  # the default is unchanged
     monkeypatch.setenv("RADLVLM_BACKEND", "vllm")
     monkeypatch.setenv("RADLVLM_VLLM_NGRAM_SPECULATIVE_TOKENS", "4")
     monkeypatch.setenv("RADLVLM_VLLM_PREFIX_CACHING", "false")
-    settings = ServiceSettings(model_dir=clip_export)
+    settings = Settings(model_dir=clip_export)
     assert settings.backend == "vllm"
-    options = vllm_options(settings)
+    options = settings.vllm_options()
     assert options.ngram_speculative_tokens == 4 and options.enable_prefix_caching is False
     monkeypatch.setenv("RADLVLM_BACKEND", "tensorrt")
     with pytest.raises(ValueError, match="backend"):
-        ServiceSettings()
+        Settings()
     monkeypatch.setenv("RADLVLM_BACKEND", "vllm")
     monkeypatch.setenv("RADLVLM_VLLM_NGRAM_LOOKUP_MIN", "9")
     with pytest.raises(ValueError, match="lookup_min"):
-        ServiceSettings()
+        Settings()
     monkeypatch.delenv("RADLVLM_VLLM_NGRAM_LOOKUP_MIN")
     if not torch.cuda.is_available():  # on CPU the vLLM backend refuses before importing vLLM
         with pytest.raises(ModelError, match="needs a CUDA GPU"):

@@ -20,8 +20,7 @@ from radlvlm.integrations.ledger import StudyLedger
 from radlvlm.integrations.sr import read_draft_sr
 from radlvlm.integrations.worker import DraftWorker, OrthancChangesDiscovery, PacsPublisher, QidoDiscovery
 from radlvlm.model import GenerationSettings, load_pretrained
-from radlvlm.safety.dicom_deid import DicomDeidentifier
-from radlvlm.safety.pseudonyms import PseudonymMap
+from radlvlm.pipeline import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +54,8 @@ def _worker(archive, engine, ledger_path: Path, outbox: Path, publish=None, disc
     ledger = StudyLedger(ledger_path, backoff_s=0.0)
     return DraftWorker(
         fetch=archive.retrieve_study,
-        engine=engine,
+        runtime=Runtime(engine=engine, model_info={}, key=b"k" * 32),
         ledger=ledger,
-        deidentifier=DicomDeidentifier(PseudonymMap(b"k" * 32, record=False)),
         publish=publish or PacsPublisher(archive, outbox=outbox),
         discovery=discovery or QidoDiscovery(archive),
     )
@@ -135,9 +133,8 @@ def test_orthanc_changes_feed_and_dead_letters(orthanc: Orthanc, engine, tmp_pat
 
     worker = DraftWorker(
         fetch=archive_down,
-        engine=engine,
+        runtime=Runtime(engine=engine, model_info={}, key=b"k" * 32),
         ledger=ledger,
-        deidentifier=DicomDeidentifier(PseudonymMap(b"k" * 32, record=False)),
         publish=PacsPublisher(archive),
         discovery=discovery,
     )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from servicesupport import make_settings
 
+from radlvlm.pipeline.runtime import build_engine
 from radlvlm.service.schemas import ModelOut
-from radlvlm.service.serve import build_engine
 
 
 def test_no_model_configured_serves_the_embedded_default(tmp_path: Path) -> None:

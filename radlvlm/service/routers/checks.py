@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
-import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from radlvlm.engine.base import CheckRequest, CheckResult
+from radlvlm.pipeline import Caller, StudyInput, check_report
 from radlvlm.service.dependencies import get_state, require
-from radlvlm.service.errors import ApiError
-from radlvlm.service.pipeline import check_input_image, deidentified_image, map_span_to_original
-from radlvlm.service.schemas import CheckFindingOut, CheckOut, ErrorBody, TimingsOut
+from radlvlm.service.schemas import CheckFindingOut, CheckOut, ErrorBody, GuardrailFlag, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
-from radlvlm.tasks.errorcheck import ErrorCheckTask
 
 router = APIRouter(prefix="/v1", tags=["checks"])
 
@@ -40,66 +33,21 @@ async def create_check(
 ) -> CheckOut:
     """Check a report for errors. Without an image only the report's internal consistency (findings vs
     impression) is checked, and the answer says so (``check_type: text_only``)."""
-    started = time.perf_counter()
-    if not report.strip():
-        raise ApiError(422, "empty_report", "the report is empty")
-    deidentifier = state.deidentifier
-    image = None
-    data = b""
-    flags = []
-    if file is not None:
-        data = await file.read()
-        if data:
-            image = await run_in_threadpool(deidentified_image, data, deidentifier, view=view)
-            flags = check_input_image(image)
-    cleaned = await run_in_threadpool(deidentifier.text.deidentify, report)
-    future = state.engine.submit(CheckRequest(report=cleaned.text, image=image, mode=ErrorCheckTask(mode)))
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=state.settings.request_timeout_s)
-    except TimeoutError:
-        raise ApiError(504, "timeout", "the model did not answer in time") from None
-    assert isinstance(result, CheckResult)
-    replaced = [(span.start, span.end) for span in cleaned.spans]
-    findings = []
-    for finding in result.findings:
-        span = None
-        if finding.span is not None and 0 <= finding.span[0] <= finding.span[1] <= len(cleaned.text):
-            span = map_span_to_original(finding.span, report, cleaned.text, replaced)
-        findings.append(
-            CheckFindingOut(
-                category=finding.category.value if finding.category else None,
-                span=span,
-                text=report[span[0] : span[1]] if span else None,
-            )
-        )
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    out = CheckOut(
-        model_id=result.model_id,
-        mode=mode,
-        check_type="text_only" if result.text_only else "image",
-        has_error=result.has_error,
-        confidence=result.confidence,
-        error_probability=result.error_probability,
-        calibrated=result.calibrated,
-        findings=findings,
-        answer_valid=result.answer_valid,
-        reason=result.reason,
-        guardrail_flags=flags,
-        timings=TimingsOut(**result.timings.as_dict(), request_ms=round(elapsed_ms, 2)),
+    image = StudyInput(data=await file.read(), view=view) if file is not None else None
+    outcome = await run_in_threadpool(
+        check_report, state.runtime, report, Caller(principal.key_id, "http"), image=image, mode=mode
     )
-    if state.audit is not None:
-        study = (
-            image.study_instance_uid
-            if image is not None
-            else deidentifier.pseudonyms.uid("text:" + hashlib.sha256(report.encode()).hexdigest())
-        )
-        await run_in_threadpool(
-            state.audit.record,
-            actor=principal.key_id,
-            action=f"check_{mode}",
-            study=study,
-            request=hashlib.sha256(data).hexdigest() + hashlib.sha256(report.encode()).hexdigest(),
-            response=json.dumps(out.model_dump(exclude={"timings"}), sort_keys=True),
-            details={"model": result.model_id.replace(" ", "_"), "text_only": image is None, "ms": round(elapsed_ms)},
-        )
-    return out
+    return CheckOut(
+        model_id=outcome.model_id,
+        mode=mode,
+        check_type="text_only" if outcome.text_only else "image",
+        has_error=outcome.has_error,
+        confidence=outcome.confidence,
+        error_probability=outcome.error_probability,
+        calibrated=outcome.calibrated,
+        findings=[CheckFindingOut(category=e.category, span=e.span, text=e.text) for e in outcome.errors],
+        answer_valid=outcome.answer_valid,
+        reason=outcome.reason,
+        guardrail_flags=[GuardrailFlag(**f.as_dict()) for f in outcome.flags],
+        timings=TimingsOut(**outcome.timings.as_dict(), request_ms=outcome.request_ms),
+    )

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
 
-from radlvlm.errors import NotDicomError
+from radlvlm.pipeline import Caller, deidentify_dicom, deidentify_text
 from radlvlm.service.dependencies import get_state, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.schemas import DeidTextOut, ErrorBody
@@ -30,19 +26,6 @@ DICOM_RESPONSE = {
 }
 
 
-def _deidentify_dicom(data: bytes, state: ServiceState) -> bytes:
-    try:
-        ds = dcmread(io.BytesIO(data))
-    except InvalidDicomError as e:
-        raise NotDicomError("upload: not a DICOM file") from e
-    except Exception as e:  # damaged headers fail in many ways
-        raise NotDicomError(f"upload: not a readable DICOM file ({type(e).__name__})") from e
-    result = state.deidentifier.deidentify_dataset(ds, name="upload")
-    buffer = io.BytesIO()
-    result.dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 @router.post("/deid", responses={**ERRORS, **DICOM_RESPONSE}, response_model=None)  # type: ignore[arg-type]
 async def deidentify(
     file: Annotated[UploadFile | None, File(description="A DICOM file to de-identify")] = None,
@@ -53,34 +36,11 @@ async def deidentify(
     """Give exactly one of ``file`` (answered as application/dicom) or ``text`` (answered as JSON)."""
     if (file is None) == (text is None):
         raise ApiError(422, "invalid_request", "give exactly one of 'file' (DICOM) or 'text'")
+    caller = Caller(principal.key_id, "http")
     if file is not None:
         data = await file.read()
-        if not data:
-            raise ApiError(422, "invalid_input", "the file is empty")
-        output = await run_in_threadpool(_deidentify_dicom, data, state)
-        if state.audit is not None:
-            await run_in_threadpool(
-                state.audit.record,
-                actor=principal.key_id,
-                action="deid_dicom",
-                study=state.deidentifier.pseudonyms.uid(hashlib.sha256(data).hexdigest()),
-                request=data,
-                response=output,
-                details={"bytes_in": len(data), "bytes_out": len(output)},
-            )
+        output = await run_in_threadpool(deidentify_dicom, state.runtime, data, caller)
         return Response(output, media_type="application/dicom")
     assert text is not None
-    if not text.strip():
-        raise ApiError(422, "invalid_input", "the text is empty")
-    cleaned = await run_in_threadpool(state.deidentifier.text.deidentify, text)
-    if state.audit is not None:
-        await run_in_threadpool(
-            state.audit.record,
-            actor=principal.key_id,
-            action="deid_text",
-            study=state.deidentifier.pseudonyms.uid(hashlib.sha256(text.encode()).hexdigest()),
-            request=text,
-            response=cleaned.text,
-            details={"spans": len(cleaned.spans)},
-        )
-    return DeidTextOut(text=cleaned.text, replaced=cleaned.counts)
+    cleaned = await run_in_threadpool(deidentify_text, state.runtime, text, caller)
+    return DeidTextOut(text=cleaned.text, replaced=cleaned.replaced)

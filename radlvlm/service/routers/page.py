@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image as PILImage
 from starlette.concurrency import run_in_threadpool
 
+from radlvlm.pipeline.ingest import deidentified_image
 from radlvlm.service.dependencies import get_state, require
-from radlvlm.service.pipeline import deidentified_image
 from radlvlm.service.schemas import ErrorBody
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
@@ -44,7 +44,7 @@ async def render(
 ) -> Response:
     """The uploaded image after de-identification and the display pipeline, as an 8-bit PNG (<= 1024 px)."""
     data = await file.read()
-    image = await run_in_threadpool(deidentified_image, data, state.deidentifier, view=view)
+    image = await run_in_threadpool(deidentified_image, data, state.runtime.deidentifier(), view=view)
     pixels = (image.pixels.clamp(0, 1).numpy() * 255).astype(np.uint8)
     picture = PILImage.fromarray(pixels)
     picture.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))

@@ -1,0 +1,58 @@
+"""The de-identification use case for one file or one text, as the service's ``/v1/deid`` answers it.
+
+DICOM goes through the one export rule (:meth:`radlvlm.safety.dicom_deid.DicomDeidentifier.deidentify_bytes`,
+which ``radlvlm deid`` applies to every file of a folder too); a text through the report de-identifier. Each
+request gets a pseudonym context of its own, and one audit entry holding keyed digests only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from radlvlm.errors import InputError
+from radlvlm.pipeline.ingest import UPLOAD_NAME
+from radlvlm.pipeline.runtime import Caller, Runtime
+
+__all__ = ["DeidentifiedText", "deidentify_dicom", "deidentify_text"]
+
+
+@dataclass(frozen=True)
+class DeidentifiedText:
+    text: str
+    replaced: dict[str, int]
+
+
+def deidentify_dicom(runtime: Runtime, data: bytes, caller: Caller, *, name: str = UPLOAD_NAME) -> bytes:
+    """The de-identified DICOM file (PS3.15 Annex E basic profile) of ``data``; refused when not exportable."""
+    if not data:
+        raise InputError(f"{name}: the file is empty")
+    deidentifier = runtime.deidentifier()
+    output, result = deidentifier.deidentify_bytes(data, name=name)
+    study = str(result.dataset.get("StudyInstanceUID", "") or "") or deidentifier.pseudonyms.uid(
+        "dicom:" + runtime.digest(data)
+    )
+    runtime.record(
+        actor=caller.actor,
+        action="deid_dicom",
+        study=study,
+        request=runtime.digest(data),
+        response=runtime.digest(output),
+        details={"door": caller.door, "bytes_in": len(data), "bytes_out": len(output)},
+    )
+    return output
+
+
+def deidentify_text(runtime: Runtime, text: str, caller: Caller) -> DeidentifiedText:
+    """``text`` with names, identifiers, dates and contact details replaced by type tags."""
+    if not text.strip():
+        raise InputError("the text is empty")
+    cleaned = runtime.report_deidentifier.deidentify(text)
+    runtime.record(
+        actor=caller.actor,
+        action="deid_text",
+        study=runtime.deidentifier().pseudonyms.uid("text:" + runtime.digest(text)),
+        request=runtime.digest(text),
+        response=runtime.digest(cleaned.text),
+        details={"door": caller.door, "spans": len(cleaned.spans)},
+    )
+    return DeidentifiedText(cleaned.text, dict(cleaned.counts))

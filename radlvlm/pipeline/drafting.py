@@ -1,0 +1,177 @@
+"""The drafting use case: a study → a preliminary findings + impression draft, the same at every door.
+
+ingest (one DICOM reader) → de-identify (a pseudonym context of this request's own) → input guardrails →
+engine → PHI scan and output guardrails → one audit entry. :func:`draft_study` does it all; a door that batches
+many studies itself (``eval predict``) calls :func:`prepare_draft` and :func:`finish_draft` around its own
+engine calls, and the streaming door wraps the same two steps in a :class:`DraftStream`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest, Timings
+from radlvlm.errors import ModelError
+from radlvlm.imaging import Image
+from radlvlm.pipeline.flags import Flag
+from radlvlm.pipeline.ingest import StudyInput, ingest_study
+from radlvlm.pipeline.output import clean_output, release_sentences
+from radlvlm.pipeline.runtime import Caller, Runtime
+from radlvlm.safety.dicom_deid import DicomDeidentifier
+
+__all__ = [
+    "DraftOutcome",
+    "DraftSession",
+    "ImageFacts",
+    "PreparedDraft",
+    "draft_study",
+    "finish_draft",
+    "prepare_draft",
+    "start_draft_stream",
+]
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    modality: str | None
+    body_part: str | None
+    view: str
+    rows: int
+    columns: int
+
+    @classmethod
+    def of(cls, image: Image) -> ImageFacts:
+        return cls(image.modality, image.body_part, image.view.value, image.shape[0], image.shape[1])
+
+
+@dataclass
+class PreparedDraft:
+    """A draft request ready for the engine: the de-identified image, its flags, the request's keyed digest, and
+    the request's own de-identifier (its pseudonym context scans the output too)."""
+
+    request: DraftRequest
+    image: Image
+    flags: list[Flag]
+    request_digest: str
+    deidentifier: DicomDeidentifier
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class DraftOutcome:
+    """What every door answers: the draft (PHI-scanned), the image's facts, every guardrail flag, why generation
+    stopped, the timings, and the pseudonymous study UID it was audited under."""
+
+    model_id: str
+    findings: str
+    impression: str
+    image: ImageFacts
+    flags: list[Flag]
+    finish_reason: str
+    timings: Timings
+    request_ms: float
+    study: str
+
+    def answer(self) -> dict[str, Any]:
+        """The answer without timings: the same request gives the same answer at every door (what is audited)."""
+        return {
+            "model_id": self.model_id,
+            "findings": self.findings,
+            "impression": self.impression,
+            "image": vars(self.image),
+            "guardrail_flags": [f.as_dict() for f in self.flags],
+            "finish_reason": self.finish_reason,
+        }
+
+
+def prepare_draft(
+    runtime: Runtime, study: StudyInput, *, indication: str | None = None, stream: bool = False
+) -> PreparedDraft:
+    """Ingest, de-identify and check a study; the engine request it becomes (nothing is sent yet)."""
+    deidentifier = runtime.deidentifier()
+    image, flags = ingest_study(study, deidentifier, runtime.archive)
+    clean_indication = None
+    if indication and indication.strip():
+        clean_indication = runtime.report_deidentifier.deidentify(indication).text
+    kind = StreamDraftRequest if stream else DraftRequest
+    request = kind(image=image, indication=clean_indication, max_new_tokens=runtime.max_new_tokens)
+    # The same image and indication give the same digest whichever door they came through (upload, file,
+    # archive): it covers the de-identified instance's UID and pixels, and the indication as sent.
+    digest = runtime.digest(image.sop_instance_uid, image.pixels.numpy().tobytes(), indication or "")
+    return PreparedDraft(request, image, flags, digest, deidentifier)
+
+
+def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult, caller: Caller) -> DraftOutcome:
+    """Scan the model's draft, add its flags, and audit the request."""
+    findings, findings_flags = clean_output(result.findings, prepared.deidentifier, has_prior=False, has_lateral=False)
+    impression, impression_flags = clean_output(
+        result.impression, prepared.deidentifier, has_prior=False, has_lateral=False
+    )
+    elapsed_ms = round((time.perf_counter() - prepared.started) * 1000, 2)
+    outcome = DraftOutcome(
+        model_id=result.model_id,
+        findings=findings,
+        impression=impression,
+        image=ImageFacts.of(prepared.image),
+        flags=prepared.flags + findings_flags + impression_flags,
+        finish_reason=result.finish_reason,
+        timings=result.timings,
+        request_ms=elapsed_ms,
+        study=prepared.image.study_instance_uid,
+    )
+    runtime.record(
+        actor=caller.actor,
+        action="draft",
+        study=outcome.study,
+        request=prepared.request_digest,
+        response=runtime.digest(json.dumps(outcome.answer(), sort_keys=True)),
+        details={
+            "model": result.model_id.replace(" ", "_"),
+            "door": caller.door,
+            "flags": len(outcome.flags),
+            "ms": round(elapsed_ms),
+        },
+    )
+    return outcome
+
+
+def draft_study(runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None) -> DraftOutcome:
+    """Draft findings and impression for one study: the use case every door calls."""
+    prepared = prepare_draft(runtime, study, indication=indication)
+    result = runtime.run(prepared.request)
+    if not isinstance(result, DraftResult):
+        raise ModelError(f"the engine answered a draft with a {type(result).__name__}")
+    return finish_draft(runtime, prepared, result, caller)
+
+
+class DraftSession:
+    """A draft streamed sentence by sentence: each released only after its PHI scan, then the whole outcome
+    (scanned and audited like any draft) from :meth:`finish`."""
+
+    def __init__(self, runtime: Runtime, prepared: PreparedDraft, stream: DraftStream, caller: Caller) -> None:
+        self._runtime, self._prepared, self._stream, self._caller = runtime, prepared, stream, caller
+
+    def sentences(self) -> Iterator[str]:
+        for sentence, _ in release_sentences(iter(self._stream), self._prepared.deidentifier):
+            yield sentence
+
+    def finish(self) -> DraftOutcome:
+        result = self._stream.result(timeout=self._runtime.request_timeout_s)
+        if result is None:
+            raise ModelError("generation failed")
+        return finish_draft(self._runtime, self._prepared, result, self._caller)
+
+
+def start_draft_stream(
+    runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None
+) -> DraftSession:
+    """Prepare a draft and start generating it; returns once the model has begun."""
+    prepared = prepare_draft(runtime, study, indication=indication, stream=True)
+    stream = runtime.run(prepared.request)
+    if not isinstance(stream, DraftStream):
+        raise ModelError(f"the engine answered a streamed draft with a {type(stream).__name__}")
+    return DraftSession(runtime, prepared, stream, caller)

@@ -1,0 +1,175 @@
+"""The runtime every door shares: the engine, the project key, the report de-identifier, the audit trail and the
+archive client, built once from :class:`radlvlm.settings.Settings`.
+
+Nothing in it holds request state. De-identification gets a fresh pseudonym context per study or request
+(:meth:`Runtime.deidentifier`): the project key makes pseudonyms deterministic, so nothing needs to be kept
+between requests, and nothing a request saw (a patient's name tokens) can outlive it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from radlvlm.engine.base import Engine, Request, Result
+from radlvlm.errors import ModelTimeout
+
+if TYPE_CHECKING:
+    from radlvlm.safety.audit import AuditTrail
+    from radlvlm.safety.dicom_deid import DeidOptions, DicomDeidentifier
+    from radlvlm.safety.text_deid import ReportDeidentifier
+    from radlvlm.settings import Settings
+
+__all__ = ["Caller", "Runtime", "build_engine", "build_runtime"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, through which door: ``actor`` is a short code (an API key id, ``cli``, ``pacs-worker``)."""
+
+    actor: str
+    door: str
+
+
+@dataclass
+class Runtime:
+    """What the use cases run on.
+
+    Args:
+        engine: the started engine.
+        model_info: what ``GET /v1/models`` says of the model.
+        key: the 32-byte project key (pseudonyms, UIDs, keyed digests in the audit trail).
+        audit: the audit trail, or None where nothing is audited (a test, a dry run).
+        archive: the DICOMweb archive drafts may name studies in, or None.
+        request_timeout_s: how long a use case waits for the model.
+        max_new_tokens: a draft's token budget.
+        deid_options: the DICOM de-identification profile's options.
+    """
+
+    engine: Engine
+    model_info: dict[str, Any]
+    key: bytes
+    audit: AuditTrail | None = None
+    archive: Any = None  # radlvlm.integrations.dicomweb.DicomWebSource
+    request_timeout_s: float = 120.0
+    max_new_tokens: int = 256
+    deid_options: DeidOptions | None = None
+    _report_deidentifier: ReportDeidentifier | None = field(default=None, repr=False)
+    _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def report_deidentifier(self) -> ReportDeidentifier:
+        """The report de-identifier (Presidio's analyzer: costly to build, stateless per call, so shared)."""
+        # Built once, under a lock: two requests building Presidio and spaCy at once in two threads race on
+        # their imports.
+        with self._build_lock:
+            if self._report_deidentifier is None:
+                from radlvlm.safety.text_deid import ReportDeidentifier
+
+                self._report_deidentifier = ReportDeidentifier()
+        return self._report_deidentifier
+
+    def deidentifier(self) -> DicomDeidentifier:
+        """A DICOM de-identifier with a pseudonym context of its own: one per study or request, dropped after."""
+        from radlvlm.safety.dicom_deid import DicomDeidentifier
+        from radlvlm.safety.pseudonyms import PseudonymMap
+
+        return DicomDeidentifier(PseudonymMap(self.key, record=False), self.deid_options, self.report_deidentifier)
+
+    def digest(self, *parts: bytes | str) -> str:
+        """A keyed digest (HMAC-SHA-256 under the project key) of request or response content.
+
+        What the audit trail stores: a plain hash of a short text (a name, an MRN) is found again by trying
+        guesses, a keyed one only by someone who holds the key.
+        """
+        mac = hmac.new(self.key, b"radlvlm-audit-content", hashlib.sha256)
+        for part in parts:
+            data = part.encode("utf-8") if isinstance(part, str) else part
+            mac.update(len(data).to_bytes(8, "big"))
+            mac.update(data)
+        return mac.hexdigest()
+
+    def run(self, request: Request) -> Result:
+        """Submit to the engine and wait up to the request timeout."""
+        future = self.engine.submit(request)
+        try:
+            return future.result(timeout=self.request_timeout_s)
+        except TimeoutError:
+            raise ModelTimeout("the model did not answer in time") from None
+
+    def record(
+        self, *, actor: str, action: str, study: str, request: str, response: str, details: dict[str, Any]
+    ) -> None:
+        """One audit entry (when there is a trail); ``request``/``response`` are keyed digests already."""
+        if self.audit is not None:
+            self.audit.record(
+                actor=actor, action=action, study=study, request=request, response=response, details=details
+            )
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
+    """The configured backend started on the configured model (the embedded model when none is named)."""
+    from radlvlm.engine.loading import load_engine
+    from radlvlm.model.default import choose_model
+
+    choice = choose_model(settings.model_dir, settings.adapter_dir)
+    engine, info = load_engine(
+        settings.backend,
+        choice.base,
+        adapter_dir=choice.adapter,
+        model_id=choice.model_id,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        generation=settings.generation(),
+        device=settings.device,
+        dtype=settings.dtype,
+        vllm_options=settings.vllm_options() if settings.backend == "vllm" else None,
+    )
+    info["embedded_default"] = choice.embedded
+    return engine, info
+
+
+def build_runtime(
+    settings: Settings, *, engine: Engine | None = None, model_info: dict[str, Any] | None = None, audit: bool = True
+) -> Runtime:
+    """The runtime of ``settings``: its engine (or ``engine``, already started), the project key (created when
+    absent, and said so in the log), the audit trail (unless ``audit`` is False) and the archive client."""
+    from radlvlm.safety.audit import AuditTrail
+    from radlvlm.safety.pseudonyms import load_or_create_key
+
+    key, created = load_or_create_key(settings.deid_key_path)
+    if created:
+        logger.warning("created a new project key at %s; keep it secret and back it up", settings.deid_key_path)
+    archive = None
+    if settings.dicomweb_url:
+        from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
+
+        headers = {"Authorization": settings.dicomweb_authorization} if settings.dicomweb_authorization else {}
+        archive = DicomWebSource(DicomWebSettings(settings.dicomweb_url, headers=headers))
+    if engine is None:
+        engine, model_info = build_engine(settings)
+    runtime = Runtime(
+        engine=engine,
+        model_info=model_info or {"id": engine.model_id},
+        key=key,
+        audit=AuditTrail(settings.audit_path, key=key) if audit else None,
+        archive=archive,
+        request_timeout_s=settings.request_timeout_s,
+        max_new_tokens=settings.max_new_tokens,
+    )
+    runtime.report_deidentifier  # noqa: B018 - built now, not on the first request
+    return runtime
