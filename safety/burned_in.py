@@ -102,7 +102,7 @@ def _display_uint8(ds: Dataset, name: str) -> np.ndarray:
         image = dataset_to_image(ds, name=name)
     except RadlvlmError as e:
         raise DeidentificationError(f"{name}: pixels could not be decoded for the burned-in text check") from e
-    return (image.pixels.numpy() * 255.0).round().astype(np.uint8)
+    return (image.array * 255.0).round().astype(np.uint8)
 
 
 def _redact(ds: Dataset, boxes: list[tuple[int, int, int, int]], name: str) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from pydicom import dcmread
@@ -87,7 +86,7 @@ def dataset_to_image(ds: Dataset, *, name: str, frame: int | None = None, conten
     fallback = _LazyHash(content or name.encode())
     view, view_source = detect_view(ds)
     return Image(
-        pixels=torch.from_numpy(display),
+        array=display,
         sop_instance_uid=_uid(ds, "SOPInstanceUID", fallback, "sop"),
         series_instance_uid=_uid(ds, "SeriesInstanceUID", fallback, "series"),
         study_instance_uid=_uid(ds, "StudyInstanceUID", fallback, "study"),
@@ -237,7 +236,7 @@ def read_plain_image(data: bytes, *, name: str) -> Image:
     content_hash = hashlib.sha256(data).hexdigest()
     study_uid = _derived_uid(content_hash, "study")
     return Image(
-        pixels=torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
+        array=np.ascontiguousarray(pixels, dtype=np.float32),
         sop_instance_uid=_derived_uid(content_hash, "sop"),
         series_instance_uid=_derived_uid(content_hash, "series"),
         study_instance_uid=study_uid,

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 class View(str, Enum):
@@ -48,15 +51,17 @@ class Image:
     """One frame, ready for display and for the model's transforms.
 
     Attributes:
-        pixels (torch.Tensor): float32, shape (rows, columns), in [0, 1] after the Modality LUT, the VOI LUT
-            and MONOCHROME1 inversion; higher is brighter, as a radiologist would see it.
+        array (numpy.ndarray): float32, shape (rows, columns), in [0, 1] after the Modality LUT, the VOI LUT
+            and MONOCHROME1 inversion; higher is brighter, as a radiologist would see it. ``pixels`` is the
+            same memory as a torch tensor (imaging itself never imports torch: tools that only read DICOM
+            start in well under a second).
         sop_instance_uid (str): the image's SOP Instance UID (for a PNG/JPEG, a UID derived from its bytes).
         view (View): projection, and ``view_source`` says which attribute gave it.
         pixel_spacing_mm (tuple[float, float] | None): (row, column) spacing; None when absent or zero.
         source (str): the file (or ``archive.zip!member``) the image came from, for error reports.
     """
 
-    pixels: torch.Tensor
+    array: np.ndarray
     sop_instance_uid: str
     series_instance_uid: str
     study_instance_uid: str
@@ -76,8 +81,15 @@ class Image:
     frame_index: int = 0
 
     @property
+    def pixels(self) -> torch.Tensor:
+        """The pixels as a float32 torch tensor sharing ``array``'s memory (what the model's transforms take)."""
+        import torch
+
+        return torch.from_numpy(self.array)
+
+    @property
     def shape(self) -> tuple[int, int]:
-        rows, columns = self.pixels.shape
+        rows, columns = self.array.shape
         return int(rows), int(columns)
 
     def summary(self) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def prepare_check(
         picture, flags = ingest_study(image, deidentifier, runtime.archive)
     cleaned = runtime.report_deidentifier.deidentify(report)
     request = CheckRequest(report=cleaned.text, image=picture, mode=ErrorCheckTask(mode))
-    pixels = picture.pixels.numpy().tobytes() if picture is not None else b""
+    pixels = picture.array.tobytes() if picture is not None else b""
     digest = runtime.digest(mode, report, picture.sop_instance_uid if picture is not None else "", pixels)
     # A text-only check has no study UID: the report stands for it, under a keyed pseudonym.
     study = (

@@ -101,7 +101,7 @@ def prepare_draft(
     request = kind(image=image, indication=clean_indication, max_new_tokens=runtime.max_new_tokens)
     # The same image and indication give the same digest whichever door they came through (upload, file,
     # archive): it covers the de-identified instance's UID and pixels, and the indication as sent.
-    digest = runtime.digest(image.sop_instance_uid, image.pixels.numpy().tobytes(), indication or "")
+    digest = runtime.digest(image.sop_instance_uid, image.array.tobytes(), indication or "")
     return PreparedDraft(request, image, flags, digest, deidentifier)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from testsupport import pydicom_file
 from typer.testing import CliRunner
 
@@ -85,3 +86,25 @@ def test_usage_errors_exit_2() -> None:
     assert runner.invoke(app, ["inspect"]).exit_code == 2  # neither PATH nor --sample
     assert runner.invoke(app, ["inspect", "--frame", "x", "a.dcm"]).exit_code == 2
     assert runner.invoke(app, ["no-such-verb"]).exit_code == 2
+
+
+# What a light verb must not load: each costs seconds at start (torch ~1 s, MONAI's package import ~7 s with
+# transformers' BERT, Presidio's NLP engine), and a PACS script may call `radlvlm inspect` once per file.
+HEAVY_MODULES = ("torch", "monai", "transformers", "presidio_analyzer", "spacy", "fastapi", "sklearn")
+
+
+@pytest.mark.parametrize("verb", [["version"], ["inspect", "{file}"], ["--help"]])
+def test_light_verbs_import_nothing_heavy(verb: list[str]) -> None:
+    args = [a.format(file=pydicom_file("CT_small.dcm")) for a in verb]
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['radlvlm', *{args!r}]\n"
+        "try:\n"
+        "    runpy.run_module('radlvlm', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print('LOADED', sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "LOADED []", done.stdout.strip().splitlines()[-1]

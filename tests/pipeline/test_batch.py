@@ -12,8 +12,8 @@ from servicesupport import build_tiny_model_dir
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
-from radlvlm.pipeline.batch import read_manifest
 from radlvlm.errors import InputError
+from radlvlm.pipeline.batch import read_manifest
 
 runner = CliRunner()
 
@@ -24,7 +24,8 @@ def model_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 
 
 def _png(path: Path, seed: int) -> Path:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(80, 64), dtype=np.uint8)  # the guardrails refuse under 64 px
+    # 64 px at least: the guardrails refuse smaller images.
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(80, 64), dtype=np.uint8)
     PILImage.fromarray(pixels, mode="L").save(path)
     return path
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-import torch
 from testsupport import pydicom_file, shared_path
 
 from radlvlm.errors import GuardrailViolation
@@ -12,7 +12,7 @@ from radlvlm.safety.guardrails import check_input, check_output, input_findings,
 
 
 def synthetic(view: View, modality: str | None = "DX", body_part: str | None = "CHEST", uid: str = "2.25.1") -> Image:
-    pixels = torch.linspace(0, 1, 128 * 128).reshape(128, 128)
+    pixels = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(128, 128)
     return Image(pixels, uid, "2.25.2", "2.25.3", "synthetic", modality=modality, body_part=body_part, view=view)
 
 
@@ -50,7 +50,7 @@ def test_lateral_only_is_refused_when_frontal_needed() -> None:
 
 def test_other_body_parts_and_blank_images_are_refused() -> None:
     assert "not_chest" in codes(study_of(synthetic(View.PA, body_part="KNEE")))
-    blank = Image(torch.zeros(128, 128), "2.25.1", "2.25.2", "2.25.3", "x", modality="CR", view=View.PA)
+    blank = Image(np.zeros((128, 128), np.float32), "2.25.1", "2.25.2", "2.25.3", "x", modality="CR", view=View.PA)
     assert "blank_image" in codes(study_of(blank))
     assert codes(Study("2.25.3")) == {"no_images"}
 
