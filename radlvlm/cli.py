@@ -21,6 +21,7 @@ from radlvlm.model.cli import convert_app
 from radlvlm.safety.cli import audit_app, deid_command
 from radlvlm.service.serve import apikey_command, serve_command
 from radlvlm.training.cli import train_command
+from radlvlm.training.embedded_cli import embedded_app
 
 app = typer.Typer(
     name="radlvlm",
@@ -35,6 +36,7 @@ app.add_typer(eval_app, name="eval")
 app.command("deid")(deid_command)
 app.add_typer(audit_app, name="audit")
 app.add_typer(pacs_app, name="pacs")
+app.add_typer(embedded_app, name="embedded")
 app.command("serve")(serve_command)
 app.command("apikey")(apikey_command)
 app.command("draft")(draft_command)

@@ -22,31 +22,31 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 # validation against the baselines, and the plain-LoRA stage 2 with its validation (the MoLE-vs-LoRA comparison).
 # EMBEDDED_ARGS may add e.g. "--lm-from radlvlm/model/weights/default/base" (reuse a shipped LM: steps 1-2).
 # shellcheck disable=SC2086  # EMBEDDED_ARGS is a list of options
-"$python" -m radlvlm.training.embedded --data "$data" --work "$work" --scale default --seed 0 --compare-lora ${EMBEDDED_ARGS:-}
+"$python" -m radlvlm embedded build --data "$data" --work "$work" --scale default --seed 0 --compare-lora ${EMBEDDED_ARGS:-}
 # 8: DPO safety alignment on top of stage 2 (the recipe's paths are relative to the working folder).
 cd "$work"
 ln -sfn "$data" data
 "$python" -m radlvlm train "$repo/recipes/dpo-embedded.yaml"
 # 9: before/after figures of the alignment on the validation split.
 if [[ ! -f dpo/eval/metrics.json ]]; then
-    "$python" -m radlvlm.training.dpo_eval "$repo/recipes/dpo-embedded.yaml" --out dpo/eval
+    "$python" -m radlvlm embedded dpo-eval "$repo/recipes/dpo-embedded.yaml" --out dpo/eval
 fi
 # 10: the DPO model's SIMPLE-check calibration, then its own validation figures next to the baselines (the card
 # reports the model it ships).
 if [[ ! -f dpo/run/adapter/check_calibration.json ]]; then
-    "$python" -m radlvlm.training.calibrate --data "$data" --model dpo/run/base --adapter dpo/run/adapter
+    "$python" -m radlvlm embedded calibrate --data "$data" --model dpo/run/base --adapter dpo/run/adapter
 fi
 if [[ ! -f eval_dpo/summary.json ]]; then
-    "$python" -m radlvlm.training.embedded_eval --data "$data" --model dpo/run/base --adapter dpo/run/adapter \
+    "$python" -m radlvlm embedded evaluate --data "$data" --model dpo/run/base --adapter dpo/run/adapter \
         --out eval_dpo --name embedded-dpo
 fi
 # 11: install the better of stage 2 and DPO into the package, with its model card.
-"$python" -m radlvlm.training.ship --work "$work" --to "$ship_to"
+"$python" -m radlvlm embedded ship --work "$work" --to "$ship_to"
 # 12: measure it as users meet it (the HTTP API: error checks on both injectors, the blatant suite and NIH
 # image checks; drafts of the NIH test images), then install again with those figures on the card.
 if [[ "$ship_to" == "$repo/radlvlm/model/weights/default" ]]; then
     cd "$repo"
     "$python" benchmarks/errorcheck_study.py --data "$data"
     "$python" benchmarks/draft_study.py --data "$data"
-    "$python" -m radlvlm.training.ship --work "$work" --to "$ship_to" --results benchmarks/results
+    "$python" -m radlvlm embedded ship --work "$work" --to "$ship_to" --results benchmarks/results
 fi

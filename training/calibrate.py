@@ -104,25 +104,3 @@ def calibrate_checks(
     CheckCalibrations(text_only=text_only, image=image).save(target)
     summary["file"] = str(target)
     return json.loads(json.dumps(summary, default=str))
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(description="Fit a model's SIMPLE-check calibration on validation data.")
-    parser.add_argument("--data", type=Path, required=True, help="folder with iu_xray/ and nih_cxr14/")
-    parser.add_argument("--model", type=Path, required=True, help="the radlvlm model directory (base)")
-    parser.add_argument("--adapter", type=Path, default=None, help="its adapter (the calibration is written there)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(calibrate_checks(args.data, args.model, args.adapter, seed=args.seed), indent=2))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

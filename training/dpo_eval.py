@@ -1,6 +1,6 @@
 """Before/after figures of DPO safety alignment, on one split, in one run, with bootstrap CIs.
 
-    python -m radlvlm.training.dpo_eval RECIPE --out DIR [--split validation] [--limit N]
+    radlvlm embedded dpo-eval RECIPE --out DIR [--split validation] [--limit N]
 
 Each model (by default the recipe's stage-2 model, ``before``, and its DPO output, ``after``) drafts a report for
 every drafting study of the split (greedy, the stage-2 prompt) and for every out-of-scope image of the split, and
@@ -23,7 +23,6 @@ An abstained draft is scored as an empty report (it states no finding). Writes `
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -35,9 +34,9 @@ import numpy as np
 import torch
 
 from radlvlm.errors import InputError
-from radlvlm.training.recipe import Recipe, load_recipe
+from radlvlm.training.recipe import Recipe
 
-__all__ = ["evaluate_alignment", "main", "markdown_table"]
+__all__ = ["evaluate_alignment", "markdown_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,51 +336,3 @@ def markdown_table(result: dict[str, Any]) -> str:
     counts = f"{n['in_scope']} studies, {n['out_of_scope']} out-of-scope images, {n['errorcheck']} SIMPLE checks"
     lines.append(f"\n{result['split']}: {counts}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Before/after DPO figures with bootstrap CIs (see module docs).")
-    parser.add_argument("recipe", type=Path, help="the dpo recipe (its stage-2 model is 'before', its output 'after')")
-    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and predictions")
-    parser.add_argument("--split", default=None, help="default: the recipe's validation split")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many studies (quick runs)")
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument(
-        "--model",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "BASE", "ADAPTER"),
-        default=None,
-        help="score this model instead of the recipe's two (repeat; ADAPTER 'none' for none)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, check_hardware=False)
-        models = (
-            {name: (base, None if adapter == "none" else adapter) for name, base, adapter in args.model}
-            if args.model
-            else None
-        )
-        result = evaluate_alignment(
-            recipe,
-            args.out,
-            models=models,
-            split=args.split,
-            limit=args.limit,
-            n_boot=args.n_boot,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-        )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The embedded default model's recipe, end to end, from the public data in a ``shared/data``-style folder.
 
-    python -m radlvlm.training.embedded --data ../shared/data --work runs/embedded [--scale default]
+    radlvlm embedded build --data ../shared/data --work runs/embedded [--scale default]
 
 Steps (each resumable: a finished step leaves ``done.json`` and is skipped when the command runs again; an
 interrupted step resumes from its checkpoints):
@@ -30,9 +30,7 @@ pairs — the model can only associate coarse findings with images, it cannot re
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -536,39 +534,3 @@ def _stage(
     train_set, _, report = build_datasets(recipe)
     result = train(recipe, train_set)
     return _finish(step, {**result, "data": report.to_dict(), "seconds": time.perf_counter() - started})
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train the embedded default model from public data (resumable).")
-    parser.add_argument("--data", type=Path, required=True, help="folder with iu_xray/, nih_cxr14/, covid_chestxray/")
-    parser.add_argument("--work", type=Path, required=True, help="working folder (checkpoints, step summaries)")
-    parser.add_argument("--scale", default="default", choices=sorted(SCALES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--compare-lora", action="store_true", help="also train and evaluate a plain-LoRA stage 2 (the baseline)"
-    )
-    parser.add_argument("--until", choices=STEPS, default=None, help="stop after this step")
-    parser.add_argument(
-        "--lm-from", type=Path, default=None, help="take the tokenizer and LM from this model directory (steps 1-2)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        summary = build_embedded(
-            args.data,
-            args.work,
-            scale_name=args.scale,
-            seed=args.seed,
-            compare_lora=args.compare_lora,
-            lm_from=args.lm_from,
-            until=args.until,
-        )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in summary.items() if k in ("stage1", "stage2")}, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    sys.exit(main())

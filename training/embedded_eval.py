@@ -1,6 +1,6 @@
 """Validation of a trained model on the public data it was trained from, next to the evaluation baselines.
 
-    python -m radlvlm.training.embedded_eval --data ../shared/data --model DIR [--adapter DIR] --out runs/eval
+    radlvlm embedded evaluate --data ../shared/data --model DIR [--adapter DIR] --out runs/eval
 
 What it scores (each with bootstrap 95% CIs through :func:`radlvlm.clinical_eval.runner.run_validation_study`,
 and a paired comparison with the strongest baseline):
@@ -19,7 +19,6 @@ Everything written (predictions, references, metrics) holds ids, labels and publ
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from radlvlm.errors import InputError, RadlvlmError
+from radlvlm.errors import InputError
 
 DRAFT_SETS = ("nih_cxr14", "covid")
 
@@ -269,36 +268,3 @@ def router_usage(statistics: dict[str, dict[str, list[int]]]) -> dict[str, Any]:
             },
         }
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Validate a model on the public sets next to the baselines.")
-    parser.add_argument("--data", type=Path, required=True, help="folder with iu_xray/, nih_cxr14/, covid_chestxray/")
-    parser.add_argument("--model", type=Path, required=True, help="radlvlm model directory")
-    parser.add_argument("--adapter", type=Path, default=None, help="MoLE or LoRA adapter directory")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--split", default="validation", choices=("validation", "test"))
-    parser.add_argument("--n-boot", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default=None, help="model name in the outputs (default: the directory names)")
-    args = parser.parse_args(argv)
-    try:
-        summary = evaluate(
-            args.data,
-            args.model,
-            args.out,
-            adapter=args.adapter,
-            split=args.split,
-            n_boot=args.n_boot,
-            seed=args.seed,
-            name=args.name,
-        )
-    except RadlvlmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary["sets"], indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

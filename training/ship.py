@@ -1,6 +1,6 @@
 """Install a trained model as the package's embedded default: float16 weights, ``model.json`` and the model card.
 
-    python -m radlvlm.training.ship --work runs/embedded --to radlvlm/model/weights/default
+    radlvlm embedded ship --work runs/embedded --to radlvlm/model/weights/default
 
 Takes the final model of an embedded-model working folder (the DPO-aligned one when its evaluation shows it
 is better, else stage 2) and the figures its evaluation wrote, and renders the model card from them, so that
@@ -9,11 +9,9 @@ every number in the card comes from a file the recipe produced.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -492,23 +490,3 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Install a trained embedded model into the package.")
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--to", type=Path, required=True)
-    parser.add_argument(
-        "--results", type=Path, default=None, help="benchmarks/results with errorcheck.json / drafts.json of this model"
-    )
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(ship(args.work, args.to, results=args.results), indent=2))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 from monai.config import KeysCollection
-from monai.data import get_track_meta, set_track_meta
+from monai.data import set_track_meta
 from monai.transforms import (
     CenterSpatialCrop,
     Compose,
@@ -27,6 +27,11 @@ from monai.transforms import (
 
 from radlvlm.errors import InputError
 from radlvlm.imaging.study import Image
+
+# MONAI's MetaTensor bookkeeping costs ~1.6 ms per chest image and nothing in radlvlm reads it. Its switch is
+# process-wide, so it is set once, here, rather than flipped and restored per call, which races between the
+# service's threads (one call's restore turning tracking back on under another's transform).
+set_track_meta(False)
 
 ResizeMode = Literal["pad", "crop"]
 PadFill = Literal["black", "mean"]
@@ -120,13 +125,7 @@ class ToModelInput(Transform):
             raise InputError(
                 f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}"
             )
-        # MONAI's MetaTensor bookkeeping costs ~1.6 ms per chest image and nothing downstream reads it.
-        tracking = get_track_meta()
-        set_track_meta(False)
-        try:
-            out = self._pipeline(pixels.float())
-        finally:
-            set_track_meta(tracking)
+        out = self._pipeline(pixels.float())
         return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
 
     def batch(self, images: Sequence[torch.Tensor | Image]) -> torch.Tensor:

@@ -5,7 +5,7 @@ demonstration and pipeline testing, not for clinical use: its model card (``MODE
 weights, also printed by ``radlvlm model-card``) says what it was trained on and what it can and cannot do.
 A hospital points ``--model``/``RADLVLM_MODEL_DIR`` at its own model or a converted LLaVA-Rad instead.
 
-Layout of ``weights/default/`` (written by ``python -m radlvlm.training.embedded --ship-to``): ``base/`` (a
+Layout of ``weights/default/`` (written by ``radlvlm embedded ship``): ``base/`` (a
 radlvlm model directory, float16), ``adapter/`` (the MoLE adapter, float16), ``MODEL_CARD.md`` and
 ``model.json`` (id, recipe, metrics).
 """

@@ -88,6 +88,20 @@ def test_usage_errors_exit_2() -> None:
     assert runner.invoke(app, ["no-such-verb"]).exit_code == 2
 
 
+def test_the_embedded_recipe_verbs_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    cases = [
+        (["embedded", "build", "--data", str(tmp_path), "--work", str(tmp_path / "w"), "--until", "x"], "--until"),
+        (["embedded", "build", "--data", str(tmp_path), "--work", str(tmp_path / "w"), "--scale", "x"], "--scale"),
+        (["embedded", "ship", "--work", str(tmp_path / "none"), "--to", str(tmp_path / "to")], "none"),
+        (["embedded", "dpo-eval", str(tmp_path / "r.yaml"), "--out", str(tmp_path), "--model", "a"], "NAME=BASE"),
+    ]
+    (tmp_path / "r.yaml").write_text("stage: dpo\n")
+    for args, needle in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
 # What a light verb must not load: each costs seconds at start (torch ~1 s, MONAI's package import ~7 s with
 # transformers' BERT, Presidio's NLP engine), and a PACS script may call `radlvlm inspect` once per file.
 HEAVY_MODULES = ("torch", "monai", "transformers", "presidio_analyzer", "spacy", "fastapi", "sklearn")
