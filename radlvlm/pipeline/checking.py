@@ -7,7 +7,6 @@ mapped back to the text the caller sent, so every door answers in the caller's o
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,17 +137,14 @@ def finish_check(runtime: Runtime, prepared: PreparedCheck, result: CheckResult,
         study=prepared.study,
     )
     runtime.record(
-        actor=caller.actor,
-        action=f"check_{outcome.mode}",
-        study=prepared.study,
+        caller,
+        f"check_{outcome.mode}",
+        prepared.study,
         request=prepared.request_digest,
-        response=runtime.digest(json.dumps(outcome.answer(), sort_keys=True)),
-        details={
-            "model": result.model_id.replace(" ", "_"),
-            "door": caller.door,
-            "text_only": result.text_only,
-            "ms": round(elapsed_ms),
-        },
+        response=runtime.answer_digest(outcome.answer()),
+        model=result.model_id.replace(" ", "_"),
+        text_only=result.text_only,
+        ms=round(elapsed_ms),
     )
     return outcome
 

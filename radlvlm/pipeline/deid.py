@@ -32,12 +32,13 @@ def deidentify_dicom(runtime: Runtime, data: bytes, caller: Caller, *, name: str
         "dicom:" + runtime.digest(data)
     )
     runtime.record(
-        actor=caller.actor,
-        action="deid_dicom",
-        study=study,
+        caller,
+        "deid_dicom",
+        study,
         request=runtime.digest(data),
         response=runtime.digest(output),
-        details={"door": caller.door, "bytes_in": len(data), "bytes_out": len(output)},
+        bytes_in=len(data),
+        bytes_out=len(output),
     )
     return output
 
@@ -48,11 +49,11 @@ def deidentify_text(runtime: Runtime, text: str, caller: Caller) -> Deidentified
         raise InputError("the text is empty")
     cleaned = runtime.report_deidentifier.deidentify(text)
     runtime.record(
-        actor=caller.actor,
-        action="deid_text",
-        study=runtime.deidentifier().pseudonyms.uid("text:" + runtime.digest(text)),
+        caller,
+        "deid_text",
+        runtime.deidentifier().pseudonyms.uid("text:" + runtime.digest(text)),
         request=runtime.digest(text),
         response=runtime.digest(cleaned.text),
-        details={"door": caller.door, "spans": len(cleaned.spans)},
+        spans=len(cleaned.spans),
     )
     return DeidentifiedText(cleaned.text, dict(cleaned.counts))

@@ -8,7 +8,6 @@ engine calls, and the streaming door wraps the same two steps in a :class:`Draft
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,17 +123,14 @@ def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult,
         study=prepared.image.study_instance_uid,
     )
     runtime.record(
-        actor=caller.actor,
-        action="draft",
-        study=outcome.study,
+        caller,
+        "draft",
+        outcome.study,
         request=prepared.request_digest,
-        response=runtime.digest(json.dumps(outcome.answer(), sort_keys=True)),
-        details={
-            "model": result.model_id.replace(" ", "_"),
-            "door": caller.door,
-            "flags": len(outcome.flags),
-            "ms": round(elapsed_ms),
-        },
+        response=runtime.answer_digest(outcome.answer()),
+        model=result.model_id.replace(" ", "_"),
+        flags=len(outcome.flags),
+        ms=round(elapsed_ms),
     )
     return outcome
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -107,13 +108,23 @@ class Runtime:
         except TimeoutError:
             raise ModelTimeout("the model did not answer in time") from None
 
+    def answer_digest(self, answer: dict[str, Any]) -> str:
+        """The keyed digest of an answer (its canonical JSON): equal answers give equal digests at every door."""
+        return self.digest(json.dumps(answer, sort_keys=True))
+
     def record(
-        self, *, actor: str, action: str, study: str, request: str, response: str, details: dict[str, Any]
+        self, caller: Caller, action: str, study: str, *, request: str, response: str, **details: str | int | bool
     ) -> None:
-        """One audit entry (when there is a trail); ``request``/``response`` are keyed digests already."""
+        """One audit entry (when there is a trail): ``request``/``response`` are keyed digests already; the door
+        the request came through is among the details."""
         if self.audit is not None:
             self.audit.record(
-                actor=actor, action=action, study=study, request=request, response=response, details=details
+                actor=caller.actor,
+                action=action,
+                study=study,
+                request=request,
+                response=response,
+                details={"door": caller.door, **details},
             )
 
     def close(self) -> None:
