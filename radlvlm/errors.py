@@ -69,3 +69,7 @@ class ModelTimeout(RadlvlmError):
 
 class NoArchiveError(InputError):
     """A study was named by its archive UID where no DICOMweb archive is configured."""
+
+
+class ImageTooLargeError(InputError):
+    """An image declares more pixels than radlvlm decodes (refused before decoding: a decompression bomb)."""

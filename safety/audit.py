@@ -63,7 +63,7 @@ class AuditVerification:
 
     entries: int
     head: str
-    authenticated: bool
+    authenticated: bool  # True: every MAC was checked with the key; False: the hash chain only
 
 
 def _entry_hash(body: dict[str, object]) -> str:
@@ -79,8 +79,9 @@ class AuditTrail:
     """Appends entries to a JSON-lines file; safe for several processes (an exclusive lock per append).
 
     Args:
-        path (Path): the trail file; created on first append.
-        key (bytes | None, default None): HMAC key; when given, every entry carries a MAC over its hash.
+        path (Path): the trail file; created on first append, readable by its owner only.
+        key (bytes | None, default None): HMAC key; when given, every entry carries a MAC over its hash and the
+            request/response content is stored as an HMAC under it (not a plain, guessable hash).
     """
 
     def __init__(self, path: Path, key: bytes | None = None) -> None:
@@ -119,7 +120,9 @@ class AuditTrail:
             if not isinstance(value, (str, int, float, bool)):
                 raise InputError(f"audit detail {name!r} must be a string code, a number or a boolean")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+", encoding="ascii") as handle:
+        # Created owner-only (0600): the trail says who asked what of which study, when.
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(descriptor, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 seq, prev = _last(handle)
@@ -129,8 +132,8 @@ class AuditTrail:
                     "actor": actor,
                     "action": action,
                     "study": study,
-                    "request_sha256": sha256_hex(request),
-                    "response_sha256": sha256_hex(response),
+                    "request_sha256": self._content_digest(request),
+                    "response_sha256": self._content_digest(response),
                     "details": details,
                     "prev": prev,
                 }
@@ -139,47 +142,82 @@ class AuditTrail:
                 if self._key is not None:
                     line["mac"] = _mac(self._key, entry_hash)
                 handle.seek(0, os.SEEK_END)
-                handle.write(json.dumps(line, sort_keys=True, ensure_ascii=True) + "\n")
+                handle.write((json.dumps(line, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii"))
                 handle.flush()
                 os.fsync(handle.fileno())
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return AuditEntry(**line)  # type: ignore[arg-type]
 
+    def _content_digest(self, data: bytes | str) -> str:
+        """What the trail stores for request or response content: HMAC-SHA-256 under the trail's key when it
+        has one, since a plain hash of a short text (a name, an MRN) is found again by trying guesses."""
+        if self._key is None:
+            return sha256_hex(data)
+        return hmac.new(self._key, data.encode("utf-8") if isinstance(data, str) else data, hashlib.sha256).hexdigest()
+
     def head(self) -> str:
         """The last entry's hash (the genesis value for an empty trail)."""
         if not self.path.exists():
             return GENESIS
-        with open(self.path, encoding="ascii") as handle:
+        if not self.path.is_file():
+            raise AuditIntegrityError(f"{self.path}: not a file")
+        with open(self.path, "rb") as handle:
             return _last(handle)[1]
+
+    def check(self) -> None:
+        """Raise ``AuditIntegrityError`` when the next entry cannot be appended (a torn or unreadable last line,
+        a folder where the file should be): the service checks this at start, in ``/readyz`` and before it runs
+        the model for a request, so no request is answered that the trail cannot record."""
+        self.head()
 
 
 def _last(handle) -> tuple[int, str]:
-    """(seq, hash) of the last line; reads only the file's tail."""
+    """(seq, hash) of the last line; reads only the file's tail (as bytes: a stray non-ASCII byte is damage to
+    report, not a crash)."""
     handle.seek(0, os.SEEK_END)
     size = handle.tell()
     if size == 0:
         return 0, GENESIS
     handle.seek(max(0, size - 65536))
-    lines = [line for line in handle.read().splitlines() if line.strip()]
+    tail = handle.read()
+    if not tail.endswith(b"\n"):
+        raise AuditIntegrityError(
+            "audit trail: the last entry is incomplete (a write was cut off); run 'radlvlm audit verify'"
+        )
+    lines = [line for line in tail.splitlines() if line.strip()]
     try:
-        last = json.loads(lines[-1])
+        last = json.loads(lines[-1].decode("ascii"))
         return int(last["seq"]), str(last["hash"])
-    except (ValueError, KeyError, IndexError) as e:
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # UnicodeDecodeError is a ValueError
         raise AuditIntegrityError("audit trail: the last entry is unreadable; run 'radlvlm audit verify'") from e
 
 
-def verify_audit_trail(path: Path, key: bytes | None = None, expected_head: str | None = None) -> AuditVerification:
+def verify_audit_trail(
+    path: Path, key: bytes | None = None, expected_head: str | None = None, *, chain_only: bool = False
+) -> AuditVerification:
     """Check every entry's hash, its link to the previous one, the sequence, and (with ``key``) every MAC.
 
-    Raises ``AuditIntegrityError`` naming the first line that fails and why.
+    Without a key only the chain can be checked, and a chain can be recomputed by whoever can write the file:
+    a trail whose entries carry MACs is then refused unless ``chain_only`` says that a chain check is what is
+    wanted. A trail where some entries carry a MAC and others do not is refused whatever the key (entries
+    appended by someone without it). Raises ``AuditIntegrityError`` naming the first line that fails and why.
     """
     path = Path(path)
     if not path.exists():
         raise AuditIntegrityError(f"{path}: no audit trail")
+    if not path.is_file():
+        raise AuditIntegrityError(f"{path}: not a file")
     prev, count = GENESIS, 0
-    with open(path, encoding="ascii", errors="strict") as handle:
-        for number, raw in enumerate(handle, 1):
+    macs: set[bool] = set()
+    with open(path, "rb") as handle:
+        for number, line_bytes in enumerate(handle, 1):
+            try:
+                raw = line_bytes.decode("ascii")
+            except UnicodeDecodeError as e:
+                raise AuditIntegrityError(f"{path}: line {number} holds bytes an audit entry never has") from e
+            if not raw.endswith("\n"):
+                raise AuditIntegrityError(f"{path}: line {number} is incomplete (a write was cut off)")
             if not raw.strip():
                 raise AuditIntegrityError(f"{path}: line {number} is empty")
             try:
@@ -196,9 +234,17 @@ def verify_audit_trail(path: Path, key: bytes | None = None, expected_head: str 
                 raise AuditIntegrityError(f"{path}: line {number} does not link to the entry before it")
             if _entry_hash(body) != stored:
                 raise AuditIntegrityError(f"{path}: line {number} was altered (its hash does not match)")
+            macs.add("mac" in line)
+            if len(macs) > 1:
+                raise AuditIntegrityError(f"{path}: line {number}: some entries carry a MAC and others do not")
             if key is not None and not hmac.compare_digest(str(line.get("mac", "")), _mac(key, stored)):
                 raise AuditIntegrityError(f"{path}: line {number} has a missing or wrong MAC")
             prev, count = stored, number
+    if key is None and macs == {True} and not chain_only:
+        raise AuditIntegrityError(
+            f"{path}: the entries carry MACs but no key was given, and without it a rewritten chain passes; "
+            "give the key, or ask for a chain-only check"
+        )
     if expected_head is not None and not hmac.compare_digest(prev, expected_head):
         raise AuditIntegrityError(f"{path}: the last hash differs from the one kept elsewhere; trail rewritten")
     return AuditVerification(entries=count, head=prev, authenticated=key is not None)

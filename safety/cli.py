@@ -116,7 +116,8 @@ def run_deid(
         pseudonyms.merge(PseudonymMap.load_encrypted(map_path, map_passphrase or ""))
     text = ReportDeidentifier()
     deid = DicomDeidentifier(pseudonyms, options, text)
-    trail = AuditTrail(audit) if audit is not None else None
+    # Keyed with the project key: entries carry MACs, and content digests cannot be tested against guesses.
+    trail = AuditTrail(audit, key=key) if audit is not None else None
     if trail is not None and audit is not None and audit.resolve().is_relative_to(output):
         raise InputError("the audit trail must not be written inside OUT")
     journal = _load_journal(report)
@@ -299,20 +300,36 @@ audit_app = typer.Typer(help="Check the tamper-evident audit trail.", no_args_is
 @audit_app.command("verify")
 def audit_verify(
     path: Annotated[Path, typer.Argument(help="The audit trail (JSON lines).")],
-    key_env: Annotated[
-        str | None, typer.Option(help="Environment variable holding the HMAC key (hex), if the trail has MACs.")
+    key_file: Annotated[
+        Path | None, typer.Option(help="The project key file the trail was written with (the service's DEID key).")
     ] = None,
+    key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the HMAC key (hex), instead of --key-file.")
+    ] = None,
+    chain_only: Annotated[
+        bool,
+        typer.Option(
+            "--chain-only",
+            help="Without a key: check the hash chain alone (which whoever can write the file can recompute).",
+        ),
+    ] = False,
     expected_head: Annotated[
         str | None, typer.Option(help="The last hash recorded elsewhere; detects a rewritten or cut trail.")
     ] = None,
 ) -> None:
-    """Verify every entry's hash, chain link and sequence (and MAC with a key); exit 2 naming the first bad line."""
+    """Verify every entry's hash, chain link and sequence, and with the key every MAC; exit 2 naming the first
+    bad line. A trail with MACs is refused without its key unless --chain-only asks for the chain alone."""
 
     def verify() -> str:
         from radlvlm.safety.audit import verify_audit_trail
+        from radlvlm.safety.pseudonyms import load_or_create_key
 
+        if key_file is not None and key_env is not None:
+            raise InputError("give --key-file or --key-env, not both")
         key = None
-        if key_env is not None:
+        if key_file is not None:
+            key, _ = load_or_create_key(key_file, create=False)
+        elif key_env is not None:
             raw = os.environ.get(key_env)
             if not raw:
                 raise InputError(f"environment variable {key_env} is not set")
@@ -320,8 +337,8 @@ def audit_verify(
                 key = bytes.fromhex(raw)
             except ValueError as e:
                 raise InputError(f"environment variable {key_env} does not hold a hex key") from e
-        result = verify_audit_trail(path, key=key, expected_head=expected_head)
-        mode = "hashes and MACs" if result.authenticated else "hashes"
+        result = verify_audit_trail(path, key=key, expected_head=expected_head, chain_only=chain_only)
+        mode = "hashes and MACs" if result.authenticated else "hash chain only; MACs not checked without the key"
         return f"ok: {result.entries} entries verified ({mode}); head {result.head}"
 
     typer.echo(run_guarded(verify))

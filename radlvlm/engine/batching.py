@@ -38,6 +38,8 @@ from radlvlm.errors import InputError
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
 logger = logging.getLogger(__name__)
+# A draft whose prompt leaves fewer tokens than this in the context is refused: it could not say anything.
+MIN_DRAFT_TOKENS = 16
 
 
 @dataclass
@@ -97,6 +99,8 @@ class BatchingEngine(Engine):
         if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
             future.set_result(unanswerable_check(request, problem, self.model_id))
             return future
+        if isinstance(request, DraftRequest) and (problem := self.draft_problem(request)) is not None:
+            raise InputError(problem)
         try:
             self._queue.put_nowait(Pending(request, future, time.perf_counter()))
         except queue.Full:
@@ -142,6 +146,25 @@ class BatchingEngine(Engine):
                     f"context {processor.max_length}"
                 )
         return problem
+
+    def draft_problem(self, request: DraftRequest) -> str | None:
+        """Why this draft cannot be run (its prompt, with the indication and the image, leaves the model no room
+        to write in its context), or None. Refused at submit, so a long indication never joins, and never
+        fails, a batch of other clients' drafts."""
+        from radlvlm.tasks.drafting import draft_prompt
+
+        processor = getattr(self, "processor", None)
+        if processor is None or processor.max_length is None or not request.indication:
+            return None
+        prompt = processor.chat_prompt(draft_prompt(request.indication))
+        tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        tokens += processor.num_image_tokens - 1
+        if tokens + MIN_DRAFT_TOKENS > processor.max_length:
+            return (
+                f"the indication is too long for the model: {tokens} tokens with the prompt and the image, "
+                f"context {processor.max_length}"
+            )
+        return None
 
     def run_all(self, requests: Sequence[Request]) -> list[Result]:
         """Run an offline batch (a validation study) and return the results in order.
@@ -212,7 +235,7 @@ class BatchingEngine(Engine):
             if item is not None:
                 item.future.set_exception(EngineClosed("the engine shut down before this request ran"))
 
-    def _run_batch(self, batch: list[Pending]) -> None:
+    def _run_batch(self, batch: list[Pending], *, rerun: bool = False) -> None:
         groups: dict[tuple[str, int], list[Pending]] = defaultdict(list)
         for item in batch:
             request = item.request
@@ -222,10 +245,11 @@ class BatchingEngine(Engine):
                 groups[("draft", request.max_new_tokens or self.default_max_new_tokens)].append(item)
             else:
                 groups[(f"check-{request.mode.value}", 0)].append(item)
-        with self._lock:
-            self._stats.requests += len(batch)
-            self._stats.batches += 1
-            self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
+        if not rerun:  # a request run again on its own after its batch failed is still one request
+            with self._lock:
+                self._stats.requests += len(batch)
+                self._stats.batches += 1
+                self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
         for (kind, max_new_tokens), items in groups.items():
             start = time.perf_counter()
             try:
@@ -241,6 +265,12 @@ class BatchingEngine(Engine):
             except Exception as e:  # a failed batch fails its requests, never the worker
                 # Type only: a traceback or message could quote request content.
                 logger.error("engine batch of %d %s request(s) failed: %s", len(items), kind, type(e).__name__)
+                if len(items) > 1:
+                    # One request's problem must not fail its neighbours: each runs again on its own, so only
+                    # the request that fails alone is answered with the failure.
+                    for item in items:
+                        self._run_batch([item], rerun=True)
+                    continue
                 with self._lock:
                     self._stats.failed += len(items)
                 for item in items:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +26,7 @@ from pydicom.uid import UID
 
 from radlvlm.errors import (
     DecodeError,
+    ImageTooLargeError,
     MultiFrameError,
     NoPixelDataError,
     NotDicomError,
@@ -36,6 +38,12 @@ from radlvlm.imaging.view import detect_laterality, detect_view
 
 logger = logging.getLogger(__name__)
 
+# The most pixel values (rows x columns x frames x samples) an input may declare. The largest chest detectors
+# are about 4,300 x 4,300 (18.5 M); 40 M leaves room and bounds a request's decoded pixels to ~160 MB of float32.
+MAX_IMAGE_PIXELS = 40_000_000
+# PIL warns of large images when it opens them; radlvlm refuses them itself, below PIL's threshold, so the
+# warning (set once for the process, not toggled per call) would only add noise to the service's log.
+warnings.filterwarnings("ignore", category=PILImage.DecompressionBombWarning)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -118,6 +126,19 @@ def _read_bytes(source: str | Path | BinaryIO, label: str) -> bytes:
     return source.read()
 
 
+def check_image_size(rows: int, columns: int, *, name: str, frames: int = 1, samples: int = 1) -> None:
+    """Refuse an image whose declared size is over :data:`MAX_IMAGE_PIXELS` before it is decoded: a 164 KB PNG
+    can declare 13,000 x 13,000 pixels and take gigabytes once decoded. The same limit at every door."""
+    declared = int(rows) * int(columns) * max(int(frames), 1) * max(int(samples), 1)
+    if declared > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(
+            f"{name}: the image declares {rows} x {columns} pixels"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + (f" x {samples} samples" if samples > 1 else "")
+            + f", over the limit of {MAX_IMAGE_PIXELS:,} values"
+        )
+
+
 def parse_dicom_bytes(data: bytes, *, name: str) -> Dataset:
     """The one rule radlvlm reads DICOM bytes by, at every door (uploads, files, de-identification, archives).
 
@@ -150,6 +171,13 @@ def parse_dicom_bytes(data: bytes, *, name: str) -> Dataset:
         pass  # a transfer syntax pydicom cannot read elements of: decoding says so, by name, further on
     except Exception as e:  # a raw element that does not convert; its message may quote the value
         raise NotDicomError(f"{name}: not a readable DICOM file ({type(e).__name__})") from e
+    if "Rows" in ds and "Columns" in ds:
+        try:
+            size = [int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)]
+            size.append(int(ds.get("SamplesPerPixel", 1) or 1))
+        except (TypeError, ValueError) as e:
+            raise NotDicomError(f"{name}: image geometry attributes are malformed") from e
+        check_image_size(size[0], size[1], frames=size[2], samples=size[3], name=name)
     return ds
 
 
@@ -222,6 +250,7 @@ def _display(pixels: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
 def read_plain_image(data: bytes, *, name: str) -> Image:
     try:
         with PILImage.open(io.BytesIO(data)) as picture:
+            check_image_size(picture.size[1], picture.size[0], name=name)  # from the header, before decoding
             picture.load()
             mode = picture.mode
             bits = 16 if mode.startswith("I") else 8
@@ -231,6 +260,8 @@ def read_plain_image(data: bytes, *, name: str) -> Image:
                 pixels = np.clip(array / maximum, 0.0, 1.0)
             else:
                 pixels = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+    except PILImage.DecompressionBombError as e:  # PIL's own, far higher limit, met while reading the header
+        raise ImageTooLargeError(f"{name}: the image declares over {MAX_IMAGE_PIXELS:,} pixels") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DecodeError(f"{name}: PNG/JPEG image is truncated or corrupt ({type(e).__name__})") from e
     content_hash = hashlib.sha256(data).hexdigest()

@@ -87,6 +87,7 @@ def prepare_check(
         raise InputError("the mode must be simple or complex")
     if not report.strip():
         raise InputError("the report is empty")
+    runtime.ensure_auditable()
     deidentifier = runtime.deidentifier()
     picture, flags = None, []
     if image is not None:

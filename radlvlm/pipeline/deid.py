@@ -26,6 +26,7 @@ def deidentify_dicom(runtime: Runtime, data: bytes, caller: Caller, *, name: str
     """The de-identified DICOM file (PS3.15 Annex E basic profile) of ``data``; refused when not exportable."""
     if not data:
         raise InputError(f"{name}: the file is empty")
+    runtime.ensure_auditable()
     deidentifier = runtime.deidentifier()
     output, result = deidentifier.deidentify_bytes(data, name=name)
     study = str(result.dataset.get("StudyInstanceUID", "") or "") or deidentifier.pseudonyms.uid(
@@ -47,6 +48,7 @@ def deidentify_text(runtime: Runtime, text: str, caller: Caller) -> Deidentified
     """``text`` with names, identifiers, dates and contact details replaced by type tags."""
     if not text.strip():
         raise InputError("the text is empty")
+    runtime.ensure_auditable()
     cleaned = runtime.report_deidentifier.deidentify(text)
     runtime.record(
         caller,

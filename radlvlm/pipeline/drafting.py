@@ -91,6 +91,7 @@ def prepare_draft(
     runtime: Runtime, study: StudyInput, *, indication: str | None = None, stream: bool = False
 ) -> PreparedDraft:
     """Ingest, de-identify and check a study; the engine request it becomes (nothing is sent yet)."""
+    runtime.ensure_auditable()
     deidentifier = runtime.deidentifier()
     image, flags = ingest_study(study, deidentifier, runtime.archive)
     clean_indication = None

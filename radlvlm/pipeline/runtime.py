@@ -100,6 +100,12 @@ class Runtime:
             mac.update(data)
         return mac.hexdigest()
 
+    def ensure_auditable(self) -> None:
+        """Raise ``AuditIntegrityError`` when the trail cannot take the next entry: a use case checks this before
+        it runs the model, so no request is answered that the trail cannot record."""
+        if self.audit is not None:
+            self.audit.check()
+
     def run(self, request: Request) -> Result:
         """Submit to the engine and wait up to the request timeout."""
         future = self.engine.submit(request)
@@ -171,13 +177,16 @@ def build_runtime(
 
         headers = {"Authorization": settings.dicomweb_authorization} if settings.dicomweb_authorization else {}
         archive = DicomWebSource(DicomWebSettings(settings.dicomweb_url, headers=headers))
+    trail = AuditTrail(settings.audit_path, key=key) if audit else None
+    if trail is not None:
+        trail.check()  # a torn or unreadable trail stops the start, before the model is loaded
     if engine is None:
         engine, model_info = build_engine(settings)
     runtime = Runtime(
         engine=engine,
         model_info=model_info or {"id": engine.model_id},
         key=key,
-        audit=AuditTrail(settings.audit_path, key=key) if audit else None,
+        audit=trail,
         archive=archive,
         request_timeout_s=settings.request_timeout_s,
         max_new_tokens=settings.max_new_tokens,

@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlvlm import __version__
 from radlvlm.pipeline.runtime import Runtime
-from radlvlm.service.errors import error_response, install_error_handlers
+from radlvlm.service.admission import Admission
+from radlvlm.service.errors import CatchAll, error_response, install_error_handlers
 from radlvlm.service.routers import checks, deid, drafts, meta, page
 from radlvlm.service.security import KeyStore, RateLimiter
 from radlvlm.service.state import Metrics, ServiceState
@@ -116,4 +117,6 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Admission, state=state)  # outside the body limit: refusals cost no body read at all
+    app.add_middleware(CatchAll)  # added last: outermost of ours, so nothing escapes it
     return app

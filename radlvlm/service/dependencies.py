@@ -20,35 +20,23 @@ def get_state(request: Request) -> ServiceState:
 
 
 def require(scope: str) -> Callable[..., Principal]:
-    """A dependency granting access to callers whose key carries ``scope``, within their rate limit."""
+    """A dependency granting access to callers whose key carries ``scope``.
+
+    The API's paths were admitted from their headers already (:mod:`radlvlm.service.admission`: key, scope,
+    rate limit, queue room, before the body is read); this reads the admitted principal and checks the scope
+    again, so a route can never be reached with too little.
+    """
 
     def dependency(
         request: Request,
         api_key: str | None = Depends(api_key_header),
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     ) -> Principal:
-        state = get_state(request)
-        if state.settings.auth_disabled:
-            principal = Principal("anonymous", frozenset({"draft", "check", "deid", "admin"}))
-        else:
-            key = api_key or (credentials.credentials if credentials else None)
-            if not key:
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "missing API key (X-API-Key header or Bearer token)",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-            found = state.keys.authenticate(key)
-            if found is None:
-                raise ApiError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
-            principal = found
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            raise ApiError(401, "unauthorized", "missing API key (X-API-Key header or Bearer token)")
         if scope not in principal.scopes:
             raise ApiError(403, "forbidden", f"this key lacks the '{scope}' scope")
-        allowed, wait = state.limiter.allow(principal.key_id)
-        if not allowed:
-            raise ApiError(429, "rate_limited", "rate limit exceeded", {"Retry-After": str(max(1, round(wait + 0.5)))})
-        request.state.principal = principal
         return principal
 
     return dependency

@@ -12,12 +12,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlvlm.engine.base import EngineClosed, EngineOverloaded
 from radlvlm.errors import (
+    AuditIntegrityError,
     DecodeError,
     DeidentificationError,
     GuardrailViolation,
+    ImageTooLargeError,
     InputError,
     ModelError,
     ModelTimeout,
@@ -44,6 +47,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 _STATUS_BY_ERROR: list[tuple[type[Exception], int, str]] = [
+    (AuditIntegrityError, 503, "audit_unavailable"),
+    (ImageTooLargeError, 413, "image_too_large"),
     (NotDicomError, 415, "unsupported_file"),
     (UnsupportedTransferSyntaxError, 415, "unsupported_transfer_syntax"),
     (DecodeError, 422, "undecodable_image"),
@@ -110,10 +115,36 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; the incident was logged without request data")
+
+class CatchAll:
+    """The last resort, inside Starlette's own: an unexpected exception becomes a 500 with a generic message and
+    one log line naming its type and the route. Starlette's error middleware would answer too, but it re-raises
+    so the server logs the full traceback, whose frames can hold request content (a report, a header value)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            route = scope.get("route")
+            logger.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method"), getattr(route, "path", "?"))
+            if not started:
+                response = error_response(
+                    500, "internal_error", "internal error; the incident was logged without request data"
+                )
+                await response(scope, receive, send)
 
 
 def _public_message(exc: Exception) -> str:

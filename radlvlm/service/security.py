@@ -34,6 +34,8 @@ def new_key(scopes: tuple[str, ...] = ("draft", "check")) -> tuple[str, str]:
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise InputError(f"unknown scope(s): {', '.join(sorted(unknown))}; known: {', '.join(SCOPES)}")
+    if not scopes:
+        raise InputError(f"a key needs at least one scope of {', '.join(SCOPES)}")
     key = secrets.token_urlsafe(32)
     return key, f"sha256:{hash_key(key)}:{','.join(scopes)}"
 
@@ -53,7 +55,8 @@ class KeyStore:
             unknown = scopes - set(SCOPES)
             if unknown or not scopes:
                 raise InputError(f"API key entry with unknown or no scopes: {sorted(unknown) or '(none)'}")
-            self._keys[parts[1].lower()] = scopes
+            # admin: every scope (an operator's key for all the API does).
+            self._keys[parts[1].lower()] = frozenset(SCOPES) if "admin" in scopes else scopes
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -195,6 +195,49 @@ def test_a_bad_report_never_fails_the_batch_it_would_have_joined(engine) -> None
     assert [r.answer_valid for r in results] == [True, False, True, False]
 
 
+def test_an_indication_longer_than_the_context_is_refused_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    """The issue's failure: a 2,000-character indication pushed the prompt past the context and failed every
+    draft batched with it. It is now refused at submit, naming token counts (never the text)."""
+    image = torch.rand(28, 28)
+    long = "Persistent cough after fever " * 70
+    with pytest.raises(InputError, match="indication is too long") as caught:
+        engine.submit(DraftRequest(image=image, indication=long))
+    assert "cough" not in str(caught.value)
+    futures = [engine.submit(DraftRequest(image=image, indication="cough")) for _ in range(3)]
+    assert all(isinstance(f.result(timeout=60), DraftResult) for f in futures)
+
+
+def test_a_failing_batch_fails_only_the_request_that_fails_alone(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Defence in depth: whatever makes a batch fail, its requests run again one by one, so a neighbour of the
+    culprit gets its answer (a fault is injected for one request)."""
+    original = engine._drafts
+
+    def fragile(items, max_new_tokens, start):  # type: ignore[no-untyped-def]
+        if any(item.request.indication == "poison" for item in items):
+            raise RuntimeError("injected")
+        return original(items, max_new_tokens, start)
+
+    monkeypatch.setattr(engine, "_drafts", fragile)
+    gate = threading.Event()
+    held = engine._run_batch
+
+    def wait_then_run(batch, **kwargs):  # type: ignore[no-untyped-def]
+        gate.wait(timeout=30)
+        held(batch, **kwargs)
+
+    monkeypatch.setattr(engine, "_run_batch", wait_then_run)
+    image = torch.rand(28, 28)
+    futures = [engine.submit(DraftRequest(image=image, indication=i)) for i in ("cough", "poison", "fever", "cough")]
+    gate.set()
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append(type(future.result(timeout=60)).__name__)
+        except RuntimeError:
+            outcomes.append("failed")
+    assert outcomes == ["DraftResult", "failed", "DraftResult", "DraftResult"]
+
+
 def test_simple_checks_use_the_models_calibration(parts) -> None:  # type: ignore[no-untyped-def]
     from radlvlm.tasks.calibration import RULE_FEATURES, CheckCalibration, CheckCalibrations
 

@@ -79,9 +79,59 @@ def test_recomputed_chain_is_caught_by_the_mac(tmp_path) -> None:
         body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
         entry["hash"] = prev = _entry_hash(body)
     rewrite(path, entries)
-    verify_audit_trail(path)  # the bare chain is consistent again...
+    verify_audit_trail(path, chain_only=True)  # the bare chain is consistent again...
     with pytest.raises(AuditIntegrityError, match="MAC"):
         verify_audit_trail(path, key=b"k" * 32)  # ...but the MACs are not
+    with pytest.raises(AuditIntegrityError, match="no key was given"):
+        verify_audit_trail(path)  # and without the key nobody is told "ok" unless a chain check is what they asked
+
+
+def test_entries_appended_without_the_key_are_refused_even_without_it(tmp_path) -> None:
+    """The issue's forgery: entries appended with a recomputed chain and no MAC, the MACs of the rest stripped
+    or kept. A trail mixing entries with and without a MAC is refused by any check; one with every MAC stripped
+    passes only a check that says it looked at the chain alone."""
+    from radlvlm.safety.audit import _entry_hash
+
+    path = tmp_path / "audit.jsonl"
+    fill(path, key=b"k" * 32)
+    entries = lines(path)
+    forged = {**entries[-1], "seq": len(entries) + 1, "actor": "forger", "prev": entries[-1]["hash"]}
+    forged.pop("mac")
+    forged.pop("hash")
+    forged["hash"] = _entry_hash(forged)
+    rewrite(path, [*entries, forged])
+    with pytest.raises(AuditIntegrityError, match="some entries carry a MAC"):
+        verify_audit_trail(path, chain_only=True)
+    rewrite(path, [{k: v for k, v in e.items() if k != "mac"} for e in [*entries, forged]])
+    result = verify_audit_trail(path, chain_only=True)
+    assert result.authenticated is False  # what `radlvlm audit verify --chain-only` prints as "chain only"
+    with pytest.raises(AuditIntegrityError, match="missing or wrong MAC"):
+        verify_audit_trail(path, key=b"k" * 32)
+
+
+def test_content_digests_are_keyed_and_the_file_is_owner_only(tmp_path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditTrail(path, key=b"k" * 32).record(
+        actor="u1", action="deid_text", study=STUDY, request="MRN 16550", response="MRN [ID]"
+    )
+    entry = lines(path)[0]
+    # A plain SHA-256 of "MRN 16550" is found by trying guesses; the keyed digest is not.
+    assert entry["request_sha256"] != sha256_hex("MRN 16550")
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("damage", [b'{"seq": 6, "time": "2026', b"\xff\xfe garbage\n"])
+def test_a_damaged_tail_is_reported_not_crashed_on(tmp_path, damage: bytes) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = fill(path, key=b"k" * 32)
+    with open(path, "ab") as handle:
+        handle.write(damage)
+    with pytest.raises(AuditIntegrityError, match="last entry"):
+        trail.check()
+    with pytest.raises(AuditIntegrityError, match="line 6"):
+        verify_audit_trail(path, key=b"k" * 32)
+    with pytest.raises(AuditIntegrityError):  # nothing is appended after damage
+        trail.record(actor="u1", action="draft", study=STUDY, request="r", response="a")
 
 
 def test_free_text_and_real_identifiers_are_refused(tmp_path) -> None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from radlvlm.errors import AuditIntegrityError
 from radlvlm.service.dependencies import get_state, require
 from radlvlm.service.schemas import ErrorBody, HealthOut, ModelOut, ModelsOut
 from radlvlm.service.state import ServiceState
@@ -27,9 +28,14 @@ def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(state: ServiceState = Depends(get_state)) -> HealthOut | JSONResponse:
-    """Readiness: the model is loaded and warmed up."""
+    """Readiness: the model is loaded and warmed up, and the audit trail can take entries."""
     if not state.ready:
         return JSONResponse(HealthOut(status="starting", detail="model warming up").model_dump(), status_code=503)
+    try:
+        state.runtime.ensure_auditable()
+    except AuditIntegrityError:
+        detail = "the audit trail cannot take entries; run 'radlvlm audit verify'"
+        return JSONResponse(HealthOut(status="unavailable", detail=detail).model_dump(), status_code=503)
     return HealthOut(status="ok")
 
 
