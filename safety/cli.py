@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from radlvlm.cli_support import progress_bar, run_guarded, stderr
+from radlvlm.cli_support import fail, progress_bar, run_guarded, stderr
 from radlvlm.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the functions: Presidio and spaCy take seconds to import, and
@@ -179,12 +179,18 @@ def _one(
     path: Path, label: str, output: Path, deid: DicomDeidentifier, text: ReportDeidentifier, pseudonyms: PseudonymMap
 ) -> FileOutcome:
     from radlvlm.safety.dicom_deid import FileOutcome
+    from radlvlm.safety.vocabulary import ENGLISH_SHARE, english_share
 
     if path.suffix.lower() in _TEXT_SUFFIXES:
         try:
             content = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             return FileOutcome(label, "failed", reason=f"{label}: not a UTF-8 text report ({type(e).__name__})")
+        share = english_share(content)
+        if share is None or share < ENGLISH_SHARE:
+            # Fail closed: what does not read as report text (encoded data, another language) is where the
+            # de-identifier's recognisers are least sure to find identifiers.
+            return FileOutcome(label, "failed", reason=f"{label}: does not read as an English report; not exported")
         result = text.deidentify(content, pseudonyms)
         # The report's name can hold PHI too: it is replaced by a keyed pseudonym of the input path.
         destination = output / "reports" / f"{pseudonyms.identifier(label, 'TXT')}.txt"
@@ -286,7 +292,9 @@ def deid_command(
             )
         )
     typer.echo(json.dumps(summary))
-    if summary["failed"]:
+    if summary["failed"] and not summary["written"] and not summary["skipped"]:
+        raise fail(f"none of the {summary['failed']} file(s) could be de-identified; see {summary['report']}")
+    if summary["failed"]:  # some written, some not: exit 1, the outcome report names which
         stderr.print(
             f"{summary['failed']} file(s) were not de-identified (no output written for them); see {summary['report']}",
             highlight=False,

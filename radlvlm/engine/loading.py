@@ -68,7 +68,8 @@ def load_engine(
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     model_id = model_id or default_model_id(model_dir, adapter_dir)
-    adapter = str(adapter_dir) if adapter_dir is not None else None
+    # The adapter's folder name only: what a client is told must not map the server's file system.
+    adapter = Path(adapter_dir).name if adapter_dir is not None else None
     if backend == "vllm":
         from radlvlm.engine.vllm_engine import load_vllm_engine
 

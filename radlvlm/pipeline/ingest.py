@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from radlvlm.errors import GuardrailViolation, InputError, NoArchiveError, RadlvlmError
+from radlvlm.errors import EmptyInputError, GuardrailViolation, InputError, NoArchiveError, RadlvlmError
 from radlvlm.imaging import Image, Study, View, dataset_to_image
 from radlvlm.imaging.dicom import is_plain_image, parse_dicom_bytes, read_plain_image
 from radlvlm.pipeline.flags import Flag, flag_of
@@ -57,6 +57,8 @@ class StudyInput:
             raise InputError("give exactly one of an image file, an archive study UID or the study's datasets")
         if self.view is not None and self.view not in ("PA", "AP"):
             raise InputError("the view must be PA or AP")
+        if self.data is not None and not self.data:
+            raise EmptyInputError(f"{self.name}: the file is empty")
 
 
 def deidentified_image(

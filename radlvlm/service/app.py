@@ -42,19 +42,31 @@ class BodySizeLimit:
             )
             return
         seen = 0
+        refused = started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    refused = True
                     raise _TooLarge
             return message
 
+        async def guarded_send(message: Message) -> None:
+            # Once the body is over the limit, whatever the app makes of the interrupted read (a form parser
+            # answers 400) is not sent: the answer is the 413 below.
+            nonlocal started
+            if not refused:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
+            refused = True
+        if refused and not started:
             await error_response(413, "payload_too_large", f"request body over {self.limit} bytes")(
                 scope, receive, send
             )

@@ -40,3 +40,15 @@ def require(scope: str) -> Callable[..., Principal]:
         return principal
 
     return dependency
+
+
+async def one_part_each(request: Request) -> None:
+    """Refuse a form that repeats a field (two files, two reports): a form parser keeps only the last, so the
+    answer would be about a part the caller may not have meant."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return
+    form = await request.form()
+    repeated = sorted({name for name in form if len(form.getlist(name)) > 1})
+    if repeated:
+        raise ApiError(422, "invalid_request", f"give each field once; repeated: {', '.join(repeated)}")

@@ -7,42 +7,21 @@ English radiology text (the model and the rule checker read nothing else).
 
 from __future__ import annotations
 
-import re
-from functools import cache
-
 from radlvlm.errors import ReportParseError
 from radlvlm.reports import parse_report
+from radlvlm.safety.vocabulary import ENGLISH_SHARE, english_share
 
-__all__ = ["ENGLISH_SHARE", "check_input_problem"]
-
-# Share of a report's words (3+ letters) that must be known English or radiology vocabulary. Real reports sit
-# near 1.0 (IU-Xray's XXXX redactions count as known); German or Spanish reports fall well below 0.5.
-ENGLISH_SHARE = 0.6
-_WORD = re.compile(r"[A-Za-z][A-Za-z']{2,}")
+__all__ = ["check_input_problem"]
 
 
-@cache
-def _known_words() -> frozenset[str]:
-    from radlvlm.safety.vocabulary import load_english, load_vocabulary
-
-    return load_vocabulary() | load_english()
-
-
-def _english_share(text: str) -> float | None:
-    words = [w.lower().strip("'") for w in _WORD.findall(text)]
-    words = [w.removesuffix("'s") for w in words if set(w) != {"x"}]
-    if len(words) < 3:
-        return None
-    known = _known_words()
-    return sum(w in known for w in words) / len(words)
-
-
+# ENGLISH_SHARE: real reports sit near 1.0 (IU-Xray's XXXX redactions count as known); German or Spanish
+# reports fall well below 0.5.
 def check_input_problem(report: str, *, with_image: bool) -> str | None:
     """Why ``report`` cannot be checked (one sentence, no report text quoted), or None when it can."""
     if not report or not report.strip():
         return "the report is empty"
     non_ascii_letters = sum(ch.isalpha() and not ch.isascii() for ch in report)
-    share = _english_share(report)
+    share = english_share(report)
     if non_ascii_letters > 0.2 * max(sum(ch.isalpha() for ch in report), 1) or (
         share is not None and share < ENGLISH_SHARE
     ):

@@ -70,7 +70,7 @@ def test_drafts_refuse_what_the_model_is_not_for(server: Server) -> None:
         with_view = client.post("/v1/drafts", files={"file": ("cxr.png", _png())}, data={"view": "PA"})
         assert with_view.status_code == 200, with_view.text
         empty = client.post("/v1/drafts", files={"file": ("empty.dcm", b"")})
-        assert empty.status_code == 415
+        assert empty.status_code == 422 and "the file is empty" in _error(empty)["message"]
         missing = client.post("/v1/drafts", data={"indication": "x"})
         assert missing.status_code == 422 and _error(missing)["code"] == "invalid_request"
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from radlvlm.pipeline import Caller, StudyInput, check_report
-from radlvlm.service.dependencies import get_state, require
+from radlvlm.service.dependencies import get_state, one_part_each, require
 from radlvlm.service.schemas import CheckFindingOut, CheckOut, ErrorBody, GuardrailFlag, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
 
-router = APIRouter(prefix="/v1", tags=["checks"])
+router = APIRouter(prefix="/v1", tags=["checks"], dependencies=[Depends(one_part_each)])
 
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503, 504)}
 

@@ -9,13 +9,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from radlvlm.pipeline import Caller, deidentify_dicom, deidentify_text
-from radlvlm.service.dependencies import get_state, require
+from radlvlm.service.dependencies import get_state, one_part_each, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.schemas import DeidTextOut, ErrorBody
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
 
-router = APIRouter(prefix="/v1", tags=["deid"])
+router = APIRouter(prefix="/v1", tags=["deid"], dependencies=[Depends(one_part_each)])
 
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429)}
 DICOM_RESPONSE = {

@@ -11,13 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from radlvlm.errors import RadlvlmError
 from radlvlm.pipeline import Caller, DraftOutcome, StudyInput, draft_study, start_draft_stream
-from radlvlm.service.dependencies import get_state, require
+from radlvlm.service.dependencies import get_state, one_part_each, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.schemas import DraftOut, ErrorBody, GuardrailFlag, ImageFacts, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
 
-router = APIRouter(prefix="/v1", tags=["drafts"])
+router = APIRouter(prefix="/v1", tags=["drafts"], dependencies=[Depends(one_part_each)])
 
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503, 504)}
 

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from starlette.concurrency import run_in_threadpool
 
 from radlvlm.pipeline.ingest import deidentified_image
-from radlvlm.service.dependencies import get_state, require
+from radlvlm.service.dependencies import get_state, one_part_each, require
 from radlvlm.service.schemas import ErrorBody
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
@@ -30,6 +30,7 @@ def index() -> HTMLResponse:
 
 @router.post(
     "/v1/render",
+    dependencies=[Depends(one_part_each)],
     response_class=Response,
     responses={
         200: {"content": {"image/png": {}}},
