@@ -43,7 +43,8 @@ def _runtime(model: Path | None, adapter: Path | None, key_file: Path | None, **
             raise fail(f"{option} {folder}: no such directory")
     values = {"model_dir": model, "adapter_dir": adapter, "deid_key_path": key_file, **overrides}
     settings = run_guarded(lambda: load_settings(**values))
-    return run_guarded(lambda: build_runtime(settings))
+    # The model loads on first use, after the input was read and checked: a wrong file is refused at once.
+    return run_guarded(lambda: build_runtime(settings, lazy=True))
 
 
 def _caller() -> Any:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,11 +161,40 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
     return engine, info
 
 
+class LazyEngine:
+    """An engine loaded on first use: a command that handles one study checks its input (reading, de-identifying,
+    guardrails) before it pays for loading the model, so a wrong file is refused at once."""
+
+    def __init__(self, load: Callable[[], tuple[Engine, dict[str, Any]]]) -> None:
+        self._load = load
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine, _ = self._load()
+            return self._engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loaded(), name)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
 def build_runtime(
-    settings: Settings, *, engine: Engine | None = None, model_info: dict[str, Any] | None = None, audit: bool = True
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    model_info: dict[str, Any] | None = None,
+    audit: bool = True,
+    lazy: bool = False,
 ) -> Runtime:
-    """The runtime of ``settings``: its engine (or ``engine``, already started), the project key (created when
-    absent, and said so in the log), the audit trail (unless ``audit`` is False) and the archive client."""
+    """The runtime of ``settings``: its engine (or ``engine``, already started; with ``lazy`` loaded on first
+    use), the project key (created when absent, and said so in the log), the audit trail (unless ``audit`` is
+    False) and the archive client."""
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.pseudonyms import load_or_create_key
 
@@ -180,11 +210,13 @@ def build_runtime(
     trail = AuditTrail(settings.audit_path, key=key) if audit else None
     if trail is not None:
         trail.check()  # a torn or unreadable trail stops the start, before the model is loaded
-    if engine is None:
+    if engine is None and lazy:
+        engine, model_info = LazyEngine(lambda: build_engine(settings)), {}  # type: ignore[assignment]
+    elif engine is None:
         engine, model_info = build_engine(settings)
     runtime = Runtime(
         engine=engine,
-        model_info=model_info or {"id": engine.model_id},
+        model_info=model_info if model_info is not None else {"id": engine.model_id},
         key=key,
         audit=trail,
         archive=archive,

@@ -72,6 +72,15 @@ def test_bad_input_exits_2(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("  ")
     empty = runner.invoke(app, ["check", "--report", str(tmp_path / "empty.txt"), "--model", str(model_dir)])
     assert empty.exit_code == 2 and "empty" in empty.stderr
+    # Errors name the file as the user gave it (not "upload"), in one line, for a file, a folder, nothing at all.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, not an image")
+    for path, reason in ((notes, "not a DICOM file"), (tmp_path, "not a file"), (tmp_path / "gone.dcm", "no such")):
+        result = runner.invoke(app, ["draft", str(path), "--model", str(model_dir)])
+        assert result.exit_code == 2 and reason in result.stderr, result.output
+        assert str(path) in result.stderr and "upload" not in result.stderr and result.stderr.count("\n") == 1
+    no_scopes = runner.invoke(app, ["apikey", "--scopes", ""])
+    assert no_scopes.exit_code == 2 and "at least one scope" in no_scopes.stderr
 
 
 def test_draft_and_check_default_to_the_embedded_model(tmp_path: Path) -> None:
