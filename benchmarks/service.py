@@ -60,12 +60,20 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def start_server(
-    model_dir: Path | None, work: Path, batch_size: int, max_new_tokens: int
+    model_dir: Path | None,
+    work: Path,
+    batch_size: int,
+    max_new_tokens: int,
+    *,
+    scopes: tuple[str, ...] = ("draft", "check"),
+    log: Path | None = None,
+    env_overrides: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str, str]:
-    """``radlvlm serve`` on ``model_dir`` (None: the embedded default model) on a free local port."""
+    """``radlvlm serve`` on ``model_dir`` (None: the embedded default model) on a free local port; its output
+    goes to ``log`` when given."""
     from radlvlm.service.security import new_key
 
-    key, entry = new_key(("draft", "check"))
+    key, entry = new_key(scopes)
     port = free_port()
     env = {
         **os.environ,
@@ -78,12 +86,14 @@ def start_server(
         "RADLVLM_RATE_LIMIT_PER_MINUTE": "100000",
         "RADLVLM_AUDIT_PATH": str(work / f"audit-{batch_size}.jsonl"),
         "RADLVLM_DEID_KEY_PATH": str(work / "deid.key"),
+        **(env_overrides or {}),
     }
+    output = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the server's lifetime
     process = subprocess.Popen(
         [sys.executable, "-m", "radlvlm", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

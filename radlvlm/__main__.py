@@ -1,5 +1,5 @@
 """``python -m radlvlm`` runs the command line."""
 
-from radlvlm.cli import app
+from radlvlm.cli import run
 
-app(prog_name="radlvlm")
+run()

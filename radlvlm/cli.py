@@ -125,3 +125,20 @@ def _sample_path() -> Path:
 
 if __name__ == "__main__":
     app()
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``radlvlm`` console script: the typer app, with usage errors (a missing argument, an unknown option
+    or verb) said in one line with exit code 2, like every other refusal, instead of click's framed box."""
+    try:
+        code = app(args=argv, prog_name="radlvlm", standalone_mode=False)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        raise SystemExit(130) from None
+    except Exception as e:  # click's UsageError family (typer vendors click, so matched by what it offers)
+        exit_code, message = getattr(e, "exit_code", None), getattr(e, "format_message", None)
+        if not isinstance(exit_code, int) or message is None:
+            raise
+        fail(f"{message()} (see 'radlvlm --help')")
+        raise SystemExit(exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -64,7 +64,7 @@ def _image_file(path: Path, view: str | None) -> Any:
         raise fail(f"{path}: not a file")
     if view is not None and view not in ("PA", "AP"):
         raise fail("--view must be PA or AP")
-    return StudyInput(data=path.read_bytes(), view=view, name=str(path))
+    return run_guarded(lambda: StudyInput(data=path.read_bytes(), view=view, name=str(path)))
 
 
 def draft_command(

@@ -204,8 +204,13 @@ def deid_command(
     source: Annotated[Path, typer.Argument(help="A DICOM file or .txt report, or a folder (searched recursively).")],
     output: Annotated[Path, typer.Argument(help="Folder for the de-identified files (named by their new UIDs).")],
     key_file: Annotated[
-        Path, typer.Option("--key-file", help="Project key (created if missing). Same key: same pseudonyms.")
-    ],
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="Project key (created if missing; default: RADLVLM_DEID_KEY_PATH or the radlvlm state folder). "
+            "Same key: same pseudonyms.",
+        ),
+    ] = None,
     modified_dates: Annotated[
         bool, typer.Option("--modified-dates", help="Retain Longitudinal Temporal Information, Modified Dates.")
     ] = False,
@@ -281,7 +286,7 @@ def deid_command(
             lambda: run_deid(
                 source,
                 output,
-                key_file=key_file,
+                key_file=key_file or _default_key_file(),
                 options=options,
                 report=report,
                 map_path=map_path,
@@ -300,6 +305,12 @@ def deid_command(
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+def _default_key_file() -> Path:
+    from radlvlm.settings import load_settings
+
+    return load_settings().deid_key_path
 
 
 audit_app = typer.Typer(help="Check the tamper-evident audit trail.", no_args_is_help=True, add_completion=False)

@@ -153,7 +153,7 @@ class DicomDeidentifier:
         result.burned_in = handle_burned_in(out, BurnedInPolicy(self.options.ocr, self.options.burned_in), name)
         if result.burned_in == "redacted":
             _add_method_code(out, Code("113101", "DCM", "Clean Pixel Data Option"))
-        _verify(out, context.needles(), name)
+        _verify(out, context.needles(), name, names=context.names)
         return result
 
     def _check_limits(self, ds: Dataset, name: str) -> None:
@@ -566,11 +566,14 @@ def _strings(elem: DataElement) -> Iterator[str]:
             yield text
 
 
+_LETTER_OR_DIGIT_RUNS = re.compile(r"[^\W\d_]+|\d+")
+
+
 def _normalize(value: str) -> str:
     return _NORMALIZE.sub(" ", value.upper()).strip()
 
 
-def _verify(ds: Dataset, phi: dict[str, str], name: str) -> None:
+def _verify(ds: Dataset, phi: dict[str, str], name: str, *, names: set[str] | frozenset[str] = frozenset()) -> None:
     """Fail closed when an identifying input value appears anywhere in the output (any depth, file meta too)."""
     if not phi:
         return
@@ -579,8 +582,15 @@ def _verify(ds: Dataset, phi: dict[str, str], name: str) -> None:
             continue
         for value in _strings(elem) if elem.VR != "SQ" else ():
             padded = f" {_normalize(value)} "
+            # Also with letters and digits parted: "WETZEL16550" in a coded value hides the name "WETZEL" and the
+            # ID "16550". Only a person's name word (4+ letters) or a number of 5+ digits is sought this way:
+            # shorter runs, and other words, recur in innocent codes.
+            parted = " " + " ".join(_LETTER_OR_DIGIT_RUNS.findall(padded)) + " "
             for needle, source in phi.items():
-                if f" {needle} " in padded:
+                whole_run = (needle in names and needle.isalpha() and len(needle) >= 4) or (
+                    needle.isdigit() and len(needle) >= 5
+                )
+                if f" {needle} " in padded or (whole_run and f" {needle} " in parted):
                     keyword = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
                     raise DeidentificationError(
                         f"{name}: a value removed from {source} is still present in {keyword}; no output written"

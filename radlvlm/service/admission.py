@@ -69,24 +69,21 @@ class Admission:
             await self.app(scope, receive, send)
             return
         path = str(scope["path"]).rstrip("/") or "/"
-        status: dict[str, int] = {}
+        principal, refusal = self._admit(scope, path)
 
-        async def tracked_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
+        async def audited_send(message: Message) -> None:
+            # A refusal is recorded before its answer leaves: whoever sees the answer finds the entry.
+            if message["type"] == "http.response.start" and int(message["status"]) >= 400:
+                self._record_refusal(principal, path, int(message["status"]))
             await send(message)
 
-        principal, refusal = self._admit(scope, path)
         if refusal is not None:
-            await refusal(scope, receive, tracked_send)
+            await refusal(scope, receive, audited_send)
             # The route's own measurement never sees a request refused here.
             self.state.metrics.requests.labels(path, str(refusal.status_code)).inc()
         else:
             scope.setdefault("state", {})["principal"] = principal
-            await self.app(scope, receive, tracked_send)
-        code = status.get("code", 500)
-        if code >= 400:
-            self._record_refusal(principal, path, code)
+            await self.app(scope, receive, audited_send)
 
     def _admit(self, scope: Scope, path: str) -> tuple[Principal | None, Any]:
         state = self.state

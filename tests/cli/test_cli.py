@@ -122,3 +122,11 @@ def test_light_verbs_import_nothing_heavy(verb: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "LOADED []", done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", [["deid", "/x"], ["no-such-verb"], ["inspect", "--frame", "x", "a.dcm"], ["draft"]])
+def test_usage_errors_are_one_line_from_the_console_script(args: list[str]) -> None:
+    """As a user meets them (``radlvlm ...``): a usage error is one line and exit 2, not click's framed box."""
+    done = subprocess.run([sys.executable, "-m", "radlvlm", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr

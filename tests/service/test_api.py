@@ -229,10 +229,11 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
                 )
 
         first = [threading.Thread(target=post) for _ in range(2)]  # one running, one queued
-        for t in first:
-            t.start()
-        # Wait for the first request to be running and the second to be waiting: the queue is then full.
+        # One at a time: the first must be running before the second arrives, or the second finds the queue
+        # (of one) still holding the first and is refused, as it should be.
+        first[0].start()
         assert busy.wait(timeout=60)
+        first[1].start()
         deadline = time.monotonic() + 60
         while engine.stats()["queue_depth"] < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
