@@ -128,16 +128,16 @@ class BatchingEngine(Engine):
         """Why this check cannot be done (see :func:`radlvlm.tasks.report_input.check_input_problem`, plus a
         prompt longer than the model's context), or None. Answered at once, so a bad report never joins, and
         never fails, a batch of other clients' requests."""
-        from radlvlm.tasks.errorcheck import errorcheck_prompt
+        from radlvlm.model.processor import NOT_TRAINED_FOR_CHECKS
         from radlvlm.tasks.report_input import check_input_problem
 
-        problem = check_input_problem(request.report, with_image=request.image is not None)
         processor = getattr(self, "processor", None)
+        if processor is not None and not processor.profile.error_checks:
+            return NOT_TRAINED_FOR_CHECKS  # a converted LLaVA-Rad, say: it would only guess
+        problem = check_input_problem(request.report, with_image=request.image is not None)
         if problem is None and processor is not None and processor.max_length is not None:
-            prompt = processor.chat_prompt(
-                errorcheck_prompt(request.mode, request.report), image=request.image is not None
-            )
-            tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            prompt = processor.check_prompt(request.mode, request.report, image=request.image is not None)
+            tokens = len(processor.prompt_ids(prompt))
             tokens += (processor.num_image_tokens - 1) if request.image is not None else 0
             answer = COMPLEX_ANSWER_TOKENS if request.mode is ErrorCheckTask.COMPLEX else 1
             if tokens + answer > processor.max_length:
@@ -151,13 +151,10 @@ class BatchingEngine(Engine):
         """Why this draft cannot be run (its prompt, with the indication and the image, leaves the model no room
         to write in its context), or None. Refused at submit, so a long indication never joins, and never
         fails, a batch of other clients' drafts."""
-        from radlvlm.tasks.drafting import draft_prompt
-
         processor = getattr(self, "processor", None)
         if processor is None or processor.max_length is None or not request.indication:
             return None
-        prompt = processor.chat_prompt(draft_prompt(request.indication))
-        tokens = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        tokens = len(processor.prompt_ids(processor.draft_prompt(request.indication)))
         tokens += processor.num_image_tokens - 1
         if tokens + MIN_DRAFT_TOKENS > processor.max_length:
             return (

@@ -30,8 +30,8 @@ from radlvlm.engine.batching import BatchingEngine, Pending
 from radlvlm.model.generation import GenerationSettings, generate
 from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.calibration import CheckCalibrations
-from radlvlm.tasks.drafting import draft_prompt, find_repetition
-from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, errorcheck_prompt, parse_complex_answer
+from radlvlm.tasks.drafting import find_repetition
+from radlvlm.tasks.errorcheck import AnswerParseError, ErrorCheckTask, parse_complex_answer
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class TorchEngine(BatchingEngine):
 
     def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
         requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
-        prompts = [self.processor.chat_prompt(draft_prompt(r.indication)) for r in requests]
+        prompts = [self.processor.draft_prompt(r.indication) for r in requests]
         settings = self._draft_settings(max_new_tokens)
         generations = generate(self.model, self.processor, prompts, [r.image for r in requests], settings).generations
         looped = [i for i, g in enumerate(generations) if find_repetition(g.text) is not None]
@@ -133,7 +133,7 @@ class TorchEngine(BatchingEngine):
         )
         stream = DraftStream(streamer)
         item.future.set_result(stream)
-        prompt = self.processor.chat_prompt(draft_prompt(request.indication))
+        prompt = self.processor.draft_prompt(request.indication)
         try:
             batch = generate(
                 self.model,
@@ -151,7 +151,7 @@ class TorchEngine(BatchingEngine):
 
     def _check_prompts(self, requests: list[CheckRequest]) -> list[str]:
         return [
-            self.processor.chat_prompt(errorcheck_prompt(r.mode, r.report), image=r.image is not None) for r in requests
+            self.processor.check_prompt(r.mode, r.report, image=r.image is not None) for r in requests
         ]
 
     @torch.inference_mode()

@@ -60,11 +60,9 @@ from radlvlm.errors import InputError, ModelError
 from radlvlm.model.generation import GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
 from radlvlm.tasks.calibration import CheckCalibrations, find_calibrations
-from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,
     ErrorCheckTask,
-    errorcheck_prompt,
     parse_complex_answer,
     parse_simple_answer,
 )
@@ -347,15 +345,15 @@ def vllm_image(image: EngineImage, processor: RadProcessor) -> PILImage.Image:
 
 
 def prompt_input(
-    processor: RadProcessor, instruction: str, image: EngineImage | None, answer_prefix: Sequence[int] = ()
+    processor: RadProcessor, text: str, image: EngineImage | None, answer_prefix: Sequence[int] = ()
 ) -> dict[str, Any]:
-    """One vLLM prompt: the chat prompt's token ids (one ``<image>``, which vLLM expands) and the image.
+    """One vLLM prompt: the formatted prompt's token ids (one ``<image>``, which vLLM expands) and the image.
 
-    Token ids, not text: the chat template already holds the BOS, and vLLM would add another when tokenising.
+    Token ids, not text: they are the ones the model's family was trained on (``processor.prompt_ids``: the
+    chat template's BOS, or LLaVA's piece-by-piece tokenisation), which vLLM's own tokenising would not give.
     ``answer_prefix`` is appended after the prompt (the shared leading tokens of " yes" and " no").
     """
-    text = processor.chat_prompt(instruction, image=image is not None)
-    ids = [int(t) for t in processor.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    ids = processor.prompt_ids(text)
     ids.extend(int(t) for t in answer_prefix)
     placeholders = ids.count(processor.image_token_id)
     if placeholders != (1 if image is not None else 0):
@@ -373,12 +371,13 @@ def prompt_input(
 
 
 def draft_input(processor: RadProcessor, request: DraftRequest) -> dict[str, Any]:
-    return prompt_input(processor, draft_prompt(request.indication), request.image)
+    return prompt_input(processor, processor.draft_prompt(request.indication), request.image)
 
 
 def check_input(processor: RadProcessor, request: CheckRequest, answer: AnswerTokens | None = None) -> dict[str, Any]:
     prefix = answer.shared if answer is not None and request.mode is ErrorCheckTask.SIMPLE else ()
-    return prompt_input(processor, errorcheck_prompt(request.mode, request.report), request.image, prefix)
+    prompt = processor.check_prompt(request.mode, request.report, image=request.image is not None)
+    return prompt_input(processor, prompt, request.image, prefix)
 
 
 def draft_sampling(settings: GenerationSettings, max_new_tokens: int) -> dict[str, Any]:

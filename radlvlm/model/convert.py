@@ -255,6 +255,17 @@ def _image_config(llava_config: dict[str, Any], size: int) -> ImageTransformConf
 
 
 def _prepare_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    if (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file():
+        # A sentencepiece-only tokenizer (Vicuna v1.5): transformers needs both packages to read and convert it.
+        import importlib.util
+
+        absent = [name for name in ("sentencepiece", "google.protobuf") if importlib.util.find_spec(name) is None]
+        if absent:
+            names = ", ".join(name.replace("google.", "") for name in absent)
+            raise ModelError(
+                f"{directory}: its tokenizer is a sentencepiece model, which needs {names}: "
+                "pip install 'radlvlm[llava-rad]'"
+            )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as e:
@@ -278,8 +289,10 @@ def _assemble(
     vision_state: dict[str, torch.Tensor],
     language_state: dict[str, torch.Tensor],
     out: Path,
+    profile: str,
 ) -> Path:
-    """Build our model from mapped tensors, check every weight is filled, and save model + processor."""
+    """Build our model from mapped tensors, check every weight is filled, and save model + processor (with the
+    family's prompt profile, so the converted model is asked as its family was trained)."""
     vocabulary = max(len(tokenizer), text_config.vocab_size)
     text_config.vocab_size = vocabulary
     config = build_config(
@@ -307,7 +320,7 @@ def _assemble(
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     processor = RadProcessor.for_model(
-        tokenizer, model.config, _image_config(llava_config, int(vision_config.image_size))
+        tokenizer, model.config, _image_config(llava_config, int(vision_config.image_size)), profile=profile
     )
     save_pretrained(model, processor, out)
     logger.info("converted model written to %s (%d tensors)", out, len(state))
@@ -352,6 +365,7 @@ def convert_llava15(model_dir: str | Path, vision_tower_dir: str | Path, out: st
         vision_state=vision_state,
         language_state=rename(state, LLAVA_LM_RULES, what=str(model_dir)),
         out=out,
+        profile="llava-1.5",
     )
 
 
@@ -398,6 +412,7 @@ def convert_llava_rad(
         vision_state=vision_state,
         language_state=rename(language_state, LLAVA_LM_RULES, what=str(model_dir)),
         out=out,
+        profile="llava-rad",
     )
 
 

@@ -65,6 +65,9 @@ class GenerationSettings:
             "eos_token_id": tokenizer.eos_token_id,
             "repetition_penalty": self.repetition_penalty,
             "use_cache": True,
+            # <image> is an input placeholder, never an answer: a converted LLaVA model has no such row in its
+            # vocabulary (LLaVA marks images with id -200), so its added row must not be generated either.
+            "suppress_tokens": [processor.image_token_id],
         }
         if self.no_repeat_ngram_size:
             values["no_repeat_ngram_size"] = self.no_repeat_ngram_size

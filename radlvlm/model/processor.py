@@ -21,9 +21,11 @@ from transformers import AutoTokenizer, BatchFeature, LlavaConfig, PreTrainedTok
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import Image, ImageTransformConfig, ToModelInput
 from radlvlm.model.modeling import image_token_count
+from radlvlm.model.profile import get_profile
 from radlvlm.model.tokenizer import IMAGE, VICUNA_CHAT_TEMPLATE
 
 PROCESSOR_FILE = "radlvlm_processor.json"
+NOT_TRAINED_FOR_CHECKS = "this model was not trained for error checks"
 ImageInput = Image | torch.Tensor | PILImage.Image
 
 
@@ -36,6 +38,8 @@ class RadProcessor:
         num_image_tokens (int): positions one image occupies (``image_token_count(model.config)``).
         image_token (str, default "<image>"): the placeholder in prompts.
         max_length (int | None): the LM's context; longer prompts are refused, not truncated.
+        profile (str | None): the model family's prompt profile (:mod:`radlvlm.model.profile`; radlvlm's own
+            when None): template, drafting request, what it writes, whether it checks, how it tokenises.
     """
 
     def __init__(
@@ -46,8 +50,10 @@ class RadProcessor:
         *,
         image_token: str = IMAGE,
         max_length: int | None = None,
+        profile: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.profile = get_profile(profile)
         self.image_config = image_config
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
@@ -62,7 +68,12 @@ class RadProcessor:
 
     @classmethod
     def for_model(
-        cls, tokenizer: PreTrainedTokenizerBase, config: LlavaConfig, image_config: ImageTransformConfig | None = None
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        config: LlavaConfig,
+        image_config: ImageTransformConfig | None = None,
+        *,
+        profile: str | None = None,
     ) -> RadProcessor:
         """A processor consistent with ``config`` (image size, token count, context length)."""
         image_config = image_config or ImageTransformConfig(size=int(config.vision_config.image_size))
@@ -75,6 +86,7 @@ class RadProcessor:
             image_config,
             image_token_count(config),
             max_length=int(getattr(config.text_config, "max_position_embeddings", 0) or 0) or None,
+            profile=profile,
         )
         if processor.image_token_id != config.image_token_id:
             raise ModelError(
@@ -83,13 +95,55 @@ class RadProcessor:
         return processor
 
     def chat_prompt(self, instruction: str, *, image: bool = True, system: str | None = None) -> str:
-        """The generation prompt for one user turn, ``<image>`` first when the study has an image."""
+        """The generation prompt for one user turn, ``<image>`` first when the study has an image, in the
+        profile's template (the tokenizer's chat template, or LLaVA's conversation "v1")."""
         content = f"{self.image_token}\n{instruction}" if image else instruction
+        if self.profile.template == "vicuna_v1":
+            # LLaVA's SeparatorStyle.TWO with sep " ": "{system} USER: {message} ASSISTANT:" (no BOS in the text;
+            # the tokenizer adds it to the first piece).
+            return f"{system or self.profile.system} USER: {content} ASSISTANT:"
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         template = self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
         return self.tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
+
+    def draft_prompt(self, indication: str | None = None) -> str:
+        """The drafting prompt of this model's family: radlvlm's drafting task, or the family's own request."""
+        from radlvlm.tasks.drafting import draft_prompt
+
+        request = self.profile.draft_request(indication)
+        return self.chat_prompt(draft_prompt(indication) if request is None else request)
+
+    def check_prompt(self, mode: Any, report: str, *, image: bool) -> str:
+        """The error-check prompt; only for a family trained to check (``profile.error_checks``)."""
+        from radlvlm.tasks.errorcheck import errorcheck_prompt
+
+        if not self.profile.error_checks:
+            raise ModelError(NOT_TRAINED_FOR_CHECKS)
+        return self.chat_prompt(errorcheck_prompt(mode, report), image=image)
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The token ids of a formatted prompt, as the model's family tokenised them in training.
+
+        ``whole``: the text at once (the chat template holds the BOS). ``chunked``: the text around ``<image>``
+        piece by piece, each encoded as a string of its own (so the sentencepiece word boundary "▁" that begins
+        each piece is kept, as LLaVA's ``tokenizer_image_token`` keeps it), the BOS only on the first piece.
+        """
+        if self.profile.tokenization == "whole":
+            return [int(t) for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        bos = self.tokenizer.bos_token_id
+        ids: list[int] = []
+        for index, piece in enumerate(text.split(self.image_token)):
+            if index:
+                ids.append(self.image_token_id)
+            encoded = [int(t) for t in self.tokenizer(piece, add_special_tokens=True)["input_ids"]]
+            if encoded and encoded[0] == bos:
+                encoded = encoded[1:]
+            if index == 0 and bos is not None:
+                encoded.insert(0, int(bos))  # LLaVA's slow Llama tokenizer always began with BOS
+            ids.extend(encoded)
+        return ids
 
     def pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
         tensors = []
@@ -134,7 +188,7 @@ class RadProcessor:
         rows: list[list[int]] = []
         batch_images: list[ImageInput] = []
         for row, (text, image) in enumerate(zip(texts, images, strict=True)):
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.prompt_ids(text)
             placeholders = sum(1 for token in ids if token == self.image_token_id)
             wanted = 0 if image is None else 1
             if placeholders != wanted:
@@ -177,6 +231,7 @@ class RadProcessor:
             "num_image_tokens": self.num_image_tokens,
             "image_token": self.image_token,
             "max_length": self.max_length,
+            "prompt_profile": self.profile.name,
         }
         (directory / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         return directory
@@ -200,4 +255,5 @@ class RadProcessor:
             int(settings["num_image_tokens"]),
             image_token=settings.get("image_token", IMAGE),
             max_length=settings.get("max_length"),
+            profile=settings.get("prompt_profile"),
         )

@@ -87,6 +87,7 @@ def test_llava15_original_layout(tmp_path: Path, base_tokenizer) -> None:  # typ
     out = convert_llava15(model_dir, tower_dir, tmp_path / "ours")
     model, processor = load_pretrained(out)
     assert processor.image_token_id == len(base_tokenizer)  # <image> appended to the vocabulary
+    assert processor.profile.name == "llava-1.5" and processor.profile.tokenization == "chunked"
     assert processor.image_config.resize_mode == "pad" and processor.image_config.pad_fill == "mean"
 
     pixels = torch.randn(1, 3, 28, 28)
@@ -189,6 +190,11 @@ def test_llava_rad_layout(tmp_path: Path, llava_rad_checkpoint) -> None:  # type
     out = convert_llava_rad(model_dir, base_dir, vision_checkpoint, tmp_path / "ours")
     model, processor = load_pretrained(out)
     assert model.config.vision_config.model_type == "dinov2"
+    # Asked as LLaVA-Rad was trained: its v1 prompt, chunked token ids, findings only, no error checks.
+    assert processor.profile.name == "llava-rad" and not processor.profile.error_checks
+    assert processor.draft_prompt(None).endswith(
+        "USER: <image>\nProvide a description of the findings in the radiology image. ASSISTANT:"
+    )
     assert model.config.image_seq_length == 4  # 28 px / 14 px patches = 2 x 2 (1369 at 518 px)
 
     reference_lm = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), model_dir).eval()
