@@ -11,6 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import set_track_meta
@@ -51,6 +52,9 @@ class ImageTransformConfig:
         interpolation (str, default "area"): torch interpolation mode; "area" anti-aliases when shrinking.
         pad_fill ("black" | "mean", default "black"): what ``pad`` fills with: black pixels, or the encoder's mean
             (LLaVA's ``image_aspect_ratio="pad"``, which is 0 after normalisation).
+        resampler ("monai" | "pil", default "monai"): who resizes. ``pil`` reproduces the preprocessing CLIP and
+            open_clip towers were trained with, for converted models: 8-bit pixels, PIL's (anti-aliased)
+            resampling, torchvision's crop rounding, LLaVA's ``expand2square`` for ``pad``.
     """
 
     size: int = 518
@@ -60,6 +64,7 @@ class ImageTransformConfig:
     std: tuple[float, ...] = (0.5,)
     interpolation: str = "area"
     pad_fill: PadFill = "black"
+    resampler: Literal["monai", "pil"] = "monai"
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -77,9 +82,52 @@ class ImageTransformConfig:
             raise InputError(f"unknown interpolation {self.interpolation!r}")
         if self.pad_fill not in ("black", "mean"):
             raise InputError(f"pad_fill must be 'black' or 'mean', got {self.pad_fill!r}")
+        if self.resampler not in ("monai", "pil"):
+            raise InputError(f"resampler must be 'monai' or 'pil', got {self.resampler!r}")
+        if self.resampler == "pil" and self.interpolation not in _PIL_FILTERS:
+            raise InputError(f"the pil resampler takes {', '.join(_PIL_FILTERS)}, got {self.interpolation!r}")
 
     def per_channel(self, values: tuple[float, ...]) -> list[float]:
         return list(values) * self.channels if len(values) == 1 else list(values)
+
+
+_PIL_FILTERS = ("bicubic", "bilinear", "nearest")
+
+
+def pil_preprocess(pixels: np.ndarray, config: ImageTransformConfig) -> torch.Tensor:
+    """Display pixels in [0, 1] → the encoder input a CLIP/open_clip tower was trained on, step for step.
+
+    Those towers saw 8-bit RGB images (the JPEGs of MIMIC-CXR) resized by PIL: ``crop`` is open_clip's and
+    CLIP's eval transform (shortest side to ``size`` with the long side truncated as torchvision's ``Resize``
+    computes it, then a centre crop with torchvision's rounding); ``pad`` is LLaVA's ``expand2square`` (the
+    image centred on a square of the mean colour) before that resize. PIL resamples with anti-aliasing, which
+    an interpolating resize does not: on a 2-3k-pixel radiograph the difference is not small.
+    """
+    from PIL import Image as PILImage
+
+    resample = {"bicubic": PILImage.BICUBIC, "bilinear": PILImage.BILINEAR, "nearest": PILImage.NEAREST}
+    gray = PILImage.fromarray(np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
+    picture = gray.convert("RGB")
+    size = config.size
+    if config.resize_mode == "pad":
+        side = max(picture.size)
+        fill = tuple(round(255 * m) for m in config.per_channel(config.mean)[:3] * (3 // config.channels))
+        square = PILImage.new("RGB", (side, side), fill if config.pad_fill == "mean" else (0, 0, 0))
+        square.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+        picture = square
+    width, height = picture.size
+    target = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    picture = picture.resize(target, resample=resample[config.interpolation])
+    left = round((picture.width - size) / 2.0)
+    top = round((picture.height - size) / 2.0)
+    picture = picture.crop((left, top, left + size, top + size))
+    array = np.asarray(picture, dtype=np.float32) / 255.0  # (size, size, 3)
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if config.channels == 1:
+        tensor = tensor[:1]
+    mean = torch.tensor(config.per_channel(config.mean), dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(config.per_channel(config.std), dtype=torch.float32).view(-1, 1, 1)
+    return (tensor - mean) / std
 
 
 class ResizeShortestSide(Transform):
@@ -125,6 +173,8 @@ class ToModelInput(Transform):
             raise InputError(
                 f"expected grayscale pixels (rows, columns) or (1, rows, columns), got {tuple(pixels.shape)}"
             )
+        if self.config.resampler == "pil":
+            return pil_preprocess(pixels[0].float().numpy(), self.config)
         out = self._pipeline(pixels.float())
         return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
 

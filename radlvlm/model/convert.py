@@ -251,6 +251,7 @@ def _image_config(llava_config: dict[str, Any], size: int) -> ImageTransformConf
         mean=CLIP_MEAN,
         std=CLIP_STD,
         interpolation="bicubic",
+        resampler="pil",  # the tower's own training preprocessing: 8-bit pixels, PIL bicubic, its crop or pad
     )
 
 
