@@ -150,9 +150,7 @@ class TorchEngine(BatchingEngine):
         stream.finish(draft_result(batch.generations[0], self.model_id, self._timings(item, start, 1)))
 
     def _check_prompts(self, requests: list[CheckRequest]) -> list[str]:
-        return [
-            self.processor.check_prompt(r.mode, r.report, image=r.image is not None) for r in requests
-        ]
+        return [self.processor.check_prompt(r.mode, r.report, image=r.image is not None) for r in requests]
 
     @torch.inference_mode()
     def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:

@@ -80,8 +80,7 @@ PROFILES: dict[str, PromptProfile] = {
         system=VICUNA_V1_SYSTEM,
         draft_instruction="Provide a description of the findings in the radiology image.",
         draft_instruction_with_indication=(
-            "Provide a description of the findings in the radiology image given the following indication: "
-            "{indication}"
+            "Provide a description of the findings in the radiology image given the following indication: {indication}"
         ),
         writes="findings",
         error_checks=False,
