@@ -34,13 +34,19 @@ def convert_llava_rad_command(
         Path, typer.Option(exists=True, dir_okay=False, help="BiomedCLIP-CXR 518 open_clip checkpoint.")
     ],
     out: OutDir,
+    vision_config: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="The tower's open_clip config (default: the JSON beside the checkpoint)."
+        ),
+    ] = None,
     overwrite: bool = False,
 ) -> None:
-    """LLaVA-Rad as published → a radlvlm model directory (LoRA merged, DINOv2 tower)."""
+    """LLaVA-Rad as published → a radlvlm model directory (LoRA merged, DINOv2 tower, LLaVA-Rad's prompt)."""
     from radlvlm.model.convert import convert_llava_rad
 
     _check_out(out, overwrite)
-    written = run_guarded(lambda: convert_llava_rad(model, base, vision_checkpoint, out))
+    written = run_guarded(lambda: convert_llava_rad(model, base, vision_checkpoint, out, vision_config=vision_config))
     stderr.print(f"converted LLaVA-Rad → {written}", highlight=False)
 
 

@@ -100,8 +100,49 @@ def rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str]], *, what
     return out
 
 
-def timm_vit_to_dinov2(trunk: dict[str, torch.Tensor]) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
-    """A timm DINOv2-style ViT state dict → (Dinov2Config, Dinov2Model state dict)."""
+# timm ViT families → (width, attention heads): what the open_clip config's ``timm_model_name`` tells about a
+# trunk that its weights do not (a 768-wide trunk could have 12 heads of 64 or 8 of 96).
+TIMM_VIT_FAMILIES: dict[str, tuple[int, int]] = {
+    "vit_tiny": (192, 3),
+    "vit_small": (384, 6),
+    "vit_base": (768, 12),
+    "vit_large": (1024, 16),
+    "vit_giant": (1536, 24),
+}
+
+
+def open_clip_vision_config(path: Path) -> dict[str, Any]:
+    """The ``vision_cfg`` of an open_clip model config (LLaVA-Rad ships ``biomedclipcxr_518.json``)."""
+    config = _read_json(path)
+    vision = config.get("vision_cfg")
+    if not isinstance(vision, dict) or not isinstance(vision.get("timm_model_name"), str):
+        raise ModelError(f"{path}: not an open_clip model config with a timm vision trunk (vision_cfg.timm_model_name)")
+    return vision
+
+
+def timm_heads(vision_cfg: dict[str, Any], width: int) -> int:
+    """The trunk's attention heads, from its timm model name; refused for a family radlvlm does not map or a
+    name whose width is not the trunk's."""
+    name = str(vision_cfg["timm_model_name"])
+    family = next((f for f in TIMM_VIT_FAMILIES if name.startswith(f + "_")), None)
+    if family is None:
+        known = ", ".join(TIMM_VIT_FAMILIES)
+        raise ModelError(f"vision trunk {name!r} is not a timm ViT family radlvlm maps ({known})")
+    expected, heads = TIMM_VIT_FAMILIES[family]
+    if expected != width:
+        raise ModelError(f"the config names {name!r} ({expected} wide) but the checkpoint's trunk is {width} wide")
+    return heads
+
+
+def timm_vit_to_dinov2(
+    trunk: dict[str, torch.Tensor], *, heads: int | None = None
+) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
+    """A timm DINOv2-style ViT state dict → (Dinov2Config, Dinov2Model state dict).
+
+    ``heads`` comes from the tower's config (:func:`timm_heads`); without it 64-wide heads are assumed, which
+    is what every timm ViT family has. A pre-norm (``norm_pre``, applied by LLaVA-Rad when present) that is not
+    the identity is refused: ``Dinov2Model`` has no place for it.
+    """
     if any(key.startswith("reg_token") for key in trunk):
         raise ModelError("vision trunk has register tokens, which Dinov2Model does not support")
     required = ("cls_token", "pos_embed", "patch_embed.proj.weight")
@@ -112,13 +153,22 @@ def timm_vit_to_dinov2(trunk: dict[str, torch.Tensor]) -> tuple[Dinov2Config, di
     patch = int(trunk["patch_embed.proj.weight"].shape[-1])
     grid = math.isqrt(int(trunk["pos_embed"].shape[1]) - 1)
     depth = 1 + max(int(m.group(1)) for key in trunk if (m := re.match(r"^blocks\.(\d+)\.", key)))
+    if "norm_pre.weight" in trunk:
+        weight, bias = trunk["norm_pre.weight"].float(), trunk.get("norm_pre.bias", torch.zeros(1)).float()
+        if not (torch.allclose(weight, torch.ones_like(weight)) and torch.allclose(bias, torch.zeros_like(bias))):
+            raise ModelError(
+                "vision trunk applies a learned pre-norm (norm_pre) before its blocks, which Dinov2Model cannot; "
+                "converting without it would change every feature"
+            )
+    if heads is not None and hidden % heads:
+        raise ModelError(f"vision trunk width {hidden} is not divisible by {heads} heads")
     mlp = int(trunk["blocks.0.mlp.fc1.weight"].shape[0])
     if mlp % hidden:
         raise ModelError(f"vision trunk MLP width {mlp} is not a multiple of its width {hidden}")
     config = Dinov2Config(
         hidden_size=hidden,
         num_hidden_layers=depth,
-        num_attention_heads=max(hidden // 64, 1),  # timm ViTs use 64-wide heads
+        num_attention_heads=heads or max(hidden // 64, 1),
         mlp_ratio=mlp // hidden,
         image_size=grid * patch,
         patch_size=patch,
@@ -291,6 +341,7 @@ def _assemble(
     language_state: dict[str, torch.Tensor],
     out: Path,
     profile: str,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Build our model from mapped tensors, check every weight is filled, and save model + processor (with the
     family's prompt profile, so the converted model is asked as its family was trained)."""
@@ -320,6 +371,7 @@ def _assemble(
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} wrong shape (e.g. {wrong[:3]})"
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    model = model.to(dtype)  # merged in float32, saved in the precision the checkpoint was published in
     processor = RadProcessor.for_model(
         tokenizer, model.config, _image_config(llava_config, int(vision_config.image_size)), profile=profile
     )
@@ -367,15 +419,47 @@ def convert_llava15(model_dir: str | Path, vision_tower_dir: str | Path, out: st
         language_state=rename(state, LLAVA_LM_RULES, what=str(model_dir)),
         out=out,
         profile="llava-1.5",
+        dtype=_saved_dtype(llava_config),
     )
 
 
+def _beside(checkpoint: Path) -> Path:
+    """The open_clip config that travels with a tower checkpoint (one JSON with a ``vision_cfg`` beside it)."""
+    found = []
+    for candidate in sorted(checkpoint.parent.glob("*.json")):
+        try:
+            if "vision_cfg" in json.loads(candidate.read_text()):
+                found.append(candidate)
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            continue
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise ModelError(
+            f"{what} open_clip config (a JSON with vision_cfg) beside {checkpoint.name}: give it with "
+            "--vision-config (LLaVA-Rad's is biomedclipcxr_518.json); the trunk's heads are read from it"
+        )
+    return found[0]
+
+
+def _saved_dtype(config: dict[str, Any]) -> torch.dtype:
+    """The precision a checkpoint was published in (Vicuna v1.5 and LLaVA-Rad: float16), to save it back in."""
+    name = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
+
+
 def convert_llava_rad(
-    model_dir: str | Path, base_dir: str | Path, vision_checkpoint: str | Path, out: str | Path
+    model_dir: str | Path,
+    base_dir: str | Path,
+    vision_checkpoint: str | Path,
+    out: str | Path,
+    *,
+    vision_config: str | Path | None = None,
 ) -> Path:
-    """LLaVA-Rad (LoRA adapter + non_lora_trainables) over a Vicuna base, with its BiomedCLIP-CXR tower."""
+    """LLaVA-Rad (LoRA adapter + non_lora_trainables) over a Vicuna base, with its BiomedCLIP-CXR tower and that
+    tower's open_clip config (``vision_config``; by default the one JSON with a ``vision_cfg`` beside it)."""
     model_dir, base_dir, vision_checkpoint, out = Path(model_dir), Path(base_dir), Path(vision_checkpoint), Path(out)
     llava_config = _read_json(model_dir / "config.json")
+    vision_cfg = open_clip_vision_config(Path(vision_config) if vision_config else _beside(vision_checkpoint))
     _check_projector(llava_config)
     if not (model_dir / "adapter_config.json").is_file():
         raise ModelError(f"{model_dir}: no adapter_config.json; LLaVA-Rad ships its LM as a LoRA adapter")
@@ -399,7 +483,9 @@ def convert_llava_rad(
     except (ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"{model_dir}: LoRA adapter does not fit the base at {base_dir} ({e})") from e
     language_state = {**merged.state_dict(), **projector}
-    vision_config, vision_state = timm_vit_to_dinov2(open_clip_trunk(read_state_dict(vision_checkpoint)))
+    trunk = open_clip_trunk(read_state_dict(vision_checkpoint))
+    width = int(trunk["pos_embed"].shape[-1]) if "pos_embed" in trunk else 0
+    vision_config, vision_state = timm_vit_to_dinov2(trunk, heads=timm_heads(vision_cfg, width))
     if vision_config.hidden_size != llava_config.get("mm_hidden_size", vision_config.hidden_size):
         raise ModelError(
             f"vision trunk width {vision_config.hidden_size} differs from mm_hidden_size "
@@ -414,6 +500,7 @@ def convert_llava_rad(
         language_state=rename(language_state, LLAVA_LM_RULES, what=str(model_dir)),
         out=out,
         profile="llava-rad",
+        dtype=_saved_dtype(_read_json(base_dir / "config.json")),
     )
 
 

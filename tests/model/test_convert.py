@@ -21,6 +21,12 @@ from radlvlm.model.pretrained import load_pretrained
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 VOCAB = 300
+TRUNK_WIDTH = 192  # timm's vit_tiny width (3 heads of 64), the smallest family the converter maps
+TOWER_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"timm_model_name": "vit_tiny_patch14_dinov2", "timm_model_pretrained": False, "image_size": 28},
+    "text_cfg": {"hf_model_name": "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract", "context_length": 256},
+}
 
 
 def _llava_config(llama: LlamaForCausalLM, mm_hidden: int, **extra: object) -> dict[str, object]:
@@ -35,8 +41,8 @@ def _llava_config(llama: LlamaForCausalLM, mm_hidden: int, **extra: object) -> d
         mm_use_im_start_end=False,
         mm_use_im_patch_token=False,
         image_aspect_ratio="pad",
-        **extra,
     )
+    values.update(extra)
     return values
 
 
@@ -170,18 +176,27 @@ def llava_rad_checkpoint(tmp_path: Path, base_tokenizer):  # type: ignore[no-unt
     base = LlamaForCausalLM(tiny_text_config("llama", vocab_size=len(base_tokenizer))).eval()
     base.save_pretrained(base_dir)
     base_tokenizer.save_pretrained(base_dir)
+    # As LLaVA-Rad's own training code saves it: LoRA r 64 / alpha 128 on all seven projections, as a .bin
+    # (peft 0.4 wrote adapter_model.bin, keys without the adapter name), the projector in non_lora_trainables.bin.
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    lora_config = LoraConfig(r=64, lora_alpha=128, target_modules=targets, init_lora_weights=False)
     adapted = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), lora_config)
-    adapted.save_pretrained(model_dir)
-    projector = _projector(64, 64)
+    adapted.save_pretrained(model_dir, safe_serialization=False)
+    assert (model_dir / "adapter_model.bin").is_file()
+    projector = _projector(TRUNK_WIDTH, 64)
     torch.save({f"base_model.model.{k}": v for k, v in projector.items()}, model_dir / "non_lora_trainables.bin")
-    config = _llava_config(base, 64, mm_vision_tower="biomedclip_cxr_518")
+    # LLaVA-Rad trains with image_aspect_ratio "square" (resize and centre-crop), not "pad".
+    config = _llava_config(base, TRUNK_WIDTH, mm_vision_tower="biomedclip_cxr_518", image_aspect_ratio="square")
     (model_dir / "config.json").write_text(json.dumps(config))
-    trunk = _timm_trunk()
+    trunk = _timm_trunk(width=TRUNK_WIDTH)
     open_clip_state = {f"module.visual.trunk.{k}": v for k, v in trunk.items()}
-    open_clip_state |= {"module.visual.head.proj.weight": torch.randn(32, 64), "module.logit_scale": torch.ones(())}
+    open_clip_state |= {
+        "module.visual.head.proj.weight": torch.randn(32, TRUNK_WIDTH),
+        "module.logit_scale": torch.ones(()),
+    }
     torch.save({"state_dict": open_clip_state}, tmp_path / "biomedclipcxr_518_checkpoint.pt")
+    # The open_clip config that travels with the tower (LLaVA-Rad's is biomedclipcxr_518.json): the trunk's family.
+    (tmp_path / "biomedclipcxr_518.json").write_text(json.dumps(TOWER_CONFIG))
     return model_dir, base_dir, tmp_path / "biomedclipcxr_518_checkpoint.pt", trunk, projector
 
 
@@ -206,6 +221,54 @@ def test_llava_rad_layout(tmp_path: Path, llava_rad_checkpoint) -> None:  # type
         reference = _llava_forward(reference_lm, embed, before, _project(features, projector), after)
         converted = _ours(model, processor.image_token_id, before, after, features.shape[1], pixels)
     assert torch.allclose(converted[..., :VOCAB], reference[..., :VOCAB], atol=1e-4)
+
+
+def test_llava_rad_reads_its_tower_from_the_config_and_refuses_what_it_cannot_map(
+    tmp_path: Path, llava_rad_checkpoint
+) -> None:  # type: ignore[no-untyped-def]
+    model_dir, base_dir, vision_checkpoint, trunk, _ = llava_rad_checkpoint
+    config_path = vision_checkpoint.parent / "biomedclipcxr_518.json"
+    config_path.unlink()
+    with pytest.raises(ModelError, match="open_clip config"):
+        convert_llava_rad(model_dir, base_dir, vision_checkpoint, tmp_path / "a")
+    wrong = {**TOWER_CONFIG, "vision_cfg": {**TOWER_CONFIG["vision_cfg"], "timm_model_name": "vit_base_patch14_dinov2"}}
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    with pytest.raises(ModelError, match="768 wide"):
+        convert_llava_rad(model_dir, base_dir, vision_checkpoint, tmp_path / "b", vision_config=tmp_path / "wrong.json")
+    other = {**TOWER_CONFIG, "vision_cfg": {"timm_model_name": "convnext_base"}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ModelError, match="not a timm ViT family"):
+        convert_llava_rad(model_dir, base_dir, vision_checkpoint, tmp_path / "c", vision_config=tmp_path / "other.json")
+    (tmp_path / "right.json").write_text(json.dumps(TOWER_CONFIG))
+    width = TRUNK_WIDTH
+    learned = {**trunk, "norm_pre.weight": 1 + 0.1 * torch.randn(width), "norm_pre.bias": torch.zeros(width)}
+    torch.save({f"visual.trunk.{k}": v for k, v in learned.items()}, tmp_path / "prenorm.pt")
+    with pytest.raises(ModelError, match="pre-norm"):
+        convert_llava_rad(
+            model_dir, base_dir, tmp_path / "prenorm.pt", tmp_path / "d", vision_config=tmp_path / "right.json"
+        )
+    identity = {**trunk, "norm_pre.weight": torch.ones(width), "norm_pre.bias": torch.zeros(width)}
+    torch.save({f"visual.trunk.{k}": v for k, v in identity.items()}, tmp_path / "identity.pt")
+    out = convert_llava_rad(
+        model_dir, base_dir, tmp_path / "identity.pt", tmp_path / "e", vision_config=tmp_path / "right.json"
+    )
+    model, _ = load_pretrained(out)
+    assert model.config.vision_config.num_attention_heads == 3  # from vit_tiny, not guessed from the width
+
+
+def test_llava_rad_keeps_a_float16_base_in_float16(tmp_path: Path, llava_rad_checkpoint) -> None:  # type: ignore[no-untyped-def]
+    from safetensors import safe_open
+
+    model_dir, base_dir, vision_checkpoint, _, _ = llava_rad_checkpoint
+    half = tmp_path / "vicuna-fp16"
+    LlamaForCausalLM.from_pretrained(base_dir).half().save_pretrained(half)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (base_dir / name).exists():
+            (half / name).write_bytes((base_dir / name).read_bytes())
+    out = convert_llava_rad(model_dir, half, vision_checkpoint, tmp_path / "ours")
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118 - safe_open is not a dict
+    assert dtypes == {"F16"}
 
 
 def test_llava_rad_refuses_a_base_that_does_not_match(tmp_path: Path, llava_rad_checkpoint) -> None:  # type: ignore[no-untyped-def]
