@@ -158,6 +158,10 @@ def save_model(model: LlavaForConditionalGeneration, directory: str | Path) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     pooled = bool(getattr(model.config, "visual_token_pool", None))
+    # Training turns the KV cache off (gradient checkpointing); whoever generates from the saved model, through
+    # radlvlm or with plain HF generate, must get it on: without it decoding is 2-3x slower.
+    if model.generation_config is not None:
+        model.generation_config.use_cache = True
     model.save_pretrained(directory, safe_serialization=True)
     # save_pretrained records the Python class; an unpooled model is plain Llava to every other loader.
     model.config.architectures = ["RadLlavaForConditionalGeneration" if pooled else "LlavaForConditionalGeneration"]

@@ -61,3 +61,21 @@ def test_dpo_replaces_stage_2_only_when_safer_without_losing_f1() -> None:
     traded = {**safer, "false_findings_per_report": 0.5, "omitted_findings_per_report": 0.9}
     assert dpo_is_better(_alignment(base, traded)) == (False, "more false plus omitted findings per report after DPO")
     assert dpo_is_better(_alignment(base, base)) == (False, "no safety figure changed")
+
+
+def test_every_saved_model_generates_with_the_kv_cache(tmp_path: Path) -> None:
+    """Training saves with the cache off (gradient checkpointing); the shipped model and every model saved by
+    radlvlm must tell HF ``generate`` to use it, or plain ``generate`` on them is 2-3x slower."""
+    import json
+
+    from radlvlm.model import build_config, build_model
+    from radlvlm.model.modeling import save_model
+    from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
+
+    shipped = json.loads((DEFAULT_MODEL_ROOT / "base" / "generation_config.json").read_text())
+    assert shipped["use_cache"] is True
+    config = build_config(tiny_vision_config("dinov2"), tiny_text_config("llama", vocab_size=64), image_token_id=3)
+    model = build_model(config, seed=0)
+    model.generation_config.use_cache = False  # as training leaves it
+    save_model(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text())["use_cache"] is True
