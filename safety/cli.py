@@ -93,7 +93,6 @@ def run_deid(
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DicomDeidentifier
     from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
-    from radlvlm.safety.text_deid import ReportDeidentifier
 
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
@@ -114,7 +113,12 @@ def run_deid(
     pseudonyms = PseudonymMap(key, record=map_path is not None)
     if map_path is not None and map_path.exists():
         pseudonyms.merge(PseudonymMap.load_encrypted(map_path, map_passphrase or ""))
-    text = ReportDeidentifier()
+    # The report de-identifier (Presidio: seconds to import) is built only when there are reports to clean.
+    text = None
+    if any(p.suffix.lower() in _TEXT_SUFFIXES for p in files):
+        from radlvlm.safety.text_deid import ReportDeidentifier
+
+        text = ReportDeidentifier()
     deid = DicomDeidentifier(pseudonyms, options, text)
     # Keyed with the project key: entries carry MACs, and content digests cannot be tested against guesses.
     trail = AuditTrail(audit, key=key) if audit is not None else None
@@ -176,7 +180,12 @@ def run_deid(
 
 
 def _one(
-    path: Path, label: str, output: Path, deid: DicomDeidentifier, text: ReportDeidentifier, pseudonyms: PseudonymMap
+    path: Path,
+    label: str,
+    output: Path,
+    deid: DicomDeidentifier,
+    text: ReportDeidentifier | None,
+    pseudonyms: PseudonymMap,
 ) -> FileOutcome:
     from radlvlm.safety.dicom_deid import FileOutcome
     from radlvlm.safety.vocabulary import ENGLISH_SHARE, english_share
@@ -191,6 +200,7 @@ def _one(
             # Fail closed: what does not read as report text (encoded data, another language) is where the
             # de-identifier's recognisers are least sure to find identifiers.
             return FileOutcome(label, "failed", reason=f"{label}: does not read as an English report; not exported")
+        assert text is not None  # built by run_deid whenever there is a .txt input
         result = text.deidentify(content, pseudonyms)
         # The report's name can hold PHI too: it is replaced by a keyed pseudonym of the input path.
         destination = output / "reports" / f"{pseudonyms.identifier(label, 'TXT')}.txt"

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import DataElement
@@ -43,7 +44,9 @@ from radlvlm.errors import DeidentificationError, NotDicomError
 from radlvlm.safety.burned_in import BurnedInPolicy, handle_burned_in
 from radlvlm.safety.profile import OPTION_COLUMNS, DeidOptions, lookup_row, resolve_action
 from radlvlm.safety.pseudonyms import PseudonymMap
-from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig
+
+if TYPE_CHECKING:
+    from radlvlm.safety.text_deid import ReportDeidentifier
 
 __all__ = ["DeidResult", "DicomDeidentifier", "FileOutcome"]
 
@@ -112,6 +115,10 @@ class DicomDeidentifier:
     @property
     def text(self) -> ReportDeidentifier:
         if self._text is None:
+            # Imported here: Presidio's import loads transformers and torch (seconds), which de-identifying
+            # DICOM without free-text cleaning never needs.
+            from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig
+
             self._text = ReportDeidentifier(TextDeidConfig())
         return self._text
 
