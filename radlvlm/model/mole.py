@@ -93,6 +93,11 @@ class MoLEConfig:
         return cls(**values)
 
 
+# Up to this many tokens in a forward pass (a decoding step: one per sequence) without grad, each token's
+# expert is gathered; above it (a prompt's prefill, training) tokens are grouped by expert once per pass.
+GATHER_TOKENS = 64
+
+
 class MoLERouter(nn.Module):
     """Top-1 router of one MLP. Holds the current routing decision for the projections of that MLP."""
 
@@ -119,6 +124,14 @@ class MoLERouter(nn.Module):
         probs = logits.softmax(dim=-1)
         gate, index = probs.max(dim=-1)
         self.expert_index, self.gate = index, gate
+        if not torch.is_grad_enabled() and index.numel() <= GATHER_TOKENS:
+            # Decoding: no dispatch plan (its bincount is a host sync every step) and no balance loss; each
+            # projection gathers its tokens' own experts (MoLELinear._gathered), constant compute, no loop.
+            self.order = self.inverse = self.sorted_gate = self.balance_loss = None
+            self.counts = []
+            if self.track:
+                self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
+            return
         self.order = torch.argsort(index, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
@@ -167,6 +180,8 @@ class MoLELinear(nn.Module):
         out = self.base_layer(x)
         router: MoLERouter = self._router  # type: ignore[assignment]
         flat = x.reshape(-1, x.shape[-1])
+        if router.order is None and router.expert_index is not None and router.expert_index.numel() == flat.shape[0]:
+            return out + self._gathered(flat, router).to(out.dtype).view(*out.shape)
         order, inverse, gate = router.order, router.inverse, router.sorted_gate
         if order is None or inverse is None or gate is None or order.numel() != flat.shape[0]:
             raise ModelError(
@@ -185,6 +200,15 @@ class MoLELinear(nn.Module):
                 pieces.append((tokens @ a.t()) @ b.t())
         update = torch.cat(pieces) * (gate.to(flat.dtype) * self.scaling).unsqueeze(-1)
         return out + update.index_select(0, inverse).to(out.dtype).view(*out.shape)
+
+    def _gathered(self, flat: torch.Tensor, router: MoLERouter) -> torch.Tensor:
+        """Each token through its own expert by gathering that expert's A and B (batched matrix-vector
+        products): the compute of one LoRA per token, whatever the number of experts, without grouping tokens
+        by expert (a host sync) or a Python loop. Used for the few tokens of a decoding step."""
+        index = router.expert_index
+        down = torch.bmm(self.lora_A.index_select(0, index).to(flat.dtype), flat.unsqueeze(-1))  # (T, r, 1)
+        down = down * (router.gate.to(flat.dtype) * self.scaling).view(-1, 1, 1)  # type: ignore[union-attr]
+        return torch.bmm(self.lora_B.index_select(0, index).to(flat.dtype), down).squeeze(-1)  # (T, out)
 
 
 @dataclass

@@ -181,3 +181,22 @@ def test_peft_lora_baseline_targets_only_the_language_model() -> None:
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == {"gate_proj", "up_proj", "down_proj"}
+
+
+def test_inference_applies_the_same_experts_without_a_dispatch_plan() -> None:
+    """A decoding step (few tokens, no grad) gathers each token's own expert: no sort, no host sync, no balance
+    loss; the output equals the grouped training path's, token for token."""
+    torch.manual_seed(0)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8))
+    _randomise_experts(adapter)
+    ids = torch.randint(5, 128, (3, 11))
+    with torch.enable_grad():
+        grouped = model(input_ids=ids).logits.detach()
+    router = next(iter(adapter.routers.values()))
+    assert router.order is not None and router.balance_loss is not None
+    with torch.no_grad():
+        gathered = model(input_ids=ids).logits
+    assert router.order is None and router.balance_loss is None
+    assert torch.allclose(gathered, grouped, atol=1e-5)
+    assert len(set(router.expert_index.tolist())) > 1  # more than one expert was used
