@@ -10,6 +10,7 @@ failed group fails its own requests, never the worker.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import queue
 import threading
@@ -96,6 +97,7 @@ class BatchingEngine(Engine):
             raise EngineClosed("the engine is shut down")
         validate_request(request)
         future: Future[Result] = Future()
+        request = self.prepare_image(request)
         if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
             future.set_result(unanswerable_check(request, problem, self.model_id))
             return future
@@ -146,6 +148,15 @@ class BatchingEngine(Engine):
                     f"context {processor.max_length}"
                 )
         return problem
+
+    def prepare_image(self, request: Request) -> Request:
+        """The request with its image already turned into the model's input, in the submitting thread: the
+        resize and normalisation run beside other requests, not in the model's batch loop."""
+        processor = getattr(self, "processor", None)
+        image = getattr(request, "image", None)
+        if processor is None or image is None:
+            return request
+        return dataclasses.replace(request, image=processor.pixel_values([image])[0])
 
     def draft_problem(self, request: DraftRequest) -> str | None:
         """Why this draft cannot be run (its prompt, with the indication and the image, leaves the model no room
@@ -206,10 +217,14 @@ class BatchingEngine(Engine):
                 self._drain()
                 return
             batch = [first]
-            deadline = time.perf_counter() + self.max_wait_s
             stop = False
+            # Company is waited for only while it keeps arriving: each next request within a quarter of
+            # max_wait of the last, for max_wait at most. A lone request on an idle engine starts after that
+            # short gap, not after the whole max_wait; a burst of concurrent clients still forms one batch.
+            deadline = time.perf_counter() + self.max_wait_s
+            gap = self.max_wait_s / 4
             while len(batch) < self.max_batch_size:
-                remaining = deadline - time.perf_counter()
+                remaining = min(deadline - time.perf_counter(), gap)
                 try:
                     item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:

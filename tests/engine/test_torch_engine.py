@@ -258,3 +258,20 @@ def test_simple_checks_use_the_models_calibration(parts) -> None:  # type: ignor
     assert passed.has_error is False and passed.error_probability == pytest.approx(1 / (1 + 2.718281828**2), 1e-4)
     assert passed.confidence == pytest.approx(1 - passed.error_probability)
     assert not with_image.calibrated  # no calibration for image checks: raw yes/no at 0.5
+
+
+def test_company_is_waited_for_only_while_it_arrives(parts) -> None:  # type: ignore[no-untyped-def]
+    """max_wait bounds the wait for a batch; a lone request on an idle engine does not sit through all of it
+    (a quarter of it with no arrival ends the wait), while requests arriving together still form one batch."""
+    model, processor = parts
+    engine = TorchEngine(
+        model, processor, model_id="tiny", max_batch_size=4, max_wait_ms=4000,
+        generation=GenerationSettings(max_new_tokens=2),
+    )  # fmt: skip
+    try:
+        lone = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
+        assert lone.timings.batch_size == 1 and lone.timings.queued_ms < 3000  # not the whole 4 s
+        futures = [engine.submit(DraftRequest(image=torch.rand(28, 28))) for _ in range(4)]
+        assert {f.result(timeout=60).timings.batch_size for f in futures} == {4}
+    finally:
+        engine.close()

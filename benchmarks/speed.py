@@ -1,0 +1,165 @@
+"""Speed where the user waits: the engine against plain HF ``generate``, and MoLE against LoRA and the base model.
+
+    python benchmarks/speed.py [--repeats 5] [--tokens 64]
+
+On the embedded default model (CPU unless ``--device``), every comparison is measured as alternated pairs
+(A, B, A, B, ...) after a warm-up, so a stall of the machine hits both sides; medians and ranges are written to
+``benchmarks/results/speed.json``:
+
+* ``engine_vs_generate``: a draft through :class:`~radlvlm.engine.torch_engine.TorchEngine` (its worker thread,
+  queue and batching) against ``model.generate`` on the same model, prompt, image and generation config, at
+  batch 1; and N concurrent requests through the engine against the same N as one ``generate`` batch (the best a
+  caller could do by hand) and one at a time (what a caller without batching does);
+* ``adapters``: decode time for exactly ``--tokens`` new tokens (``min_new_tokens = max_new_tokens``) of the
+  base model, the base with a plain LoRA (peft, rank 8 on the MLP projections) and with the shipped MoLE
+  adapter (4 experts of rank 8), at batch 1 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from report import git_commit, save_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "median_s": round(statistics.median(values), 4),
+        "min_s": round(min(values), 4),
+        "max_s": round(max(values), 4),
+        "n": len(values),
+    }
+
+
+def alternated(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """Each callable once to warm up, then ``repeats`` rounds of all of them in turn."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: _summary(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
+    args = parser.parse_args()
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GenerationConfig
+
+    from radlvlm.engine.base import DraftRequest
+    from radlvlm.engine.loading import load_engine
+    from radlvlm.model.default import embedded_model
+    from radlvlm.model.generation import GenerationSettings
+    from radlvlm.model.pretrained import load_pretrained
+
+    choice = embedded_model()
+    settings = GenerationSettings(max_new_tokens=args.tokens)
+    engine, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, generation=settings)
+    model, processor = engine.model, engine.processor  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(512, 512, generator=generator)
+    prompt = processor.draft_prompt(None)
+    config = settings.to_generation_config(processor)
+
+    @torch.inference_mode()
+    def plain(batch: int) -> None:
+        inputs = processor([prompt] * batch, [image] * batch)
+        model.generate(**inputs, generation_config=config)
+
+    def through_engine(concurrent: int) -> None:
+        futures = [engine.submit(DraftRequest(image=image, max_new_tokens=args.tokens)) for _ in range(concurrent)]
+        for future in futures:
+            future.result(timeout=600)
+
+    def threads(concurrent: int) -> None:  # N clients, each waiting for its own answer (as HTTP callers do)
+        workers = [threading.Thread(target=through_engine, args=(1,)) for _ in range(concurrent)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    results: dict[str, Any] = {
+        "engine_vs_generate": {
+            "batch_1": alternated({"engine": lambda: through_engine(1), "generate": lambda: plain(1)}, args.repeats)
+        }
+    }
+    for concurrent in args.concurrency:
+        results["engine_vs_generate"][f"concurrent_{concurrent}"] = alternated(
+            {
+                "engine": lambda n=concurrent: threads(n),
+                "generate_one_batch": lambda n=concurrent: plain(n),
+                "generate_one_at_a_time": lambda n=concurrent: [plain(1) for _ in range(n)],
+            },
+            args.repeats,
+        )
+        print("engine", concurrent, results["engine_vs_generate"][f"concurrent_{concurrent}"], file=sys.stderr)
+    engine.close()
+
+    fixed = GenerationConfig(
+        max_new_tokens=args.tokens,
+        min_new_tokens=args.tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+    )
+    base, _ = load_pretrained(choice.base)
+    lora_model, _ = load_pretrained(choice.base)
+    lora_config = LoraConfig(r=8, lora_alpha=16, target_modules=["gate_proj", "up_proj", "down_proj"])
+    lora = get_peft_model(lora_model, lora_config)
+    mole, _ = load_pretrained(choice.base, adapter=choice.adapter)
+    models = {"base": base.eval(), "lora": lora.eval(), "mole": mole.eval()}
+
+    @torch.inference_mode()
+    def decode(name: str, batch: int) -> None:
+        inputs = processor([prompt] * batch, [image] * batch)
+        models[name].generate(**inputs, generation_config=fixed)
+
+    adapters: dict[str, Any] = {}
+    for batch in (1, 8):
+        timed = alternated({name: lambda n=name, b=batch: decode(n, b) for name in models}, args.repeats)
+        timed["mole_over_lora"] = round(timed["mole"]["median_s"] / timed["lora"]["median_s"], 3)
+        timed["mole_over_base"] = round(timed["mole"]["median_s"] / timed["base"]["median_s"], 3)
+        adapters[f"batch_{batch}"] = timed
+        print("adapters", batch, timed, file=sys.stderr)
+    results["adapters"] = adapters
+    save_report(
+        args.out,
+        {
+            "name": "speed",
+            "commit": git_commit(),
+            "config": {
+                "model": "embedded default (MoLE adapter)",
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "new_tokens": args.tokens,
+                "repeats": args.repeats,
+                "image": "512 x 512",
+                "order": "alternated pairs after one warm-up each",
+            },
+            "metrics": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
