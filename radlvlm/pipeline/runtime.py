@@ -169,12 +169,19 @@ class LazyEngine:
         self._load = load
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self.info: dict[str, Any] = {}  # what GET /v1/models says, filled in when the model loads
 
     def _loaded(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine, _ = self._load()
+                self._engine, info = self._load()
+                self.info.update(info)
             return self._engine
+
+    @property
+    def loaded(self) -> Engine:
+        """The engine itself (loaded now if it was not yet)."""
+        return self._loaded()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loaded(), name)
@@ -192,9 +199,10 @@ def build_runtime(
     audit: bool = True,
     lazy: bool = False,
 ) -> Runtime:
-    """The runtime of ``settings``: its engine (or ``engine``, already started; with ``lazy`` loaded on first
-    use), the project key (created when absent, and said so in the log), the audit trail (unless ``audit`` is
-    False) and the archive client."""
+    """The runtime of ``settings``: its engine (or ``engine``, already started), the project key (created when
+    absent, and said so in the log), the audit trail (unless ``audit`` is False) and the archive client. With
+    ``lazy`` the model and the report de-identifier are built on first use (or by whoever warms them up), so
+    the runtime itself is ready in well under a second."""
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.pseudonyms import load_or_create_key
 
@@ -211,7 +219,8 @@ def build_runtime(
     if trail is not None:
         trail.check()  # a torn or unreadable trail stops the start, before the model is loaded
     if engine is None and lazy:
-        engine, model_info = LazyEngine(lambda: build_engine(settings)), {}  # type: ignore[assignment]
+        lazy_engine = LazyEngine(lambda: build_engine(settings))
+        engine, model_info = lazy_engine, lazy_engine.info  # type: ignore[assignment]
     elif engine is None:
         engine, model_info = build_engine(settings)
     runtime = Runtime(
@@ -223,5 +232,6 @@ def build_runtime(
         request_timeout_s=settings.request_timeout_s,
         max_new_tokens=settings.max_new_tokens,
     )
-    runtime.report_deidentifier  # noqa: B018 - built now, not on the first request
+    if not lazy:
+        runtime.report_deidentifier  # noqa: B018 - built now, not on the first request
     return runtime
