@@ -51,7 +51,10 @@ def _caller() -> Any:
     from radlvlm.pipeline import Caller
 
     # The audit's actor is a short code: the login name when it is one, else just "cli".
-    user = getpass.getuser() if hasattr(getpass, "getuser") else ""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry or login variables
+        user = ""
     return Caller(f"cli:{user}" if re.fullmatch(r"[A-Za-z0-9_.\-]{1,48}", user or "") else "cli", "cli")
 
 
