@@ -97,11 +97,7 @@ def prepare_check(
     pixels = picture.array.tobytes() if picture is not None else b""
     digest = runtime.digest(mode, report, picture.sop_instance_uid if picture is not None else "", pixels)
     # A text-only check has no study UID: the report stands for it, under a keyed pseudonym.
-    study = (
-        picture.study_instance_uid
-        if picture is not None
-        else deidentifier.pseudonyms.uid("report:" + runtime.digest(report))
-    )
+    study = picture.study_instance_uid if picture is not None else runtime.content_uid("report", report)
     replaced = [(span.start, span.end) for span in cleaned.spans]
     return PreparedCheck(request, report, cleaned.text, replaced, picture, flags, digest, study)
 

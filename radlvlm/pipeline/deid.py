@@ -27,11 +27,8 @@ def deidentify_dicom(runtime: Runtime, data: bytes, caller: Caller, *, name: str
     if not data:
         raise InputError(f"{name}: the file is empty")
     runtime.ensure_auditable()
-    deidentifier = runtime.deidentifier()
-    output, result = deidentifier.deidentify_bytes(data, name=name)
-    study = str(result.dataset.get("StudyInstanceUID", "") or "") or deidentifier.pseudonyms.uid(
-        "dicom:" + runtime.digest(data)
-    )
+    output, result = runtime.deidentifier().deidentify_bytes(data, name=name)
+    study = str(result.dataset.get("StudyInstanceUID", "") or "") or runtime.content_uid("dicom", data)
     runtime.record(
         caller,
         "deid_dicom",
@@ -53,7 +50,7 @@ def deidentify_text(runtime: Runtime, text: str, caller: Caller) -> Deidentified
     runtime.record(
         caller,
         "deid_text",
-        runtime.deidentifier().pseudonyms.uid("text:" + runtime.digest(text)),
+        runtime.content_uid("text", text),
         request=runtime.digest(text),
         response=runtime.digest(cleaned.text),
         spans=len(cleaned.spans),

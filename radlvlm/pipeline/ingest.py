@@ -28,7 +28,6 @@ __all__ = [
     "StudyInput",
     "check_input_image",
     "deidentified_image",
-    "frontal_image_from_archive",
     "ingest_study",
     "select_frontal",
 ]
@@ -116,17 +115,6 @@ def select_frontal(
     return frontal[0], findings
 
 
-def frontal_image_from_archive(
-    study_uid: str, source: Any, deidentifier: DicomDeidentifier
-) -> tuple[Image, list[Flag]]:
-    """Fetch a study over DICOMweb and pick its de-identified frontal radiograph; refuse it with the reasons."""
-    image, findings = select_frontal(source.retrieve_study(study_uid), deidentifier)
-    if image is None:
-        refused = [f.message for f in findings if f.severity == "refuse"]
-        raise GuardrailViolation("; ".join(refused) or "no readable frontal radiograph in the study")
-    return image, [flag_of(f) for f in findings]
-
-
 def ingest_study(study: StudyInput, deidentifier: DicomDeidentifier, archive: Any = None) -> tuple[Image, list[Flag]]:
     """The de-identified frontal radiograph of ``study`` and its non-blocking flags; refuses (GuardrailViolation)
     what the model is not for. ``archive`` is where an archive study UID is fetched from."""
@@ -136,10 +124,12 @@ def ingest_study(study: StudyInput, deidentifier: DicomDeidentifier, archive: An
     if study.archive_uid is not None:
         if archive is None:
             raise NoArchiveError("this service has no DICOMweb archive configured")
-        return frontal_image_from_archive(study.archive_uid, archive, deidentifier)
-    assert study.datasets is not None
+        datasets = archive.retrieve_study(study.archive_uid)
+    else:
+        assert study.datasets is not None
+        datasets = study.datasets
     # Only radiographs are decoded: SRs (our own drafts among them) and other series are passed over.
-    image, findings = select_frontal(study.datasets, deidentifier, modalities=RADIOGRAPH_MODALITIES)
+    image, findings = select_frontal(datasets, deidentifier, modalities=RADIOGRAPH_MODALITIES)
     if image is None:
         refused = [f.message for f in findings if f.severity == "refuse"]
         raise GuardrailViolation("; ".join(refused) or "no readable frontal radiograph in the study")

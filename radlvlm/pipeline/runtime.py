@@ -115,6 +115,13 @@ class Runtime:
         except TimeoutError:
             raise ModelTimeout("the model did not answer in time") from None
 
+    def content_uid(self, kind: str, content: bytes | str) -> str:
+        """A pseudonymous ``2.25.`` study UID for content that has none (a report checked on its own text, a
+        de-identified text): keyed, so the same content is the same study in the trail and nothing is guessable."""
+        from radlvlm.safety.pseudonyms import PseudonymMap
+
+        return PseudonymMap(self.key, record=False).uid(f"{kind}:{self.digest(content)}")
+
     def answer_digest(self, answer: dict[str, Any]) -> str:
         """The keyed digest of an answer (its canonical JSON): equal answers give equal digests at every door."""
         return self.digest(json.dumps(answer, sort_keys=True))
