@@ -185,11 +185,6 @@ class LazyEngine:
                 self.info.update(info)
             return self._engine
 
-    @property
-    def loaded(self) -> Engine:
-        """The engine itself (loaded now if it was not yet)."""
-        return self._loaded()
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loaded(), name)
 
