@@ -5,6 +5,8 @@ LoRA experts per token; the same choice applies to all of that MLP's target proj
 and the expert's output is scaled by the router's probability for it, which is how the router learns.
 Tokens are dispatched to their expert (sorted and split), so the cost per token is one rank-r LoRA whatever
 ``num_experts`` is. A Switch-Transformer load-balancing loss keeps experts in use. Base weights are frozen.
+A decoding step (few tokens, no grad) has no dispatch plan, host sync or balance loss: each token gathers its
+expert's A and B, and a gated MLP runs as one function with gate/up experts stacked (``_RoutedMLP``).
 
 peft has no sparse mixture of LoRA experts (its X-LoRA runs every adapter on every token and masks), so the
 layer is written here; it follows peft's LoRA conventions (``base_layer`` wrapped, A Kaiming-initialised,
@@ -118,34 +120,44 @@ class MoLERouter(nn.Module):
         self.task = "unlabelled"
         self.track = False
 
+    def choose(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's expert and the router's probability for it; counted when statistics are on."""
+        logits = nn.functional.linear(flat, self.weight.to(flat.dtype)).float()
+        gate, index = logits.softmax(dim=-1).max(dim=-1)
+        if self.track:
+            self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
+        return gate, index
+
     def route(self, hidden: torch.Tensor) -> None:
+        """Choose experts for ``hidden`` and, for a pass with many tokens or with grad, plan the dispatch."""
         flat = hidden.reshape(-1, hidden.shape[-1])
+        self.order = self.inverse = self.sorted_gate = self.balance_loss = None
+        self.counts = []
+        if _decoding(flat):
+            # No dispatch plan (its bincount is a host sync every step) and no balance loss; each projection
+            # gathers its tokens' own experts (MoLELinear.gathered), constant compute, no loop.
+            self.gate, self.expert_index = self.choose(flat)
+            return
         logits = nn.functional.linear(flat, self.weight.to(flat.dtype)).float()
         probs = logits.softmax(dim=-1)
         gate, index = probs.max(dim=-1)
         self.expert_index, self.gate = index, gate
-        if not torch.is_grad_enabled() and index.numel() <= GATHER_TOKENS:
-            # Decoding: no dispatch plan (its bincount is a host sync every step) and no balance loss; each
-            # projection gathers its tokens' own experts (MoLELinear._gathered), constant compute, no loop.
-            self.order = self.inverse = self.sorted_gate = self.balance_loss = None
-            self.counts = []
-            if self.track:
-                self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
-            return
         self.order = torch.argsort(index, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
-        self.counts = torch.bincount(index, minlength=self.num_experts).tolist()
+        counts = torch.bincount(index, minlength=self.num_experts)
+        self.counts = counts.tolist()
         self.sorted_gate = gate.index_select(0, self.order)
         # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
         # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
-        fraction = torch.bincount(index, minlength=self.num_experts).float() / max(index.numel(), 1)
+        fraction = counts.float() / max(index.numel(), 1)
         self.balance_loss = self.num_experts * torch.sum(fraction * probs.mean(dim=0))
         if self.track:
-            self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
+            self.usage[self.task] += counts.detach().cpu()
 
-    def forward_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.route(args[0])
+
+def _decoding(flat: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() and flat.shape[0] <= GATHER_TOKENS
 
 
 class MoLELinear(nn.Module):
@@ -162,6 +174,7 @@ class MoLELinear(nn.Module):
         for expert in range(n):
             nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
         self.scaling = config.scaling
+        self._plain_base = type(base_layer) is nn.Linear
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @property
@@ -177,16 +190,17 @@ class MoLELinear(nn.Module):
         return self.base_layer.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
         router: MoLERouter = self._router  # type: ignore[assignment]
         flat = x.reshape(-1, x.shape[-1])
         if router.order is None and router.expert_index is not None and router.expert_index.numel() == flat.shape[0]:
-            return out + self._gathered(flat, router).to(out.dtype).view(*out.shape)
+            # A decoding step of an MLP without a fused path (_RoutedMLP.decode): gather each token's expert.
+            return self.gathered(flat, router.expert_index, self.token_scale(router.gate, flat)).view(*x.shape[:-1], -1)
+        out = self.base_layer(x)
         order, inverse, gate = router.order, router.inverse, router.sorted_gate
         if order is None or inverse is None or gate is None or order.numel() != flat.shape[0]:
             raise ModelError(
                 f"MoLE routing covers {0 if order is None else order.numel()} tokens but the layer got "
-                f"{flat.shape[0]}: the router hook did not run on this MLP's input"
+                f"{flat.shape[0]}: the router did not run on this MLP's input"
             )
         if flat.shape[0] == 0:
             return out
@@ -201,21 +215,101 @@ class MoLELinear(nn.Module):
         update = torch.cat(pieces) * (gate.to(flat.dtype) * self.scaling).unsqueeze(-1)
         return out + update.index_select(0, inverse).to(out.dtype).view(*out.shape)
 
-    def _gathered(self, flat: torch.Tensor, router: MoLERouter) -> torch.Tensor:
-        """Each token through its own expert by gathering that expert's A and B (batched matrix-vector
-        products): the compute of one LoRA per token, whatever the number of experts, without grouping tokens
-        by expert (a host sync) or a Python loop. Used for the few tokens of a decoding step."""
-        index = router.expert_index
-        down = torch.bmm(self.lora_A.index_select(0, index).to(flat.dtype), flat.unsqueeze(-1))  # (T, r, 1)
-        down = down * (router.gate.to(flat.dtype) * self.scaling).view(-1, 1, 1)  # type: ignore[union-attr]
-        return torch.bmm(self.lora_B.index_select(0, index).to(flat.dtype), down).squeeze(-1)  # (T, out)
+    def token_scale(self, gate: torch.Tensor | None, flat: torch.Tensor) -> torch.Tensor:
+        """Each token's update scale (router probability x alpha / r), shaped for :meth:`gathered`."""
+        return _as_dtype(gate * self.scaling, flat.dtype).view(-1, 1, 1)  # type: ignore[operator]
+
+    def base_output(self, flat: torch.Tensor) -> torch.Tensor:
+        if self._plain_base:  # at decoding sizes the module call costs about as much as the product it wraps
+            return nn.functional.linear(flat, self.base_layer.weight, self.base_layer.bias)
+        return self.base_layer(flat)
+
+    def gathered(self, flat: torch.Tensor, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Base output plus each token's own expert, by gathering that expert's A and B (batched
+        matrix-vector products): the compute of one LoRA per token whatever the number of experts, without
+        grouping tokens by expert (a host sync) or a Python loop. Used for the few tokens of a decoding step."""
+        down = torch.bmm(_as_dtype(self.lora_A, flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
+        return self.base_output(flat) + self.expand(down, index)
+
+    def with_expert(self, flat: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
+        """Base output plus one expert's update for every row of ``flat``."""
+        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype)) * scale
+        return self.base_output(flat) + self.expert_up(down, expert)
+
+    def expert_up(self, down: torch.Tensor, expert: int) -> torch.Tensor:
+        """One expert's B applied to already scaled rank-r activations ``(tokens, r)``."""
+        return nn.functional.linear(down, _as_dtype(self.lora_B[expert], down.dtype))
+
+    def expand(self, down: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The experts' B applied to already scaled rank-r activations ``(tokens, r, 1)``."""
+        return torch.bmm(_as_dtype(self.lora_B, down.dtype).index_select(0, index), down).squeeze(-1)
+
+
+def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # A comparison instead of a no-op .to(): at one token per step the dispatcher call is measurable.
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+# Hugging Face MLPs whose forward is exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``; a decoding step
+# through them runs as one function (_RoutedMLP.decode) instead of four module calls and a hook.
+GATED_MLP_CLASSES = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+
+class _RoutedMLP:
+    """Stands in for an MLP's ``forward`` while it carries experts: routes its input, then either runs the
+    MLP's own forward (whose projections read the routing) or, for a decoding step of a gated MLP, the same
+    arithmetic with the experts folded in: the per-token scale computed once, and gate_proj's and up_proj's
+    experts (which read the same input) applied as one stacked product."""
+
+    def __init__(self, mlp: nn.Module, router: MoLERouter, layers: dict[str, MoLELinear]) -> None:
+        self.own_forward = type(mlp).forward.__get__(mlp)
+        self.router = router
+        self.gated = type(mlp).__name__ in GATED_MLP_CLASSES and set(layers) == {"gate_proj", "up_proj", "down_proj"}
+        self.mlp, self.layers = mlp, layers
+        self._stacked: tuple[tuple[Any, ...], torch.Tensor] | None = None
+
+    def __call__(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.gated and not args and not kwargs:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            if _decoding(flat):
+                return self.decode(flat).view(*hidden.shape[:-1], -1)
+        self.router.route(hidden)
+        return self.own_forward(hidden, *args, **kwargs)
+
+    def decode(self, flat: torch.Tensor) -> torch.Tensor:
+        router = self.router
+        gate_proj, up_proj, down_proj = self.layers["gate_proj"], self.layers["up_proj"], self.layers["down_proj"]
+        router.order = router.inverse = router.sorted_gate = router.balance_loss = None
+        router.gate, router.expert_index = gate, index = router.choose(flat)
+        rank = gate_proj.lora_A.shape[1]
+        if flat.shape[0] == 1 and flat.device.type == "cpu":
+            # One token (a batch-1 step): its expert serves the whole step, so its own A and B (views) replace
+            # the gathers, the shape of a plain LoRA; on the CPU, reading the index is no device sync.
+            expert, step_scale = int(index), float(gate) * gate_proj.scaling
+            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert]) * step_scale
+            gated = self.mlp.act_fn(gate_proj.base_output(flat) + gate_proj.expert_up(down_one[:, :rank], expert))
+            hidden = gated * (up_proj.base_output(flat) + up_proj.expert_up(down_one[:, rank:], expert))
+            return down_proj.with_expert(hidden, expert, step_scale)
+        scale = gate_proj.token_scale(gate, flat)
+        down = torch.bmm(self._gate_up_A(flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
+        gated = self.mlp.act_fn(gate_proj.base_output(flat) + gate_proj.expand(down[:, :rank], index))
+        hidden = gated * (up_proj.base_output(flat) + up_proj.expand(down[:, rank:], index))
+        return down_proj.gathered(hidden, index, scale)
+
+    def _gate_up_A(self, dtype: torch.dtype) -> torch.Tensor:
+        """gate_proj's and up_proj's A stacked ``(experts, 2r, in)``, rebuilt when either changes (an optimiser
+        step or a load bumps the version; an assignment to ``.data`` changes the storage)."""
+        a_gate, a_up = self.layers["gate_proj"].lora_A, self.layers["up_proj"].lora_A
+        key = (dtype, a_gate._version, a_up._version, a_gate.data_ptr(), a_up.data_ptr())
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = key, torch.cat([a_gate.detach(), a_up.detach()], dim=1).to(dtype)
+        return self._stacked[1]
 
 
 @dataclass
 class _Injected:
     mlp: nn.Module
     router: MoLERouter
-    handle: torch.utils.hooks.RemovableHandle
     layers: dict[str, MoLELinear]
 
 
@@ -289,7 +383,7 @@ class MoLEAdapter:
     def remove(self) -> None:
         """Unwrap every projection and drop the routers: the model is the plain base model again."""
         for item in self._injected.values():
-            item.handle.remove()
+            del item.mlp.forward  # the class's forward again
             for proj, layer in item.layers.items():
                 setattr(item.mlp, proj, layer.base_layer)
             del item.mlp.router
@@ -339,13 +433,14 @@ def inject_mole(model: nn.Module, config: MoLEConfig, *, freeze_base: bool = Tru
         first = next(iter(projections.values()))
         router = MoLERouter(first.in_features, config.num_experts).to(first.weight.device)  # type: ignore[union-attr]
         module.router = router
-        handle = module.register_forward_pre_hook(router.forward_pre_hook)
         layers = {}
         for proj, base in projections.items():
             wrapped = MoLELinear(base, router, config).to(base.weight.device)  # type: ignore[union-attr]
             setattr(module, proj, wrapped)
             layers[proj] = wrapped
-        injected[prefix + name] = _Injected(module, router, handle, layers)
+        # An instance attribute shadows the class's forward (as accelerate's hooks do); remove() deletes it.
+        module.forward = _RoutedMLP(module, router, layers)
+        injected[prefix + name] = _Injected(module, router, layers)
     if not injected:
         raise ModelError(f"no '{config.mlp_module}' module with {list(config.target_modules)} found in the LM")
     adapter = MoLEAdapter(model, config, injected)

@@ -200,3 +200,53 @@ def test_inference_applies_the_same_experts_without_a_dispatch_plan() -> None:
     assert router.order is None and router.balance_loss is None
     assert torch.allclose(gathered, grouped, atol=1e-5)
     assert len(set(router.expert_index.tolist())) > 1  # more than one expert was used
+
+
+def _step_logits(model, ids: torch.Tensor, grad: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Logits of the last token after a prefill of the others, through the KV cache (a decoding step)."""
+    with torch.set_grad_enabled(grad):
+        prefill = model(input_ids=ids[:, :-1], use_cache=True)
+        step = model(input_ids=ids[:, -1:], past_key_values=prefill.past_key_values, use_cache=True)
+    return step.logits.detach()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decoding_steps_equal_the_grouped_path(batch: int) -> None:
+    """A decoding step of a gated MLP (one token per row: the one-expert path at batch 1, the gathers above)
+    gives the grouped training path's logits."""
+    torch.manual_seed(1)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8))
+    _randomise_experts(adapter)
+    ids = torch.randint(5, 128, (batch, 9))
+    grouped = _step_logits(model, ids, grad=True)
+    decoded = _step_logits(model, ids, grad=False)
+    assert torch.allclose(decoded, grouped, atol=1e-5)
+    assert not torch.allclose(decoded, _step_logits(_model().eval(), ids, grad=False), atol=1e-3)  # experts act
+
+
+def test_an_mlp_without_the_fused_path_gathers_per_projection() -> None:
+    """Adapting only some projections (no fused decoding path) still decodes with each token's own expert."""
+    torch.manual_seed(2)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8, target_modules=("gate_proj", "up_proj")))
+    _randomise_experts(adapter)
+    ids = torch.randint(5, 128, (2, 9))
+    assert torch.allclose(_step_logits(model, ids, grad=False), _step_logits(model, ids, grad=True), atol=1e-5)
+
+
+def test_decoding_follows_expert_weights_that_change_in_place() -> None:
+    """The stacked gate/up experts of the decoding path are rebuilt after an optimiser step or a load."""
+    torch.manual_seed(3)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8))
+    _randomise_experts(adapter)
+    ids = torch.randint(5, 128, (1, 9))
+    before = _step_logits(model, ids, grad=False)
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if isinstance(layer, MoLELinear) and name.endswith("up_proj"):
+                layer.lora_A.mul_(-2.0)
+    after = _step_logits(model, ids, grad=False)
+    assert not torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(after, _step_logits(model, ids, grad=True), atol=1e-5)
