@@ -62,27 +62,14 @@ def small_config(vocab: int) -> object:
 
 def timed(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+    return [timed_once(fn, device) for _ in range(repeats)]
 
 
-def training_step_seconds(
-    model: torch.nn.Module,
-    params: list[torch.nn.Parameter],
-    batch: dict,
-    extra_loss: Callable[[], torch.Tensor] | None,
-    device: str,
-    repeats: int,
-) -> float:
+def training_step(
+    model: torch.nn.Module, params: list[torch.nn.Parameter], batch: dict, extra_loss: Callable[[], torch.Tensor] | None
+) -> Callable[[], None]:
     optimiser = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
 
     def step() -> None:
         out = model(**batch, labels=batch["input_ids"])
@@ -91,8 +78,32 @@ def training_step_seconds(
         loss.backward()
         optimiser.step()
 
-    model.train()
-    return statistics.median(timed(step, repeats, device))
+    return step
+
+
+def alternated_seconds(steps: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, list[float]]:
+    """One warm-up of each, then ``repeats`` rounds of each in turn: a stall of the machine hits both sides."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(timed_once(step, device))
+    return times
+
+
+def timed_once(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def main() -> None:
@@ -100,6 +111,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-repeats", type=int, default=9, help="alternated LoRA/MoLE training-step pairs")
     args = parser.parse_args()
     device = args.device
     torch.manual_seed(0)
@@ -129,21 +141,24 @@ def main() -> None:
         generation[f"batch_{n}_tokens_per_s"] = n * new_tokens / statistics.median(runs)
         generation[f"batch_{n}_seconds"] = statistics.median(runs)
 
-    # Training step: text + image batch, 4 experts of rank 16 vs one LoRA of rank 16 on gate/up/down.
+    # Training step: text + image batch, 4 experts of rank 16 vs one LoRA of rank 16 on gate/up/down, both
+    # models alive and their steps alternated.
     train_batch = {k: v for k, v in batch.items()}
     lora_model = apply_lora(build_model(config, seed=0).to(device), r=16, alpha=32)
     lora_params = [p for p in lora_model.parameters() if p.requires_grad]
-    lora_seconds = training_step_seconds(lora_model, lora_params, train_batch, None, device, args.repeats)
     lora_counts = parameter_counts(lora_model)
-    del lora_model
-
     mole_model = build_model(config, seed=0).to(device)
     adapter = inject_mole(mole_model, MoLEConfig(num_experts=4, r=16, alpha=32))
-    mole_params = list(adapter.parameters())
-    mole_seconds = training_step_seconds(
-        mole_model, mole_params, train_batch, adapter.auxiliary_loss, device, args.repeats
-    )
     mole_counts = parameter_counts(mole_model)
+    steps = alternated_seconds(
+        {
+            "lora": training_step(lora_model, lora_params, train_batch, None),
+            "mole": training_step(mole_model, list(adapter.parameters()), train_batch, adapter.auxiliary_loss),
+        },
+        args.train_repeats,
+        device,
+    )
+    pair_ratios = [m / lo for m, lo in zip(steps["mole"], steps["lora"], strict=True)]
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
@@ -166,13 +181,15 @@ def main() -> None:
             "generate_new_tokens": new_tokens,
             "lora": {"r": 16, "alpha": 32, "targets": ["gate_proj", "up_proj", "down_proj"]},
             "mole": {"num_experts": 4, "r": 16, "alpha": 32},
+            "training_steps": "LoRA and MoLE alternated after one warm-up each; medians, ranges, per-pair ratios",
         },
         "metrics": {
             "forward_tokens_per_s": forward_tps,
             **generation,
-            "train_step_seconds_lora": lora_seconds,
-            "train_step_seconds_mole": mole_seconds,
-            "mole_over_lora_step_ratio": mole_seconds / lora_seconds,
+            "train_step_seconds_lora": spread(steps["lora"]),
+            "train_step_seconds_mole": spread(steps["mole"]),
+            "mole_over_lora_step_ratio": statistics.median(steps["mole"]) / statistics.median(steps["lora"]),
+            "mole_over_lora_step_ratio_per_pair": spread(pair_ratios),
             "parameters_total": counts["total"],
             "parameters_trainable_lora": lora_counts["trainable"],
             "parameters_trainable_mole": mole_counts["trainable"],
