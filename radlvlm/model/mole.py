@@ -113,7 +113,8 @@ class MoLERouter(nn.Module):
         # Dispatch plan shared by every projection of this MLP (computed once per forward):
         self.order: torch.Tensor | None = None  # token positions sorted by expert
         self.inverse: torch.Tensor | None = None  # where each token sits in that order
-        self.counts: list[int] = []  # tokens per expert
+        self.counts: torch.Tensor | None = None  # tokens per expert
+        self.offsets: torch.Tensor | None = None  # where each expert's tokens end in that order (int32)
         self.sorted_gate: torch.Tensor | None = None  # router probability of the chosen expert, in that order
         self.balance_loss: torch.Tensor | None = None
         self.usage: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(num_experts, dtype=torch.long))
@@ -131,8 +132,7 @@ class MoLERouter(nn.Module):
     def route(self, hidden: torch.Tensor) -> None:
         """Choose experts for ``hidden`` and, for a pass with many tokens or with grad, plan the dispatch."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        self.order = self.inverse = self.sorted_gate = self.balance_loss = None
-        self.counts = []
+        self.order = self.inverse = self.sorted_gate = self.balance_loss = self.counts = self.offsets = None
         if _decoding(flat):
             # No dispatch plan (its bincount is a host sync every step) and no balance loss; each projection
             # gathers its tokens' own experts (MoLELinear.gathered), constant compute, no loop.
@@ -145,8 +145,9 @@ class MoLERouter(nn.Module):
         self.order = torch.argsort(index, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
-        counts = torch.bincount(index, minlength=self.num_experts)
-        self.counts = counts.tolist()
+        # scatter_add, not bincount: bincount reads the largest index back to the host on a GPU.
+        counts = index.new_zeros(self.num_experts).scatter_add_(0, index, torch.ones_like(index))
+        self.counts, self.offsets = counts, counts.cumsum(0).to(torch.int32)
         self.sorted_gate = gate.index_select(0, self.order)
         # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
         # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
@@ -195,25 +196,34 @@ class MoLELinear(nn.Module):
         if router.order is None and router.expert_index is not None and router.expert_index.numel() == flat.shape[0]:
             # A decoding step of an MLP without a fused path (_RoutedMLP.decode): gather each token's expert.
             return self.gathered(flat, router.expert_index, self.token_scale(router.gate, flat)).view(*x.shape[:-1], -1)
-        out = self.base_layer(x)
-        order, inverse, gate = router.order, router.inverse, router.sorted_gate
-        if order is None or inverse is None or gate is None or order.numel() != flat.shape[0]:
+        order, inverse = router.order, router.inverse
+        if order is None or inverse is None or order.numel() != flat.shape[0]:
             raise ModelError(
                 f"MoLE routing covers {0 if order is None else order.numel()} tokens but the layer got "
                 f"{flat.shape[0]}: the router did not run on this MLP's input"
             )
+        out = self.base_layer(x)
         if flat.shape[0] == 0:
             return out
-        # Dispatch: tokens grouped by expert (one gather), each expert runs on its own tokens only.
-        grouped = self.dropout(flat.index_select(0, order)).split(router.counts)
-        pieces = []
-        for expert, tokens in enumerate(grouped):
-            if tokens.shape[0]:
-                a = self.lora_A[expert].to(tokens.dtype)
-                b = self.lora_B[expert].to(tokens.dtype)
-                pieces.append((tokens @ a.t()) @ b.t())
-        update = torch.cat(pieces) * (gate.to(flat.dtype) * self.scaling).unsqueeze(-1)
+        update = self.grouped_update(flat.index_select(0, order), router)
         return out + update.index_select(0, inverse).to(out.dtype).view(*out.shape)
+
+    def grouped_update(self, grouped: torch.Tensor, router: MoLERouter) -> torch.Tensor:
+        """The experts' updates for tokens already grouped by expert (``router.order``), each token through
+        its own expert only and scaled by its router probability."""
+        tokens = self.dropout(grouped)
+        a, b = _as_dtype(self.lora_A, tokens.dtype), _as_dtype(self.lora_B, tokens.dtype)
+        if _grouped_mm_serves(tokens):
+            # One grouped product per factor over the jagged expert groups: no Python loop, no host sync.
+            down = nn.functional.grouped_mm(tokens, a.transpose(1, 2), offs=router.offsets)
+            update = nn.functional.grouped_mm(down, b.transpose(1, 2), offs=router.offsets)
+        else:  # the products one expert at a time (needs the group sizes on the host)
+            pieces = [
+                (group @ a[expert].t()) @ b[expert].t()
+                for expert, group in enumerate(tokens.split(router.counts.tolist()))  # type: ignore[union-attr]
+            ]
+            update = torch.cat(pieces)
+        return update * (router.sorted_gate.to(tokens.dtype) * self.scaling).unsqueeze(-1)  # type: ignore[union-attr]
 
     def token_scale(self, gate: torch.Tensor | None, flat: torch.Tensor) -> torch.Tensor:
         """Each token's update scale (router probability x alpha / r), shaped for :meth:`gathered`."""
@@ -232,17 +242,28 @@ class MoLELinear(nn.Module):
         return self.base_output(flat) + self.expand(down, index)
 
     def with_expert(self, flat: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
-        """Base output plus one expert's update for every row of ``flat``."""
-        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype)) * scale
-        return self.base_output(flat) + self.expert_up(down, expert)
+        """Base output plus one expert's update for every row of ``flat`` (a decoding step: no grad)."""
+        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype)).mul_(scale)
+        return self.plus_expert(self.base_output(flat), down, expert)
 
-    def expert_up(self, down: torch.Tensor, expert: int) -> torch.Tensor:
-        """One expert's B applied to already scaled rank-r activations ``(tokens, r)``."""
-        return nn.functional.linear(down, _as_dtype(self.lora_B[expert], down.dtype))
+    def plus_expert(self, out: torch.Tensor, down: torch.Tensor, expert: int) -> torch.Tensor:
+        """``out`` plus one expert's B applied to already scaled rank-r activations ``(tokens, r)``, as one
+        fused multiply-add."""
+        return torch.addmm(out, down, _as_dtype(self.lora_B[expert], down.dtype).t())
 
     def expand(self, down: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The experts' B applied to already scaled rank-r activations ``(tokens, r, 1)``."""
         return torch.bmm(_as_dtype(self.lora_B, down.dtype).index_select(0, index), down).squeeze(-1)
+
+
+def _grouped_mm_serves(tokens: torch.Tensor) -> bool:
+    # torch's grouped_mm runs (with autograd) on the CPU in float32/16/bf16; on CUDA it wants bf16 on recent
+    # GPUs with alignment rules we have not verified on a GPU, so CUDA keeps the per-expert loop.
+    return (
+        hasattr(nn.functional, "grouped_mm")
+        and tokens.device.type == "cpu"
+        and tokens.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    )
 
 
 def _as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -269,12 +290,25 @@ class _RoutedMLP:
         self._stacked: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     def __call__(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.gated and not args and not kwargs:
+        if self.gated and not args and not kwargs and hidden.numel():
             flat = hidden.reshape(-1, hidden.shape[-1])
             if _decoding(flat):
                 return self.decode(flat).view(*hidden.shape[:-1], -1)
+            self.router.route(flat)
+            return self.grouped(flat).view(*hidden.shape[:-1], -1)
         self.router.route(hidden)
         return self.own_forward(hidden, *args, **kwargs)
+
+    def grouped(self, flat: torch.Tensor) -> torch.Tensor:
+        """The whole MLP on tokens grouped by expert: one gather in and one out, where wrapping each projection
+        would regroup its input and ungroup its output (six copies); the base products do not mind the order."""
+        router = self.router
+        gate_proj, up_proj, down_proj = self.layers["gate_proj"], self.layers["up_proj"], self.layers["down_proj"]
+        tokens = flat.index_select(0, router.order)  # type: ignore[arg-type]
+        gated = self.mlp.act_fn(gate_proj.base_output(tokens) + gate_proj.grouped_update(tokens, router))
+        hidden = gated * (up_proj.base_output(tokens) + up_proj.grouped_update(tokens, router))
+        out = down_proj.base_output(hidden) + down_proj.grouped_update(hidden, router)
+        return out.index_select(0, router.inverse)  # type: ignore[arg-type]
 
     def decode(self, flat: torch.Tensor) -> torch.Tensor:
         router = self.router
@@ -286,9 +320,9 @@ class _RoutedMLP:
             # One token (a batch-1 step): its expert serves the whole step, so its own A and B (views) replace
             # the gathers, the shape of a plain LoRA; on the CPU, reading the index is no device sync.
             expert, step_scale = int(index), float(gate) * gate_proj.scaling
-            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert]) * step_scale
-            gated = self.mlp.act_fn(gate_proj.base_output(flat) + gate_proj.expert_up(down_one[:, :rank], expert))
-            hidden = gated * (up_proj.base_output(flat) + up_proj.expert_up(down_one[:, rank:], expert))
+            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert]).mul_(step_scale)
+            gated = self.mlp.act_fn(gate_proj.plus_expert(gate_proj.base_output(flat), down_one[:, :rank], expert))
+            hidden = gated * up_proj.plus_expert(up_proj.base_output(flat), down_one[:, rank:], expert)
             return down_proj.with_expert(hidden, expert, step_scale)
         scale = gate_proj.token_scale(gate, flat)
         down = torch.bmm(self._gate_up_A(flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
