@@ -286,7 +286,8 @@ def vllm_worker(args: argparse.Namespace) -> None:
     import vllm
 
     from radlvlm.engine import CheckRequest, DraftRequest
-    from radlvlm.engine.vllm_engine import VLLMOptions, load_vllm_engine
+    from radlvlm.engine.vllm_engine import load_vllm_engine
+    from radlvlm.engine.vllm_options import VLLMOptions
     from radlvlm.model import GenerationSettings
 
     workdir = Path(args.workdir)

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from radlvlm.engine.vllm_engine import VLLMOptions
+    from radlvlm.engine.vllm_options import VLLMOptions
     from radlvlm.model.generation import GenerationSettings
 
 SCOPES = ("draft", "check", "deid", "admin")
@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     def vllm_options(self) -> VLLMOptions:
         """The vLLM engine settings named by ``RADLVLM_VLLM_*``."""
-        from radlvlm.engine.vllm_engine import VLLMOptions
+        from radlvlm.engine.vllm_options import VLLMOptions
 
         return VLLMOptions(
             dtype=self.vllm_dtype,

@@ -28,8 +28,8 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
-def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str, object]:
-    app = build_app(settings)
+def start_server(settings: Settings, **build_options: object) -> tuple[uvicorn.Server, threading.Thread, str, object]:
+    app = build_app(settings, **build_options)  # type: ignore[arg-type]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import Engine, Request, Result
-from radlvlm.errors import ModelTimeout
+from radlvlm.errors import ModelError, ModelTimeout
 
 if TYPE_CHECKING:
     from radlvlm.safety.audit import AuditTrail
@@ -166,6 +166,23 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
     )
     info["embedded_default"] = choice.embedded
     return engine, info
+
+
+def check_before_loading(settings: Settings) -> None:
+    """What can be checked of the configured model without loading it (paths; for vLLM the export and the GPU),
+    so that a wrong configuration stops a start at once, before a background load."""
+    from radlvlm.model.default import choose_model
+
+    choice = choose_model(settings.model_dir, settings.adapter_dir)
+    if settings.backend == "vllm":
+        from radlvlm.engine.vllm_engine import check_vllm_can_start
+
+        check_vllm_can_start(choice.base, choice.adapter)
+        return
+    if not (choice.base / "config.json").is_file():
+        raise ModelError(f"{choice.base}: not a model directory (no config.json)")
+    if choice.adapter is not None and not choice.adapter.is_dir():
+        raise ModelError(f"{choice.adapter}: no such adapter directory")
 
 
 class LazyEngine:

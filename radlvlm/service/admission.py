@@ -105,6 +105,12 @@ class Admission:
                 return None, error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
         if needed not in principal.scopes:
             return principal, error_response(403, "forbidden", f"this key lacks the '{needed}' scope")
+        if not state.ready:  # the model loads in the background (radlvlm serve): nothing to run the work on yet
+            if state.load_failure is not None:
+                return principal, error_response(503, "unavailable", "the model did not load; see the server log")
+            return principal, error_response(
+                503, "starting", "the model is loading; retry shortly (GET /readyz says when)", {"Retry-After": "2"}
+            )
         allowed, wait = state.limiter.allow(principal.key_id)
         if not allowed:
             return principal, _too_many(wait)

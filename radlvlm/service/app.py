@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radlvlm import __version__
+from radlvlm.errors import RadlvlmError
 from radlvlm.pipeline.runtime import Runtime
 from radlvlm.service.admission import Admission
 from radlvlm.service.errors import CatchAll, error_response, install_error_handlers
@@ -76,8 +78,30 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
-    """The app around a ready runtime (:func:`radlvlm.pipeline.build_runtime`)."""
+def _one_line(error: Exception) -> str:
+    """A load failure in one line: radlvlm's own message (written to be read), else the type and first line.
+    Loading touches model files only, never patient data, so the message can be logged."""
+    if isinstance(error, RadlvlmError):
+        return str(error)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def create_app(
+    settings: Settings,
+    runtime: Runtime,
+    *,
+    load_in_background: bool = False,
+    on_load_failure: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app around a runtime (:func:`radlvlm.pipeline.build_runtime`).
+
+    By default the model is warmed up (and the report de-identifier built) before the server takes requests.
+    With ``load_in_background`` (``radlvlm serve``, on a lazy runtime) the server listens at once: ``/healthz``
+    answers (liveness) while a loader thread loads and warms the model; ``/readyz`` and every ``/v1`` path answer
+    503 "starting" until it is done. A load that fails is logged in one line, ``/readyz`` says so, and
+    ``on_load_failure`` is called (``radlvlm serve`` stops the server with it).
+    """
     engine = runtime.engine
     model_info = runtime.model_info
     state = ServiceState(
@@ -88,13 +112,34 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         metrics=Metrics(),
     )
 
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            engine.warmup()
+            runtime.report_deidentifier  # noqa: B018 - built now, not on the first request
+        except Exception as e:  # any failure to load is reported the same way, then stops the server
+            state.load_failure = _one_line(e)
+            logger.error("the model did not load: %s", state.load_failure)
+            if on_load_failure is not None:
+                on_load_failure()
+            return
+        state.ready = True
+        logger.info("model %s ready after %.1f s", model_info.get("id"), time.perf_counter() - started)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(engine.warmup)
-        state.ready = True
-        logger.info("model %s ready", model_info.get("id"))
+        loader = None
+        if load_in_background:
+            loader = threading.Thread(target=load, name="radlvlm-model-loader", daemon=True)
+            loader.start()
+        else:
+            await run_in_threadpool(load)
+            if state.load_failure is not None:
+                raise RuntimeError(f"the model did not load: {state.load_failure}")
         yield
         state.ready = False
+        if loader is not None:
+            await run_in_threadpool(loader.join)  # a load under way finishes before the engine is closed
         await run_in_threadpool(engine.close)
 
     app = FastAPI(

@@ -105,5 +105,5 @@ class ModelsOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "starting", "unavailable"]
+    status: Literal["ok", "starting", "failed", "unavailable"]
     detail: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,12 +13,21 @@ from radlvlm.cli_support import fail, run_guarded, stderr
 from radlvlm.settings import SCOPES, Settings, load_settings
 
 
-def build_app(settings: Settings) -> Any:
-    """The runtime of ``settings`` (engine, project key, audit trail, archive) wrapped in the HTTP app."""
-    from radlvlm.pipeline.runtime import build_runtime
+def build_app(
+    settings: Settings, *, load_in_background: bool = False, on_load_failure: Callable[[], None] | None = None
+) -> Any:
+    """The runtime of ``settings`` (engine, project key, audit trail, archive) wrapped in the HTTP app.
+
+    With ``load_in_background`` the model is loaded after the server starts listening (see
+    :func:`radlvlm.service.app.create_app`); what can be checked without loading it (the model and adapter
+    paths, the audit trail, the key) is checked here, so a wrong path still stops the start at once."""
+    from radlvlm.pipeline.runtime import build_runtime, check_before_loading
     from radlvlm.service.app import create_app
 
-    return create_app(settings, build_runtime(settings))
+    if load_in_background:
+        check_before_loading(settings)
+    runtime = build_runtime(settings, lazy=load_in_background)
+    return create_app(settings, runtime, load_in_background=load_in_background, on_load_failure=on_load_failure)
 
 
 def serve_command(
@@ -39,9 +50,27 @@ def serve_command(
     )
     if not settings.api_keys and not settings.auth_disabled:
         raise fail("no API keys configured: create one with `radlvlm apikey` and set RADLVLM_API_KEYS")
-    app = run_guarded(lambda: build_app(settings))
-    stderr.print(f"radlvlm serving on http://{settings.host}:{settings.port} (docs at /docs)", highlight=False)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # The service's own lifecycle (the model loaded and ready, after how long) is worth a line without -v.
+    logging.getLogger("radlvlm.service").setLevel(logging.INFO)
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = run_guarded(lambda: build_app(settings, load_in_background=True, on_load_failure=stop))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    )
+    stderr.print(
+        f"radlvlm serving on http://{settings.host}:{settings.port} (docs at /docs); "
+        "the model loads now: GET /readyz says when it is ready",
+        highlight=False,
+    )
+    server.run()
+    failure = app.state.radlvlm.load_failure
+    if failure is not None:
+        raise fail(f"the model did not load: {failure}", code=1)
 
 
 def apikey_command(

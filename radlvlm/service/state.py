@@ -51,7 +51,8 @@ class ServiceState:
     keys: KeyStore
     limiter: RateLimiter
     metrics: Metrics
-    ready: bool = False
+    ready: bool = False  # the model is loaded and warmed up
+    load_failure: str | None = None  # why the model did not load (one line), when it did not
     started: float = field(default_factory=time.time)
 
     @property

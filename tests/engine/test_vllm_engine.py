@@ -29,7 +29,6 @@ from radlvlm.engine.vllm_engine import (
     Completion,
     VLLMBindings,
     VLLMEngine,
-    VLLMOptions,
     check_gpu,
     check_input,
     check_vllm_config,
@@ -46,6 +45,7 @@ from radlvlm.engine.vllm_engine import (
     vllm_simple_check,
     yes_no_log_odds,
 )
+from radlvlm.engine.vllm_options import VLLMOptions
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model import GenerationSettings, MoLEConfig, RadProcessor, build_config, build_model, train_tokenizer

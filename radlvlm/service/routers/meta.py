@@ -29,8 +29,11 @@ def healthz() -> HealthOut:
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(state: ServiceState = Depends(get_state)) -> HealthOut | JSONResponse:
     """Readiness: the model is loaded and warmed up, and the audit trail can take entries."""
+    if state.load_failure is not None:
+        detail = f"the model did not load: {state.load_failure}"
+        return JSONResponse(HealthOut(status="failed", detail=detail).model_dump(), status_code=503)
     if not state.ready:
-        return JSONResponse(HealthOut(status="starting", detail="model warming up").model_dump(), status_code=503)
+        return JSONResponse(HealthOut(status="starting", detail="model loading").model_dump(), status_code=503)
     try:
         state.runtime.ensure_auditable()
     except AuditIntegrityError:
@@ -42,7 +45,7 @@ def readyz(state: ServiceState = Depends(get_state)) -> HealthOut | JSONResponse
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(state: ServiceState = Depends(get_state)) -> Response:
     """Prometheus metrics (request counts and latency by endpoint, engine queue and batching)."""
-    engine = state.engine.stats()
+    engine = state.engine.stats() if state.ready else {}  # a model still loading has no queue yet
     state.metrics.queue_depth.set(engine.get("queue_depth", 0))
     state.metrics.engine_rejected.set(engine.get("rejected", 0))
     state.metrics.engine_batches.set(engine.get("batches", 0))
