@@ -10,6 +10,8 @@ On the embedded default model (CPU unless ``--device``), every comparison is mea
   queue and batching) against ``model.generate`` on the same model, prompt, image and generation config, at
   batch 1; and N concurrent requests through the engine against the same N as one ``generate`` batch (the best a
   caller could do by hand) and one at a time (what a caller without batching does);
+* ``continuous_batching``: transformers' ``generate_batch`` (paged attention, continuous batching) against one
+  ``generate`` batch on the text-only requests it can take (its manager accepts token ids, not images);
 * ``adapters``: decode time for exactly ``--tokens`` new tokens (``min_new_tokens = max_new_tokens``) of the
   base model, the base with a plain LoRA (peft, rank 8 on the MLP projections) and with the shipped MoLE
   adapter (4 experts of rank 8), at batch 1 and 8.
@@ -52,6 +54,50 @@ def alternated(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
             run()
             times[name].append(time.perf_counter() - start)
     return {name: _summary(values) for name, values in times.items()}
+
+
+def continuous_batching(vlm: Any, processor: Any, config: Any, repeats: int) -> dict[str, Any]:
+    """transformers' continuous batching (``generate_batch``, paged attention) against one ``generate`` batch.
+
+    Its manager takes token ids only (no pixel values, no image features), so it cannot run a draft; what it can
+    run is a text-only check. Measured on that: the shipped model's own LM as a ``LlamaForCausalLM`` (same
+    weights), 8 report prompts, the manager kept alive and warmed up (its best case)."""
+    from transformers import LlamaForCausalLM
+
+    lm = LlamaForCausalLM(vlm.config.text_config).eval()
+    weights = {f"model.{k}": v for k, v in vlm.model.language_model.state_dict().items()}
+    weights |= {f"lm_head.{k}": v for k, v in vlm.lm_head.state_dict().items()}
+    lm.load_state_dict(weights)
+    reports = [
+        f"Findings: {finding} Impression: {impression}"
+        for finding, impression in [
+            ("The lungs are clear. No pleural effusion.", "No acute disease."),
+            ("Small left pleural effusion with basilar atelectasis.", "Small left effusion."),
+            ("Heart size is enlarged. Mild pulmonary edema.", "Cardiomegaly with mild edema."),
+            ("No pneumothorax. Right lower lobe opacity.", "Right lower lobe pneumonia."),
+        ]
+        * 2
+    ]
+    ids = [processor.prompt_ids(processor.check_prompt("complex", report, image=False)) for report in reports]
+    width = max(len(row) for row in ids)
+    pad = processor.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])  # left-padded, as generate wants
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
+
+    @torch.inference_mode()
+    def one_batch() -> None:
+        lm.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+
+    @torch.inference_mode()
+    def managed() -> None:
+        lm.generate_batch(inputs=ids, generation_config=config, persistent_manager=True, warmup=False)
+
+    timed = alternated({"generate_one_batch": one_batch, "generate_batch_continuous": managed}, repeats)
+    timed["continuous_over_generate"] = round(
+        timed["generate_batch_continuous"]["median_s"] / timed["generate_one_batch"]["median_s"], 2
+    )
+    timed["requests"] = len(ids)
+    return timed
 
 
 def main() -> None:
@@ -142,6 +188,8 @@ def main() -> None:
         adapters[f"batch_{batch}"] = timed
         print("adapters", batch, timed, file=sys.stderr)
     results["adapters"] = adapters
+    results["continuous_batching"] = continuous_batching(base, processor, fixed, args.repeats)
+    print("continuous batching", results["continuous_batching"], file=sys.stderr)
     save_report(
         args.out,
         {

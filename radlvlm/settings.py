@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=120, ge=1)
     cors_origins: str = Field(default="", description="','-separated origins; empty keeps CORS off")
     max_batch_size: int = Field(default=8, ge=1)
-    max_wait_ms: float = Field(default=5.0, ge=0)
+    max_wait_ms: float = Field(default=25.0, ge=0)
     max_queue: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=256, ge=1, le=4096)
     dicomweb_url: str | None = Field(default=None, description="The archive drafts may name studies in (DICOMweb root)")

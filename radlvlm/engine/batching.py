@@ -1,10 +1,11 @@
 """Dynamic batching shared by the backends: a bounded queue, one worker thread, requests grouped by kind.
 
-Requests wait in a bounded queue; the worker takes the first, then collects more until the batch is full or
-``max_wait_ms`` has passed, and hands drafts and checks of the batch to the backend in groups (drafts with the
-same token budget together, each check mode together, each stream alone). A full queue rejects at once
-(``EngineOverloaded``, which the service turns into 503 + Retry-After) rather than letting callers hang. A
-failed group fails its own requests, never the worker.
+Requests wait in a bounded queue; the worker takes the first, then whatever else is queued, and waits (at most
+``max_wait_ms``) only for requests already at the door (their images being prepared in their own threads), so a
+lone request starts at once and a burst of concurrent clients forms one batch. It hands drafts and checks of the
+batch to the backend in groups (drafts with the same token budget together, each check mode together, each
+stream alone). A full queue rejects at once (``EngineOverloaded``, which the service turns into 503 +
+Retry-After) rather than letting callers hang. A failed group fails its own requests, never the worker.
 """
 
 from __future__ import annotations
@@ -52,13 +53,18 @@ class Pending:
     enqueued: float
 
 
+# How often the worker looks again while a request is being prepared at the door (it also wakes when one is queued).
+ARRIVAL_POLL_S = 0.001
+
+
 class BatchingEngine(Engine):
     """The queue and worker of a dynamic-batching backend; subclasses run the groups.
 
     Args:
         model_id (str): reported with every result.
         max_batch_size (int, default 8): most requests run together.
-        max_wait_ms (float, default 5.0): how long the first request of a batch waits for company.
+        max_wait_ms (float, default 25.0): the longest the first request of a batch waits for requests already
+            being prepared (never for requests not yet submitted).
         max_queue (int, default 64): queued requests beyond this are rejected with ``EngineOverloaded``.
         default_max_new_tokens (int, default 256): a draft's token budget when its request names none.
         thread_name (str): the worker thread's name (shows in stack dumps).
@@ -69,7 +75,7 @@ class BatchingEngine(Engine):
         *,
         model_id: str,
         max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 25.0,
         max_queue: int = 64,
         default_max_new_tokens: int = 256,
         thread_name: str = "radlvlm-engine",
@@ -83,6 +89,7 @@ class BatchingEngine(Engine):
         self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)
         self._stats = EngineStats()
         self._lock = threading.Lock()
+        self._arriving = 0  # requests inside submit(): validated or being prepared, not yet queued
         self._closed = False
         self._worker = threading.Thread(target=self._serve, name=thread_name, daemon=True)
 
@@ -96,6 +103,15 @@ class BatchingEngine(Engine):
         if self._closed:
             raise EngineClosed("the engine is shut down")
         validate_request(request)
+        with self._lock:
+            self._arriving += 1
+        try:
+            return self._enqueue(request)
+        finally:
+            with self._lock:
+                self._arriving -= 1
+
+    def _enqueue(self, request: Request) -> Future[Result]:
         future: Future[Result] = Future()
         request = self.prepare_image(request)
         if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
@@ -218,17 +234,22 @@ class BatchingEngine(Engine):
                 return
             batch = [first]
             stop = False
-            # Company is waited for only while it keeps arriving: each next request within a quarter of
-            # max_wait of the last, for max_wait at most. A lone request on an idle engine starts after that
-            # short gap, not after the whole max_wait; a burst of concurrent clients still forms one batch.
+            # Company is whatever is queued, and the requests already at the door (inside submit, their
+            # images being prepared): those are waited for, max_wait at most. Nothing else is: a lone request
+            # on an idle engine starts at once, and concurrent clients still form one batch even when
+            # preparing their images spreads their arrivals over more than max_wait's worth of guessing.
             deadline = time.perf_counter() + self.max_wait_s
-            gap = self.max_wait_s / 4
             while len(batch) < self.max_batch_size:
-                remaining = min(deadline - time.perf_counter(), gap)
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0 or not self._arriving:
+                        break
+                    try:
+                        item = self._queue.get(timeout=min(remaining, ARRIVAL_POLL_S))
+                    except queue.Empty:
+                        continue  # still preparing, or it was refused at the door: look again
                 if item is None:
                     stop = True
                     break

@@ -48,7 +48,7 @@ def load_engine(
     adapter_dir: str | Path | None = None,
     model_id: str | None = None,
     max_batch_size: int = 8,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 25.0,
     max_queue: int = 64,
     generation: GenerationSettings | None = None,
     device: str = "cpu",

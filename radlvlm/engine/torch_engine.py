@@ -48,7 +48,7 @@ class TorchEngine(BatchingEngine):
         processor: the model's processor.
         model_id (str): reported with every result.
         max_batch_size (int, default 8): most requests run together.
-        max_wait_ms (float, default 5.0): how long the first request of a batch waits for company.
+        max_wait_ms (float, default 25.0): the longest a batch waits for requests already being prepared.
         max_queue (int, default 64): queued requests beyond this are rejected with ``EngineOverloaded``.
         generation (GenerationSettings): drafting decode settings (greedy, 256 new tokens by default).
         calibrations (CheckCalibrations | None): the model's SIMPLE-check calibration (verdicts at 0.5 without).
@@ -61,7 +61,7 @@ class TorchEngine(BatchingEngine):
         *,
         model_id: str,
         max_batch_size: int = 8,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 25.0,
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
         calibrations: CheckCalibrations | None = None,

@@ -129,10 +129,13 @@ class MoLERouter(nn.Module):
             self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
         return gate, index
 
+    def clear_plan(self) -> None:
+        self.order = self.inverse = self.sorted_gate = self.balance_loss = self.counts = self.offsets = None
+
     def route(self, hidden: torch.Tensor) -> None:
         """Choose experts for ``hidden`` and, for a pass with many tokens or with grad, plan the dispatch."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        self.order = self.inverse = self.sorted_gate = self.balance_loss = self.counts = self.offsets = None
+        self.clear_plan()
         if _decoding(flat):
             # No dispatch plan (its bincount is a host sync every step) and no balance loss; each projection
             # gathers its tokens' own experts (MoLELinear.gathered), constant compute, no loop.
@@ -313,7 +316,7 @@ class _RoutedMLP:
     def decode(self, flat: torch.Tensor) -> torch.Tensor:
         router = self.router
         gate_proj, up_proj, down_proj = self.layers["gate_proj"], self.layers["up_proj"], self.layers["down_proj"]
-        router.order = router.inverse = router.sorted_gate = router.balance_loss = None
+        router.clear_plan()
         router.gate, router.expert_index = gate, index = router.choose(flat)
         rank = gate_proj.lora_A.shape[1]
         if flat.shape[0] == 1 and flat.device.type == "cpu":
