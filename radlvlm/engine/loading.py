@@ -6,6 +6,7 @@ serves an HF Llava export with a CLIP or SigLIP tower on an A100/H100-class GPU 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,6 +18,7 @@ from radlvlm.model.generation import GenerationSettings
 
 Backend = Literal["torch", "vllm"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+logger = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,6 +37,40 @@ def model_info(model: Any, model_id: str, adapter: str | None, backend: str = "t
         },
         "adapter": adapter,
     }
+
+
+# Text tokens a request's sequence is budgeted for beside its image tokens and its new tokens: the prompt with an
+# indication, or a report to check. The KV cache of a batch of such sequences is what grows with the batch.
+TEXT_TOKEN_BUDGET = 512
+# The share of the memory free after loading the weights that batches' KV caches may take (the rest: activations,
+# the allocator's slack, and for the CPU everything else the machine runs).
+KV_CACHE_SHARE = 0.5
+
+
+def kv_cache_bytes_per_sequence(config: Any, new_tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one sequence of image + text budget + ``new_tokens`` takes in ``config``'s LM."""
+    text = getattr(config, "text_config", config)
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    tokens = (getattr(config, "image_seq_length", None) or 0) + TEXT_TOKEN_BUDGET + new_tokens
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * tokens * element
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free on ``device`` now: the GPU's (after the weights were loaded) or the machine's available RAM."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def memory_bound_batch_size(configured: int, per_sequence: int, free_bytes: int) -> int:
+    """The configured ``max_batch_size``, lowered (never below 1) to what ``KV_CACHE_SHARE`` of the free memory
+    holds: a batch of 8 long sequences on a 16 GB V100 holding a 7B model in float16 would not fit."""
+    return max(1, min(configured, int(free_bytes * KV_CACHE_SHARE // max(per_sequence, 1))))
 
 
 def default_model_id(model_dir: str | Path, adapter_dir: str | Path | None) -> str:
@@ -100,11 +136,24 @@ def load_engine(
     target = _torch_device(device)
     model, processor = load_pretrained(model_dir, adapter=adapter_dir, dtype=DTYPES[dtype])
     model = model.to(target)
+    new_tokens = (generation or GenerationSettings()).max_new_tokens
+    per_sequence = kv_cache_bytes_per_sequence(model.config, new_tokens, DTYPES[dtype])
+    batch_size = memory_bound_batch_size(max_batch_size, per_sequence, free_memory_bytes(target))
+    if batch_size < max_batch_size:
+        logger.warning(
+            "max_batch_size lowered from %d to %d: a sequence's KV cache takes %.0f MB and %d%% of the free "
+            "memory holds %d of them",
+            max_batch_size,
+            batch_size,
+            per_sequence / 2**20,
+            round(KV_CACHE_SHARE * 100),
+            batch_size,
+        )
     engine = TorchEngine(
         model,
         processor,
         model_id=model_id,
-        max_batch_size=max_batch_size,
+        max_batch_size=batch_size,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         generation=generation,
