@@ -123,7 +123,7 @@ class MoLERouter(nn.Module):
 
     def choose(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's expert and the router's probability for it; counted when statistics are on."""
-        logits = nn.functional.linear(flat, self.weight.to(flat.dtype)).float()
+        logits = _as_dtype(nn.functional.linear(flat, _as_dtype(self.weight, flat.dtype)), torch.float32)
         gate, index = logits.softmax(dim=-1).max(dim=-1)
         if self.track:
             self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
@@ -245,14 +245,14 @@ class MoLELinear(nn.Module):
         return self.base_output(flat) + self.expand(down, index)
 
     def with_expert(self, flat: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
-        """Base output plus one expert's update for every row of ``flat`` (a decoding step: no grad)."""
-        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype)).mul_(scale)
-        return self.plus_expert(self.base_output(flat), down, expert)
+        """Base output plus one expert's update, scaled by ``scale``, for every row of ``flat``."""
+        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype))
+        return self.plus_expert(self.base_output(flat), down, expert, scale)
 
-    def plus_expert(self, out: torch.Tensor, down: torch.Tensor, expert: int) -> torch.Tensor:
-        """``out`` plus one expert's B applied to already scaled rank-r activations ``(tokens, r)``, as one
-        fused multiply-add."""
-        return torch.addmm(out, down, _as_dtype(self.lora_B[expert], down.dtype).t())
+    def plus_expert(self, out: torch.Tensor, down: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
+        """``out`` plus ``scale`` times one expert's B applied to rank-r activations ``(tokens, r)``: one fused
+        multiply-add (the scale rides on addmm's alpha)."""
+        return torch.addmm(out, down, _as_dtype(self.lora_B[expert], down.dtype).t(), alpha=scale)
 
     def expand(self, down: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The experts' B applied to already scaled rank-r activations ``(tokens, r, 1)``."""
@@ -323,9 +323,11 @@ class _RoutedMLP:
             # One token (a batch-1 step): its expert serves the whole step, so its own A and B (views) replace
             # the gathers, the shape of a plain LoRA; on the CPU, reading the index is no device sync.
             expert, step_scale = int(index), float(gate) * gate_proj.scaling
-            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert]).mul_(step_scale)
-            gated = self.mlp.act_fn(gate_proj.plus_expert(gate_proj.base_output(flat), down_one[:, :rank], expert))
-            hidden = gated * up_proj.plus_expert(up_proj.base_output(flat), down_one[:, rank:], expert)
+            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert])
+            gated = self.mlp.act_fn(
+                gate_proj.plus_expert(gate_proj.base_output(flat), down_one[:, :rank], expert, step_scale)
+            )
+            hidden = gated * up_proj.plus_expert(up_proj.base_output(flat), down_one[:, rank:], expert, step_scale)
             return down_proj.with_expert(hidden, expert, step_scale)
         scale = gate_proj.token_scale(gate, flat)
         down = torch.bmm(self._gate_up_A(flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
