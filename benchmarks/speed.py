@@ -149,7 +149,8 @@ def main() -> None:
         }
     }
     for concurrent in args.concurrency:
-        results["engine_vs_generate"][f"concurrent_{concurrent}"] = alternated(
+        batches_before = engine.stats()["batches"]
+        timed = alternated(
             {
                 "engine": lambda n=concurrent: threads(n),
                 "generate_one_batch": lambda n=concurrent: plain(n),
@@ -157,6 +158,9 @@ def main() -> None:
             },
             args.repeats,
         )
+        # How many batches the engine split each round of concurrent clients into (1: all in one batch).
+        timed["engine_batches_per_round"] = (engine.stats()["batches"] - batches_before) / (args.repeats + 1)
+        results["engine_vs_generate"][f"concurrent_{concurrent}"] = timed
         print("engine", concurrent, results["engine_vs_generate"][f"concurrent_{concurrent}"], file=sys.stderr)
     engine.close()
 
