@@ -216,7 +216,7 @@ class MoLELinear(nn.Module):
         its own expert only and scaled by its router probability."""
         tokens = self.dropout(grouped)
         a, b = _as_dtype(self.lora_A, tokens.dtype), _as_dtype(self.lora_B, tokens.dtype)
-        if _grouped_mm_serves(tokens):
+        if _grouped_mm_serves(tokens, rank=a.shape[1], out_features=b.shape[1]):
             # One grouped product per factor over the jagged expert groups: no Python loop, no host sync.
             down = nn.functional.grouped_mm(tokens, a.transpose(1, 2), offs=router.offsets)
             update = nn.functional.grouped_mm(down, b.transpose(1, 2), offs=router.offsets)
@@ -259,13 +259,16 @@ class MoLELinear(nn.Module):
         return torch.bmm(_as_dtype(self.lora_B, down.dtype).index_select(0, index), down).squeeze(-1)
 
 
-def _grouped_mm_serves(tokens: torch.Tensor) -> bool:
-    # torch's grouped_mm runs (with autograd) on the CPU in float32/16/bf16; on CUDA it wants bf16 on recent
-    # GPUs with alignment rules we have not verified on a GPU, so CUDA keeps the per-expert loop.
+def _grouped_mm_serves(tokens: torch.Tensor, rank: int, out_features: int) -> bool:
+    # torch's grouped_mm runs (with autograd) on the CPU in float32/16/bf16 when every row of its operands starts
+    # on a 16-byte boundary (in, out and r in bytes); on CUDA it wants bf16 on recent GPUs with rules we have not
+    # verified on a GPU, so CUDA, and the shapes it refuses, keep the per-expert loop.
     return (
         hasattr(nn.functional, "grouped_mm")
         and tokens.device.type == "cpu"
         and tokens.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and tokens.is_contiguous()
+        and all(size * tokens.element_size() % 16 == 0 for size in (tokens.shape[-1], rank, out_features))
     )
 
 
