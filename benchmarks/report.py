@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,16 @@ def git_commit() -> str:
         return result.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def seconds_spread(values: list[float], digits: int = 4) -> dict[str, float]:
+    """Median, min and max of timings in seconds, and how many: what every benchmark quotes."""
+    return {
+        "median_s": round(statistics.median(values), digits),
+        "min_s": round(min(values), digits),
+        "max_s": round(max(values), digits),
+        "n": len(values),
+    }
 
 
 def save_report(path: Path, report: dict[str, Any]) -> None:

@@ -20,7 +20,6 @@ On the embedded default model (CPU unless ``--device``), every comparison is mea
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -29,18 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from report import git_commit, save_report
+from report import git_commit, save_report, seconds_spread
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "median_s": round(statistics.median(values), 4),
-        "min_s": round(min(values), 4),
-        "max_s": round(max(values), 4),
-        "n": len(values),
-    }
 
 
 def alternated(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
@@ -53,7 +43,7 @@ def alternated(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, di
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: _summary(values) for name, values in times.items()}
+    return {name: seconds_spread(values) for name, values in times.items()}
 
 
 def continuous_batching(vlm: Any, processor: Any, config: Any, repeats: int) -> dict[str, Any]:

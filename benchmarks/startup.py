@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,19 +18,10 @@ from pathlib import Path
 
 import httpx
 from pydicom.data import get_testdata_file
-from report import git_commit, save_report
+from report import git_commit, save_report, seconds_spread
 from service import free_port
 
 POLL_S = 0.02
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median_s": round(statistics.median(values), 2),
-        "min_s": round(min(values), 2),
-        "max_s": round(max(values), 2),
-        "n": len(values),
-    }
 
 
 def _answers(url: str) -> int | None:
@@ -112,9 +102,9 @@ def main() -> None:
             "device": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "config": {"model": "embedded default (MoLE adapter)", "runs": args.runs, "poll_s": POLL_S},
             "metrics": {
-                "serve_to_healthz": _spread(live),
-                "serve_to_readyz": _spread(ready),
-                "deid_one_dicom_file": _spread(deid),
+                "serve_to_healthz": seconds_spread(live, 2),
+                "serve_to_readyz": seconds_spread(ready, 2),
+                "deid_one_dicom_file": seconds_spread(deid, 2),
             },
             "target": {"serve_to_healthz_max_s": 5},
         },

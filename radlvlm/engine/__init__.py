@@ -5,8 +5,7 @@ Names are imported on first use (PEP 562): a light submodule (``vllm_options``) 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from radlvlm.lazy import lazy_attributes
 
 _EXPORTS = {
     name: "radlvlm.engine.base"
@@ -26,14 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radlvlm.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
