@@ -88,7 +88,8 @@ def test_a_model_that_fails_to_load_stops_the_server_and_says_why(tmp_path: Path
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as client:
             readiness = client.get("/readyz")
             assert readiness.status_code == 503 and readiness.json()["status"] == "failed"
-            assert "did not load" in readiness.json()["detail"]
+            assert readiness.json()["detail"] == "the model did not load; see the server log"
+            assert str(tmp_path) not in readiness.text  # an unauthenticated caller learns no server path
             refused = client.post("/v1/drafts", files={"file": ("cxr.png", png_bytes(), "image/png")})
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
     finally:

@@ -29,8 +29,8 @@ def healthz() -> HealthOut:
 @router.get("/readyz", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def readyz(state: ServiceState = Depends(get_state)) -> HealthOut | JSONResponse:
     """Readiness: the model is loaded and warmed up, and the audit trail can take entries."""
-    if state.load_failure is not None:
-        detail = f"the model did not load: {state.load_failure}"
+    if state.load_failure is not None:  # the reason is in the server log: it may name the server's paths
+        detail = "the model did not load; see the server log"
         return JSONResponse(HealthOut(status="failed", detail=detail).model_dump(), status_code=503)
     if not state.ready:
         return JSONResponse(HealthOut(status="starting", detail="model loading").model_dump(), status_code=503)
