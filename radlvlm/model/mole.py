@@ -152,10 +152,11 @@ class MoLERouter(nn.Module):
         counts = index.new_zeros(self.num_experts).scatter_add_(0, index, torch.ones_like(index))
         self.counts, self.offsets = counts, counts.cumsum(0).to(torch.int32)
         self.sorted_gate = gate.index_select(0, self.order)
-        # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
-        # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
-        fraction = counts.float() / max(index.numel(), 1)
-        self.balance_loss = self.num_experts * torch.sum(fraction * probs.mean(dim=0))
+        if torch.is_grad_enabled():  # training: a prompt's prefill at inference has no use for it
+            # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
+            # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
+            fraction = counts.float() / max(index.numel(), 1)
+            self.balance_loss = self.num_experts * torch.sum(fraction * probs.mean(dim=0))
         if self.track:
             self.usage[self.task] += counts.detach().cpu()
 

@@ -291,3 +291,21 @@ def test_shapes_the_grouped_matmul_refuses_train_through_the_loop() -> None:
     _randomise_experts(adapter)
     loss, grads = _loss_and_grads(model, adapter, torch.randint(5, 128, (2, 17)))
     assert torch.isfinite(loss) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_a_prefill_without_grad_is_grouped_but_computes_no_balance_loss() -> None:
+    """A long prompt at inference (more tokens than a decoding step) is grouped by expert; the balance loss is
+    training's alone, so it is left uncomputed, and asking for it says so."""
+    from radlvlm.model.mole import GATHER_TOKENS
+
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+    ids = torch.randint(5, 128, (1, GATHER_TOKENS + 8))
+    with torch.no_grad():
+        model(input_ids=ids)
+    router = next(iter(adapter.routers.values()))
+    assert router.order is not None and router.balance_loss is None
+    with pytest.raises(ModelError, match="no MoLE balance loss"):
+        adapter.balance_loss()
+    model(input_ids=ids)
+    assert torch.isfinite(adapter.balance_loss())  # with grad (training) it is there again
