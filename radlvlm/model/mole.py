@@ -245,16 +245,6 @@ class MoLELinear(nn.Module):
         down = torch.bmm(_as_dtype(self.lora_A, flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
         return self.base_output(flat) + self.expand(down, index)
 
-    def with_expert(self, flat: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
-        """Base output plus one expert's update, scaled by ``scale``, for every row of ``flat``."""
-        down = nn.functional.linear(flat, _as_dtype(self.lora_A[expert], flat.dtype))
-        return self.plus_expert(self.base_output(flat), down, expert, scale)
-
-    def plus_expert(self, out: torch.Tensor, down: torch.Tensor, expert: int, scale: float) -> torch.Tensor:
-        """``out`` plus ``scale`` times one expert's B applied to rank-r activations ``(tokens, r)``: one fused
-        multiply-add (the scale rides on addmm's alpha)."""
-        return torch.addmm(out, down, _as_dtype(self.lora_B[expert], down.dtype).t(), alpha=scale)
-
     def expand(self, down: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The experts' B applied to already scaled rank-r activations ``(tokens, r, 1)``."""
         return torch.bmm(_as_dtype(self.lora_B, down.dtype).index_select(0, index), down).squeeze(-1)
@@ -294,7 +284,7 @@ class _RoutedMLP:
         self.router = router
         self.gated = type(mlp).__name__ in GATED_MLP_CLASSES and set(layers) == {"gate_proj", "up_proj", "down_proj"}
         self.mlp, self.layers = mlp, layers
-        self._stacked: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._decode_weights: tuple[tuple[Any, ...], _DecodeWeights] | None = None
 
     def __call__(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.gated and not args and not kwargs and hidden.numel():
@@ -327,26 +317,49 @@ class _RoutedMLP:
             # One token (a batch-1 step): its expert serves the whole step, so its own A and B (views) replace
             # the gathers, the shape of a plain LoRA; on the CPU, reading the index is no device sync.
             expert, step_scale = int(index), float(gate) * gate_proj.scaling
-            down_one = nn.functional.linear(flat, self._gate_up_A(flat.dtype)[expert])
+            a_gate_up, b_gate, b_up, a_down, b_down = self._weights(flat.dtype).per_expert[expert]
+            down_one = nn.functional.linear(flat, a_gate_up)
             gated = self.mlp.act_fn(
-                gate_proj.plus_expert(gate_proj.base_output(flat), down_one[:, :rank], expert, step_scale)
+                torch.addmm(gate_proj.base_output(flat), down_one[:, :rank], b_gate, alpha=step_scale)
             )
-            hidden = gated * up_proj.plus_expert(up_proj.base_output(flat), down_one[:, rank:], expert, step_scale)
-            return down_proj.with_expert(hidden, expert, step_scale)
+            hidden = gated * torch.addmm(up_proj.base_output(flat), down_one[:, rank:], b_up, alpha=step_scale)
+            down_hidden = nn.functional.linear(hidden, a_down)
+            return torch.addmm(down_proj.base_output(hidden), down_hidden, b_down, alpha=step_scale)
         scale = gate_proj.token_scale(gate, flat)
-        down = torch.bmm(self._gate_up_A(flat.dtype).index_select(0, index), flat.unsqueeze(-1)) * scale
+        down = torch.bmm(self._weights(flat.dtype).gate_up_A.index_select(0, index), flat.unsqueeze(-1)) * scale
         gated = self.mlp.act_fn(gate_proj.base_output(flat) + gate_proj.expand(down[:, :rank], index))
         hidden = gated * (up_proj.base_output(flat) + up_proj.expand(down[:, rank:], index))
         return down_proj.gathered(hidden, index, scale)
 
-    def _gate_up_A(self, dtype: torch.dtype) -> torch.Tensor:
-        """gate_proj's and up_proj's A stacked ``(experts, 2r, in)``, rebuilt when either changes (an optimiser
-        step or a load bumps the version; an assignment to ``.data`` changes the storage)."""
-        a_gate, a_up = self.layers["gate_proj"].lora_A, self.layers["up_proj"].lora_A
-        key = (dtype, a_gate._version, a_up._version, a_gate.data_ptr(), a_up.data_ptr())
-        if self._stacked is None or self._stacked[0] != key:
-            self._stacked = key, torch.cat([a_gate.detach(), a_up.detach()], dim=1).to(dtype)
-        return self._stacked[1]
+    def _weights(self, dtype: torch.dtype) -> _DecodeWeights:
+        """The experts arranged for decoding in ``dtype``, rebuilt when any changes (an optimiser step or a load
+        bumps the version; an assignment to ``.data`` changes the storage). In the adapter's own dtype the
+        per-expert entries are views of the parameters."""
+        gate_proj, up_proj, down_proj = self.layers["gate_proj"], self.layers["up_proj"], self.layers["down_proj"]
+        params = (
+            gate_proj.lora_A,
+            up_proj.lora_A,
+            gate_proj.lora_B,
+            up_proj.lora_B,
+            down_proj.lora_A,
+            down_proj.lora_B,
+        )
+        key = (dtype, *(p._version for p in params), *(p.data_ptr() for p in params))
+        if self._decode_weights is None or self._decode_weights[0] != key:
+            a_gate, a_up, b_gate, b_up, a_down, b_down = (_as_dtype(p.detach(), dtype) for p in params)
+            gate_up_A = torch.cat([a_gate, a_up], dim=1)
+            # Python-indexed per expert (a list lookup, not a tensor select per step), B transposed for addmm.
+            per_expert = [
+                (gate_up_A[e], b_gate[e].t(), b_up[e].t(), a_down[e], b_down[e].t()) for e in range(len(gate_up_A))
+            ]
+            self._decode_weights = key, _DecodeWeights(gate_up_A, per_expert)
+        return self._decode_weights[1]
+
+
+@dataclass(frozen=True)
+class _DecodeWeights:
+    gate_up_A: torch.Tensor  # (experts, 2r, in): gate_proj's and up_proj's A stacked (they read the same input)
+    per_expert: list[tuple[torch.Tensor, ...]]  # (A gate|up, B gate^T, B up^T, A down, B down^T) of each expert
 
 
 @dataclass
