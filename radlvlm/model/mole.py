@@ -121,10 +121,14 @@ class MoLERouter(nn.Module):
         self.task = "unlabelled"
         self.track = False
 
+    def probabilities(self, flat: torch.Tensor) -> torch.Tensor:
+        """Each token's probability for each expert (float32)."""
+        logits = nn.functional.linear(flat, _as_dtype(self.weight, flat.dtype))
+        return _as_dtype(logits, torch.float32).softmax(dim=-1)
+
     def choose(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's expert and the router's probability for it; counted when statistics are on."""
-        logits = _as_dtype(nn.functional.linear(flat, _as_dtype(self.weight, flat.dtype)), torch.float32)
-        gate, index = logits.softmax(dim=-1).max(dim=-1)
+        gate, index = self.probabilities(flat).max(dim=-1)
         if self.track:
             self.usage[self.task] += torch.bincount(index.detach().cpu(), minlength=self.num_experts)
         return gate, index
@@ -141,8 +145,7 @@ class MoLERouter(nn.Module):
             # gathers its tokens' own experts (MoLELinear.gathered), constant compute, no loop.
             self.gate, self.expert_index = self.choose(flat)
             return
-        logits = nn.functional.linear(flat, self.weight.to(flat.dtype)).float()
-        probs = logits.softmax(dim=-1)
+        probs = self.probabilities(flat)
         gate, index = probs.max(dim=-1)
         self.expert_index, self.gate = index, gate
         self.order = torch.argsort(index, stable=True)
