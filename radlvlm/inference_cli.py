@@ -30,6 +30,10 @@ KeyOption = Annotated[
     Path | None,
     typer.Option(help="Project key for pseudonyms (default: RADLVLM_DEID_KEY_PATH, else the radlvlm state folder)."),
 ]
+VIEW_HELP = (
+    "PA or AP: the view of a PNG/JPEG, which states none (default PA, and the answer says it was assumed; "
+    "pass --view AP for an AP film). A DICOM's header gives its own."
+)
 DISCLAIMER = "AI-generated preliminary draft for radiologist review; not for clinical use."
 
 
@@ -71,11 +75,13 @@ def _image_file(path: Path, view: str | None) -> Any:
 
 
 def draft_command(
-    path: Annotated[Path, typer.Argument(help="A frontal chest radiograph: DICOM, PNG or JPEG.")],
+    path: Annotated[
+        Path, typer.Argument(help="A frontal chest radiograph: DICOM, or PNG/JPEG (taken as PA unless --view AP).")
+    ],
     model: ModelOption = None,
     adapter: AdapterOption = None,
     indication: Annotated[str | None, typer.Option(help="Reason for the exam.")] = None,
-    view: Annotated[str | None, typer.Option(help="PA or AP, for a PNG/JPEG.")] = None,
+    view: Annotated[str | None, typer.Option(help=VIEW_HELP)] = None,
     max_new_tokens: int = 256,
     key_file: KeyOption = None,
 ) -> None:
@@ -102,7 +108,7 @@ def check_command(
     mode: Annotated[str, typer.Option(help="simple (yes/no) or complex (type and span).")] = "simple",
     model: ModelOption = None,
     adapter: AdapterOption = None,
-    view: Annotated[str | None, typer.Option(help="PA or AP, for a PNG/JPEG.")] = None,
+    view: Annotated[str | None, typer.Option(help=VIEW_HELP)] = None,
     key_file: KeyOption = None,
 ) -> None:
     """Check a report for errors (against the image when given) and print the verdict as JSON."""

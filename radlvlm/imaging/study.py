@@ -56,7 +56,8 @@ class Image:
             same memory as a torch tensor (imaging itself never imports torch: tools that only read DICOM
             start in well under a second).
         sop_instance_uid (str): the image's SOP Instance UID (for a PNG/JPEG, a UID derived from its bytes).
-        view (View): projection, and ``view_source`` says which attribute gave it.
+        view (View): projection, and ``view_source`` says which attribute gave it ("none" when nothing did;
+            at ingest "request" when the caller stated it, "default" when a PNG/JPEG was taken as PA).
         pixel_spacing_mm (tuple[float, float] | None): (row, column) spacing; None when absent or zero.
         source (str): the file (or ``archive.zip!member``) the image came from, for error reports.
     """

@@ -3,9 +3,9 @@ a predictions file for ``radlvlm eval run``.
 
 A manifest is JSONL or Parquet with one row per study: ``id`` (or ``uid``), ``image`` (a DICOM, PNG or JPEG
 path, absolute or relative to ``image_root``, else to the manifest's folder; required for drafts, optional for
-checks), ``view`` (PA or AP: the view of a PNG/JPEG), ``indication`` (drafts, optional), and for error checks
-the report as ``text`` (what ``radlvlm eval make-errorcheck`` writes) or ``report``. A ``split`` column can be
-filtered on.
+checks), ``view`` (PA or AP: the view of a PNG/JPEG; without it a PNG/JPEG is taken as PA, flagged
+``view_assumed``), ``indication`` (drafts, optional), and for error checks the report as ``text`` (what
+``radlvlm eval make-errorcheck`` writes) or ``report``. A ``split`` column can be filtered on.
 
 Each study takes the path it takes at every other door (:mod:`radlvlm.pipeline`: de-identification, input
 guardrails, engine, output guardrails, audit), so a validation study measures what users get. Rows go to the

@@ -36,15 +36,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageFacts:
+    """The image as the model saw it. ``view_source`` says where ``view`` came from: a DICOM attribute (such as
+    "ViewPosition"), "request" (the caller's ``view``/``--view``), or "default" (a PNG/JPEG, which states no view,
+    taken as PA)."""
+
     modality: str | None
     body_part: str | None
     view: str
+    view_source: str
     rows: int
     columns: int
 
     @classmethod
     def of(cls, image: Image) -> ImageFacts:
-        return cls(image.modality, image.body_part, image.view.value, image.shape[0], image.shape[1])
+        return cls(image.modality, image.body_part, image.view.value, image.view_source, image.shape[0], image.shape[1])
 
 
 @dataclass

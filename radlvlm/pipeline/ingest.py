@@ -23,6 +23,8 @@ from radlvlm.safety.dicom_deid import DicomDeidentifier
 from radlvlm.safety.guardrails import Finding, input_findings
 
 __all__ = [
+    "ASSUMED_VIEW",
+    "ASSUMED_VIEW_SOURCE",
     "RADIOGRAPH_MODALITIES",
     "UPLOAD_NAME",
     "StudyInput",
@@ -34,6 +36,11 @@ __all__ = [
 
 UPLOAD_NAME = "upload"
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+# A PNG/JPEG has no header to state its view: unless the caller says otherwise it is taken as the usual frontal
+# film, PA, and the image's ``view_source`` (and a warning flag in every answer) says the view was assumed.
+ASSUMED_VIEW = View.PA
+ASSUMED_VIEW_SOURCE = "default"
+VIEW_ASSUMED_MESSAGE = "a PNG/JPEG states no view: assumed PA; send view AP (--view AP) for an AP film"
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class StudyInput:
     """A study as a door received it: exactly one of an image's bytes (a DICOM, PNG or JPEG file), a study UID
     in the configured archive, or a study's datasets (the PACS worker's fetch).
 
-    ``view`` is the view a PNG/JPEG caller states; ``name`` is how errors name the input (a path at the CLI).
+    ``view`` is the view a PNG/JPEG caller states (None: a DICOM's header says, a PNG/JPEG is taken as PA);
+    ``name`` is how errors name the input (a path at the CLI).
     """
 
     data: bytes | None = None
@@ -64,8 +72,14 @@ def deidentified_image(
     data: bytes, deidentifier: DicomDeidentifier, *, view: str | None = None, name: str = UPLOAD_NAME
 ) -> Image:
     """Decode an image's bytes (DICOM de-identified first; PNG/JPEG carry no header) into an ``Image``;
-    ``name`` is how errors call it (the file's path at the CLI, "upload" over HTTP)."""
-    if is_plain_image(data[:8]):
+    ``name`` is how errors call it (the file's path at the CLI, "upload" over HTTP).
+
+    ``view`` (PA or AP) is the caller's word on the view: kept with ``view_source`` "request" (refused when a
+    DICOM header says another). Without it a DICOM keeps its header's view (none, and the guardrails refuse it),
+    and a PNG/JPEG, which has no header, is taken as PA with ``view_source`` "default".
+    """
+    plain = is_plain_image(data[:8])
+    if plain:
         image = read_plain_image(data, name=name)
     else:
         ds = parse_dicom_bytes(data, name=name)
@@ -75,18 +89,24 @@ def deidentified_image(
         if image.view is not View.UNKNOWN and image.view.value != view:
             raise GuardrailViolation(f"the request says view {view} but the image header says {image.view.value}")
         image = dataclasses.replace(image, view=View(view), view_source="request")
+    elif plain:
+        image = dataclasses.replace(image, view=ASSUMED_VIEW, view_source=ASSUMED_VIEW_SOURCE)
     return image
 
 
 def check_input_image(image: Image) -> list[Flag]:
-    """Refuse what the model is not for (not CR/DX, not chest, not frontal); return the non-blocking flags."""
+    """Refuse what the model is not for (not CR/DX, not chest, not frontal); return the non-blocking flags (among
+    them ``view_assumed`` when a PNG/JPEG was taken as PA for want of a stated view)."""
     study = Study(image.study_instance_uid)
     study.add(image)
     findings = input_findings(study)
     refused = [f for f in findings if f.severity == "refuse"]
     if refused:
         raise GuardrailViolation("; ".join(f.message for f in refused))
-    return [flag_of(f) for f in findings]
+    flags = [flag_of(f) for f in findings]
+    if image.view_source == ASSUMED_VIEW_SOURCE:
+        flags.append(Flag("view_assumed", VIEW_ASSUMED_MESSAGE))
+    return flags
 
 
 def select_frontal(

@@ -36,6 +36,10 @@ class ImageFacts(BaseModel):
     modality: str | None
     body_part: str | None
     view: str
+    view_source: str = Field(
+        description='Where the view came from: a DICOM attribute (e.g. "ViewPosition"), "request" (the view sent), '
+        'or "default" (a PNG/JPEG states no view and is taken as PA)'
+    )
     rows: int
     columns: int
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from testsupport import REPORT_CORPUS, pydicom_file
+from PIL import Image as PILImage
+from pydicom import dcmread
+from testsupport import REPORT_CORPUS, pydicom_file, write_dataset
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
@@ -81,6 +84,36 @@ def test_bad_input_exits_2(model_dir: Path, tmp_path: Path) -> None:
         assert str(path) in result.stderr and "upload" not in result.stderr and result.stderr.count("\n") == 1
     no_scopes = runner.invoke(app, ["apikey", "--scopes", ""])
     assert no_scopes.exit_code == 2 and "at least one scope" in no_scopes.stderr
+
+
+def test_a_png_without_view_drafts_as_pa_and_says_the_view_was_assumed(model_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "cxr.png"
+    PILImage.fromarray((np.add.outer(np.arange(96), np.arange(80)) * 2 % 256).astype(np.uint8)).save(png)
+    base = ["--model", str(model_dir), "--key-file", str(tmp_path / "k")]
+    drafted = runner.invoke(app, ["draft", str(png), *base, "--max-new-tokens", "4"])
+    assert drafted.exit_code == 0, drafted.output
+    body = json.loads(drafted.stdout)
+    assert (body["image"]["view"], body["image"]["view_source"]) == ("PA", "default")
+    assumed = [f for f in body["guardrail_flags"] if f["code"] == "view_assumed"]
+    assert len(assumed) == 1 and "--view AP" in assumed[0]["message"]
+    stated = json.loads(runner.invoke(app, ["draft", str(png), *base, "--max-new-tokens", "4", "--view", "AP"]).stdout)
+    assert (stated["image"]["view"], stated["image"]["view_source"]) == ("AP", "request")
+    assert "view_assumed" not in {f["code"] for f in stated["guardrail_flags"]}
+    report = tmp_path / "report.txt"
+    report.write_text("FINDINGS: Small left pleural effusion. IMPRESSION: No effusion.")
+    checked = runner.invoke(app, ["check", str(png), "--report", str(report), *base])
+    assert checked.exit_code == 0, checked.output
+    verdict = json.loads(checked.stdout)
+    assert verdict["check_type"] == "image" and "view_assumed" in {f["code"] for f in verdict["guardrail_flags"]}
+    # A DICOM says its own view: a lateral film is still refused, --view or not.
+    ds = dcmread(pydicom_file("RG1_UNCR.dcm"))
+    ds.ViewPosition = "LL"
+    lateral = str(write_dataset(ds, tmp_path / "lateral.dcm"))
+    refused = runner.invoke(app, ["draft", lateral, *base])
+    assert refused.exit_code == 2 and "lateral" in refused.stderr, refused.output
+    for command in ("draft", "check"):
+        help_text = " ".join(runner.invoke(app, [command, "--help"]).stdout.replace("│", " ").split())
+        assert "PNG/JPEG" in help_text and "default PA" in help_text
 
 
 def test_draft_and_check_default_to_the_embedded_model(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from pydicom import dcmread
 from servicesupport import build_tiny_model_dir
+from testsupport import pydicom_file, write_dataset
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
@@ -41,10 +43,15 @@ def test_drafts_over_a_manifest(tmp_path: Path, model_dir: Path) -> None:
         {"id": "s1", "image": "images/a.png", "indication": "cough", "split": "test", "view": "PA"},
         {"id": "s2", "image": str(_png(tmp_path / "images" / "b.png", 1)), "split": "test", "view": "AP"},
         {"id": "s3", "image": "images/a.png", "split": "train"},
-        # A PNG says nothing of its view: without the manifest's word the guardrails refuse it, as at every door.
+        # A PNG says nothing of its view: without the manifest's word it is taken as PA, as at every door.
         {"id": "s4", "image": "images/a.png", "split": "test"},
+        # A DICOM says its own: a lateral film is refused, as at every door.
+        {"id": "s5", "image": "images/lateral.dcm", "split": "test"},
     ]
     _png(tmp_path / "images" / "a.png", 0)
+    lateral = dcmread(pydicom_file("RG1_UNCR.dcm"))
+    lateral.ViewPosition = "LL"
+    write_dataset(lateral, tmp_path / "images" / "lateral.dcm")
     manifest = _manifest(tmp_path / "studies.jsonl", rows)
     out = tmp_path / "predictions.jsonl"
     result = runner.invoke(
@@ -56,10 +63,10 @@ def test_drafts_over_a_manifest(tmp_path: Path, model_dir: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["studies"] == 2 and summary["backend"] == "torch" and summary["task"] == "draft"
-    assert list(summary["refused"]) == ["s4"] and "view" in summary["refused"]["s4"]
+    assert summary["studies"] == 3 and summary["backend"] == "torch" and summary["task"] == "draft"
+    assert list(summary["refused"]) == ["s5"] and "lateral" in summary["refused"]["s5"]
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [p["id"] for p in predictions] == ["s1", "s2"]
+    assert [p["id"] for p in predictions] == ["s1", "s2", "s4"]
     assert all(set(p) == {"id", "prediction", "model"} and p["model"] == "tiny" for p in predictions)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image as PILImage
 from pydicom import dcmread
 from servicesupport import Server, make_settings, start_server
-from testsupport import pydicom_file, shared_path
+from testsupport import pydicom_file, shared_path, to_bytes
 
 from radlvlm.safety.audit import verify_audit_trail
 
@@ -53,7 +53,15 @@ def test_draft_from_a_real_cr_chest_dicom(server: Server) -> None:
         )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["image"] == {"modality": "CR", "body_part": "CHEST", "view": "PA", "rows": 1955, "columns": 1841}
+    assert body["image"] == {
+        "modality": "CR",
+        "body_part": "CHEST",
+        "view": "PA",
+        "view_source": "ViewPosition",
+        "rows": 1955,
+        "columns": 1841,
+    }
+    assert "view_assumed" not in {f["code"] for f in body["guardrail_flags"]}
     assert body["model_id"] == "tiny-radlvlm" and "not for clinical use" in body["disclaimer"]
     assert body["timings"]["request_ms"] >= body["timings"]["compute_ms"] > 0
     assert isinstance(body["findings"], str) and isinstance(body["guardrail_flags"], list)
@@ -65,14 +73,40 @@ def test_drafts_refuse_what_the_model_is_not_for(server: Server) -> None:
         assert ct.status_code == 422 and _error(ct)["code"] == "guardrail" and "not CR or DX" in _error(ct)["message"]
         text = client.post("/v1/drafts", files={"file": ("notes.txt", b"hello there, not an image")})
         assert text.status_code == 415 and _error(text)["code"] == "unsupported_file"
-        no_view = client.post("/v1/drafts", files={"file": ("cxr.png", _png())})
-        assert no_view.status_code == 422 and "frontal" in _error(no_view)["message"]
-        with_view = client.post("/v1/drafts", files={"file": ("cxr.png", _png())}, data={"view": "PA"})
-        assert with_view.status_code == 200, with_view.text
+        lateral = dcmread(pydicom_file(RG1))
+        lateral.ViewPosition = "LL"
+        refused = client.post("/v1/drafts", files={"file": ("lat.dcm", to_bytes(lateral))})
+        assert refused.status_code == 422 and "lateral" in _error(refused)["message"]
+        lateral.ViewPosition = ""
+        unmarked = client.post("/v1/drafts", files={"file": ("x.dcm", to_bytes(lateral))})
+        assert unmarked.status_code == 422 and "frontal" in _error(unmarked)["message"]
         empty = client.post("/v1/drafts", files={"file": ("empty.dcm", b"")})
         assert empty.status_code == 422 and "the file is empty" in _error(empty)["message"]
         missing = client.post("/v1/drafts", data={"indication": "x"})
         assert missing.status_code == 422 and _error(missing)["code"] == "invalid_request"
+
+
+def test_a_png_without_a_view_drafts_as_pa_and_says_it_was_assumed(server: Server) -> None:
+    with server.client() as client:
+        assumed = client.post("/v1/drafts", files={"file": ("cxr.png", _png())})
+        assert assumed.status_code == 200, assumed.text
+        body = assumed.json()
+        assert (body["image"]["view"], body["image"]["view_source"]) == ("PA", "default")
+        flag = [f for f in body["guardrail_flags"] if f["code"] == "view_assumed"]
+        assert len(flag) == 1 and flag[0]["severity"] == "warning" and "assumed PA" in flag[0]["message"]
+        stated = client.post("/v1/drafts", files={"file": ("cxr.png", _png())}, data={"view": "AP"})
+        assert stated.status_code == 200, stated.text
+        assert (stated.json()["image"]["view"], stated.json()["image"]["view_source"]) == ("AP", "request")
+        assert "view_assumed" not in {f["code"] for f in stated.json()["guardrail_flags"]}
+        report = "FINDINGS: Small left pleural effusion. IMPRESSION: No pleural effusion."
+        checked = client.post("/v1/checks", data={"report": report}, files={"file": ("cxr.png", _png())})
+        assert checked.status_code == 200 and checked.json()["check_type"] == "image", checked.text
+        assert "view_assumed" in {f["code"] for f in checked.json()["guardrail_flags"]}
+        preview = client.post("/v1/render", files={"file": ("cxr.png", _png())})
+        assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+        # The page's view menu sends no view by default: the server's rule (DICOM header, else PA) decides.
+        page = client.get("/").text
+        assert '<option value="">automatic: the DICOM header, or PA for PNG/JPEG</option>' in page
 
 
 def test_checks_with_and_without_an_image(server: Server) -> None:

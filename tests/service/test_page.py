@@ -73,3 +73,23 @@ def test_page_drafts_and_checks_a_real_study(browser, server: Server) -> None:  
     shot = ARTIFACTS / "page.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_page_drafts_a_png_with_the_default_view(browser, server: Server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from PIL import Image as PILImage
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    png = tmp_path / "cxr.png"
+    PILImage.fromarray((np.add.outer(np.arange(96), np.arange(80)) * 2 % 256).astype(np.uint8)).save(png)
+    wait = WebDriverWait(browser, 120)
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "key").send_keys(server.key)
+    browser.find_element(By.ID, "file").send_keys(str(png))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
+    browser.find_element(By.ID, "draft-btn").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "draft"), "Impression"))
+    text = browser.find_element(By.ID, "draft").text
+    assert "view PA (assumed)" in text and "view_assumed" in text

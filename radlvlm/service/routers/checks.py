@@ -27,7 +27,9 @@ async def create_check(
     file: Annotated[
         UploadFile | None, File(description="The study's frontal radiograph; omit for a text-only check")
     ] = None,
-    view: Annotated[Literal["PA", "AP"] | None, Form(description="View of a PNG/JPEG upload")] = None,
+    view: Annotated[
+        Literal["PA", "AP"] | None, Form(description="View of a PNG/JPEG upload (default PA, flagged as assumed)")
+    ] = None,
     principal: Principal = Depends(require("check")),
     state: ServiceState = Depends(get_state),
 ) -> CheckOut:

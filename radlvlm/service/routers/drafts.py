@@ -66,7 +66,8 @@ async def create_draft(
         str | None, Form(max_length=2000, description="Reason for the exam (de-identified first)")
     ] = None,
     view: Annotated[
-        Literal["PA", "AP"] | None, Form(description="View of a PNG/JPEG upload (DICOM says its own)")
+        Literal["PA", "AP"] | None,
+        Form(description="View of a PNG/JPEG upload (default PA, said in the answer; DICOM says its own)"),
     ] = None,
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
