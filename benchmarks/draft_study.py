@@ -90,8 +90,8 @@ def main() -> None:
         print(f"error: {args.data} needs nih_cxr14/ and iu_xray/", file=sys.stderr)
         sys.exit(2)
     from radlvlm.clinical_eval.baselines import most_common_normal_report
-    from radlvlm.clinical_eval.labeler import label_report
     from radlvlm.clinical_eval.metrics import clinical_metrics
+    from radlvlm.reports.labeler import label_report
     from radlvlm.tasks.drafting import draft_target
 
     target = nih_rows(args.data, args.split)

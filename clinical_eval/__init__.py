@@ -5,9 +5,9 @@ imported. Heavy pieces (sacrebleu, rouge-score, scikit-learn, matplotlib) load o
 """
 
 from radlvlm.clinical_eval.judges import JudgedError, JudgeError, JudgeResult, LLMJudge, StructuredJudge
-from radlvlm.clinical_eval.labeler import CHEXPERT_5, CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.clinical_eval.predictions import ScoringSet, load_rows, match_rows, read_scoring_set
 from radlvlm.clinical_eval.runner import run_validation_study
+from radlvlm.reports.labeler import CHEXPERT_5, CHEXPERT_14, Label, LabeledReport, label_report
 
 __all__ = [
     "CHEXPERT_5",

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.clinical_eval.predictions import errorcheck_reference_text, report_reference
 from radlvlm.errors import EvaluationInputError
 from radlvlm.reports import normalize_text, parse_report
+from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.tasks.taxonomy import ErrorCategory
 
 __all__ = [

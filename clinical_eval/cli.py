@@ -402,8 +402,8 @@ def label(
     ] = None,
 ) -> None:
     """Label reports with the rule-based CheXpert-14 labeler (positive / negative / uncertain / blank)."""
-    from radlvlm.clinical_eval.labeler import label_report, summary_counts
     from radlvlm.clinical_eval.predictions import load_rows, report_reference
+    from radlvlm.reports.labeler import label_report, summary_counts
 
     def job() -> dict[str, Any]:
         rows = load_rows(reports)

@@ -13,8 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from radlvlm.clinical_eval.labeler import CHEXPERT_14, LabeledReport, label_report
 from radlvlm.clinical_eval.stats import cohen_kappa
+from radlvlm.reports.labeler import CHEXPERT_14, LabeledReport, label_report
 
 __all__ = ["iu_tag_agreement", "iu_tag_labels"]
 

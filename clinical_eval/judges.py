@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.errors import RadlvlmError
+from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.tasks.taxonomy import ErrorCategory
 
 __all__ = [

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from radlvlm.clinical_eval.judges import REXVAL, JudgeResult
-from radlvlm.clinical_eval.labeler import CHEXPERT_5, CHEXPERT_14, LabeledReport
 from radlvlm.clinical_eval.stats import auroc, bootstrap
+from radlvlm.reports.labeler import CHEXPERT_5, CHEXPERT_14, LabeledReport
 
 __all__ = [
     "bleu_from_statistics",

@@ -21,7 +21,6 @@ import numpy as np
 
 import radlvlm
 from radlvlm.clinical_eval.judges import Judge, JudgeResult, StructuredJudge
-from radlvlm.clinical_eval.labeler import label_report
 from radlvlm.clinical_eval.metrics import (
     bleu_from_statistics,
     bleu_statistics,
@@ -41,6 +40,7 @@ from radlvlm.clinical_eval.predictions import (
 )
 from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
 from radlvlm.errors import EvaluationInputError
+from radlvlm.reports.labeler import label_report
 from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer, parse_simple_answer
 
 __all__ = ["TASKS", "code_version", "file_stamp", "run_validation_study", "score"]

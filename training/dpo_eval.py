@@ -93,7 +93,7 @@ def _micro_f1(values: np.ndarray, idx: np.ndarray) -> float:
 def _per_study(drafts: Sequence[str], references: Sequence[str], deidentifier: Any) -> dict[str, np.ndarray]:
     """Per-study outcome arrays of one model's drafts (the rows line up with ``references``)."""
     from radlvlm.clinical_eval.judges import StructuredJudge
-    from radlvlm.clinical_eval.labeler import CHEXPERT_14, label_report
+    from radlvlm.reports.labeler import CHEXPERT_14, label_report
     from radlvlm.safety.guardrails import output_findings
     from radlvlm.tasks.drafting import parse_draft
     from radlvlm.tasks.taxonomy import ErrorCategory

@@ -506,7 +506,7 @@ def identifier_reject(reference: str, *, seed: int) -> tuple[str, dict[str, str]
 
 def reference_compares(reference: str) -> bool:
     """True when the reference itself compares with a prior (then an added comparison is not unsupported)."""
-    from radlvlm.clinical_eval.labeler import label_report
+    from radlvlm.reports.labeler import label_report
     from radlvlm.safety.guardrails import claims_prior
 
     return claims_prior(reference) or bool(label_report(reference).comparison_sentences)

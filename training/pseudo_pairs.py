@@ -87,7 +87,7 @@ def nih_key(labels: tuple[str, ...] | list[str]) -> frozenset[str]:
 
 def report_key(findings: str, impression: str, problems: list[str] | tuple[str, ...] = ()) -> frozenset[str] | None:
     """The match key of an IU report, or None when the report cannot be paired (uncertain or unlabelled)."""
-    from radlvlm.clinical_eval.labeler import Label, label_report
+    from radlvlm.reports.labeler import Label, label_report
 
     labelled = label_report(f"{findings} {impression}".strip())
     if any(value is Label.UNCERTAIN for value in labelled.labels.values()):

@@ -8,7 +8,6 @@ from sacrebleu.metrics import BLEU
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from radlvlm.clinical_eval.judges import StructuredJudge
-from radlvlm.clinical_eval.labeler import label_report
 from radlvlm.clinical_eval.metrics import (
     clinical_metrics,
     errorcheck_complex_metrics,
@@ -25,6 +24,7 @@ from radlvlm.clinical_eval.stats import (
     mcnemar,
     paired_bootstrap,
 )
+from radlvlm.reports.labeler import label_report
 
 
 def _accuracy_ci(n: int) -> tuple[float, float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from radlvlm.clinical_eval.baselines import check_consistency
-from radlvlm.clinical_eval.labeler import Label, label_report
+from radlvlm.reports.labeler import Label, label_report
 from radlvlm.tasks.image_checks import image_check_reports, labels_report
 
 

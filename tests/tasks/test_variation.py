@@ -6,7 +6,7 @@ import json
 
 from testsupport import shared_path
 
-from radlvlm.clinical_eval.labeler import label_report
+from radlvlm.reports.labeler import label_report
 from radlvlm.tasks import compose_report, expand_abbreviations, vary_report
 
 FINDINGS = "The heart size is normal. No pneumothorax. No pleural effusion. No focal consolidation. Lungs are clear."

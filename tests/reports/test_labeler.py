@@ -8,8 +8,8 @@ import pytest
 from testsupport import shared_path
 
 from radlvlm.clinical_eval.iu_tags import iu_tag_agreement, iu_tag_labels
-from radlvlm.clinical_eval.labeler import CHEXPERT_14, Label, label_report
 from radlvlm.errors import InputError
+from radlvlm.reports.labeler import CHEXPERT_14, Label, label_report
 
 P, N, U = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN
 

@@ -3,7 +3,7 @@
 Follows the CheXpert labeler's design (Irvin et al. 2019): find mentions of each observation per sentence,
 classify each mention as positive, negative or uncertain by the trigger nearest to it in its clause, then
 aggregate per report (positive > uncertain > negative > blank); "No Finding" is positive when no pathology
-(Support Devices aside) is positive or uncertain. Rules are data in ``clinical_eval/data/chexpert_rules.json``.
+(Support Devices aside) is positive or uncertain. Rules are data in ``radlvlm/reports/data/chexpert_rules.json``.
 
 negspacy/medspacy were not used: both need a spaCy pipeline (a model download for sentence splitting and
 entities) and the CheXpert phrase lists would still have to be written; plain regexes keep the labeler
@@ -72,8 +72,8 @@ class Label(str, Enum):
 
 @cache
 def rules() -> dict[str, Any]:
-    """The labeler's rule tables (package data ``clinical_eval/data/chexpert_rules.json``)."""
-    text = resources.files("radlvlm.clinical_eval").joinpath("data/chexpert_rules.json").read_text("utf-8")
+    """The labeler's rule tables (package data ``radlvlm/reports/data/chexpert_rules.json``)."""
+    text = resources.files("radlvlm.reports").joinpath("data/chexpert_rules.json").read_text("utf-8")
     return json.loads(text)
 
 
