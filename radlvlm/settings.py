@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     model_dir: Path | None = Field(default=None, description="A radlvlm model directory; default: the embedded model")
     adapter_dir: Path | None = None
+    findings_model: Path | None = Field(
+        default=None,
+        description="A finding classifier directory (radlvlm embedded findings); default: the one that travels with "
+        "the model (its findings/ folder), if any. Drafts are given its findings and image checks compare with them",
+    )
+    findings_disabled: bool = Field(
+        default=False, description="Use no finding classifier, even one beside the model (image checks then refuse)"
+    )
     backend: Literal["torch", "vllm"] = Field(
         default="torch",
         description="torch: any radlvlm model (MoLE too) on CPU or any GPU; vllm: an HF Llava export with a "

@@ -70,3 +70,28 @@ def build_tiny_model_dir(directory: Path) -> Path:
         tiny_vision_config("dinov2"), tiny_text_config("llama", vocab_size=len(tokenizer)), image_token_id=3
     )
     return save_pretrained(build_model(config, seed=0), RadProcessor.for_model(tokenizer, config), directory)
+
+
+def build_tiny_classifier(directory: Path, *, abnormal_threshold: float = 0.5) -> Path:
+    """A tiny random finding classifier saved to ``directory``, with thresholds, validated labels and an
+    image-only image-check fusion (so the image-check path runs end to end)."""
+    import torch
+
+    from radlvlm.model.findings import FindingClassifier, FindingClassifierConfig
+    from radlvlm.tasks.image_check import ImageCheckFusion
+
+    torch.manual_seed(0)
+    config = FindingClassifierConfig(
+        image_size=32,
+        embedding_size=8,
+        hidden_sizes=(8, 16),
+        depths=(1, 1),
+        ensemble=2,
+        thresholds={"Abnormal": abnormal_threshold, "Effusion": 0.5, "Cardiomegaly": 0.5},
+        validated={"Abnormal": {"oof_auroc_nih": 0.8}, "Effusion": {"oof_auroc_nih": 0.8}},
+    )
+    FindingClassifier(config).save_pretrained(directory)
+    ImageCheckFusion(
+        weights={"normal": 1.0, "asserted": 1.0, "denied": 1.0, "omitted": 0.5}, bias=0.0, threshold=0.5
+    ).save(directory)
+    return directory

@@ -144,3 +144,53 @@ def ship_command(
     from radlvlm.training.ship import ship
 
     typer.echo(json.dumps(run_guarded(lambda: ship(work, to, results=results)), indent=2))
+
+
+@embedded_app.command("findings")
+def findings_command(
+    data: DataOption,
+    work: Annotated[Path, typer.Option(help="Working folder (fold checkpoints); a rerun resumes.")],
+    folds: Annotated[int, typer.Option(help="Patient-grouped folds over train (one model each).")] = 3,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 1500,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 128,
+    covid: Annotated[bool, typer.Option(help="Train on the COVID-19 collection's train split too.")] = True,
+    seed: int = 0,
+) -> None:
+    """Train the finding classifier (folds, out-of-fold calibration, ensemble into WORK/classifier)."""
+    from radlvlm.training.findings import FindingRecipe, train_finding_classifier
+
+    recipe = run_guarded(lambda: FindingRecipe(folds=folds, steps=steps, image_size=image_size, covid=covid, seed=seed))
+    summary = run_guarded(lambda: train_finding_classifier(data, work, recipe))
+    typer.echo(json.dumps({"validated": summary["validated"], "seconds": summary["seconds"]}, indent=2))
+
+
+@embedded_app.command("writer")
+def writer_command(
+    data: DataOption,
+    classifier: Annotated[Path, typer.Option(help="The finding classifier's working folder (with oof.pt).")],
+    model: Annotated[Path, typer.Option(help="The model to continue: a folder with base/ and adapter/.")],
+    work: Annotated[Path, typer.Option(help="Working folder (checkpoints); a rerun resumes.")],
+    steps: int = 1500,
+    seed: int = 0,
+) -> None:
+    """Train the findings-driven report writer (and keep its text check) on IU train reports and train images."""
+    from radlvlm.training.writer import train_writer
+
+    info = run_guarded(lambda: train_writer(data, classifier, model, work, steps=steps, seed=seed))
+    typer.echo(json.dumps({k: info.get(k) for k in ("global_step", "train_loss", "seconds")}, indent=2))
+
+
+@embedded_app.command("image-check")
+def image_check_command(
+    data: DataOption,
+    classifier: Annotated[Path, typer.Option(help="The finding classifier's working folder (with oof.pt).")],
+    model: Annotated[
+        Path | None, typer.Option(help="The model whose text check is fused (its folder); none: image-only.")
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Fit the image check's fusion out of fold over train radiographs and reports."""
+    from radlvlm.training.image_check_fit import fit_image_check
+
+    summary = run_guarded(lambda: fit_image_check(data, classifier, model=model, seed=seed))
+    typer.echo(json.dumps(summary, indent=2))

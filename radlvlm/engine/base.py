@@ -45,6 +45,8 @@ class DraftRequest:
     image: EngineImage
     indication: str | None = None
     max_new_tokens: int | None = None
+    # CheXpert observations a finding classifier read in the image (None: no classifier, nothing in the prompt).
+    findings: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

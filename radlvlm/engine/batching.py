@@ -181,7 +181,7 @@ class BatchingEngine(Engine):
         processor = getattr(self, "processor", None)
         if processor is None or processor.max_length is None or not request.indication:
             return None
-        tokens = len(processor.prompt_ids(processor.draft_prompt(request.indication)))
+        tokens = len(processor.prompt_ids(processor.draft_prompt(request.indication, request.findings)))
         tokens += processor.num_image_tokens - 1
         if tokens + MIN_DRAFT_TOKENS > processor.max_length:
             return (

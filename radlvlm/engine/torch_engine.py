@@ -103,7 +103,7 @@ class TorchEngine(BatchingEngine):
 
     def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
         requests: list[DraftRequest] = [item.request for item in items]  # type: ignore[misc]
-        prompts = [self.processor.draft_prompt(r.indication) for r in requests]
+        prompts = [self.processor.draft_prompt(r.indication, r.findings) for r in requests]
         settings = self._draft_settings(max_new_tokens)
         generations = generate(self.model, self.processor, prompts, [r.image for r in requests], settings).generations
         looped = [i for i, g in enumerate(generations) if find_repetition(g.text) is not None]
@@ -133,7 +133,7 @@ class TorchEngine(BatchingEngine):
         )
         stream = DraftStream(streamer)
         item.future.set_result(stream)
-        prompt = self.processor.draft_prompt(request.indication)
+        prompt = self.processor.draft_prompt(request.indication, request.findings)
         try:
             batch = generate(
                 self.model,

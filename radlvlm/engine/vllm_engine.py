@@ -324,7 +324,7 @@ def prompt_input(
 
 
 def draft_input(processor: RadProcessor, request: DraftRequest) -> dict[str, Any]:
-    return prompt_input(processor, processor.draft_prompt(request.indication), request.image)
+    return prompt_input(processor, processor.draft_prompt(request.indication, request.findings), request.image)
 
 
 def check_input(processor: RadProcessor, request: CheckRequest, answer: AnswerTokens | None = None) -> dict[str, Any]:

@@ -58,6 +58,18 @@ def choose_model(model: Path | None, adapter: Path | None) -> ModelChoice:
     return ModelChoice(Path(model), Path(adapter) if adapter else None, model_id, False)
 
 
+FINDINGS_DIR = "findings"
+
+
+def classifier_beside(choice: ModelChoice) -> Path | None:
+    """The finding classifier that travels with a model: a ``findings/`` folder in the model directory or next to
+    it (the embedded model's sits beside ``base/`` and ``adapter/``); None when the model has none."""
+    for folder in (choice.base / FINDINGS_DIR, choice.base.parent / FINDINGS_DIR):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
 def model_card(root: Path = DEFAULT_MODEL_ROOT) -> str:
     card = root / MODEL_CARD
     if not card.is_file():

@@ -108,12 +108,19 @@ class RadProcessor:
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
-    def draft_prompt(self, indication: str | None = None) -> str:
-        """The drafting prompt of this model's family: radlvlm's drafting task, or the family's own request."""
+    def draft_prompt(self, indication: str | None = None, findings: Sequence[str] | None = None) -> str:
+        """The drafting prompt of this model's family: radlvlm's drafting task, or the family's own request.
+
+        ``findings`` (CheXpert observations a finding classifier read in the image; None without one) go on a line
+        of their own, after the family's request for a family that was not trained with them.
+        """
         from radlvlm.tasks.drafting import draft_prompt
+        from radlvlm.tasks.image_findings import findings_line
 
         request = self.profile.draft_request(indication)
-        return self.chat_prompt(draft_prompt(indication) if request is None else request)
+        if request is None:
+            return self.chat_prompt(draft_prompt(indication, findings))
+        return self.chat_prompt(request if findings is None else f"{request}\n{findings_line(findings)}")
 
     def check_prompt(self, mode: Any, report: str, *, image: bool) -> str:
         """The error-check prompt; only for a family trained to check (``profile.error_checks``)."""

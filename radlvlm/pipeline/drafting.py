@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest, Timings
 from radlvlm.errors import ModelError
@@ -21,6 +21,10 @@ from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import clean_output, release_sentences
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.safety.dicom_deid import DicomDeidentifier
+from radlvlm.tasks.image_findings import report_labels
+
+if TYPE_CHECKING:
+    from radlvlm.model.findings import ImageFindings
 
 __all__ = [
     "DraftOutcome",
@@ -62,6 +66,7 @@ class PreparedDraft:
     flags: list[Flag]
     request_digest: str
     deidentifier: DicomDeidentifier
+    image_findings: ImageFindings | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -79,6 +84,7 @@ class DraftOutcome:
     timings: Timings
     request_ms: float
     study: str
+    image_findings: dict[str, Any] | None = None
 
     def answer(self) -> dict[str, Any]:
         """The answer without timings: the same request gives the same answer at every door (what is audited)."""
@@ -87,9 +93,18 @@ class DraftOutcome:
             "findings": self.findings,
             "impression": self.impression,
             "image": vars(self.image),
+            "image_findings": self.image_findings,
             "guardrail_flags": [f.as_dict() for f in self.flags],
             "finish_reason": self.finish_reason,
         }
+
+
+def read_findings(runtime: Runtime, image: Image) -> ImageFindings | None:
+    """The finding classifier's reading of the (de-identified, frontal) image; None when the model has none."""
+    classifier = runtime.finding_classifier
+    if classifier is None:
+        return None
+    return classifier.classify([image])[0]
 
 
 def prepare_draft(
@@ -103,11 +118,18 @@ def prepare_draft(
     if indication and indication.strip():
         clean_indication = runtime.report_deidentifier.deidentify(indication).text
     kind = StreamDraftRequest if stream else DraftRequest
-    request = kind(image=image, indication=clean_indication, max_new_tokens=runtime.max_new_tokens)
+    # With a finding classifier, the writer is told what it read in the image (and the answer shows it).
+    found = read_findings(runtime, image)
+    request = kind(
+        image=image,
+        indication=clean_indication,
+        max_new_tokens=runtime.max_new_tokens,
+        findings=None if found is None else report_labels(found.stated),
+    )
     # The same image and indication give the same digest whichever door they came through (upload, file,
     # archive): it covers the de-identified instance's UID and pixels, and the indication as sent.
     digest = runtime.digest(image.sop_instance_uid, image.array.tobytes(), indication or "")
-    return PreparedDraft(request, image, flags, digest, deidentifier)
+    return PreparedDraft(request, image, flags, digest, deidentifier, found)
 
 
 def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult, caller: Caller) -> DraftOutcome:
@@ -127,6 +149,7 @@ def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult,
         timings=result.timings,
         request_ms=elapsed_ms,
         study=prepared.image.study_instance_uid,
+        image_findings=None if prepared.image_findings is None else prepared.image_findings.as_dict(),
     )
     runtime.record(
         caller,

@@ -15,12 +15,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import Engine, Request, Result
 from radlvlm.errors import ModelError, ModelTimeout
 
 if TYPE_CHECKING:
+    from radlvlm.model.findings import FindingClassifier
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DeidOptions, DicomDeidentifier
     from radlvlm.safety.text_deid import ReportDeidentifier
@@ -52,6 +54,7 @@ class Runtime:
         request_timeout_s: how long a use case waits for the model.
         max_new_tokens: a draft's token budget.
         deid_options: the DICOM de-identification profile's options.
+        classifier_dir: the finding classifier's directory, or None when the model has none (loaded on first use).
     """
 
     engine: Engine
@@ -62,6 +65,8 @@ class Runtime:
     request_timeout_s: float = 120.0
     max_new_tokens: int = 256
     deid_options: DeidOptions | None = None
+    classifier_dir: Path | None = None
+    _classifier: Any = field(default=None, repr=False)
     _report_deidentifier: ReportDeidentifier | None = field(default=None, repr=False)
     _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -80,6 +85,21 @@ class Runtime:
 
                 self._report_deidentifier = ReportDeidentifier()
         return self._report_deidentifier
+
+    @property
+    def finding_classifier(self) -> FindingClassifier | None:
+        """The finding classifier (:mod:`radlvlm.model.findings`), loaded once on first use; None without one."""
+        if self.classifier_dir is None:
+            return None
+        with self._build_lock:
+            if self._classifier is None:
+                from radlvlm.model.findings import FindingClassifier
+
+                try:
+                    self._classifier = FindingClassifier.from_pretrained(self.classifier_dir).eval()
+                except (OSError, ValueError) as e:
+                    raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
+        return self._classifier
 
     def deidentifier(self) -> DicomDeidentifier:
         """A DICOM de-identifier with a pseudonym context of its own: one per study or request, dropped after."""
@@ -210,6 +230,19 @@ class LazyEngine:
             self._engine.close()
 
 
+def classifier_dir(settings: Settings) -> Path | None:
+    """The finding classifier the settings name, or the one that travels with the model, or None."""
+    from radlvlm.model.default import choose_model, classifier_beside
+
+    if settings.findings_disabled:
+        return None
+    if settings.findings_model is not None:
+        if not (settings.findings_model / "config.json").is_file():
+            raise ModelError(f"{settings.findings_model}: not a finding classifier directory (no config.json)")
+        return settings.findings_model
+    return classifier_beside(choose_model(settings.model_dir, settings.adapter_dir))
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -244,6 +277,7 @@ def build_runtime(
         engine, model_info = build_engine(settings)
     runtime = Runtime(
         engine=engine,
+        classifier_dir=classifier_dir(settings),
         model_info=model_info if model_info is not None else {"id": engine.model_id},
         key=key,
         audit=trail,

@@ -44,6 +44,24 @@ class ImageFacts(BaseModel):
     columns: int
 
 
+class LabelFindingOut(BaseModel):
+    label: str = Field(description="An NIH ChestX-ray14 finding, or 'Abnormal' (any finding)")
+    probability: float = Field(description="Calibrated probability that the finding is present")
+    threshold: float | None = Field(description="The probability at which it is called present")
+    present: bool
+    validated: bool = Field(
+        description="Whether its accuracy was validated (out-of-fold AUROC with enough patients): only validated "
+        "findings are stated in drafts or compared with a report"
+    )
+
+
+class ImageFindingsOut(BaseModel):
+    classifier: str = Field(description="The finding classifier that read the image")
+    abnormal: LabelFindingOut
+    stated: list[str] = Field(description="The findings the draft was given to state (empty: a normal study)")
+    labels: list[LabelFindingOut]
+
+
 class DraftOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -51,6 +69,9 @@ class DraftOut(BaseModel):
     findings: str
     impression: str
     image: ImageFacts
+    image_findings: ImageFindingsOut | None = Field(
+        default=None, description="What the finding classifier read in the image; null when the model has none"
+    )
     guardrail_flags: list[GuardrailFlag]
     finish_reason: str
     timings: TimingsOut
@@ -61,6 +82,24 @@ class CheckFindingOut(BaseModel):
     category: str | None
     span: tuple[int, int] | None = Field(description="Character offsets [start, end) in the submitted report")
     text: str | None = Field(description="The report text inside the span")
+
+
+class LabelComparisonOut(BaseModel):
+    observation: str = Field(description="The CheXpert observation ('No Finding': normal vs abnormal)")
+    classifier_label: str
+    report: Literal["positive", "negative", "uncertain", "not mentioned"] = Field(
+        description="What the report says of it (the labeler's reading, negation-aware; hedges are 'uncertain')"
+    )
+    image_probability: float
+    threshold: float
+    agrees: bool | None = Field(description="None: hedged in the report, so not checked")
+
+
+class ImageComparisonOut(BaseModel):
+    compared: list[LabelComparisonOut]
+    disagreements: list[str]
+    not_checked: list[str] = Field(description="What this check cannot see (side, size, devices, comparisons ...)")
+    text_error_probability: float | None = Field(description="The text check's own probability, fused in")
 
 
 class CheckOut(BaseModel):
@@ -82,6 +121,12 @@ class CheckOut(BaseModel):
     findings: list[CheckFindingOut]
     answer_valid: bool
     reason: str | None = Field(default=None, description="Why the check could not be done, when it could not")
+    image_findings: ImageFindingsOut | None = Field(
+        default=None, description="An image check: what the finding classifier read in the image"
+    )
+    image_comparison: ImageComparisonOut | None = Field(
+        default=None, description="An image check: the report compared with the image, finding by finding"
+    )
     guardrail_flags: list[GuardrailFlag]
     timings: TimingsOut
     disclaimer: str = DISCLAIMER

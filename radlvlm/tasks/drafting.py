@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from radlvlm.errors import ReportParseError
 from radlvlm.reports import normalize_text, parse_report
+from radlvlm.tasks.image_findings import findings_line
 
 DRAFT_INSTRUCTION = "Write the findings and impression of the radiology report for this chest X-ray."
 INDICATION_LINE = "Indication: {indication}"
@@ -24,11 +26,19 @@ ABSTENTION_MARKER = "NO REPORT"
 ABSTENTION_MESSAGE = f"{ABSTENTION_MARKER}: this image is not a chest radiograph. Only chest X-rays are reported."
 
 
-def draft_prompt(indication: str | None = None) -> str:
-    """The drafting instruction, with the clinical indication when one is given."""
+def draft_prompt(indication: str | None = None, findings: Sequence[str] | None = None) -> str:
+    """The drafting instruction, with the image's findings when a finding classifier read it, and the clinical
+    indication when one is given.
+
+    ``findings`` are CheXpert observations (:data:`radlvlm.tasks.image_findings.WRITER_LABELS`); ``None`` means
+    no classifier (the line is left out), an empty sequence that the classifier found nothing (``none``).
+    """
+    lines = [DRAFT_INSTRUCTION]
+    if findings is not None:
+        lines.append(findings_line(findings))
     if indication and indication.strip():
-        return f"{DRAFT_INSTRUCTION}\n{INDICATION_LINE.format(indication=normalize_text(indication))}"
-    return DRAFT_INSTRUCTION
+        lines.append(INDICATION_LINE.format(indication=normalize_text(indication)))
+    return "\n".join(lines)
 
 
 def draft_target(findings: str, impression: str) -> str:

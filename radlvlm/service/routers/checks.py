@@ -50,6 +50,8 @@ async def create_check(
         findings=[CheckFindingOut(category=e.category, span=e.span, text=e.text) for e in outcome.errors],
         answer_valid=outcome.answer_valid,
         reason=outcome.reason,
+        image_findings=outcome.image_findings,
+        image_comparison=outcome.image_comparison,
         guardrail_flags=[GuardrailFlag(**f.as_dict()) for f in outcome.flags],
         timings=TimingsOut(**outcome.timings.as_dict(), request_ms=outcome.request_ms),
     )

@@ -38,6 +38,7 @@ def draft_out(outcome: DraftOutcome) -> DraftOut:
         findings=outcome.findings,
         impression=outcome.impression,
         image=ImageFacts(**vars(outcome.image)),
+        image_findings=outcome.image_findings,
         guardrail_flags=[GuardrailFlag(**f.as_dict()) for f in outcome.flags],
         finish_reason=outcome.finish_reason,
         timings=TimingsOut(**outcome.timings.as_dict(), request_ms=outcome.request_ms),

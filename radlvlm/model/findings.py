@@ -1,0 +1,292 @@
+"""The finding classifier: a convolutional network that reads a frontal chest radiograph into calibrated
+per-finding probabilities, saved and loaded like any Hugging Face model.
+
+Why a CNN beside the language model: a ViT trained from scratch cannot learn from the ~2,000 labelled
+radiographs a small site (or this project) has, while a small residual CNN does (``shared/MODEL_NOTES.md``:
+abnormal-vs-normal AUROC 0.83 on unseen patients). Its findings reach a report writer as text (the prompt names
+them, as in diagnosis-driven report generation), so it serves beside any model: the embedded one, a converted
+LLaVA-Rad or one served by vLLM. Error checks against the image compare its findings with what a report says.
+
+The backbone is transformers' ``ResNetModel`` (a well-kept implementation with ``save_pretrained`` for free);
+the shipped classifier is an ensemble of the fold models its recipe trains (their averaged logits), so the
+out-of-fold predictions its calibration was fitted on come from models of the same kind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, ResNetConfig, ResNetModel
+
+from radlvlm.errors import InputError
+from radlvlm.imaging import Image, ImageTransformConfig, ToModelInput, View
+
+__all__ = [
+    "ABNORMAL",
+    "FINDING_LABELS",
+    "FindingClassifier",
+    "FindingClassifierConfig",
+    "ImageFindings",
+    "LabelFinding",
+    "NotFrontalError",
+]
+
+ABNORMAL = "Abnormal"
+# NIH ChestX-ray14's fourteen findings, after "Abnormal" (any finding: not "No Finding").
+FINDING_LABELS: tuple[str, ...] = (
+    ABNORMAL,
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
+
+class NotFrontalError(InputError):
+    """The classifier reads frontal (PA or AP) radiographs only."""
+
+
+class FindingClassifierConfig(PretrainedConfig):
+    """What the classifier is: its backbone, labels, input and how its scores become findings.
+
+    Args:
+        labels (list[str]): output labels, ``Abnormal`` first (any finding).
+        image_size (int, default 128): square input side; radiographs are letterboxed (aspect kept).
+        embedding_size, hidden_sizes, depths: the ResNet backbone (basic blocks).
+        ensemble (int, default 1): backbones whose logits are averaged.
+        dropout (float, default 0.3): before the label head, in training.
+        calibration (dict[str, list[float]]): per label ``[a, b]`` of Platt scaling, P = sigmoid(a * logit + b),
+            fitted on out-of-fold predictions; a label without one reports sigmoid(logit), uncalibrated.
+        thresholds (dict[str, float]): per label, the calibrated probability at which it is called present.
+        validated (dict[str, dict]): labels whose out-of-fold AUROC was measured with enough positive patients,
+            and those figures; only these are stated in drafts or used to check a report.
+        classifier_id (str): the name answers carry.
+    """
+
+    model_type = "radlvlm_finding_classifier"
+
+    def __init__(
+        self,
+        labels: Sequence[str] = FINDING_LABELS,
+        image_size: int = 128,
+        embedding_size: int = 32,
+        hidden_sizes: Sequence[int] = (32, 64, 128, 256),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        ensemble: int = 1,
+        dropout: float = 0.3,
+        calibration: dict[str, list[float]] | None = None,
+        thresholds: dict[str, float] | None = None,
+        validated: dict[str, dict[str, Any]] | None = None,
+        classifier_id: str = "radlvlm-findings",
+        **kwargs: Any,
+    ) -> None:
+        labels = list(labels)
+        if not labels or labels[0] != ABNORMAL or len(set(labels)) != len(labels):
+            raise InputError(f"labels must be distinct and start with {ABNORMAL!r}")
+        if image_size < 32 or ensemble < 1 or not 0 <= dropout < 1:
+            raise InputError("image_size must be >= 32, ensemble >= 1 and dropout in [0, 1)")
+        if len(hidden_sizes) != len(depths) or not hidden_sizes:
+            raise InputError("hidden_sizes and depths must have the same, non-zero length")
+        for name, table in (("calibration", calibration or {}), ("thresholds", thresholds or {})):
+            unknown = set(table) - set(labels)
+            if unknown:
+                raise InputError(f"{name} names labels the classifier does not have: {sorted(unknown)}")
+        if any(not 0 < t < 1 for t in (thresholds or {}).values()):
+            raise InputError("thresholds are probabilities strictly between 0 and 1")
+        self.labels = labels
+        self.image_size = image_size
+        self.embedding_size = embedding_size
+        self.hidden_sizes = list(hidden_sizes)
+        self.depths = list(depths)
+        self.ensemble = ensemble
+        self.dropout = dropout
+        self.calibration = dict(calibration or {})
+        self.thresholds = dict(thresholds or {})
+        self.validated = dict(validated or {})
+        self.classifier_id = classifier_id
+        super().__init__(**kwargs)
+
+    def backbone_config(self) -> ResNetConfig:
+        return ResNetConfig(
+            num_channels=1,
+            embedding_size=self.embedding_size,
+            hidden_sizes=self.hidden_sizes,
+            depths=self.depths,
+            layer_type="basic",
+            downsample_in_first_stage=False,
+        )
+
+    def transform_config(self) -> ImageTransformConfig:
+        return ImageTransformConfig(size=self.image_size, channels=1, mean=(0.5,), std=(0.5,))
+
+
+@dataclass(frozen=True)
+class LabelFinding:
+    """One label's reading: calibrated probability, the threshold it is called at, and whether it is present."""
+
+    label: str
+    probability: float
+    threshold: float | None
+    present: bool
+    validated: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probability": round(self.probability, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "present": self.present,
+            "validated": self.validated,
+        }
+
+
+@dataclass(frozen=True)
+class ImageFindings:
+    """What the classifier read in one radiograph.
+
+    ``findings`` holds every label; :attr:`stated` the validated findings a draft may state: the validated labels
+    over their thresholds, and only when ``Abnormal`` is over its own (the gate that decides normal vs abnormal);
+    if the gate is open and no single label clears its threshold, the most probable validated label.
+    """
+
+    model_id: str
+    findings: tuple[LabelFinding, ...]
+
+    def get(self, label: str) -> LabelFinding:
+        for finding in self.findings:
+            if finding.label == label:
+                return finding
+        raise KeyError(label)
+
+    @property
+    def abnormal(self) -> LabelFinding:
+        return self.get(ABNORMAL)
+
+    @property
+    def stated(self) -> tuple[str, ...]:
+        if not self.abnormal.present:
+            return ()
+        candidates = [f for f in self.findings if f.label != ABNORMAL and f.validated]
+        present = [f.label for f in candidates if f.present]
+        if present or not candidates:
+            return tuple(present)
+        return (max(candidates, key=lambda f: f.probability).label,)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "classifier": self.model_id,
+            "abnormal": self.abnormal.as_dict(),
+            "stated": list(self.stated),
+            "labels": [f.as_dict() for f in self.findings if f.label != ABNORMAL],
+        }
+
+
+class _Member(nn.Module):
+    """One backbone and its label head."""
+
+    def __init__(self, config: FindingClassifierConfig) -> None:
+        super().__init__()
+        self.backbone = ResNetModel(config.backbone_config())
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_sizes[-1], len(config.labels))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone(pixel_values).pooler_output.flatten(1)
+        return self.head(self.dropout(pooled))
+
+
+class FindingClassifier(PreTrainedModel):
+    """A residual CNN (or an ensemble of them) over one-channel radiographs → one logit per label."""
+
+    config_class = FindingClassifierConfig
+    base_model_prefix = "finding_classifier"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: FindingClassifierConfig) -> None:
+        super().__init__(config)
+        self.members = nn.ModuleList(_Member(config) for _ in range(config.ensemble))
+        self._transform = ToModelInput(config.transform_config())
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) normalised pixels → (B, labels) logits, averaged over the ensemble."""
+        return torch.stack([member(pixel_values) for member in self.members]).mean(0)
+
+    def pixel_values(self, images: Sequence[Image | torch.Tensor]) -> torch.Tensor:
+        """Display pixels in [0, 1] → the classifier's input; a non-frontal image is refused with the reason."""
+        for image in images:
+            if isinstance(image, Image) and image.view not in (View.PA, View.AP):
+                raise NotFrontalError(
+                    f"the finding classifier reads frontal (PA or AP) radiographs only; this image's view is "
+                    f"{image.view.value}"
+                )
+        return torch.stack([self._transform(image) for image in images])
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of (B, labels) logits (Platt scaling fitted out of fold)."""
+        scale = torch.ones(len(self.config.labels))
+        shift = torch.zeros(len(self.config.labels))
+        for j, label in enumerate(self.config.labels):
+            if label in self.config.calibration:
+                scale[j], shift[j] = self.config.calibration[label]
+        return torch.sigmoid(logits.float() * scale + shift)
+
+    @torch.inference_mode()
+    def classify(self, images: Sequence[Image | torch.Tensor], *, model_id: str = "") -> list[ImageFindings]:
+        """Read each radiograph: calibrated probability, threshold and presence of every label."""
+        if not images:
+            return []
+        was_training = self.training
+        self.eval()
+        try:
+            pixels = self.pixel_values(images).to(self.device, self.dtype)
+            probabilities = self.probabilities(self(pixels).cpu())
+        finally:
+            self.train(was_training)
+        return self.read(probabilities, model_id=model_id)
+
+    def read(self, probabilities: torch.Tensor, *, model_id: str = "") -> list[ImageFindings]:
+        """(B, labels) calibrated probabilities → findings with this classifier's thresholds."""
+        name = model_id or self.config.classifier_id
+        out = []
+        for row in probabilities.tolist():
+            findings = []
+            for label, p in zip(self.config.labels, row, strict=True):
+                threshold = self.config.thresholds.get(label)
+                p = float(p) if math.isfinite(p) else 0.0
+                findings.append(
+                    LabelFinding(
+                        label=label,
+                        probability=p,
+                        threshold=threshold,
+                        present=threshold is not None and p >= threshold,
+                        validated=label in self.config.validated,
+                    )
+                )
+            out.append(ImageFindings(name, tuple(findings)))
+        return out

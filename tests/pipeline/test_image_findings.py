@@ -1,0 +1,97 @@
+"""The finding classifier inside the use cases: a draft is given (and answers with) the classifier's reading; a
+check with an image compares the report with it, or says an image check is not available without one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from servicesupport import build_tiny_classifier, build_tiny_model_dir, make_settings
+from testsupport import pydicom_file
+
+from radlvlm.pipeline import build_runtime, check_report, draft_study
+from radlvlm.pipeline.checking import NO_CLASSIFIER
+from radlvlm.pipeline.ingest import StudyInput
+from radlvlm.pipeline.runtime import Caller
+
+CALLER = Caller("test", "test")
+REPORT = "FINDINGS: Large left pleural effusion. IMPRESSION: Pleural effusion."
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model_with_classifier(plain_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("mc") / "tiny"
+    shutil.copytree(plain_model, folder)
+    build_tiny_classifier(folder / "findings", abnormal_threshold=0.01)  # the tiny classifier reads "abnormal"
+    return folder
+
+
+def _study() -> StudyInput:
+    return StudyInput(data=pydicom_file("RG1_UNCR.dcm").read_bytes())
+
+
+def test_a_draft_is_given_the_classifier_findings_and_answers_with_them(
+    model_with_classifier: Path, tmp_path: Path
+) -> None:
+    settings, _, _ = make_settings(tmp_path, model_with_classifier)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        outcome = draft_study(runtime, _study(), CALLER)
+        found = outcome.answer()["image_findings"]
+        assert found["classifier"] == "radlvlm-findings" and found["abnormal"]["present"]
+        assert found["stated"] and set(found["stated"]) <= {"Effusion"}  # only validated labels are stated
+        assert {row["label"] for row in found["labels"]} >= {"Effusion", "Pneumothorax"}
+        # The prompt the engine ran with named those findings in the labeler's words.
+        prompt = runtime.engine.processor.draft_prompt(None, ("Pleural Effusion",))
+        assert "Image findings: pleural effusion." in prompt
+    finally:
+        runtime.close()
+
+
+def test_a_model_without_a_classifier_drafts_as_before_and_refuses_an_image_check(
+    plain_model: Path, tmp_path: Path
+) -> None:
+    settings, _, _ = make_settings(tmp_path, plain_model)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        assert draft_study(runtime, _study(), CALLER).image_findings is None
+        outcome = check_report(runtime, REPORT, CALLER, image=_study())
+        assert outcome.answer_valid is False and outcome.has_error is None and outcome.reason == NO_CLASSIFIER
+        assert outcome.text_only is False and outcome.answer()["image_comparison"] is None
+        text = check_report(runtime, REPORT, CALLER)  # the text-only check is unaffected
+        assert text.text_only and text.answer_valid
+    finally:
+        runtime.close()
+
+
+def test_an_image_check_compares_the_report_with_the_image(model_with_classifier: Path, tmp_path: Path) -> None:
+    settings, _, _ = make_settings(tmp_path, model_with_classifier)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        outcome = check_report(runtime, REPORT, CALLER, image=_study())
+        assert outcome.answer_valid and outcome.calibrated and outcome.error_probability is not None
+        comparison = outcome.answer()["image_comparison"]
+        assert {row["observation"] for row in comparison["compared"]} == {"No Finding", "Pleural Effusion"}
+        assert "laterality (which side)" in comparison["not_checked"]
+        assert outcome.has_error == (outcome.error_probability >= 0.5)
+        if outcome.has_error:
+            assert {e.category for e in outcome.errors} <= {"false_finding", "omitted_finding"}
+    finally:
+        runtime.close()
+
+
+def test_the_classifier_can_be_switched_off_or_named(model_with_classifier: Path, tmp_path: Path) -> None:
+    from radlvlm.errors import ModelError
+    from radlvlm.pipeline.runtime import classifier_dir
+
+    settings, _, _ = make_settings(tmp_path, model_with_classifier, findings_disabled=True)
+    assert classifier_dir(settings) is None
+    settings, _, _ = make_settings(tmp_path, model_with_classifier, findings_model=tmp_path)
+    with pytest.raises(ModelError, match="not a finding classifier"):
+        classifier_dir(settings)

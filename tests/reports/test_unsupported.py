@@ -1,0 +1,32 @@
+"""What a finding list cannot support: side, size, devices, comparisons, incidentals, advice, redactions."""
+
+from __future__ import annotations
+
+import pytest
+
+from radlvlm.reports.unsupported import unsupported_kinds, unsupported_sentences
+
+
+@pytest.mark.parametrize(
+    ("sentence", "kinds"),
+    [
+        ("Small left pleural effusion.", {"side", "size"}),
+        ("Calcified granuloma in the right upper lobe.", {"incidental", "side"}),
+        ("Stable cardiomegaly.", {"comparison"}),
+        ("Sternotomy wires are present.", {"device", "incidental"}),
+        ("CT chest with contrast is recommended.", {"advice"}),
+        ("There is XXXX opacity.", {"redacted"}),
+        ("Cardiomegaly.", set()),
+        ("Pleural effusion.", set()),
+        ("No pleural effusion or large pneumothorax.", set()),  # a pure negation asserts no size
+        ("Heart size is normal.", set()),
+        ("No change from prior study.", {"comparison"}),
+    ],
+)
+def test_kinds_of_one_sentence(sentence: str, kinds: set[str]) -> None:
+    assert unsupported_kinds(sentence) == kinds
+
+
+def test_only_the_unsupported_sentences_of_a_report_are_returned() -> None:
+    found = unsupported_sentences("Cardiomegaly. Small left effusion. The lungs are clear.")
+    assert [s for s, _ in found] == ["Small left effusion."]

@@ -1,0 +1,51 @@
+"""Writer targets state exactly their input: unsupported sentences removed, findings stated again from a bank,
+edits to a perturbed input applied to the target."""
+
+from __future__ import annotations
+
+import random
+
+from radlvlm.reports.labeler import label_report
+from radlvlm.reports.unsupported import unsupported_kinds
+from radlvlm.tasks.image_findings import WRITER_LABELS
+from radlvlm.training.writer import SentenceBank, clean_report, edit_to
+
+TRAIN = [
+    ("The heart is enlarged. No pleural effusion. The lungs are clear.", "Cardiomegaly."),
+    ("There is cardiomegaly. No pneumothorax.", "Cardiomegaly."),
+    ("There is a pleural effusion. The heart is normal in size.", "Pleural effusion."),
+    ("The lungs are clear. Heart size is normal. No pneumothorax or pleural effusion.", "No acute disease."),
+    ("No focal consolidation. The heart is normal in size.", "Normal chest."),
+]
+
+
+def _observations(text: str) -> set[str]:
+    return label_report(text).positive() & set(WRITER_LABELS)
+
+
+def test_a_cleaned_report_loses_side_size_and_comparison_but_keeps_its_finding() -> None:
+    bank = SentenceBank(TRAIN)
+    target = clean_report(
+        "Small left pleural effusion, unchanged from prior. The heart is normal in size. Calcified granuloma.",
+        "Stable left effusion. Recommend follow-up.",
+        bank,
+        random.Random(0),
+    )
+    assert target is not None and target.observations == {"Pleural Effusion"}
+    text = target.text()
+    assert _observations(text) == {"Pleural Effusion"}
+    for sentence in [*target.findings, *target.impression]:
+        assert not unsupported_kinds(sentence), sentence
+
+
+def test_an_edited_target_states_exactly_the_new_input() -> None:
+    bank = SentenceBank(TRAIN)
+    rng = random.Random(1)
+    target = clean_report(*TRAIN[0], bank, rng)
+    assert target is not None and target.observations == {"Cardiomegaly"}
+    added = edit_to(target, {"Cardiomegaly", "Pleural Effusion"}, bank, rng)
+    assert added is not None and _observations(added.text()) == {"Cardiomegaly", "Pleural Effusion"}
+    assert "No pleural effusion." not in added.findings  # a denial of an added finding goes
+    removed = edit_to(target, set(), bank, rng)
+    assert removed is not None and _observations(removed.text()) == set()
+    assert removed.impression  # a normal study still gets an impression

@@ -1,0 +1,413 @@
+"""Training a report writer that says what the finding classifier found and nothing else (issue 33, item 3).
+
+    radlvlm embedded writer --data ../shared/data --classifier runs/findings --model DIR --work runs/writer
+
+The writer is the embedded model (its LM and MoLE experts), given the classifier's findings on a prompt line
+(:func:`radlvlm.tasks.drafting.draft_prompt`). Its targets are IU-Xray **train** reports, cleaned so that every
+statement they make is one the input supports:
+
+- sentences that state a side, a size, a device, a comparison, an incidental finding or carry a redaction are
+  removed (:mod:`radlvlm.reports.unsupported`); hedged mentions ("cannot exclude") are removed too;
+- the input is the labeler's reading of the report (CheXpert observations in :data:`WRITER_LABELS`); a finding
+  whose every sentence was removed is stated again by a clean sentence for it from other train reports (a bank);
+- the input is perturbed at the rates the classifier errs out of fold (a finding dropped or added), and the
+  target is edited to match the perturbed input, so the writer sees the combinations the classifier produces and
+  always states exactly its input;
+- train radiographs (NIH, COVID) are paired with train reports whose cleaned findings equal the classifier's
+  out-of-fold findings for that radiograph (edited to equal them when none does);
+- the indication is dropped from half the prompts, so it cannot stand in for the findings.
+
+Error-check examples (text-only SIMPLE checks over varied, errored IU train reports) are mixed in, so the same
+experts keep checking. Resumable: the Trainer's checkpoints, and a finished run leaves ``done.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radlvlm.errors import InputError
+from radlvlm.reports import normalize_text, split_sentences
+from radlvlm.reports.labeler import Label, label_report
+from radlvlm.reports.unsupported import unsupported_kinds
+from radlvlm.tasks.image_findings import WRITER_LABELS, report_labels
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SentenceBank", "WriterTarget", "build_writer_examples", "clean_report", "edit_to", "train_writer"]
+
+NORMAL_IMPRESSION = "No acute cardiopulmonary abnormality."
+# Impression sentences that call the whole study normal: wrong next to any stated finding.
+_WHOLE_NORMAL = re.compile(
+    r"\b(no acute|no active|normal (?:chest|study|radiograph|exam)|negative (?:chest|study|exam)|"
+    r"no (?:radiographic )?evidence of (?:acute )?(?:cardiopulmonary|disease))\b",
+    re.IGNORECASE,
+)
+_IMPRESSION_PHRASES = {
+    "Cardiomegaly": "Cardiomegaly.",
+    "Pleural Effusion": "Pleural effusion.",
+    "Pneumothorax": "Pneumothorax.",
+    "Edema": "Pulmonary edema.",
+    "Consolidation": "Consolidation.",
+    "Pneumonia": "Pneumonia.",
+    "Atelectasis": "Atelectasis.",
+    "Lung Opacity": "Airspace opacity.",
+    "Lung Lesion": "Pulmonary nodule.",
+    "Pleural Other": "Pleural thickening.",
+}
+
+
+def _reading(text: str) -> tuple[set[str], set[str], set[str]]:
+    """(positive, uncertain, negative) writer observations the labeler reads in ``text``."""
+    labeled = label_report(text) if text.strip() else None
+    if labeled is None:
+        return set(), set(), set()
+    out: dict[Label, set[str]] = defaultdict(set)
+    for mention in labeled.mentions:
+        if mention.label in WRITER_LABELS:
+            out[mention.status].add(mention.label)
+    return out[Label.POSITIVE], out[Label.UNCERTAIN], out[Label.NEGATIVE] - out[Label.POSITIVE]
+
+
+def _stated(findings: Sequence[str], impression: Sequence[str]) -> set[str]:
+    return set(label_report(" ".join([*findings, *impression])).positive()) & set(WRITER_LABELS)
+
+
+@dataclass(frozen=True)
+class WriterTarget:
+    """A cleaned report: findings and impression sentences, and the observations they state (the input)."""
+
+    findings: tuple[str, ...]
+    impression: tuple[str, ...]
+    observations: frozenset[str]
+
+    def text(self) -> str:
+        from radlvlm.tasks.drafting import draft_target
+
+        return draft_target(" ".join(self.findings), " ".join(self.impression))
+
+
+class SentenceBank:
+    """Clean sentences from train reports: for each observation, sentences stating it alone; and normal ones."""
+
+    def __init__(self, reports: Sequence[tuple[str, str]]) -> None:
+        self.positive: dict[str, list[str]] = defaultdict(list)
+        self.normal: list[str] = []
+        seen: set[str] = set()
+        for findings, _ in reports:
+            for sentence in split_sentences(normalize_text(findings)) if findings.strip() else []:
+                if sentence in seen or len(sentence.split()) > 14 or unsupported_kinds(sentence):
+                    continue
+                seen.add(sentence)
+                positive, uncertain, negative = _reading(sentence)
+                if uncertain:
+                    continue
+                if len(positive) == 1 and not negative:
+                    self.positive[next(iter(positive))].append(sentence)
+                elif not positive and negative:
+                    self.normal.append(sentence)
+        for label in WRITER_LABELS:
+            if not self.positive[label]:  # a label no clean train sentence states: its impression phrase
+                self.positive[label].append(_IMPRESSION_PHRASES[label])
+
+    def sentence(self, label: str, rng: random.Random) -> str:
+        return rng.choice(self.positive[label])
+
+    def normals(self, rng: random.Random, avoid: set[str]) -> list[str]:
+        """Two or three normal sentences that deny none of ``avoid``."""
+        chosen: list[str] = []
+        for sentence in rng.sample(self.normal, min(len(self.normal), 12)):
+            if not (_reading(sentence)[2] & avoid) and sentence not in chosen:
+                chosen.append(sentence)
+            if len(chosen) == 3:
+                break
+        return chosen
+
+
+def clean_report(findings: str, impression: str, bank: SentenceBank, rng: random.Random) -> WriterTarget | None:
+    """The report with every unsupported or hedged sentence removed, its findings stated again where their
+    sentences went; None when it cannot be made consistent (the labeler reads other than its input)."""
+    wanted, _, _ = _reading(f"{findings} {impression}")
+    kept: dict[str, list[str]] = {"findings": [], "impression": []}
+    for part, text in (("findings", findings), ("impression", impression)):
+        for sentence in split_sentences(normalize_text(text)) if text.strip() else []:
+            if unsupported_kinds(sentence):
+                continue
+            _positive, uncertain, negative = _reading(sentence)
+            if uncertain or (negative & wanted):
+                continue
+            kept[part].append(sentence)
+    return edit_to(WriterTarget(tuple(kept["findings"]), tuple(kept["impression"]), frozenset()), wanted, bank, rng)
+
+
+def edit_to(
+    target: WriterTarget, wanted: set[str] | frozenset[str], bank: SentenceBank, rng: random.Random
+) -> WriterTarget | None:
+    """``target`` edited to state exactly ``wanted``: sentences stating anything else removed, each wanted finding
+    stated (a bank sentence in findings, its phrase in the impression), a whole-normal impression replaced."""
+    wanted = set(wanted)
+    parts: dict[str, list[str]] = {}
+    for part, sentences in (("findings", target.findings), ("impression", target.impression)):
+        out = []
+        for sentence in sentences:
+            positive, _, negative = _reading(sentence)
+            if positive - wanted or negative & wanted:
+                continue
+            if wanted and part == "impression" and _WHOLE_NORMAL.search(sentence):
+                continue
+            out.append(sentence)
+        parts[part] = out
+    for label in WRITER_LABELS:
+        if label not in wanted:
+            continue
+        if label not in _reading(" ".join(parts["findings"]))[0]:
+            parts["findings"].append(bank.sentence(label, rng))
+        if label not in _reading(" ".join(parts["impression"]))[0]:
+            parts["impression"].append(_IMPRESSION_PHRASES[label])
+    if not wanted:
+        if not parts["findings"]:
+            parts["findings"] = bank.normals(rng, set())
+        if not parts["impression"]:
+            parts["impression"] = [NORMAL_IMPRESSION]
+    if _stated(parts["findings"], parts["impression"]) != wanted:
+        return None
+    if any(_reading(s)[1] for s in parts["findings"] + parts["impression"]):
+        return None
+    return WriterTarget(tuple(parts["findings"]), tuple(parts["impression"]), frozenset(wanted))
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """How often the classifier states a writer observation that is absent (``false_positive``) or misses one that
+    is present (``false_negative``), measured out of fold over the train radiographs."""
+
+    false_positive: dict[str, float]
+    false_negative: dict[str, float]
+
+    def perturb(self, observations: set[str], rng: random.Random) -> set[str]:
+        out = set(observations)
+        for label in WRITER_LABELS:
+            if label in out and rng.random() < self.false_negative.get(label, 0.0):
+                out.discard(label)
+            elif label not in out and rng.random() < self.false_positive.get(label, 0.0):
+                out.add(label)
+        return out
+
+
+def error_rates(truth: dict[str, set[str]], stated: dict[str, set[str]]) -> ErrorRates:
+    """Per-observation error rates of ``stated`` (out-of-fold findings) against ``truth``, over the same images."""
+    fp: dict[str, float] = {}
+    fn: dict[str, float] = {}
+    for label in WRITER_LABELS:
+        present = [k for k in truth if label in truth[k]]
+        absent = [k for k in truth if label not in truth[k]]
+        fn[label] = sum(label not in stated[k] for k in present) / len(present) if present else 0.0
+        fp[label] = sum(label in stated[k] for k in absent) / len(absent) if absent else 0.0
+    return ErrorRates(fp, fn)
+
+
+@dataclass(frozen=True)
+class WriterExample:
+    study_id: str
+    instruction: str
+    response: str
+    image_path: str | None
+    kind: str
+    observations: tuple[str, ...]
+
+
+def build_writer_examples(
+    data: Path, classifier_work: Path, *, seed: int = 0, iu_variants: int = 2, check_rows: int = 3000
+) -> tuple[list[WriterExample], dict[str, Any]]:
+    """Writer examples (IU train reports, train radiographs with out-of-fold findings) and SIMPLE-check examples."""
+    from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
+    from radlvlm.tasks.drafting import draft_prompt
+    from radlvlm.training.findings import classifier_examples, out_of_fold_findings
+    from radlvlm.training.sources import IUXraySource
+
+    rng = random.Random(seed)
+    iu = IUXraySource(data / "iu_xray")
+    rows = [r for r in iu.rows() if r["split"] == "train"]
+    reports = [(str(r.get("findings") or ""), str(r.get("impression") or "")) for r in rows]
+    bank = SentenceBank(reports)
+    cleaned: list[tuple[dict[str, Any], WriterTarget]] = []
+    for row, (findings, impression) in zip(rows, reports, strict=True):
+        if not (findings.strip() or impression.strip()):
+            continue
+        target = clean_report(findings, impression, bank, rng)
+        if target is not None:
+            cleaned.append((row, target))
+    oof = out_of_fold_findings(classifier_work)
+    images = [e for e in classifier_examples(data) if e.split == "train" and e.path in oof]
+    truth = {
+        e.path: set(report_labels([label for label, y in zip(_NIH, e.labels[1:], strict=True) if y]))
+        for e in images
+        if e.source == "nih"
+    }
+    stated = {path: set(report_labels(found.stated)) for path, found in oof.items()}
+    rates = error_rates(truth, {k: stated[k] for k in truth})
+    examples: list[WriterExample] = []
+    image_paths = [e.path for e in images]
+
+    def prompt(indication: str, observations: set[str]) -> str:
+        use = indication if indication.strip() and rng.random() < 0.5 else None
+        return draft_prompt(use, sorted(observations, key=WRITER_LABELS.index))
+
+    for row, target in cleaned:
+        for variant in range(iu_variants):
+            wanted = set(target.observations) if variant == 0 else rates.perturb(set(target.observations), rng)
+            edited = edit_to(target, wanted, bank, rng) if wanted != target.observations else target
+            if edited is None:
+                continue
+            examples.append(
+                WriterExample(
+                    f"iu-{row['uid']}#{variant}",
+                    prompt(str(row.get("indication") or ""), wanted),
+                    edited.text(),
+                    rng.choice(image_paths),
+                    "draft_report",
+                    tuple(sorted(wanted)),
+                )
+            )
+    by_set: dict[frozenset[str], list[WriterTarget]] = defaultdict(list)
+    for _, target in cleaned:
+        by_set[target.observations].append(target)
+    for path in image_paths:
+        wanted = frozenset(stated[path])
+        pool = by_set.get(wanted)
+        target = rng.choice(pool) if pool else edit_to(rng.choice(cleaned)[1], wanted, bank, rng)
+        if target is None:
+            continue
+        examples.append(
+            WriterExample(
+                f"img-{Path(path).stem}",
+                prompt("", set(wanted)),
+                target.text(),
+                path,
+                "draft_image",
+                tuple(sorted(wanted)),
+            )
+        )
+    check_rows_built, _ = build_errorcheck_training_set(
+        [
+            {"uid": f"iu-{r['uid']}", "split": "train", "findings": f, "impression": i}
+            for r, (f, i) in zip(rows, reports, strict=True)
+        ],
+        seed=seed,
+        variants_per_report=2,
+    )
+    rng.shuffle(check_rows_built)
+    for row in check_rows_built[:check_rows]:
+        examples.append(
+            WriterExample(
+                row["id"], errorcheck_prompt("simple", row["text"]), row["simple_target"], None, "check_simple", ()
+            )
+        )
+    rng.shuffle(examples)
+    counts: dict[str, int] = defaultdict(int)
+    for example in examples:
+        counts[example.kind] += 1
+    observed: dict[str, int] = defaultdict(int)
+    for example in examples:
+        for label in example.observations:
+            observed[label] += 1
+    summary = {
+        "iu_train_reports": len(rows),
+        "iu_reports_cleaned": len(cleaned),
+        "bank_sentences": {k: len(v) for k, v in bank.positive.items()} | {"normal": len(bank.normal)},
+        "examples": dict(counts),
+        "observations_in_inputs": dict(observed),
+        "classifier_error_rates": {"false_positive": rates.false_positive, "false_negative": rates.false_negative},
+    }
+    return examples, summary
+
+
+_NIH = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
+
+def train_writer(
+    data: Path, classifier_work: Path, model: Path, work: Path, *, steps: int = 1500, seed: int = 0, lr: float = 5e-4
+) -> dict[str, Any]:
+    """Continue the model's MoLE experts (and projector) on writer + check examples; the result in ``work/run``."""
+    from radlvlm.training.data import ExampleDataset, _Entry
+    from radlvlm.training.recipe import recipe_from_dict
+    from radlvlm.training.sources import ImageRef
+    from radlvlm.training.trainer import train
+
+    work.mkdir(parents=True, exist_ok=True)
+    if (work / "done.json").is_file():
+        return json.loads((work / "done.json").read_text())
+    examples, summary = build_writer_examples(data, classifier_work, seed=seed)
+    (work / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+    entries = [
+        _Entry(
+            e.study_id,
+            e.study_id,
+            "draft" if e.kind.startswith("draft") else "check_simple",
+            e.instruction,
+            e.response,
+            ImageRef(e.image_path, Path(e.image_path).name) if e.image_path else None,
+            "train",
+            e.kind,
+            {"observations": list(e.observations)},
+        )
+        for e in examples
+    ]
+    (work / "examples.jsonl").write_text(
+        "".join(
+            json.dumps({"id": e.study_id, "kind": e.kind, "prompt": e.instruction, "target": e.response}) + "\n"
+            for e in examples[:200]
+        )
+    )
+    base, adapter = model / "base", model / "adapter"
+    if not (base / "config.json").is_file() or not adapter.is_dir():
+        raise InputError(f"{model}: expected a radlvlm model with base/ and adapter/")
+    recipe = recipe_from_dict(
+        {
+            "name": "embedded-writer",
+            "stage": "instruct",
+            "seed": seed,
+            "model": {"base": str(base), "adapter": "mole", "adapter_init": str(adapter)},
+            "data": {"sources": [], "mixture": {"draft": 1.0}},
+            "training": {
+                "output_dir": str(work / "run"),
+                "max_steps": steps,
+                "per_device_train_batch_size": 8,
+                "learning_rate": lr,
+                "warmup_steps": 0.03,
+                "lr_scheduler_type": "cosine",
+                "logging_steps": 20,
+                "save_steps": max(steps // 6, 1),
+                "save_total_limit": 1,
+                "use_cpu": True,
+            },
+        }
+    )
+    started = time.perf_counter()
+    result = train(recipe, ExampleDataset(entries))
+    info = {**result, "data": summary, "seconds": round(time.perf_counter() - started, 1)}
+    (work / "done.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info
