@@ -15,7 +15,9 @@ __all__ = [
     "auroc",
     "bootstrap",
     "cohen_kappa",
+    "expected_calibration_error",
     "fleiss_kappa",
+    "grouped_bootstrap",
     "kendall_tau",
     "mcnemar",
     "paired_bootstrap",
@@ -75,6 +77,53 @@ def bootstrap(
     low, high = np.quantile(samples, [alpha, 1 - alpha])
     # A percentile interval can miss a point estimate on a skewed statistic; widen to include it.
     return Estimate(value, float(min(low, value)), float(max(high, value)), n, level)
+
+
+def grouped_bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    groups: Sequence[object],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Estimate:
+    """Percentile bootstrap that resamples whole groups (patients), not rows: a patient's images are not
+    independent, so a CI over images would be too narrow. ``statistic`` takes row indices, as in :func:`bootstrap`.
+    """
+    keys = list(dict.fromkeys(groups))
+    if not keys:
+        raise ValueError("grouped bootstrap needs at least one group")
+    rows: dict[object, list[int]] = {key: [] for key in keys}
+    for index, group in enumerate(groups):
+        rows[group].append(index)
+    members = [np.array(rows[key]) for key in keys]
+    value = float(statistic(np.arange(len(groups))))
+    draws = np.random.default_rng(seed).integers(0, len(keys), size=(n_boot, len(keys)))
+    samples = np.array([statistic(np.concatenate([members[k] for k in draw])) for draw in draws], dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return Estimate(value, float("nan"), float("nan"), len(groups), level)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(samples, [alpha, 1 - alpha])
+    return Estimate(value, float(min(low, value)), float(max(high, value)), len(groups), level)
+
+
+def expected_calibration_error(
+    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, *, bins: int = 10
+) -> float:
+    """Expected calibration error: the share-weighted mean |observed rate - mean probability| over equal-width
+    probability bins (Guo et al. 2017); NaN without rows."""
+    y = np.asarray(labels, dtype=float)
+    p = np.asarray(probabilities, dtype=float)
+    if y.size == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        chosen = which == b
+        if chosen.any():
+            total += chosen.mean() * abs(y[chosen].mean() - p[chosen].mean())
+    return float(total)
 
 
 def paired_bootstrap(

@@ -483,3 +483,23 @@ def _loader(path: str) -> Any:
         return torch.from_numpy(read_image_file(path).array)
 
     return load
+
+
+def install_classifier(classifier: Path, model_root: Path) -> Path:
+    """Install a trained classifier (``WORK/classifier``) beside a model as ``MODEL_ROOT/findings``, in float16
+    (half the bytes; the runtime reads it back in float32), with its image-check fusion when fitted."""
+    import shutil
+
+    from radlvlm.model.default import FINDINGS_DIR
+    from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
+
+    model = FindingClassifier.from_pretrained(classifier, dtype=torch.float32)
+    target = model_root / FINDINGS_DIR
+    staging = model_root / f".{FINDINGS_DIR}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.half().save_pretrained(staging)
+    if (classifier / IMAGE_CHECK_FILE).is_file():
+        shutil.copy2(classifier / IMAGE_CHECK_FILE, staging / IMAGE_CHECK_FILE)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target

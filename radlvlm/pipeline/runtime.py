@@ -93,10 +93,15 @@ class Runtime:
             return None
         with self._build_lock:
             if self._classifier is None:
+                import torch
+
                 from radlvlm.model.findings import FindingClassifier
 
                 try:
-                    self._classifier = FindingClassifier.from_pretrained(self.classifier_dir).eval()
+                    # Stored in float16 (the package stays small); read in float32, which CPUs convolve fast.
+                    self._classifier = FindingClassifier.from_pretrained(
+                        self.classifier_dir, dtype=torch.float32
+                    ).eval()
                 except (OSError, ValueError) as e:
                     raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
         return self._classifier
