@@ -151,8 +151,8 @@ def findings_command(
     data: DataOption,
     work: Annotated[Path, typer.Option(help="Working folder (fold checkpoints); a rerun resumes.")],
     folds: Annotated[int, typer.Option(help="Patient-grouped folds over train (one model each).")] = 3,
-    steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 1500,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 128,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 700,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 160,
     covid: Annotated[bool, typer.Option(help="Train on the COVID-19 collection's train split too.")] = True,
     seed: int = 0,
 ) -> None:
@@ -194,3 +194,16 @@ def image_check_command(
 
     summary = run_guarded(lambda: fit_image_check(data, classifier, model=model, seed=seed))
     typer.echo(json.dumps(summary, indent=2))
+
+
+@embedded_app.command("install")
+def install_command(
+    writer: Annotated[Path, typer.Option(help="The writer's working folder (done.json, run/).")],
+    classifier: Annotated[Path, typer.Option(help="The finding classifier's working folder.")],
+    to: Annotated[Path, typer.Option(help="The model folder to replace (it keeps its model card).")],
+    model_id: Annotated[str, typer.Option(help="The installed model's id.")] = "radlvlm-embedded-cxr-0.3",
+) -> None:
+    """Install the writer and its finding classifier (float16) as the model at TO."""
+    from radlvlm.training.writer import install_embedded
+
+    typer.echo(json.dumps(run_guarded(lambda: install_embedded(writer, classifier, to, model_id=model_id)), indent=2))

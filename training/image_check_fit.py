@@ -81,6 +81,7 @@ def _fit(features: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str
 
 def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Fit and save ``classifier_work/classifier/image_check.json``; returns the fit's figures."""
+    from radlvlm.model.default import FINDINGS_DIR
     from radlvlm.tasks.image_check import FEATURES, ImageCheckFusion, compare_report
     from radlvlm.tasks.image_pairs import image_report_pairs
     from radlvlm.training.findings import out_of_fold_findings
@@ -130,6 +131,8 @@ def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = N
             fitted_on={**fitted_on, **{k: with_text[k] for k in ("auroc", "sensitivity", "specificity")}},
         )
     fusion.save(classifier_work / "classifier")
+    if model is not None and (model / FINDINGS_DIR / "config.json").is_file():
+        fusion.save(model / FINDINGS_DIR)  # the installed classifier beside the model whose text it fused
     (classifier_work / "image_check_fit.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

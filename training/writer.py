@@ -305,10 +305,13 @@ def build_writer_examples(
         variants_per_report=2,
     )
     rng.shuffle(check_rows_built)
-    for row in check_rows_built[:check_rows]:
+    # SIMPLE and COMPLEX checks in the stage-2 proportion (4:1), so both answers keep their format.
+    complex_rows = check_rows // 4
+    for index, row in enumerate(check_rows_built[: check_rows + complex_rows]):
+        kind = "simple" if index < check_rows else "complex"
         examples.append(
             WriterExample(
-                row["id"], errorcheck_prompt("simple", row["text"]), row["simple_target"], None, "check_simple", ()
+                row["id"], errorcheck_prompt(kind, row["text"]), row[f"{kind}_target"], None, f"check_{kind}", ()
             )
         )
     rng.shuffle(examples)
@@ -349,7 +352,7 @@ _NIH = (
 
 
 def train_writer(
-    data: Path, classifier_work: Path, model: Path, work: Path, *, steps: int = 1500, seed: int = 0, lr: float = 5e-4
+    data: Path, classifier_work: Path, model: Path, work: Path, *, steps: int = 1500, seed: int = 0, lr: float = 3e-4
 ) -> dict[str, Any]:
     """Continue the model's MoLE experts (and projector) on writer + check examples; the result in ``work/run``."""
     from radlvlm.training.data import ExampleDataset, _Entry
@@ -366,7 +369,7 @@ def train_writer(
         _Entry(
             e.study_id,
             e.study_id,
-            "draft" if e.kind.startswith("draft") else "check_simple",
+            "draft" if e.kind.startswith("draft") else e.kind,
             e.instruction,
             e.response,
             ImageRef(e.image_path, Path(e.image_path).name) if e.image_path else None,
@@ -391,7 +394,8 @@ def train_writer(
             "stage": "instruct",
             "seed": seed,
             "model": {"base": str(base), "adapter": "mole", "adapter_init": str(adapter)},
-            "data": {"sources": [], "mixture": {"draft": 1.0}},
+            # The examples are built above; the recipe names the source folder they came from (not read again).
+            "data": {"sources": [{"type": "iu_xray", "root": str(data / "iu_xray")}], "mixture": {"draft": 1.0}},
             "training": {
                 "output_dir": str(work / "run"),
                 "max_steps": steps,
@@ -411,3 +415,59 @@ def train_writer(
     info = {**result, "data": summary, "seconds": round(time.perf_counter() - started, 1)}
     (work / "done.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
+
+
+def install_embedded(writer_work: Path, classifier_work: Path, target: Path, *, model_id: str) -> dict[str, Any]:
+    """Install the writer (its base and calibrated adapter, float16) and the finding classifier (``findings/``)
+    as the embedded model at ``target``, keeping the earlier training record in ``model.json``."""
+    import shutil
+
+    from radlvlm.model.default import MODEL_INFO
+    from radlvlm.training.findings import install_classifier
+    from radlvlm.training.ship import MAX_SHIPPED_BYTES, _half_adapter, _half_base, _size
+
+    run = writer_work / "run"
+    for path in (run / "base" / "config.json", run / "adapter", target / MODEL_INFO):
+        if not path.exists():
+            raise InputError(f"{path}: missing (train and calibrate the writer first)")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _half_base(run / "base", staging / "base")
+    _half_adapter(run / "adapter", staging / "adapter")
+    install_classifier(classifier_work / "classifier", staging)
+    info = json.loads((target / MODEL_INFO).read_text())
+    previous = info.get("id")
+    done = json.loads((writer_work / "done.json").read_text())
+    classifier_summary = json.loads((classifier_work / "summary.json").read_text())
+    info.update(
+        {
+            "id": model_id,
+            "continued_from": previous,
+            "writer": {
+                "steps": done.get("global_step"),
+                "train_loss": done.get("train_loss"),
+                "seconds": done.get("seconds"),
+                "data": done.get("data"),
+            },
+            "finding_classifier": {
+                "recipe": classifier_summary["recipe"],
+                "seconds": classifier_summary["seconds"],
+                "validated": classifier_summary["validated"],
+                "out_of_fold": classifier_summary["out_of_fold"],
+            },
+        }
+    )
+    (staging / MODEL_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+    for name in ("MODEL_CARD.md",):
+        if (target / name).is_file():
+            shutil.copy2(target / name, staging / name)
+    size = _size(staging)
+    if size > MAX_SHIPPED_BYTES:
+        shutil.rmtree(staging)
+        raise InputError(f"the model is {size / 2**20:.1f} MiB; the package carries at most 40 MiB")
+    backup = target.with_name(target.name + ".previous")
+    shutil.rmtree(backup, ignore_errors=True)
+    target.rename(backup)
+    staging.rename(target)
+    shutil.rmtree(backup)
+    return {"target": str(target), "bytes": size, "id": model_id}

@@ -161,7 +161,8 @@ class ImageFindings:
 
     ``findings`` holds every label; :attr:`stated` the validated findings a draft may state: the validated labels
     over their thresholds, and only when ``Abnormal`` is over its own (the gate that decides normal vs abnormal);
-    if the gate is open and no single label clears its threshold, the most probable validated label.
+    if the gate is open and no single label clears its threshold, the validated label nearest to clearing its own
+    (the largest log-odds of probability over threshold), so a draft of an image read as abnormal names a finding.
     """
 
     model_id: str
@@ -185,7 +186,7 @@ class ImageFindings:
         present = [f.label for f in candidates if f.present]
         if present or not candidates:
             return tuple(present)
-        return (max(candidates, key=lambda f: f.probability).label,)
+        return (max(candidates, key=_evidence).label,)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -194,6 +195,13 @@ class ImageFindings:
             "stated": list(self.stated),
             "labels": [f.as_dict() for f in self.findings if f.label != ABNORMAL],
         }
+
+
+def _evidence(finding: LabelFinding) -> float:
+    """Log-odds of a finding's probability over its threshold (> 0: present)."""
+    p = min(max(finding.probability, 1e-6), 1 - 1e-6)
+    t = min(max(finding.threshold or 0.5, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p)) - math.log(t / (1 - t))
 
 
 class _Member(nn.Module):

@@ -1,0 +1,53 @@
+"""The shipped model's drafts follow the image: each states what its finding classifier read, so swapping two
+studies' radiographs swaps their drafts' findings. Real NIH test radiographs (skipped, saying why, without them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from testsupport import shared_path
+
+from radlvlm.model.default import DEFAULT_MODEL_ROOT, FINDINGS_DIR
+from radlvlm.pipeline import build_runtime, draft_study
+from radlvlm.pipeline.ingest import StudyInput
+from radlvlm.pipeline.runtime import Caller
+from radlvlm.reports.labeler import label_report
+from radlvlm.settings import Settings
+from radlvlm.tasks.drafting import draft_target
+from radlvlm.tasks.image_findings import WRITER_LABELS, report_labels
+
+
+def _drafted(runtime, path: Path) -> tuple[set[str], set[str]]:  # type: ignore[no-untyped-def]
+    outcome = draft_study(runtime, StudyInput(data=path.read_bytes(), view="PA"), Caller("test", "test"))
+    written = label_report(draft_target(outcome.findings, outcome.impression)).positive() & set(WRITER_LABELS)
+    return written, set(report_labels(outcome.image_findings["stated"]))
+
+
+def test_swapping_two_radiographs_swaps_their_drafts_findings(tmp_path: Path) -> None:
+    if not (DEFAULT_MODEL_ROOT / FINDINGS_DIR / "config.json").is_file():
+        pytest.skip("the shipped model carries no finding classifier")
+    manifest = shared_path("nih_cxr14", "manifest.jsonl")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    test_512 = [r for r in rows if r["split"] == "test" and max(r["stored_size"]) >= 512]
+    settings = Settings(audit_path=tmp_path / "audit.jsonl", deid_key_path=tmp_path / "key", max_new_tokens=96)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        readings: dict[frozenset[str], Path] = {}
+        for row in test_512:  # two radiographs the classifier reads differently
+            path = manifest.parent / row["file"]
+            _, given = _drafted(runtime, path)
+            readings.setdefault(frozenset(given), path)
+            if len(readings) == 2:
+                break
+        assert len(readings) == 2, "every test radiograph was read the same way"
+        (first, a), (second, b) = readings.items()
+        written_a, given_a = _drafted(runtime, a)
+        written_b, given_b = _drafted(runtime, b)
+        assert (given_a, given_b) == (set(first), set(second))
+        assert written_a == given_a and written_b == given_b  # each draft states what its image showed
+        # The same two studies with their radiographs swapped: the drafts' findings swap with them.
+        assert (_drafted(runtime, b)[0], _drafted(runtime, a)[0]) == (written_b, written_a)
+    finally:
+        runtime.close()
