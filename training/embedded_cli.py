@@ -202,8 +202,12 @@ def install_command(
     classifier: Annotated[Path, typer.Option(help="The finding classifier's working folder.")],
     to: Annotated[Path, typer.Option(help="The model folder to replace (it keeps its model card).")],
     model_id: Annotated[str, typer.Option(help="The installed model's id.")] = "radlvlm-embedded-cxr-0.3",
+    results: Annotated[
+        Path | None, typer.Option(help="A folder with drafts.json / image_check.json measured on this model.")
+    ] = None,
 ) -> None:
-    """Install the writer and its finding classifier (float16) as the model at TO."""
+    """Install the writer and its finding classifier (float16) as the model at TO, with its model card."""
     from radlvlm.training.writer import install_embedded
 
-    typer.echo(json.dumps(run_guarded(lambda: install_embedded(writer, classifier, to, model_id=model_id)), indent=2))
+    out = run_guarded(lambda: install_embedded(writer, classifier, to, model_id=model_id, results=results))
+    typer.echo(json.dumps(out, indent=2))

@@ -152,7 +152,9 @@ def edit_to(
     target: WriterTarget, wanted: set[str] | frozenset[str], bank: SentenceBank, rng: random.Random
 ) -> WriterTarget | None:
     """``target`` edited to state exactly ``wanted``: sentences stating anything else removed, each wanted finding
-    stated (a bank sentence in findings, its phrase in the impression), a whole-normal impression replaced."""
+    stated in the findings (a bank sentence where none is left). The impression of an abnormal study is the list
+    of the wanted findings' phrases, in the prompt's order: a small writer copies a list reliably (label-guided
+    generation), so what the image showed always reaches the impression; a normal study keeps its own."""
     wanted = set(wanted)
     parts: dict[str, list[str]] = {}
     for part, sentences in (("findings", target.findings), ("impression", target.impression)):
@@ -166,13 +168,11 @@ def edit_to(
             out.append(sentence)
         parts[part] = out
     for label in WRITER_LABELS:
-        if label not in wanted:
-            continue
-        if label not in _reading(" ".join(parts["findings"]))[0]:
+        if label in wanted and label not in _reading(" ".join(parts["findings"]))[0]:
             parts["findings"].append(bank.sentence(label, rng))
-        if label not in _reading(" ".join(parts["impression"]))[0]:
-            parts["impression"].append(_IMPRESSION_PHRASES[label])
-    if not wanted:
+    if wanted:
+        parts["impression"] = [_IMPRESSION_PHRASES[label] for label in WRITER_LABELS if label in wanted]
+    else:
         if not parts["findings"]:
             parts["findings"] = bank.normals(rng, set())
         if not parts["impression"]:
@@ -225,7 +225,13 @@ class WriterExample:
 
 
 def build_writer_examples(
-    data: Path, classifier_work: Path, *, seed: int = 0, iu_variants: int = 2, check_rows: int = 3000
+    data: Path,
+    classifier_work: Path,
+    *,
+    seed: int = 0,
+    iu_variants: int = 2,
+    image_variants: int = 2,
+    check_rows: int = 3000,
 ) -> tuple[list[WriterExample], dict[str, Any]]:
     """Writer examples (IU train reports, train radiographs with out-of-fold findings) and SIMPLE-check examples."""
     from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
@@ -280,15 +286,17 @@ def build_writer_examples(
     by_set: dict[frozenset[str], list[WriterTarget]] = defaultdict(list)
     for _, target in cleaned:
         by_set[target.observations].append(target)
-    for path in image_paths:
+    for path, variant in ((p, v) for p in image_paths for v in range(image_variants)):
         wanted = frozenset(stated[path])
         pool = by_set.get(wanted)
-        target = rng.choice(pool) if pool else edit_to(rng.choice(cleaned)[1], wanted, bank, rng)
+        # The edit re-derives the impression from the findings list (a pooled target already states them).
+        target = rng.choice(pool) if pool else rng.choice(cleaned)[1]
+        target = edit_to(target, wanted, bank, rng)
         if target is None:
             continue
         examples.append(
             WriterExample(
-                f"img-{Path(path).stem}",
+                f"img-{Path(path).stem}#{variant}",
                 prompt("", set(wanted)),
                 target.text(),
                 path,
@@ -417,12 +425,16 @@ def train_writer(
     return info
 
 
-def install_embedded(writer_work: Path, classifier_work: Path, target: Path, *, model_id: str) -> dict[str, Any]:
+def install_embedded(
+    writer_work: Path, classifier_work: Path, target: Path, *, model_id: str, results: Path | None = None
+) -> dict[str, Any]:
     """Install the writer (its base and calibrated adapter, float16) and the finding classifier (``findings/``)
-    as the embedded model at ``target``, keeping the earlier training record in ``model.json``."""
+    as the embedded model at ``target``, keeping the earlier training record in ``model.json``; the model card
+    gets this release's section first (with the studies in ``results`` measured on this model, when present)."""
     import shutil
 
-    from radlvlm.model.default import MODEL_INFO
+    from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO
+    from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
     from radlvlm.training.findings import install_classifier
     from radlvlm.training.ship import MAX_SHIPPED_BYTES, _half_adapter, _half_base, _size
 
@@ -436,7 +448,8 @@ def install_embedded(writer_work: Path, classifier_work: Path, target: Path, *, 
     _half_adapter(run / "adapter", staging / "adapter")
     install_classifier(classifier_work / "classifier", staging)
     info = json.loads((target / MODEL_INFO).read_text())
-    previous = info.get("id")
+    # Installing again (e.g. with the studies' figures) keeps the release it continued from.
+    previous = info.get("continued_from") if info.get("id") == model_id else info.get("id")
     done = json.loads((writer_work / "done.json").read_text())
     classifier_summary = json.loads((classifier_work / "summary.json").read_text())
     info.update(
@@ -458,9 +471,15 @@ def install_embedded(writer_work: Path, classifier_work: Path, target: Path, *, 
         }
     )
     (staging / MODEL_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    for name in ("MODEL_CARD.md",):
-        if (target / name).is_file():
-            shutil.copy2(target / name, staging / name)
+    card = (target / MODEL_CARD).read_text(encoding="utf-8") if (target / MODEL_CARD).is_file() else "# Model card\n"
+    title, _, body = card.partition("\n")
+    title = re.sub(r"radlvlm-embedded-cxr-[0-9.]+", model_id, title)
+    card = card_with_section(f"{title}\n{body}", findings_card_section(info, results))
+    (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+    if (target / FINDINGS_DIR / IMAGE_CHECK_FILE).is_file() and not (
+        staging / FINDINGS_DIR / IMAGE_CHECK_FILE
+    ).is_file():
+        shutil.copy2(target / FINDINGS_DIR / IMAGE_CHECK_FILE, staging / FINDINGS_DIR / IMAGE_CHECK_FILE)
     size = _size(staging)
     if size > MAX_SHIPPED_BYTES:
         shutil.rmtree(staging)
@@ -471,3 +490,132 @@ def install_embedded(writer_work: Path, classifier_work: Path, target: Path, *, 
     staging.rename(target)
     shutil.rmtree(backup)
     return {"target": str(target), "bytes": size, "id": model_id}
+
+
+CARD_MARK = "<!-- findings-release -->"
+
+
+def _ci(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "n/a"
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
+    """The model card's section on the finding classifier, the writer and the image check: the training record
+    from ``model.json`` and, when ``results`` holds them, the studies through the HTTP API."""
+    classifier = info["finding_classifier"]
+    writer = info["writer"]
+    lines = [
+        CARD_MARK,
+        f"## Release {info['id']}: a finding classifier, findings-driven drafts, an image check that reads the image",
+        "",
+        f"Continued from {info.get('continued_from')}: the language model, tokenizer and vision tower below are that "
+        "release's; what is new is a convolutional **finding classifier** (``findings/``), a **writer** (the MoLE "
+        "experts and projector, continued) that states the classifier's findings and nothing else, and an **image "
+        "check** that compares a report with the classifier's reading.",
+        "",
+        "- Classifier: an ensemble of 3 ResNets (transformers' ``ResNetModel``, basic blocks 32-64-128-256, "
+        f"{classifier['recipe']['image_size']} px, one channel), one per patient-grouped fold of the NIH and COVID-19 "
+        "train radiographs; half the training images go through a 64 px round trip so a thumbnail's look carries "
+        "no label; per-label Platt calibration and thresholds fitted on the out-of-fold predictions. Labels are "
+        "*validated* (stated in drafts, compared in checks) at out-of-fold AUROC >= 0.65 with >= 10 positive "
+        f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
+        f"- Writer: {writer['steps']} steps on {sum(writer['data']['examples'].values())} examples "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(writer['data']['examples'].items()))}): IU train reports with "
+        "every sentence stating a side, size, device, comparison, incidental finding or advice removed, the "
+        "labeler's findings as input (perturbed at the classifier's out-of-fold error rates, the target edited to "
+        "match), and train radiographs with the classifier's out-of-fold findings; the indication is dropped from "
+        "half the prompts.",
+        "- Training time on 2 CPU cores: classifier "
+        f"{sum(classifier['seconds'].values()) / 60:.1f} min (3 folds), writer {writer['seconds'] / 60:.1f} min. "
+        "Recipe: ``scripts/train-findings.sh DATA WORK`` (resumable).",
+        "",
+        "Out-of-fold AUROC over the NIH train radiographs (each read by the fold model that did not train on it):",
+        "",
+        "| label | AUROC | positive patients |",
+        "|---|---|---|",
+    ]
+    for label, entry in classifier["out_of_fold"].items():
+        if entry.get("oof_auroc_nih") is not None:
+            lines.append(f"| {label} | {entry['oof_auroc_nih']:.3f} | {entry.get('nih_positive_patients')} |")
+    drafts = results / "drafts.json" if results else None
+    if drafts is not None and drafts.is_file():
+        report = json.loads(drafts.read_text())
+        m = report["metrics"]
+        if report["model"]["models"][0]["id"] == info["id"]:
+            c = m.get("classifier", {})
+            d = m["drafts_abnormal_vs_normal"]
+            lines += [
+                "",
+                f"Through ``POST /v1/drafts`` on the NIH **test** split ({m['images']} radiographs, {m['patients']} "
+                "patients; 95% CIs over patients; ``benchmarks/results/drafts.json``):",
+                "",
+                "| measure | all | 512 px | 64 px |",
+                "|---|---|---|---|",
+                "| classifier abnormal-vs-normal AUROC | "
+                + " | ".join(_ci(c.get("abnormal_auroc", {}).get(b)) for b in ("all", "512", "64"))
+                + " |",
+                "| draft sensitivity (abnormal) | "
+                + " | ".join(_ci(d[b]["sensitivity"]) for b in ("all", "512", "64"))
+                + " |",
+                "| draft specificity | " + " | ".join(_ci(d[b]["specificity"]) for b in ("all", "512", "64")) + " |",
+                "",
+                f"- Size-only scorer's AUROC: {_ci(c.get('size_only_abnormal_auroc'))}; mean AUROC over labels with "
+                f">= 10 positive test patients: {c.get('mean_auroc_labels_ge10_patients')}.",
+                f"- Faithfulness (the labeler's reading of the draft equals the findings it was given): "
+                f"{_ci(m.get('faithfulness'))}; drafts with an unsupported statement: "
+                f"{_ci(m['unsupported_statements']['drafts_with_any'])}.",
+                "- Macro F1 over abnormal observations: "
+                + "; ".join(
+                    f"{k.replace('baseline_', 'baseline ')} {_ci(v)}"
+                    for k, v in m["macro_f1_abnormal_observations"].items()
+                    if k != "observations"
+                )
+                + ".",
+            ]
+            if "covid_out_of_domain" in m:
+                covid = m["covid_out_of_domain"]
+                lines.append(
+                    f"- COVID-19 test (out of domain, {covid['images']} abnormal radiographs): draft sensitivity "
+                    f"{_ci(covid['draft_sensitivity'])}."
+                )
+    checks = results / "image_check.json" if results else None
+    if checks is not None and checks.is_file():
+        report = json.loads(checks.read_text())
+        m = report["metrics"]
+        if report["model"]["models"][0]["id"] == info["id"]:
+            w, t = m["with_image"], m["text_only"]
+            lines += [
+                "",
+                f"Image check through ``POST /v1/checks`` on {m['pairs']} pairs (NIH test radiographs x IU test "
+                "reports, each report once agreeing and once contradicting; ``benchmarks/results/image_check.json``): "
+                f"AUROC with the image {_ci(w.get('auroc'))}, text only {_ci(t.get('auroc'))}; a TF-IDF text "
+                f"classifier scores {m['tfidf_text_classifier_auroc']:.3f}. By contradiction: "
+                + "; ".join(f"{k} {_ci(v)}" for k, v in (w.get("auroc_by_kind") or {}).items())
+                + ".",
+            ]
+    lines += [
+        "",
+        "What it cannot do: it names findings, never their side, size or a comparison with a prior study; labels "
+        "with too few patients or too weak an AUROC (pneumothorax, mass, nodule, atelectasis here) are never stated "
+        "or checked; the classifier learnt from ~1,700 radiographs, half of them 64 px thumbnails.",
+        "",
+        "The sections below are the record of the release this one continued from (its figures describe it).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def card_with_section(card: str, section: str) -> str:
+    """The model card with the release section first (replacing an earlier one)."""
+    if CARD_MARK in card:
+        head, _, rest = card.partition(CARD_MARK)
+        tail = rest.split("\n## ", 1)
+        # Everything from the mark to the earlier release's first own heading is the old section.
+        marker = "The sections below are the record of the release this one continued from (its figures describe it).\n"
+        card = head + (
+            rest.split(marker, 1)[1].lstrip("\n") if marker in rest else ("## " + tail[1] if len(tail) > 1 else "")
+        )
+    title, _, body = card.partition("\n")
+    return f"{title}\n\n{section}\n{body.lstrip()}"

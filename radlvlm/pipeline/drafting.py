@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from radlvlm.engine.base import DraftRequest, DraftResult, DraftStream, StreamDraftRequest, Timings
+from radlvlm.engine.base import REPETITION, DraftRequest, DraftResult, DraftStream, StreamDraftRequest, Timings
 from radlvlm.errors import ModelError
 from radlvlm.imaging import Image
 from radlvlm.pipeline.flags import Flag
@@ -21,7 +21,8 @@ from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import clean_output, release_sentences
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.safety.dicom_deid import DicomDeidentifier
-from radlvlm.tasks.image_findings import report_labels
+from radlvlm.tasks.drafting import draft_target
+from radlvlm.tasks.image_findings import draft_disagreement, report_labels
 
 if TYPE_CHECKING:
     from radlvlm.model.findings import ImageFindings
@@ -138,13 +139,20 @@ def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult,
     impression, impression_flags = clean_output(
         result.impression, prepared.deidentifier, has_prior=False, has_lateral=False
     )
+    flags = prepared.flags + findings_flags + impression_flags
+    given = prepared.request.findings
+    if given is not None and result.finish_reason != REPETITION:
+        # The writer is told what the image showed; a draft that says otherwise is shown as such, not hidden.
+        differs = draft_disagreement(draft_target(findings, impression), given)
+        if differs is not None:
+            flags.append(Flag("draft_differs_from_image_findings", differs.message()))
     elapsed_ms = round((time.perf_counter() - prepared.started) * 1000, 2)
     outcome = DraftOutcome(
         model_id=result.model_id,
         findings=findings,
         impression=impression,
         image=ImageFacts.of(prepared.image),
-        flags=prepared.flags + findings_flags + impression_flags,
+        flags=flags,
         finish_reason=result.finish_reason,
         timings=result.timings,
         request_ms=elapsed_ms,

@@ -9,12 +9,17 @@ counterpart (emphysema, fibrosis, hernia) are reported by the classifier but nei
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from radlvlm.reports.labeler import label_report
 
 __all__ = [
     "CLASSIFIER_TO_REPORT",
     "NO_FINDINGS",
     "WRITER_LABELS",
+    "DraftDisagreement",
+    "draft_disagreement",
     "findings_line",
     "report_labels",
 ]
@@ -79,3 +84,33 @@ def findings_line(observations: Iterable[str]) -> str:
         raise ValueError(f"not a writer observation: {sorted(unknown)}")
     words = [_WORDS[label] for label in WRITER_LABELS if label in chosen]
     return f"{FINDINGS_PREFIX} {', '.join(words) if words else NO_FINDINGS}."
+
+
+@dataclass(frozen=True)
+class DraftDisagreement:
+    """Where a draft departs from the findings it was given: what it states beyond them, what it leaves out."""
+
+    stated_not_given: tuple[str, ...]
+    given_not_stated: tuple[str, ...]
+
+    def message(self) -> str:
+        parts = []
+        if self.stated_not_given:
+            parts.append(
+                f"states {', '.join(s.lower() for s in self.stated_not_given)}, which the image reading did not find"
+            )
+        if self.given_not_stated:
+            parts.append(
+                f"leaves out {', '.join(s.lower() for s in self.given_not_stated)}, which the image reading found"
+            )
+        return "the draft " + "; it ".join(parts)
+
+
+def draft_disagreement(draft: str, given: Sequence[str]) -> DraftDisagreement | None:
+    """How the labeler's reading of ``draft`` differs from the observations it was given (None: it does not)."""
+    said = label_report(draft).positive() & set(WRITER_LABELS) if draft.strip() else set()
+    wanted = set(given)
+    if said == wanted:
+        return None
+    order = WRITER_LABELS.index
+    return DraftDisagreement(tuple(sorted(said - wanted, key=order)), tuple(sorted(wanted - said, key=order)))

@@ -72,3 +72,14 @@ def test_fusion_uses_text_weights_only_for_its_own_model(tmp_path: Path) -> None
     assert ImageCheckFusion.load(tmp_path) == fusion
     with pytest.raises(InputError):
         ImageCheckFusion(weights={"bogus": 1.0}, bias=0.0, threshold=0.5)
+
+
+def test_a_draft_that_departs_from_its_findings_is_described() -> None:
+    from radlvlm.tasks.image_findings import draft_disagreement
+
+    assert draft_disagreement("IMPRESSION: Pleural effusion.", ["Pleural Effusion"]) is None
+    differs = draft_disagreement("IMPRESSION: Pulmonary nodule.", ["Lung Opacity", "Pneumonia"])
+    assert differs is not None
+    assert differs.stated_not_given == ("Lung Lesion",)
+    assert differs.given_not_stated == ("Pneumonia", "Lung Opacity")
+    assert "leaves out pneumonia, lung opacity" in differs.message()

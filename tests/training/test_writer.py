@@ -49,3 +49,14 @@ def test_an_edited_target_states_exactly_the_new_input() -> None:
     removed = edit_to(target, set(), bank, rng)
     assert removed is not None and _observations(removed.text()) == set()
     assert removed.impression  # a normal study still gets an impression
+
+
+def test_the_release_section_goes_first_and_replaces_an_earlier_one() -> None:
+    from radlvlm.training.writer import CARD_MARK, card_with_section
+
+    tail = "The sections below are the record of the release this one continued from (its figures describe it).\n"
+    card = "# Model card: m\n\nIntro.\n\n## What it is\nstuff\n"
+    once = card_with_section(card, f"{CARD_MARK}\n## Release A\n\n{tail}")
+    twice = card_with_section(once, f"{CARD_MARK}\n## Release B\n\n{tail}")
+    assert twice.count(CARD_MARK) == 1 and "Release A" not in twice and "Release B" in twice
+    assert twice.startswith("# Model card: m\n") and twice.rstrip().endswith("## What it is\nstuff")
