@@ -97,30 +97,31 @@ def main() -> None:
     }
     for name, answers in (("with_image", with_image), ("text_only", text_only)):
         valid = np.array([bool(a.get("answer_valid")) for a in answers])
-        probability = np.array([a.get("error_probability") or 0.0 for a in answers], dtype=float)
-        verdict = np.array([bool(a.get("has_error")) for a in answers])
-        entry: dict[str, Any] = {"answered": int(valid.sum())}
-        if valid.all():
-            entry["auroc"] = auroc_estimate(truth, probability, patients, args.n_boot)
-            entry["accuracy"] = rate_estimate(verdict == truth, patients, args.n_boot)
-            entry["sensitivity"] = rate_estimate(
-                verdict[truth], [p for p, t in zip(patients, truth, strict=True) if t], args.n_boot
-            )
+        entry: dict[str, Any] = {
+            "answered": int(valid.sum()),
+            "not_answered": dict(Counter(str(a.get("reason")) for a in answers if not a.get("answer_valid"))),
+        }
+        # Scored on the pairs this check answered (a text-only check needs findings and an impression).
+        rows = np.flatnonzero(valid)
+        if rows.size:
+            probability = np.array([answers[i]["error_probability"] for i in rows], dtype=float)
+            verdict = np.array([bool(answers[i]["has_error"]) for i in rows])
+            y, who, kind = truth[rows], [patients[i] for i in rows], kinds[rows]
+            entry["auroc"] = auroc_estimate(y, probability, who, args.n_boot)
+            entry["accuracy"] = rate_estimate(verdict == y, who, args.n_boot)
+            entry["sensitivity"] = rate_estimate(verdict[y], [p for p, t in zip(who, y, strict=True) if t], args.n_boot)
             entry["specificity"] = rate_estimate(
-                ~verdict[~truth], [p for p, t in zip(patients, truth, strict=True) if not t], args.n_boot
+                ~verdict[~y], [p for p, t in zip(who, y, strict=True) if not t], args.n_boot
             )
             entry["auroc_by_kind"] = {}
-            for kind in ("normal_vs_abnormal", "single_finding"):
-                mask = (kinds == kind) | (kinds == "agree")
-                # Only the agreeing rows of reports that carry this kind of contradiction.
-                reports = {p.report.id for p in pairs if p.kind == kind}
-                mask &= np.array([p.report.id in reports for p in pairs])
-                rows = np.flatnonzero(mask)
-                entry["auroc_by_kind"][kind] = auroc_estimate(
-                    truth[rows], probability[rows], [patients[i] for i in rows], args.n_boot
+            ids = [pairs[i].report.id for i in rows]
+            for contradiction in ("normal_vs_abnormal", "single_finding"):
+                # The contradicting rows of this kind with the agreeing rows of the same reports.
+                reports = {ids[j] for j in range(len(rows)) if kind[j] == contradiction}
+                chosen = np.array([ids[j] in reports for j in range(len(rows))])
+                entry["auroc_by_kind"][contradiction] = auroc_estimate(
+                    y[chosen], probability[chosen], [who[j] for j in np.flatnonzero(chosen)], args.n_boot
                 )
-        else:
-            entry["reasons"] = dict(Counter(str(a.get("reason")) for a in answers if not a.get("answer_valid")))
         metrics[name] = entry
     save_report(
         args.out,

