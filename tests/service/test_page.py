@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from servicesupport import Server
+from servicesupport import Server, build_tiny_classifier, make_settings, start_server
 from testsupport import REPO, pydicom_file
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -38,11 +40,25 @@ def browser():  # type: ignore[no-untyped-def]
     driver.quit()
 
 
-def test_page_drafts_and_checks_a_real_study(browser, server: Server) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def server_with_classifier(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    """The tiny model with a finding classifier beside it, so the page shows image findings and an image check."""
+    model = tmp_path_factory.mktemp("page") / "tiny-radlvlm"
+    shutil.copytree(tiny_model_dir, model)
+    build_tiny_classifier(model / "findings")
+    settings, key, check_key = make_settings(tmp_path_factory.mktemp("page-service"), model)
+    uv, thread, url, app = start_server(settings)
+    yield Server(url, key, check_key, settings, app)
+    uv.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_page_drafts_and_checks_a_real_study(browser, server_with_classifier: Server) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
+    server = server_with_classifier
     wait = WebDriverWait(browser, 120)
     browser.get(server.url + "/")
     assert "radlvlm" in browser.title
@@ -53,6 +69,7 @@ def test_page_drafts_and_checks_a_real_study(browser, server: Server) -> None:  
     browser.find_element(By.ID, "draft-btn").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "draft"), "Impression"))
     assert "tiny-radlvlm" in browser.find_element(By.ID, "draft").text
+    assert "Image findings" in browser.find_element(By.ID, "draft").text  # what the classifier read
     report = browser.find_element(By.ID, "report")
     report.clear()
     report.send_keys("FINDINGS: Small left pleural effusion. IMPRESSION: No effusion.")
@@ -61,6 +78,7 @@ def test_page_drafts_and_checks_a_real_study(browser, server: Server) -> None:  
     browser.find_element(By.ID, "check-btn").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "check"), "checked against the image"))
     assert "probability of an error" in browser.find_element(By.ID, "check").text
+    assert "Not checked: laterality" in browser.find_element(By.ID, "check").text
     assert "No effusion." in browser.find_element(By.ID, "report-view").text
     # A text-only check of a report without an impression cannot be done: the page says why, not "no error".
     browser.execute_script("arguments[0].value = ''", browser.find_element(By.ID, "file"))
