@@ -35,23 +35,13 @@ from functools import cached_property
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.tasks.image_findings import CLASSIFIER_TO_REPORT
 from radlvlm.training.sources import IUXraySource, NIHSource, Note, Record, Source
 
 __all__ = ["NIH_TO_CHEXPERT", "NIH_TO_MESH", "LabelMatchedPairs", "nih_key", "report_key"]
 
-NIH_TO_CHEXPERT: dict[str, str] = {
-    "Atelectasis": "Atelectasis",
-    "Cardiomegaly": "Cardiomegaly",
-    "Effusion": "Pleural Effusion",
-    "Infiltration": "Lung Opacity",
-    "Mass": "Lung Lesion",
-    "Nodule": "Lung Lesion",
-    "Pneumonia": "Pneumonia",
-    "Pneumothorax": "Pneumothorax",
-    "Consolidation": "Consolidation",
-    "Edema": "Edema",
-    "Pleural_Thickening": "Pleural Other",
-}
+# One mapping for serving and training (radlvlm.tasks.image_findings).
+NIH_TO_CHEXPERT: dict[str, str] = CLASSIFIER_TO_REPORT
 # NIH findings with no CheXpert observation, matched through IU's MeSH problem terms instead.
 NIH_TO_MESH: dict[str, tuple[str, ...]] = {
     "Emphysema": ("Emphysema", "Pulmonary Emphysema"),

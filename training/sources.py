@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from radlvlm.errors import InputError, RadlvlmError
+from radlvlm.model.findings import NIH_LABELS
 from radlvlm.reports import normalize_text, parse_report, split_sentences
 
 if TYPE_CHECKING:
@@ -566,22 +567,6 @@ class CovidSource(Source):
 
 
 # --------------------------------------------------------------------------------------------- NIH
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
 # Report wording of each NIH label, for label-templated drafting targets.
 NIH_PHRASES: dict[str, str] = {
     "Atelectasis": "Atelectasis.",

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.model.findings import NIH_LABELS
 from radlvlm.reports import normalize_text, split_sentences
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.unsupported import unsupported_kinds
@@ -254,7 +255,7 @@ def build_writer_examples(
     oof = out_of_fold_findings(classifier_work)
     images = [e for e in classifier_examples(data) if e.split == "train" and e.path in oof]
     truth = {
-        e.path: set(report_labels([label for label, y in zip(_NIH, e.labels[1:], strict=True) if y]))
+        e.path: set(report_labels([label for label, y in zip(NIH_LABELS, e.labels[1:], strict=True) if y]))
         for e in images
         if e.source == "nih"
     }
@@ -339,24 +340,6 @@ def build_writer_examples(
         "classifier_error_rates": {"false_positive": rates.false_positive, "false_negative": rates.false_negative},
     }
     return examples, summary
-
-
-_NIH = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
 
 
 def train_writer(

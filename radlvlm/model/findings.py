@@ -29,6 +29,7 @@ from radlvlm.imaging import Image, ImageTransformConfig, ToModelInput, View
 __all__ = [
     "ABNORMAL",
     "FINDING_LABELS",
+    "NIH_LABELS",
     "FindingClassifier",
     "FindingClassifierConfig",
     "ImageFindings",
@@ -37,9 +38,8 @@ __all__ = [
 ]
 
 ABNORMAL = "Abnormal"
-# NIH ChestX-ray14's fourteen findings, after "Abnormal" (any finding: not "No Finding").
-FINDING_LABELS: tuple[str, ...] = (
-    ABNORMAL,
+# NIH ChestX-ray14's fourteen findings, in the order of its label table.
+NIH_LABELS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
     "Effusion",
@@ -55,6 +55,8 @@ FINDING_LABELS: tuple[str, ...] = (
     "Pleural_Thickening",
     "Hernia",
 )
+# What the classifier outputs: "Abnormal" (any finding: not "No Finding"), then the fourteen findings.
+FINDING_LABELS: tuple[str, ...] = (ABNORMAL, *NIH_LABELS)
 
 
 class NotFrontalError(InputError):
