@@ -26,6 +26,7 @@ from radlvlm.pipeline.output import map_span_to_original
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 from radlvlm.tasks.image_check import ImageCheckFusion, ImageComparison, compare_report
+from radlvlm.tasks.report_input import check_input_problem
 from radlvlm.tasks.taxonomy import ErrorCategory
 
 if TYPE_CHECKING:
@@ -195,7 +196,9 @@ def _image_outcome(runtime: Runtime, prepared: PreparedCheck, result: CheckResul
     fusion = None
     if found is not None and runtime.classifier_dir is not None:
         fusion = ImageCheckFusion.load(runtime.classifier_dir)
-    reason = prepared.unavailable or (NO_FUSION if fusion is None else None)
+    # A report the labeler cannot read (not English, no findings or impression) would read as "normal": refuse it.
+    problem = check_input_problem(prepared.cleaned, with_image=True)
+    reason = prepared.unavailable or problem or (NO_FUSION if fusion is None else None)
     base = {
         "model_id": result.model_id,
         "mode": prepared.mode,

@@ -86,6 +86,19 @@ def test_an_image_check_compares_the_report_with_the_image(model_with_classifier
         runtime.close()
 
 
+def test_an_image_check_of_a_report_the_labeler_cannot_read_is_refused(
+    model_with_classifier: Path, tmp_path: Path
+) -> None:
+    settings, _, _ = make_settings(tmp_path, model_with_classifier)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        german = "BEFUND: Kein Pleuraerguss. Herz normal groß. BEURTEILUNG: Unauffälliger Befund."
+        outcome = check_report(runtime, german, CALLER, image=_study())
+        assert outcome.answer_valid is False and "English" in (outcome.reason or "")
+    finally:
+        runtime.close()
+
+
 def test_the_classifier_can_be_switched_off_or_named(model_with_classifier: Path, tmp_path: Path) -> None:
     from radlvlm.errors import ModelError
     from radlvlm.pipeline.runtime import classifier_dir
