@@ -507,7 +507,7 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
         "gate, which decides a normal draft, on the NIH validation radiographs at specificity >= 0.75). Labels are "
         "*validated* (stated in drafts, compared in checks) at out-of-fold AUROC >= 0.65 with >= 10 positive "
         f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
-        f"- Writer: {writer['steps']} steps on {sum(writer['data']['examples'].values())} examples "
+        f"- Writer: {writer['steps']} steps in its last run on {sum(writer['data']['examples'].values())} examples "
         f"({', '.join(f'{k} {v}' for k, v in sorted(writer['data']['examples'].items()))}): IU train reports with "
         "every sentence stating a side, size, device, comparison, incidental finding or advice removed, the "
         "labeler's findings as input (perturbed at the classifier's out-of-fold error rates, the target edited to "
