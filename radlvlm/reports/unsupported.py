@@ -52,11 +52,12 @@ _INCIDENTAL = re.compile(
     r"elevat\w* (?:right |left )?hemidiaphragm|flattened|flattening|thickened|interstitial markings)\b",
     re.IGNORECASE,
 )
-# Advice, hedges and communication: a finding list gives no grounds to recommend, speculate or say who was told.
+# Advice, hedges and communication: a finding list gives no grounds to recommend, speculate ("cannot exclude",
+# "suspicious for") or say who was told.
 _ADVICE = re.compile(
     r"\b(recommend\w*|follow-?up|correlat\w*|discuss\w*|notif\w*|consider\w*|may|might|could|likely|possibl\w*|"
     r"probabl\w*|suggest\w*|concern\w*|differential|secondary to|question\w*|ct|computed tomography|"
-    r"further evaluation|if clinically)\b",
+    r"further evaluation|if clinically|exclud\w*|difficult|suggestive|suspicious|questionabl\w*|versus|vs)\b",
     re.IGNORECASE,
 )
 _NEGATION = re.compile(r"^\W*(no|not|without|negative for|there is no|there are no|absent)\b", re.IGNORECASE)
