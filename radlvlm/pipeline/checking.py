@@ -25,7 +25,7 @@ from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import map_span_to_original
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.tasks.errorcheck import ErrorCheckTask
-from radlvlm.tasks.image_check import ImageCheckFusion, ImageComparison, compare_report
+from radlvlm.tasks.image_check import ImageComparison, compare_report
 from radlvlm.tasks.report_input import check_input_problem
 from radlvlm.tasks.taxonomy import ErrorCategory
 
@@ -193,9 +193,7 @@ def _text_outcome(prepared: PreparedCheck, result: CheckResult) -> CheckOutcome:
 def _image_outcome(runtime: Runtime, prepared: PreparedCheck, result: CheckResult) -> CheckOutcome:
     """The report against the classifier's reading, fused with the text check's probability."""
     found = prepared.image_findings
-    fusion = None
-    if found is not None and runtime.classifier_dir is not None:
-        fusion = ImageCheckFusion.load(runtime.classifier_dir)
+    fusion = runtime.image_check_fusion if found is not None else None
     # A report the labeler cannot read (not English, no findings or impression) would read as "normal": refuse it.
     problem = check_input_problem(prepared.cleaned, with_image=True)
     reason = prepared.unavailable or problem or (NO_FUSION if fusion is None else None)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from radlvlm.safety.dicom_deid import DeidOptions, DicomDeidentifier
     from radlvlm.safety.text_deid import ReportDeidentifier
     from radlvlm.settings import Settings
+    from radlvlm.tasks.image_check import ImageCheckFusion
 
 __all__ = ["Caller", "Runtime", "build_engine", "build_runtime"]
 
@@ -67,6 +68,7 @@ class Runtime:
     deid_options: DeidOptions | None = None
     classifier_dir: Path | None = None
     _classifier: Any = field(default=None, repr=False)
+    _fusion: Any = field(default=None, repr=False)
     _report_deidentifier: ReportDeidentifier | None = field(default=None, repr=False)
     _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -104,7 +106,16 @@ class Runtime:
                     ).eval()
                 except (OSError, ValueError) as e:
                     raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
+                from radlvlm.tasks.image_check import ImageCheckFusion
+
+                # Read with the classifier, once: the image check's fusion belongs to this classifier.
+                self._fusion = ImageCheckFusion.load(self.classifier_dir)
         return self._classifier
+
+    @property
+    def image_check_fusion(self) -> ImageCheckFusion | None:
+        """The image check's fitted fusion (``image_check.json`` beside the classifier); None without one."""
+        return self._fusion if self.finding_classifier is not None else None
 
     def deidentifier(self) -> DicomDeidentifier:
         """A DICOM de-identifier with a pseudonym context of its own: one per study or request, dropped after."""
