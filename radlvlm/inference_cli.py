@@ -34,7 +34,6 @@ VIEW_HELP = (
     "PA or AP: the view of a PNG/JPEG, which states none (default PA, and the answer says it was assumed; "
     "pass --view AP for an AP film). A DICOM's header gives its own."
 )
-DISCLAIMER = "AI-generated preliminary draft for radiologist review; not for clinical use."
 
 
 def _runtime(model: Path | None, adapter: Path | None, key_file: Path | None, **overrides: Any) -> Any:
@@ -87,6 +86,7 @@ def draft_command(
 ) -> None:
     """Draft findings and impression for one study and print them as JSON."""
     from radlvlm.pipeline import draft_study
+    from radlvlm.pipeline.output import DISCLAIMER
 
     study = _image_file(path, view)
     runtime = _runtime(model, adapter, key_file, max_new_tokens=max_new_tokens)
@@ -113,6 +113,7 @@ def check_command(
 ) -> None:
     """Check a report for errors (against the image when given) and print the verdict as JSON."""
     from radlvlm.pipeline import check_report
+    from radlvlm.pipeline.output import DISCLAIMER
 
     if report is None:
         raise fail("--report FILE is required")
@@ -130,4 +131,5 @@ def check_command(
     finally:
         runtime.close()
     out = {**outcome.answer(), "timings": {**outcome.timings.as_dict(), "request_ms": outcome.request_ms}}
+    out["disclaimer"] = DISCLAIMER
     typer.echo(json.dumps(out, indent=2))

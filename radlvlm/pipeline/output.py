@@ -11,6 +11,9 @@ from radlvlm.pipeline.flags import Flag, flag_of
 from radlvlm.safety.dicom_deid import DicomDeidentifier
 from radlvlm.safety.guardrails import output_findings
 
+# Every door shows it beside a draft or a check verdict (the API's answers, the CLI's JSON, the page).
+DISCLAIMER = "AI-generated preliminary draft for radiologist review; not a diagnosis and not for clinical use."
+
 
 def clean_output(
     text: str, deidentifier: DicomDeidentifier, *, has_prior: bool, has_lateral: bool

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DISCLAIMER = "AI-generated preliminary draft for radiologist review; not a diagnosis and not for clinical use."
+from radlvlm.pipeline.output import DISCLAIMER
 
 
 class ErrorDetail(BaseModel):
