@@ -24,7 +24,7 @@ from typing import Protocol
 import requests
 from pydicom.dataset import Dataset
 
-from radlvlm.errors import GuardrailViolation, ModelTimeout, RadlvlmError
+from radlvlm.errors import EngineError, GuardrailViolation, ModelTimeout, RadlvlmError
 from radlvlm.integrations.dicomweb import DicomWebSource, PacsError
 from radlvlm.integrations.ledger import StudyLedger
 from radlvlm.pipeline import Caller, Runtime, StudyInput, draft_study
@@ -192,7 +192,7 @@ class DraftWorker:
             self.ledger.failed(uid, f"not_for_model: {e}"[:200], permanent=True, skipped=True)
             self.counts.skipped += 1
             return True
-        except (PacsError, TimeoutError, ModelTimeout, OSError) as e:
+        except (PacsError, TimeoutError, ModelTimeout, EngineError, OSError) as e:  # ours or the archive's: retried
             state = self.ledger.failed(uid, f"{type(e).__name__}: {e}"[:200])
             self._count_failure(state)
             return True

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from radlvlm.errors import RadlvlmError
+from radlvlm.errors import EngineError, RadlvlmError
 
 T = TypeVar("T")
 
@@ -27,9 +27,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def run_guarded(job: Callable[[], T]) -> T:
-    """Run ``job``; radlvlm errors exit 2 with their one-line reason."""
+    """Run ``job``; radlvlm errors exit 2 with their one-line reason (the caller can fix them), except the
+    engine or model failing on the input, radlvlm's own fault, which exits 1."""
     try:
         return job()
+    except EngineError as e:
+        raise fail(f"{e} (a fault in radlvlm or its model, not in the input)", code=1) from None
     except RadlvlmError as e:
         raise fail(str(e)) from None
 

@@ -63,6 +63,11 @@ class ModelError(RadlvlmError):
     """A model, adapter or checkpoint cannot be built, loaded or converted as asked."""
 
 
+class EngineError(RadlvlmError):
+    """The engine or the model failed while answering a request: radlvlm's fault, never the caller's (the service
+    answers 500 with a request id, the CLI exits 1, the PACS worker retries the study)."""
+
+
 class ModelTimeout(RadlvlmError):
     """The model did not answer within the request timeout."""
 

@@ -36,7 +36,7 @@ from radlvlm.engine.base import (
     Timings,
     unanswerable_check,
 )
-from radlvlm.errors import InputError
+from radlvlm.errors import EngineError, InputError
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
 logger = logging.getLogger(__name__)
@@ -306,9 +306,10 @@ class BatchingEngine(Engine):
                     continue
                 with self._lock:
                     self._stats.failed += len(items)
+                failure = e if isinstance(e, InputError) else engine_failure(e)
                 for item in items:
                     if not item.future.done():  # a stream's future already holds its (ended) stream
-                        item.future.set_exception(e)
+                        item.future.set_exception(failure)
                 continue
             for item, result in zip(items, results, strict=True):
                 item.future.set_result(result)
@@ -322,6 +323,14 @@ class BatchingEngine(Engine):
             total_ms=(end - item.enqueued) * 1000,
             batch_size=batch_size,
         )
+
+
+def engine_failure(error: Exception) -> EngineError:
+    """What a request that failed alone, not for its input, is answered with: radlvlm's fault, with no detail
+    (a message could quote request content; the log names the type), the original kept as the cause."""
+    failure = EngineError("the model failed while answering this request")
+    failure.__cause__ = error
+    return failure
 
 
 def validate_request(request: Request) -> None:

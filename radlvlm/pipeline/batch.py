@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.engine.base import CheckResult, DraftResult
-from radlvlm.errors import GuardrailViolation, InputError, RadlvlmError
+from radlvlm.errors import EngineError, GuardrailViolation, InputError, ModelError, RadlvlmError
 from radlvlm.pipeline.checking import CheckOutcome, PreparedCheck, finish_check, prepare_check
 from radlvlm.pipeline.drafting import DraftOutcome, PreparedDraft, finish_draft, prepare_draft
 from radlvlm.pipeline.ingest import StudyInput
@@ -197,6 +197,8 @@ def predict(
                 ready.append((row, _prepare(runtime, row, task)))
             except GuardrailViolation as e:
                 refused[row.id] = str(e)
+            except (EngineError, ModelError):  # radlvlm's or the chosen model's fault, not the row's
+                raise
             except RadlvlmError as e:
                 raise InputError(f"study {row.id}: {e}") from e
         began = time.perf_counter()
@@ -208,7 +210,7 @@ def predict(
             elif isinstance(prepared, PreparedCheck) and isinstance(result, CheckResult):
                 outcome = finish_check(runtime, prepared, result, caller)
             else:
-                raise InputError(f"study {row.id}: the engine returned a {type(result).__name__}")
+                raise EngineError(f"study {row.id}: the engine returned a {type(result).__name__}")
             out.append(prediction_row(row, outcome))
         if on_progress is not None:
             on_progress(len(out) + len(refused), len(rows))

@@ -107,9 +107,15 @@ class Admission:
             return principal, error_response(403, "forbidden", f"this key lacks the '{needed}' scope")
         if not state.ready:  # the model loads in the background (radlvlm serve): nothing to run the work on yet
             if state.load_failure is not None:
-                return principal, error_response(503, "unavailable", "the model did not load; see the server log")
+                return principal, error_response(
+                    503, "unavailable", "the model did not load; see the server log", scope=scope
+                )
             return principal, error_response(
-                503, "starting", "the model is loading; retry shortly (GET /readyz says when)", {"Retry-After": "2"}
+                503,
+                "starting",
+                "the model is loading; retry shortly (GET /readyz says when)",
+                {"Retry-After": "2"},
+                scope=scope,
             )
         allowed, wait = state.limiter.allow(principal.key_id)
         if not allowed:
@@ -118,7 +124,7 @@ class Admission:
             queued = int(state.engine.stats().get("queue_depth", 0))
             if queued >= state.settings.max_queue:
                 return principal, error_response(
-                    503, "overloaded", "the model is busy; retry shortly", {"Retry-After": "1"}
+                    503, "overloaded", "the model is busy; retry shortly", {"Retry-After": "1"}, scope=scope
                 )
         return principal, None
 

@@ -12,6 +12,11 @@ from radlvlm.pipeline.output import DISCLAIMER
 class ErrorDetail(BaseModel):
     code: str = Field(description="Machine-readable error code, e.g. 'not_dicom', 'unauthorized', 'rate_limited'")
     message: str = Field(description="Human-readable reason; never contains patient data")
+    request_id: str | None = Field(
+        default=None,
+        description="On a 5xx (the service's own fault): the request's id, as in its X-Request-ID header and the "
+        "server log; quote it to the operator",
+    )
 
 
 class ErrorBody(BaseModel):
