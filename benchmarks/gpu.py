@@ -287,8 +287,8 @@ def vllm_worker(args: argparse.Namespace) -> None:
 
     from radlvlm.engine import CheckRequest, DraftRequest
     from radlvlm.engine.vllm_engine import load_vllm_engine
-    from radlvlm.engine.vllm_options import VLLMOptions
     from radlvlm.model import GenerationSettings
+    from radlvlm.settings import VLLMOptions
 
     workdir = Path(args.workdir)
     variant = VLLM_VARIANTS[args.worker]

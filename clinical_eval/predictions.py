@@ -13,7 +13,6 @@ ids, never report text). With ``allow_missing=True`` unmatched ids are dropped i
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import EvaluationInputError
+from radlvlm.rowfiles import load_rows
 from radlvlm.tasks.errorcheck import compose_report
 
 __all__ = [
@@ -40,51 +40,6 @@ def _first(items: Sequence[str], what: str) -> str:
     shown = ", ".join(items[:_SHOW])
     more = f" and {len(items) - _SHOW} more" if len(items) > _SHOW else ""
     return f"{len(items)} {what}: {shown}{more}"
-
-
-def load_rows(path: Path | str) -> list[dict[str, Any]]:
-    """Read a JSONL (``.jsonl``/``.json``/``.ndjson``) or Parquet (``.parquet``/``.pq``) file into row dicts.
-
-    Raises:
-        EvaluationInputError: the file is missing, has an unknown suffix, holds malformed JSON or a line that is
-            not a JSON object (the first offending line numbers are named), or is empty.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EvaluationInputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        try:
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise EvaluationInputError(f"{path}: cannot read Parquet ({type(e).__name__})") from e
-    elif suffix in (".jsonl", ".json", ".ndjson"):
-        rows, bad = [], []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    bad.append(f"line {number}")
-                    continue
-                if not isinstance(row, dict):
-                    bad.append(f"line {number} (not an object)")
-                    continue
-                row["_row"] = number
-                rows.append(row)
-        if bad:
-            raise EvaluationInputError(f"{path}: " + _first(bad, "malformed JSON line(s)"))
-    else:
-        raise EvaluationInputError(f"{path}: unknown file type {suffix!r} (use .jsonl or .parquet)")
-    for index, row in enumerate(rows, start=1):
-        row.setdefault("_row", index)
-    if not rows:
-        raise EvaluationInputError(f"{path}: no rows")
-    return rows
 
 
 def _id_of(row: Mapping[str, Any]) -> str | None:

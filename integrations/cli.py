@@ -99,7 +99,7 @@ def worker_command(
     archive = run_guarded(lambda: DicomWebSource(DicomWebSettings(dicomweb, headers=headers)))
     settings = run_guarded(lambda: load_settings(model_dir=model, adapter_dir=adapter, deid_key_path=key_file))
     # The RADLVLM_* settings give the engine (backend, device, dtype), the project key and the audit trail.
-    runtime = run_guarded(lambda: build_runtime(settings))
+    runtime = run_guarded(lambda: build_runtime(settings, archive=archive))
     book = StudyLedger(ledger)
     discovery = OrthancChangesDiscovery(orthanc, book, headers) if orthanc else QidoDiscovery(archive)
     worker = DraftWorker(

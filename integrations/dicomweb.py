@@ -19,20 +19,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from radlvlm.errors import InputError, RadlvlmError
+from radlvlm.errors import InputError, PacsError
+from radlvlm.settings import Settings
+
+__all__ = ["DicomWebSettings", "DicomWebSource", "PacsError", "archive_from_settings", "as_part10"]
 
 logger = logging.getLogger(__name__)
-
-
-class PacsError(RadlvlmError):
-    """The archive is unreachable, slow, refused the request or answered something unusable.
-
-    ``status`` is the archive's HTTP status when it answered (404: no such study), else None.
-    """
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -115,6 +107,15 @@ class DicomWebSource:
             raise PacsError(f"DICOMweb {what} failed: HTTP {status}", status) from None
         except (requests.ConnectionError, requests.Timeout) as e:
             raise PacsError(f"DICOMweb {what} failed: archive unreachable ({type(e).__name__})") from None
+
+
+def archive_from_settings(settings: Settings) -> DicomWebSource | None:
+    """The archive drafts may name studies in (``RADLVLM_DICOMWEB_URL``), or None when none is configured; the
+    doors build it and hand it to the runtime, so the use cases never import an archive client."""
+    if not settings.dicomweb_url:
+        return None
+    headers = {"Authorization": settings.dicomweb_authorization} if settings.dicomweb_authorization else {}
+    return DicomWebSource(DicomWebSettings(settings.dicomweb_url, headers=headers))
 
 
 def as_part10(ds: Dataset) -> Dataset:

@@ -78,3 +78,14 @@ class NoArchiveError(InputError):
 
 class ImageTooLargeError(InputError):
     """An image declares more pixels than radlvlm decodes (refused before decoding: a decompression bomb)."""
+
+
+class PacsError(RadlvlmError):
+    """The archive is unreachable, slow, refused the request or answered something unusable.
+
+    ``status`` is the archive's HTTP status when it answered (404: no such study), else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -56,10 +56,10 @@ from radlvlm.engine.base import (
     unanswerable_check,
 )
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
-from radlvlm.engine.vllm_options import VLLMOptions
 from radlvlm.errors import InputError, ModelError
 from radlvlm.model.generation import GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
+from radlvlm.settings import VLLMOptions
 from radlvlm.tasks.calibration import CheckCalibrations, find_calibrations
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,

@@ -29,6 +29,7 @@ from radlvlm.pipeline.checking import CheckOutcome, PreparedCheck, finish_check,
 from radlvlm.pipeline.drafting import DraftOutcome, PreparedDraft, finish_draft, prepare_draft
 from radlvlm.pipeline.ingest import StudyInput
 from radlvlm.pipeline.runtime import Caller, Runtime
+from radlvlm.rowfiles import load_rows
 from radlvlm.tasks.drafting import draft_target
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
@@ -57,8 +58,6 @@ def read_manifest(
 
     Errors name the first offending rows (row numbers and ids, never report text).
     """
-    from radlvlm.clinical_eval.predictions import load_rows
-
     if task not in TASKS:
         raise InputError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if limit is not None and limit < 1:

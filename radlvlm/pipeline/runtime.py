@@ -16,12 +16,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from radlvlm.engine.base import Engine, Request, Result
 from radlvlm.errors import ModelError, ModelTimeout
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from radlvlm.model.findings import FindingClassifier
     from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DeidOptions, DicomDeidentifier
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from radlvlm.settings import Settings
     from radlvlm.tasks.image_check import ImageCheckFusion
 
-__all__ = ["Caller", "Runtime", "build_engine", "build_runtime"]
+__all__ = ["Caller", "Runtime", "StudyArchive", "build_engine", "build_runtime"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,12 @@ class Caller:
 
     actor: str
     door: str
+
+
+class StudyArchive(Protocol):
+    """Where a study named by its UID is fetched from (a DICOMweb archive: WADO-RS)."""
+
+    def retrieve_study(self, study_uid: str) -> list[Dataset]: ...
 
 
 @dataclass
@@ -62,7 +70,7 @@ class Runtime:
     model_info: dict[str, Any]
     key: bytes
     audit: AuditTrail | None = None
-    archive: Any = None  # radlvlm.integrations.dicomweb.DicomWebSource
+    archive: StudyArchive | None = None
     request_timeout_s: float = 120.0
     max_new_tokens: int = 256
     deid_options: DeidOptions | None = None
@@ -185,6 +193,7 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
     """The configured backend started on the configured model (the embedded model when none is named)."""
     from radlvlm.engine.loading import load_engine
     from radlvlm.model.default import choose_model
+    from radlvlm.model.generation import GenerationSettings
 
     choice = choose_model(settings.model_dir, settings.adapter_dir)
     engine, info = load_engine(
@@ -195,7 +204,7 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
-        generation=settings.generation(),
+        generation=GenerationSettings(max_new_tokens=settings.max_new_tokens),
         device=settings.device,
         dtype=settings.dtype,
         vllm_options=settings.vllm_options() if settings.backend == "vllm" else None,
@@ -266,9 +275,11 @@ def build_runtime(
     model_info: dict[str, Any] | None = None,
     audit: bool = True,
     lazy: bool = False,
+    archive: StudyArchive | None = None,
 ) -> Runtime:
     """The runtime of ``settings``: its engine (or ``engine``, already started), the project key (created when
-    absent, and said so in the log), the audit trail (unless ``audit`` is False) and the archive client. With
+    absent, and said so in the log), the audit trail (unless ``audit`` is False) and ``archive``, the client of
+    the archive drafts may name studies in (a door builds it: the use cases import no archive client). With
     ``lazy`` the model and the report de-identifier are built on first use (or by whoever warms them up), so
     the runtime itself is ready in well under a second."""
     from radlvlm.safety.audit import AuditTrail
@@ -277,12 +288,6 @@ def build_runtime(
     key, created = load_or_create_key(settings.deid_key_path)
     if created:
         logger.warning("created a new project key at %s; keep it secret and back it up", settings.deid_key_path)
-    archive = None
-    if settings.dicomweb_url:
-        from radlvlm.integrations.dicomweb import DicomWebSettings, DicomWebSource
-
-        headers = {"Authorization": settings.dicomweb_authorization} if settings.dicomweb_authorization else {}
-        archive = DicomWebSource(DicomWebSettings(settings.dicomweb_url, headers=headers))
     trail = AuditTrail(settings.audit_path, key=key) if audit else None
     if trail is not None:
         trail.check()  # a torn or unreadable trail stops the start, before the model is loaded

@@ -32,10 +32,10 @@ from radlvlm.errors import (
     ModelTimeout,
     NoArchiveError,
     NotDicomError,
+    PacsError,
     RadlvlmError,
     UnsupportedTransferSyntaxError,
 )
-from radlvlm.integrations.dicomweb import PacsError
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ def build_app(
     With ``load_in_background`` the model is loaded after the server starts listening (see
     :func:`radlvlm.service.app.create_app`); what can be checked without loading it (the model and adapter
     paths, the audit trail, the key) is checked here, so a wrong path still stops the start at once."""
+    from radlvlm.integrations.dicomweb import archive_from_settings
     from radlvlm.pipeline.runtime import build_runtime, check_before_loading
     from radlvlm.service.app import create_app
 
     if load_in_background:
         check_before_loading(settings)
-    runtime = build_runtime(settings, lazy=load_in_background)
+    runtime = build_runtime(settings, lazy=load_in_background, archive=archive_from_settings(settings))
     return create_app(settings, runtime, load_in_background=load_in_background, on_load_failure=on_load_failure)
 
 

@@ -5,7 +5,7 @@ The model's answer to "does this report contain an error?" is one forward pass: 
 " no". Read at 0.5 it is neither calibrated nor a good operating point (a small model trained on balanced data
 can rank errors above chance and still say "no" to everything). A :class:`CheckCalibration` turns it into a
 probability with a scikit-learn logistic regression fitted on a held-out validation set, optionally together
-with the rule consistency checker's findings (:func:`radlvlm.clinical_eval.baselines.check_consistency`), and
+with the rule consistency checker's findings (:func:`radlvlm.reports.consistency.check_consistency`), and
 holds the threshold chosen on that set. It is stored as JSON next to the weights (``check_calibration.json``):
 a handful of numbers that anyone can read and that load without unpickling code.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from radlvlm.errors import InputError, ModelError
+from radlvlm.reports.consistency import check_consistency
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -53,8 +54,6 @@ _LOG_ODDS_CLIP = 30.0  # a saturated softmax gives +-inf log-odds; the fit only 
 
 def rule_features(report: str) -> dict[str, float]:
     """How many inconsistencies of each kind the rule checker finds in ``report`` (findings vs impression)."""
-    from radlvlm.clinical_eval.baselines import check_consistency
-
     counts = dict.fromkeys(RULE_FEATURES, 0.0)
     for finding in check_consistency(report):
         kind = str(finding["kind"])

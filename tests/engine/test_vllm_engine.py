@@ -45,7 +45,6 @@ from radlvlm.engine.vllm_engine import (
     vllm_simple_check,
     yes_no_log_odds,
 )
-from radlvlm.engine.vllm_options import VLLMOptions
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model import GenerationSettings, MoLEConfig, RadProcessor, build_config, build_model, train_tokenizer
@@ -54,7 +53,7 @@ from radlvlm.model.generation import decode_generation
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.pipeline.runtime import build_engine
-from radlvlm.settings import Settings
+from radlvlm.settings import Settings, VLLMOptions
 from radlvlm.tasks.drafting import draft_prompt
 from radlvlm.tasks.errorcheck import ErrorCheckTask, errorcheck_prompt
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radlvlm.clinical_eval.baselines import check_consistency
+from radlvlm.reports.consistency import check_consistency
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.tasks.image_checks import image_check_reports, labels_report
 
