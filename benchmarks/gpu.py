@@ -285,10 +285,13 @@ def vllm_worker(args: argparse.Namespace) -> None:
     """Measure one vLLM configuration on the exported model; write its JSON into the work directory."""
     import vllm
 
-    from radlvlm.engine import CheckRequest, DraftRequest
     from radlvlm.engine.vllm_engine import load_vllm_engine
     from radlvlm.model import GenerationSettings
+    from radlvlm.pipeline.task_engine import TaskEngine
     from radlvlm.settings import VLLMOptions
+    from radlvlm.tasks.calibration import find_calibrations
+    from radlvlm.tasks.checking import CheckRequest
+    from radlvlm.tasks.drafting import DraftRequest
 
     workdir = Path(args.workdir)
     variant = VLLM_VARIANTS[args.worker]
@@ -299,12 +302,13 @@ def vllm_worker(args: argparse.Namespace) -> None:
         ngram_speculative_tokens=variant["ngram_speculative_tokens"],
     )
     started = time.perf_counter()
-    engine, spec = load_vllm_engine(
+    loaded, spec = load_vllm_engine(
         workdir / "model",
         options=options,
         max_wait_ms=0,
         generation=GenerationSettings(max_new_tokens=args.new_tokens),
     )
+    engine = TaskEngine(loaded, find_calibrations(spec.model_dir, spec.adapter_dir))
     startup_s = time.perf_counter() - started
     studies = study_sets(args.requests, args.batches, args.image_size)
     try:

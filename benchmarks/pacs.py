@@ -47,8 +47,8 @@ def main() -> None:
     from radlvlm.integrations.ledger import StudyLedger
     from radlvlm.integrations.worker import DraftWorker, PacsPublisher, QidoDiscovery
     from radlvlm.model import GenerationSettings, load_pretrained
-    from radlvlm.safety.dicom_deid import DicomDeidentifier
-    from radlvlm.safety.pseudonyms import PseudonymMap
+    from radlvlm.pipeline import Runtime
+    from radlvlm.pipeline.task_engine import TaskEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -70,17 +70,18 @@ def main() -> None:
             stow_seconds = time.perf_counter() - started
             model_dir = args.model or build_small_model(work)
             model, processor = load_pretrained(model_dir)
-            engine = TorchEngine(
-                model,
-                processor,
-                model_id=Path(model_dir).name,
-                generation=GenerationSettings(max_new_tokens=args.new_tokens),
+            engine = TaskEngine(
+                TorchEngine(
+                    model,
+                    processor,
+                    model_id=Path(model_dir).name,
+                    generation=GenerationSettings(max_new_tokens=args.new_tokens),
+                )
             )
             worker = DraftWorker(
                 fetch=archive.retrieve_study,
-                engine=engine,
+                runtime=Runtime(engine=engine, model_info={"id": engine.model_id}, key=b"b" * 32),
                 ledger=StudyLedger(work / "ledger.sqlite"),
-                deidentifier=DicomDeidentifier(PseudonymMap(b"b" * 32, record=False)),
                 publish=PacsPublisher(archive, outbox=work / "outbox"),
                 discovery=QidoDiscovery(archive),
             )

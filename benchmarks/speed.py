@@ -101,19 +101,21 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import GenerationConfig
 
-    from radlvlm.engine.base import DraftRequest
     from radlvlm.engine.loading import load_engine
     from radlvlm.model.default import embedded_model
     from radlvlm.model.generation import GenerationSettings
     from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.pipeline.task_engine import TaskEngine
+    from radlvlm.tasks.drafting import DraftRequest
 
     choice = embedded_model()
     settings = GenerationSettings(max_new_tokens=args.tokens)
-    engine, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, generation=settings)
-    model, processor = engine.model, engine.processor  # type: ignore[attr-defined]
+    loaded, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, generation=settings)
+    engine = TaskEngine(loaded)
+    model, processor = loaded.model, loaded.processor  # type: ignore[attr-defined]
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(512, 512, generator=generator)
-    prompt = processor.draft_prompt(None)
+    prompt = engine.drafts.prompt(None)
     config = settings.to_generation_config(processor)
 
     @torch.inference_mode()

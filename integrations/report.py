@@ -20,7 +20,7 @@ from pydicom.uid import UID
 from radlvlm.errors import InputError
 
 if TYPE_CHECKING:
-    from radlvlm.engine import DraftResult
+    from radlvlm.tasks.drafting import DraftResult
 
 #: The banner every output carries, in its title and as text, so no reader mistakes the draft for a report.
 AI_DRAFT_NOTICE = "PRELIMINARY AI-GENERATED DRAFT - NOT VERIFIED BY A RADIOLOGIST"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
@@ -52,3 +53,11 @@ REPORT_CORPUS = [
     "Right upper lobe opacity concerning for pneumonia.",
     "Degenerative changes of the thoracic spine.",
 ]
+
+
+def draft_prompt_for(processor: Any, indication: str | None = None, findings: Any = None) -> str:
+    """A model's drafting prompt, as its drafting task builds it."""
+    from radlvlm.model.generation import GenerationSettings
+    from radlvlm.tasks.drafting import DraftTask
+
+    return DraftTask(processor, GenerationSettings()).prompt(indication, findings)

@@ -23,7 +23,7 @@ __all__ = ["calibrate_checks"]
 
 
 def _log_odds(engine: Any, reports: list[str], images: list[Any]) -> tuple[list[str], list[bool], list[float], int]:
-    from radlvlm.engine.base import CheckRequest
+    from radlvlm.tasks.checking import CheckRequest
 
     results = engine.run_all([CheckRequest(report=r, image=i) for r, i in zip(reports, images, strict=True)])
     kept = [(k, res.model_log_odds) for k, res in enumerate(results) if res.model_log_odds is not None]
@@ -54,6 +54,7 @@ def calibrate_checks(
     """Fit and save ``check_calibration.json`` for the model at ``model_dir`` (+ ``adapter``); returns a summary."""
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.pipeline.task_engine import TaskEngine
     from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations
     from radlvlm.tasks.errorcheck import build_errorcheck_training_set
     from radlvlm.tasks.image_checks import image_check_reports
@@ -64,7 +65,7 @@ def calibrate_checks(
             raise InputError(f"{data / folder}: missing (calibration needs the IU-Xray and NIH validation splits)")
     model, processor = load_pretrained(model_dir, adapter=adapter)
     # No calibration is loaded here: what is fitted is the model's raw score.
-    engine = TorchEngine(model, processor, model_id=model_dir.name, max_queue=100_000)
+    engine = TaskEngine(TorchEngine(model, processor, model_id=model_dir.name, max_queue=100_000))
     summary: dict[str, Any] = {"seed": seed}
     try:
         # Each validation study as written and once more with one error of the training injector's families.

@@ -158,10 +158,10 @@ def evaluate_alignment(
         InputError: a model directory is missing, or the split has no drafting study.
     """
     from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
-    from radlvlm.engine.base import COMPLEX_ANSWER_TOKENS
     from radlvlm.model.pretrained import load_pretrained
     from radlvlm.safety.text_deid import ReportDeidentifier
     from radlvlm.tasks import parse_simple_answer
+    from radlvlm.tasks.checking import COMPLEX_ANSWER_TOKENS
     from radlvlm.tasks.drafting import draft_prompt, draft_target, parse_draft
     from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
     from radlvlm.training.data import TaskMixture, build_examples

@@ -61,7 +61,7 @@ def _progress(items: Sequence[Any], what: str) -> Iterator[Any]:
 
 def draft_predictions(engine: Any, records: Sequence[Any], model_name: str) -> list[dict[str, Any]]:
     """One drafting request per record, submitted together so the engine batches them."""
-    from radlvlm.engine.base import DraftRequest
+    from radlvlm.tasks.drafting import DraftRequest
 
     futures = [
         engine.submit(DraftRequest(image=r.image.load(), indication=r.indication or None))
@@ -84,7 +84,7 @@ def draft_predictions(engine: Any, records: Sequence[Any], model_name: str) -> l
 
 def check_predictions(engine: Any, rows: Sequence[dict[str, Any]], mode: str, model_name: str) -> list[dict[str, Any]]:
     """Text-only error checks of ``make-errorcheck`` rows; SIMPLE rows carry the probability of an error."""
-    from radlvlm.engine.base import CheckRequest
+    from radlvlm.tasks.checking import CheckRequest
     from radlvlm.tasks.errorcheck import ErrorCheckTask
 
     futures = [engine.submit(CheckRequest(report=r["text"], mode=ErrorCheckTask(mode))) for r in rows]
@@ -133,6 +133,7 @@ def evaluate(
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.model.generation import GenerationSettings
     from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.pipeline.task_engine import TaskEngine
     from radlvlm.tasks.calibration import find_calibrations
     from radlvlm.tasks.errorcheck import build_errorcheck_set
     from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource
@@ -143,14 +144,16 @@ def evaluate(
     model, processor = load_pretrained(model_dir, adapter=adapter)
     model_name = name or model_dir.name + (f"+{adapter.name}" if adapter else "")
     mole = getattr(model, "_mole_adapter", None)
-    engine = TorchEngine(
-        model,
-        processor,
-        model_id=model_name,
-        max_batch_size=batch_size,
-        max_queue=100_000,
-        generation=GenerationSettings(max_new_tokens=max_new_tokens),
-        calibrations=find_calibrations(model_dir, adapter),  # verdicts as the engines give them to users
+    engine = TaskEngine(
+        TorchEngine(
+            model,
+            processor,
+            model_id=model_name,
+            max_batch_size=batch_size,
+            max_queue=100_000,
+            generation=GenerationSettings(max_new_tokens=max_new_tokens),
+        ),
+        calibrations=find_calibrations(model_dir, adapter),  # verdicts as the service gives them to users
     )
     iu = IUXraySource(data / "iu_xray")
     sources = {

@@ -139,12 +139,15 @@ def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = N
 
 def _text_probabilities(model: Path, reports: list[str]) -> tuple[dict[str, float | None], str]:
     """The model's calibrated text-check probability of each report (None where it cannot check one)."""
-    from radlvlm.engine.base import CheckRequest
     from radlvlm.engine.loading import load_engine
     from radlvlm.model.default import choose_model
+    from radlvlm.pipeline.task_engine import TaskEngine
+    from radlvlm.tasks.calibration import find_calibrations
+    from radlvlm.tasks.checking import CheckRequest
 
     choice = choose_model(model, None) if (model / "config.json").is_file() else _shipped_layout(model)
-    engine, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, model_id=choice.model_id, max_queue=10**6)
+    loaded, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, model_id=choice.model_id, max_queue=10**6)
+    engine = TaskEngine(loaded, find_calibrations(choice.base, choice.adapter))  # verdicts as users get them
     try:
         results = engine.run_all([CheckRequest(report=text) for text in reports])
     finally:

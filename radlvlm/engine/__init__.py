@@ -1,6 +1,7 @@
-"""Inference backends behind one interface: the torch backend here; vLLM (GPU) plugs in beside it.
+"""Inference backends behind one interface: generation and scoring over prompt token ids, pixels and decode
+settings, batched; the torch backend here, vLLM (GPU) beside it. They know no task (see :mod:`radlvlm.tasks`).
 
-Names are imported on first use (PEP 562): a light submodule (``vllm_options``) is read without torch.
+Names are imported on first use (PEP 562), so importing the package costs nothing until a name is used.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from radlvlm.lazy import lazy_attributes
 _EXPORTS = {
     name: "radlvlm.engine.base"
     for name in (
-        "CheckFinding",
-        "CheckRequest",
-        "CheckResult",
-        "DraftRequest",
-        "DraftResult",
         "Engine",
         "EngineClosed",
         "EngineOverloaded",
+        "Generated",
+        "GenerateRequest",
+        "GenerationStream",
+        "Retry",
+        "Scored",
+        "ScoreRequest",
         "Timings",
     )
 }

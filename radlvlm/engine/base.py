@@ -1,27 +1,28 @@
-"""The engine interface: studies and task requests in, typed results with timings out.
+"""The engine interface: generation and scoring over prompt token ids, pixels and decode settings, batched.
 
-The service and the PACS worker only talk to an ``Engine``; the torch backend (CPU/GPU, MoLE-capable,
-dynamic batching) and the vLLM backend (GPU) implement it.
+An engine knows no task. What a draft or an error check asks, how it is decoded and what its answer means
+is :mod:`radlvlm.tasks`'s (one object per task); the pipeline pairs a task with the engine. The torch backend
+(CPU/GPU, MoLE-capable) and the vLLM backend (GPU) implement this interface, as vLLM's own engine sees prompts
+and sampling parameters and leaves what a request means to the layers above it.
 """
 
 from __future__ import annotations
 
 import abc
-import math
+import contextlib
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
 
 from radlvlm.errors import RadlvlmError
 from radlvlm.imaging import Image
-from radlvlm.tasks.errorcheck import ErrorCheckTask
-from radlvlm.tasks.taxonomy import ErrorCategory
-
-if TYPE_CHECKING:
-    from radlvlm.tasks.calibration import CheckCalibrations
+from radlvlm.model.generation import GenerationSettings
+from radlvlm.model.processor import RadProcessor
 
 EngineImage = Image | torch.Tensor
 
@@ -39,28 +40,41 @@ class EngineClosed(RadlvlmError):
 
 
 @dataclass(frozen=True)
-class DraftRequest:
-    """Draft findings and impression for a study's frontal image, with the indication when known."""
+class Retry:
+    """A second try for a generation whose text ``rejects`` refuses (a test the task gives: a draft caught in a
+    repetition loop, say), decoded with ``settings``; what still fails it comes back marked ``rejected``."""
 
-    image: EngineImage
-    indication: str | None = None
-    max_new_tokens: int | None = None
-    # CheXpert observations a finding classifier read in the image (None: no classifier, nothing in the prompt).
-    findings: tuple[str, ...] | None = None
+    rejects: Callable[[str], bool]
+    settings: GenerationSettings
 
 
-@dataclass(frozen=True)
-class StreamDraftRequest(DraftRequest):
-    """A draft whose text is delivered as it is generated: the future resolves to a ``DraftStream``."""
+@dataclass(frozen=True, eq=False)
+class GenerateRequest:
+    """Generate a continuation of ``prompt_ids``.
 
+    Args:
+        prompt_ids: the formatted prompt's token ids as the model's family tokenises them
+            (:meth:`radlvlm.model.processor.RadProcessor.prompt_ids`), one image placeholder where the image goes.
+        image: the image (or None for a text-only prompt).
+        settings: how to decode (None: the engine's default settings).
+        retry: a second try for a continuation the task refuses.
+        stream: deliver the text as it is generated (the future resolves to a :class:`GenerationStream`).
+    """
 
-@dataclass(frozen=True)
-class CheckRequest:
-    """Check ``report`` for errors, against ``image`` when given (else a text-only consistency check)."""
-
-    report: str
+    prompt_ids: tuple[int, ...]
     image: EngineImage | None = None
-    mode: ErrorCheckTask = ErrorCheckTask.SIMPLE
+    settings: GenerationSettings | None = None
+    retry: Retry | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreRequest:
+    """The log-probabilities of ``candidates`` as the token that follows ``prompt_ids`` (with ``image``)."""
+
+    prompt_ids: tuple[int, ...]
+    candidates: tuple[int, ...]
+    image: EngineImage | None = None
 
 
 @dataclass(frozen=True)
@@ -79,124 +93,24 @@ class Timings:
         }
 
 
-REPETITION = "repetition"  # finish_reason of a draft withheld because the model looped
-
-
 @dataclass(frozen=True)
-class DraftResult:
-    findings: str
-    impression: str
+class Generated:
+    """A continuation: its text (cut at the first stop string), how many tokens it took, why it ended, and
+    whether the request's retry test still refuses it."""
+
     text: str
-    finish_reason: str
     new_tokens: int
-    model_id: str
+    finish_reason: Literal["stop", "length"]
     timings: Timings
-
-
-def draft_result(generation: Any, model_id: str, timings: Timings) -> DraftResult:
-    """A decoded generation (``radlvlm.model.generation.Generation``) as a drafting result, for both backends.
-
-    A degenerate repetition loop (:func:`radlvlm.tasks.drafting.find_repetition`) never reaches a user as a
-    draft: the result is empty with ``finish_reason="repetition"`` (the torch backend retries such a row with
-    repetition controls before it gets here).
-    """
-    from radlvlm.tasks.drafting import find_repetition, parse_draft
-
-    if find_repetition(generation.text) is not None:
-        return DraftResult("", "", "", REPETITION, generation.new_tokens, model_id, timings)
-    draft = parse_draft(generation.text)
-    return DraftResult(
-        findings=draft.findings,
-        impression=draft.impression,
-        text=generation.text,
-        finish_reason=generation.finish_reason,
-        new_tokens=generation.new_tokens,
-        model_id=model_id,
-        timings=timings,
-    )
+    rejected: bool = False
 
 
 @dataclass(frozen=True)
-class CheckFinding:
-    category: ErrorCategory | None
-    span: tuple[int, int] | None
+class Scored:
+    """The next-token log-probability of each candidate (``-inf`` where the model left it none)."""
 
-
-@dataclass(frozen=True)
-class CheckResult:
-    """``has_error`` with a confidence (SIMPLE), or also the error's type and span (COMPLEX).
-
-    ``answer_valid`` is False when the check could not be done (``reason`` says why: a report without the
-    sections a text-only check compares, not English, longer than the context) or when the model's COMPLEX
-    answer did not follow the format (``raw_answer`` holds what it said); ``has_error`` is then None.
-    ``error_probability`` is the calibrated P(error) of a SIMPLE check (see :mod:`radlvlm.tasks.calibration`);
-    ``confidence`` the probability of the verdict given (``error_probability`` or its complement).
-    """
-
-    has_error: bool | None
-    confidence: float | None
-    findings: list[CheckFinding]
-    text_only: bool
-    mode: ErrorCheckTask
-    answer_valid: bool
-    raw_answer: str
-    model_id: str
+    logprobs: dict[int, float]
     timings: Timings
-    error_probability: float | None = None
-    reason: str | None = None
-    calibrated: bool = False
-    model_log_odds: float | None = None  # the model's own score (SIMPLE), before calibration
-
-
-def simple_check_result(
-    request: CheckRequest,
-    log_odds: float,
-    calibrations: CheckCalibrations | None,
-    model_id: str,
-    timings: Timings,
-) -> CheckResult:
-    """The SIMPLE verdict from the model's log-odds of " yes" over " no", for every backend.
-
-    With the model's calibration (:class:`radlvlm.tasks.calibration.CheckCalibrations`) P(error) is the fitted
-    probability and the verdict is taken at the threshold chosen on validation; without one, at 0.5 of the
-    renormalised yes/no probability.
-    """
-    calibration = calibrations.for_check(with_image=request.image is not None) if calibrations else None
-    if calibration is not None:
-        p_error, threshold = calibration.probability(log_odds, request.report), calibration.threshold
-    else:
-        p_error, threshold = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, log_odds)))), 0.5
-    has_error = p_error >= threshold
-    return CheckResult(
-        has_error=has_error,
-        confidence=p_error if has_error else 1.0 - p_error,
-        findings=[],
-        text_only=request.image is None,
-        mode=ErrorCheckTask.SIMPLE,
-        answer_valid=True,
-        raw_answer="yes" if has_error else "no",
-        model_id=model_id,
-        timings=timings,
-        error_probability=p_error,
-        calibrated=calibration is not None,
-        model_log_odds=log_odds,
-    )
-
-
-def unanswerable_check(request: CheckRequest, reason: str, model_id: str) -> CheckResult:
-    """A check that cannot be done, said so instead of guessed (no model call was made)."""
-    return CheckResult(
-        has_error=None,
-        confidence=None,
-        findings=[],
-        text_only=request.image is None,
-        mode=request.mode,
-        answer_valid=False,
-        raw_answer=f"unanswerable: {reason}",  # what scorers see: an answer off the format, counted invalid
-        model_id=model_id,
-        timings=Timings(0.0, 0.0, 0.0, 0),
-        reason=reason,
-    )
 
 
 @dataclass
@@ -217,78 +131,72 @@ class EngineStats:
         }
 
 
-class DraftStream:
-    """Text pieces of a streaming draft, in order; iteration ends when generation does."""
+class GenerationStream:
+    """Text pieces of a streaming generation, in order; iteration ends when generation does."""
 
     def __init__(self, pieces: Any) -> None:
-        self._pieces = pieces  # a transformers TextIteratorStreamer
-        self._result: DraftResult | None = None
+        self._pieces = pieces  # a transformers TextIteratorStreamer, or the whole text as one piece
+        self._result: Generated | None = None
         self._finished = threading.Event()
 
     def __iter__(self) -> Any:
         return iter(self._pieces)
 
-    def finish(self, result: DraftResult | None) -> None:
+    def finish(self, result: Generated | None) -> None:
         """Called by the engine when generation ends (``None`` when it failed)."""
         self._result = result
         self._finished.set()
 
-    def result(self, timeout: float | None = None) -> DraftResult | None:
-        """The parsed draft once generation has ended; None if it failed or did not end within ``timeout``."""
+    def result(self, timeout: float | None = None) -> Generated | None:
+        """The whole continuation once generation has ended; None if it failed or did not end in ``timeout``."""
         self._finished.wait(timeout)
         return self._result
 
 
-Request = DraftRequest | CheckRequest
-Result = DraftResult | CheckResult | DraftStream
-
-# What the error-check prompts ask a model to answer with, after "ASSISTANT:".
-YES_ANSWER, NO_ANSWER = " yes", " no"
-# Token budget of a COMPLEX check's JSON answer (a category and a span fit with room to spare).
-COMPLEX_ANSWER_TOKENS = 96
-
-
-@dataclass(frozen=True)
-class AnswerTokens:
-    """How " yes" and " no" continue a prompt: their shared leading token ids, then the first ids that differ."""
-
-    shared: tuple[int, ...]
-    yes: int
-    no: int
-
-
-def simple_answer_tokens(tokenizer: Any) -> AnswerTokens | None:
-    """The token ids that decide a SIMPLE check by one next-token distribution, or None when none can.
-
-    A byte-level BPE may spell both answers after a lone space token (the shared part, appended to the
-    prompt); when one answer's ids are a prefix of the other's, no single token decides and backends decode.
-    """
-    yes = tokenizer(YES_ANSWER, add_special_tokens=False)["input_ids"]
-    no = tokenizer(NO_ANSWER, add_special_tokens=False)["input_ids"]
-    shared = 0
-    while shared < min(len(yes), len(no)) and yes[shared] == no[shared]:
-        shared += 1
-    if shared == min(len(yes), len(no)):
-        return None
-    return AnswerTokens(tuple(int(t) for t in yes[:shared]), int(yes[shared]), int(no[shared]))
+Request = GenerateRequest | ScoreRequest
+Result = Generated | Scored | GenerationStream
 
 
 class Engine(abc.ABC):
-    """A backend that runs drafting and error-check requests."""
+    """A backend that generates and scores, batched.
+
+    Attributes:
+        model_id: reported with every answer.
+        processor: the served model's tokenizer, prompt format and image preprocessing (what a task builds its
+            prompt ids with).
+        generation: the decode settings of a request that names none.
+    """
 
     model_id: str
+    processor: RadProcessor
+    generation: GenerationSettings
 
     @abc.abstractmethod
     def submit(self, request: Request) -> Future[Result]:
         """Queue ``request``; raises ``EngineOverloaded`` at once when the queue is full."""
 
+    def at_the_door(self) -> AbstractContextManager[None]:
+        """While a caller builds a request it is about to submit (a task tokenising its prompt): a batch that is
+        forming waits for it, as for a request already inside ``submit`` (nothing to wait for by default)."""
+        return contextlib.nullcontext()
+
     def run(self, request: Request, timeout: float | None = None) -> Result:
         """Submit and wait for the result."""
         return self.submit(request).result(timeout=timeout)
 
-    @abc.abstractmethod
+    def run_all(self, requests: Sequence[Request]) -> list[Result]:
+        """Run an offline batch (a validation study) and return the results in order."""
+        return [future.result() for future in [self.submit(request) for request in requests]]
+
     def warmup(self) -> None:
-        """Run one request end to end so the first real request does not pay for lazy initialisation."""
+        """Run one generation and one scoring end to end so the first real request does not pay for lazy
+        initialisation (a blank image and a minimal prompt: nothing task-specific)."""
+        size = self.processor.image_config.size
+        with_image = tuple(self.processor.prompt_ids(self.processor.chat_prompt("Describe the image.")))
+        text_only = tuple(self.processor.prompt_ids(self.processor.chat_prompt("Answer.", image=False)))
+        first = self.processor.tokenizer.eos_token_id or 0
+        self.run(GenerateRequest(with_image, torch.zeros(size, size), GenerationSettings(max_new_tokens=2)))
+        self.run(ScoreRequest(text_only, (int(first),)))
 
     @abc.abstractmethod
     def close(self) -> None:

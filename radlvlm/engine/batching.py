@@ -2,46 +2,47 @@
 
 Requests wait in a bounded queue; the worker takes the first, then whatever else is queued, and waits (at most
 ``max_wait_ms``) only for requests already at the door (their images being prepared in their own threads), so a
-lone request starts at once and a burst of concurrent clients forms one batch. It hands drafts and checks of the
-batch to the backend in groups (drafts with the same token budget together, each check mode together, each
-stream alone). A full queue rejects at once (``EngineOverloaded``, which the service turns into 503 +
-Retry-After) rather than letting callers hang. A failed group fails its own requests, never the worker.
+lone request starts at once and a burst of concurrent clients forms one batch. It hands the batch to the backend
+in groups (generations with the same decode settings together, scorings together, each stream alone), and runs
+a generation the request's retry test refuses once more with the retry's settings. A full queue rejects at once
+(``EngineOverloaded``, which the service turns into 503 + Retry-After) rather than letting callers hang. A
+failed group fails its own requests, never the worker.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from radlvlm.engine.base import (
-    COMPLEX_ANSWER_TOKENS,
-    CheckRequest,
-    DraftRequest,
     Engine,
     EngineClosed,
     EngineOverloaded,
     EngineStats,
+    Generated,
+    GenerateRequest,
     Request,
     Result,
-    StreamDraftRequest,
+    Retry,
+    Scored,
+    ScoreRequest,
     Timings,
-    unanswerable_check,
 )
 from radlvlm.errors import EngineError, InputError
-from radlvlm.tasks.errorcheck import ErrorCheckTask
+from radlvlm.model.generation import Generation, GenerationSettings
+from radlvlm.model.processor import RadProcessor
 
 logger = logging.getLogger(__name__)
-# A draft whose prompt leaves fewer tokens than this in the context is refused: it could not say anything.
-MIN_DRAFT_TOKENS = 16
 
 
 @dataclass
@@ -61,31 +62,34 @@ class BatchingEngine(Engine):
     """The queue and worker of a dynamic-batching backend; subclasses run the groups.
 
     Args:
+        processor (RadProcessor): the served model's processor (prompt length, image preprocessing).
         model_id (str): reported with every result.
         max_batch_size (int, default 8): most requests run together.
         max_wait_ms (float, default 25.0): the longest the first request of a batch waits for requests already
             being prepared (never for requests not yet submitted).
         max_queue (int, default 64): queued requests beyond this are rejected with ``EngineOverloaded``.
-        default_max_new_tokens (int, default 256): a draft's token budget when its request names none.
+        generation (GenerationSettings): decode settings of a request that names none.
         thread_name (str): the worker thread's name (shows in stack dumps).
     """
 
     def __init__(
         self,
         *,
+        processor: RadProcessor,
         model_id: str,
         max_batch_size: int = 8,
         max_wait_ms: float = 25.0,
         max_queue: int = 64,
-        default_max_new_tokens: int = 256,
+        generation: GenerationSettings | None = None,
         thread_name: str = "radlvlm-engine",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise InputError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        self.processor = processor
         self.model_id = model_id
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
-        self.default_max_new_tokens = default_max_new_tokens
+        self.generation = generation or GenerationSettings()
         self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max_queue)
         self._stats = EngineStats()
         self._lock = threading.Lock()
@@ -102,11 +106,16 @@ class BatchingEngine(Engine):
     def submit(self, request: Request) -> Future[Result]:
         if self._closed:
             raise EngineClosed("the engine is shut down")
-        validate_request(request)
+        validate_request(request, self.processor)
+        with self.at_the_door():
+            return self._enqueue(request)
+
+    @contextlib.contextmanager
+    def at_the_door(self) -> Iterator[None]:
         with self._lock:
             self._arriving += 1
         try:
-            return self._enqueue(request)
+            yield
         finally:
             with self._lock:
                 self._arriving -= 1
@@ -114,11 +123,6 @@ class BatchingEngine(Engine):
     def _enqueue(self, request: Request) -> Future[Result]:
         future: Future[Result] = Future()
         request = self.prepare_image(request)
-        if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
-            future.set_result(unanswerable_check(request, problem, self.model_id))
-            return future
-        if isinstance(request, DraftRequest) and (problem := self.draft_problem(request)) is not None:
-            raise InputError(problem)
         try:
             self._queue.put_nowait(Pending(request, future, time.perf_counter()))
         except queue.Full:
@@ -142,53 +146,12 @@ class BatchingEngine(Engine):
         with self._lock:
             return {"queue_depth": self._queue.qsize(), **self._stats.as_dict()}
 
-    def check_problem(self, request: CheckRequest) -> str | None:
-        """Why this check cannot be done (see :func:`radlvlm.tasks.report_input.check_input_problem`, plus a
-        prompt longer than the model's context), or None. Answered at once, so a bad report never joins, and
-        never fails, a batch of other clients' requests."""
-        from radlvlm.model.processor import NOT_TRAINED_FOR_CHECKS
-        from radlvlm.tasks.report_input import check_input_problem
-
-        processor = getattr(self, "processor", None)
-        if processor is not None and not processor.profile.error_checks:
-            return NOT_TRAINED_FOR_CHECKS  # a converted LLaVA-Rad, say: it would only guess
-        problem = check_input_problem(request.report, with_image=request.image is not None)
-        if problem is None and processor is not None and processor.max_length is not None:
-            prompt = processor.check_prompt(request.mode, request.report, image=request.image is not None)
-            tokens = len(processor.prompt_ids(prompt))
-            tokens += (processor.num_image_tokens - 1) if request.image is not None else 0
-            answer = COMPLEX_ANSWER_TOKENS if request.mode is ErrorCheckTask.COMPLEX else 1
-            if tokens + answer > processor.max_length:
-                problem = (
-                    f"the report is too long for the model: {tokens} tokens with the prompt, "
-                    f"context {processor.max_length}"
-                )
-        return problem
-
     def prepare_image(self, request: Request) -> Request:
         """The request with its image already turned into the model's input, in the submitting thread: the
         resize and normalisation run beside other requests, not in the model's batch loop."""
-        processor = getattr(self, "processor", None)
-        image = getattr(request, "image", None)
-        if processor is None or image is None:
+        if request.image is None:
             return request
-        return dataclasses.replace(request, image=processor.pixel_values([image])[0])
-
-    def draft_problem(self, request: DraftRequest) -> str | None:
-        """Why this draft cannot be run (its prompt, with the indication and the image, leaves the model no room
-        to write in its context), or None. Refused at submit, so a long indication never joins, and never
-        fails, a batch of other clients' drafts."""
-        processor = getattr(self, "processor", None)
-        if processor is None or processor.max_length is None or not request.indication:
-            return None
-        tokens = len(processor.prompt_ids(processor.draft_prompt(request.indication, request.findings)))
-        tokens += processor.num_image_tokens - 1
-        if tokens + MIN_DRAFT_TOKENS > processor.max_length:
-            return (
-                f"the indication is too long for the model: {tokens} tokens with the prompt and the image, "
-                f"context {processor.max_length}"
-            )
-        return None
+        return dataclasses.replace(request, image=self.processor.pixel_values([request.image])[0])
 
     def run_all(self, requests: Sequence[Request]) -> list[Result]:
         """Run an offline batch (a validation study) and return the results in order.
@@ -206,20 +169,16 @@ class BatchingEngine(Engine):
     # -- what a backend provides ------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
-        """Drafts of ``items`` (all with this token budget), in order."""
+    def _generate(self, items: list[Pending], settings: GenerationSettings) -> list[Generation]:
+        """Continuations of ``items`` (all decoded with ``settings``), in order."""
 
     @abc.abstractmethod
-    def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:
-        """Set ``item``'s future to a ``DraftStream`` and generate into it."""
+    def _stream(self, item: Pending, settings: GenerationSettings, start: float) -> None:
+        """Set ``item``'s future to a ``GenerationStream`` and generate into it."""
 
     @abc.abstractmethod
-    def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:
-        """SIMPLE check results of ``items``, in order."""
-
-    @abc.abstractmethod
-    def _complex_checks(self, items: list[Pending], start: float) -> list[Result]:
-        """COMPLEX check results of ``items``, in order."""
+    def _score(self, items: list[Pending]) -> list[dict[int, float]]:
+        """Each item's candidates' next-token log-probabilities, in order."""
 
     def _release(self) -> None:
         """Free the model once the worker has stopped (nothing to do by default)."""
@@ -269,35 +228,40 @@ class BatchingEngine(Engine):
                 item.future.set_exception(EngineClosed("the engine shut down before this request ran"))
 
     def _run_batch(self, batch: list[Pending], *, rerun: bool = False) -> None:
-        groups: dict[tuple[str, int], list[Pending]] = defaultdict(list)
+        groups: dict[tuple[Any, ...], list[Pending]] = defaultdict(list)
         for item in batch:
             request = item.request
-            if isinstance(request, StreamDraftRequest):
-                groups[(f"stream-{id(item)}", request.max_new_tokens or self.default_max_new_tokens)].append(item)
-            elif isinstance(request, DraftRequest):
-                groups[("draft", request.max_new_tokens or self.default_max_new_tokens)].append(item)
-            else:
-                groups[(f"check-{request.mode.value}", 0)].append(item)
+            if isinstance(request, ScoreRequest):
+                groups[("score",)].append(item)
+            elif request.stream:
+                groups[("stream", id(item))].append(item)
+            else:  # one decode per group: the same settings and the same retry
+                groups[("generate", request.settings or self.generation, request.retry)].append(item)
         if not rerun:  # a request run again on its own after its batch failed is still one request
             with self._lock:
                 self._stats.requests += len(batch)
                 self._stats.batches += 1
                 self._stats.batch_sizes[len(batch)] = self._stats.batch_sizes.get(len(batch), 0) + 1
-        for (kind, max_new_tokens), items in groups.items():
+        for key, items in groups.items():
             start = time.perf_counter()
             try:
-                if kind.startswith("stream-"):
-                    self._stream(items[0], max_new_tokens, start)
+                results: list[Result]
+                if key[0] == "stream":
+                    request = items[0].request
+                    assert isinstance(request, GenerateRequest)
+                    self._stream(items[0], request.settings or self.generation, start)
                     continue
-                if kind == "draft":
-                    results = self._drafts(items, max_new_tokens, start)
-                elif kind == "check-simple":
-                    results = self._simple_checks(items, start)
+                if key[0] == "score":
+                    scores = self._score(items)
+                    results = [
+                        Scored(score, self._timings(item, start, len(items)))
+                        for item, score in zip(items, scores, strict=True)
+                    ]
                 else:
-                    results = self._complex_checks(items, start)
+                    results = self._generated(items, key[1], key[2], start)
             except Exception as e:  # a failed batch fails its requests, never the worker
                 # Type only: a traceback or message could quote request content.
-                logger.error("engine batch of %d %s request(s) failed: %s", len(items), kind, type(e).__name__)
+                logger.error("engine batch of %d %s request(s) failed: %s", len(items), key[0], type(e).__name__)
                 if len(items) > 1:
                     # One request's problem must not fail its neighbours: each runs again on its own, so only
                     # the request that fails alone is answered with the failure.
@@ -313,6 +277,26 @@ class BatchingEngine(Engine):
                 continue
             for item, result in zip(items, results, strict=True):
                 item.future.set_result(result)
+
+    def _generated(
+        self, items: list[Pending], settings: GenerationSettings, retry: Retry | None, start: float
+    ) -> list[Result]:
+        """Generate ``items``; those the retry test refuses once more with the retry's settings (together), and
+        marked ``rejected`` when they still fail it."""
+        generations = self._generate(items, settings)
+        rejected = [False] * len(items)
+        if retry is not None:
+            refused = [i for i, g in enumerate(generations) if retry.rejects(g.text)]
+            if refused:
+                again = self._generate([items[i] for i in refused], retry.settings)
+                for i, generation in zip(refused, again, strict=True):
+                    generations[i] = generation
+                    rejected[i] = retry.rejects(generation.text)
+                logger.info("%d of %d generation(s) refused by their task and run again", len(refused), len(items))
+        return [
+            Generated(g.text, g.new_tokens, g.finish_reason, self._timings(item, start, len(items)), rejected[i])
+            for i, (item, g) in enumerate(zip(items, generations, strict=True))
+        ]
 
     @staticmethod
     def _timings(item: Pending, start: float, batch_size: int) -> Timings:
@@ -333,14 +317,23 @@ def engine_failure(error: Exception) -> EngineError:
     return failure
 
 
-def validate_request(request: Request) -> None:
-    """Refuse what no backend can run (an empty report, an unknown mode or request type, a zero token budget)."""
-    if isinstance(request, CheckRequest):
-        if not request.report or not request.report.strip():
-            raise InputError("the report to check is empty")
-        if not isinstance(request.mode, ErrorCheckTask):
-            raise InputError(f"unknown check mode {request.mode!r}")
-    elif not isinstance(request, DraftRequest):
+def validate_request(request: Request, processor: RadProcessor) -> None:
+    """Refuse what no backend can run: an unknown request type, an empty prompt, an image placeholder without
+    its image (or the reverse), nothing to score, or a prompt that leaves no room in the model's context."""
+    if not isinstance(request, GenerateRequest | ScoreRequest):
         raise InputError(f"unknown request type {type(request).__name__}")
-    elif request.max_new_tokens is not None and request.max_new_tokens < 1:
-        raise InputError("max_new_tokens must be at least 1")
+    if not request.prompt_ids:
+        raise InputError("the prompt is empty")
+    if isinstance(request, ScoreRequest) and not request.candidates:
+        raise InputError("a scoring request needs at least one candidate token")
+    placeholders = sum(1 for token in request.prompt_ids if token == processor.image_token_id)
+    wanted = 0 if request.image is None else 1
+    if placeholders != wanted:
+        raise InputError(f"the prompt has {placeholders} {processor.image_token} placeholder(s) for {wanted} image(s)")
+    if processor.max_length is not None:
+        length = len(request.prompt_ids) + wanted * (processor.num_image_tokens - 1)
+        if length + 1 > processor.max_length:
+            raise InputError(
+                f"the prompt is {length} tokens (with {wanted * processor.num_image_tokens} image tokens), "
+                f"leaving no room in the model's context of {processor.max_length}"
+            )

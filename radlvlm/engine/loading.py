@@ -129,7 +129,6 @@ def load_engine(
 
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.model.pretrained import load_pretrained
-    from radlvlm.tasks.calibration import find_calibrations
 
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -157,7 +156,6 @@ def load_engine(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         generation=generation,
-        calibrations=find_calibrations(model_dir, adapter_dir),
     )
     return engine, model_info(model, model_id, adapter)
 

@@ -10,10 +10,10 @@ vLLM's engine does not run.
 
 Requests go through the same dynamic-batching queue as the torch backend; each group is one ``LLM.generate``
 call, inside which vLLM batches continuously. ``run_all`` hands a whole offline validation run to one
-``LLM.generate`` per task. The model's inputs are built exactly as the torch backend builds them: the same chat
-prompt tokenised the same way (passed as token ids, so vLLM adds no second BOS), and the image preprocessed by
-radlvlm's own transform (pad or crop) into a square RGB image of the encoder's size, which vLLM's LlavaProcessor
-then only normalises. Outputs are decoded by the same function as the torch backend's.
+``LLM.generate`` per group of requests decoded alike. The model's inputs are built exactly as the torch backend
+builds them: the same prompt token ids (so vLLM adds no second BOS), and the image preprocessed by radlvlm's own
+transform (pad or crop) into a square RGB image of the encoder's size, which vLLM's LlavaProcessor then only
+normalises. Outputs are decoded by the same function as the torch backend's.
 
 The mapping in both directions is pure functions over plain data (token ids, PIL images, dicts of sampling
 arguments, duck-typed ``RequestOutput``), tested on CPU without vLLM; vLLM is imported only when an engine starts.
@@ -21,7 +21,6 @@ arguments, duck-typed ``RequestOutput``), tested on CPU without vLLM; vLLM is im
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -37,36 +36,12 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from radlvlm.engine.base import (
-    COMPLEX_ANSWER_TOKENS,
-    AnswerTokens,
-    CheckFinding,
-    CheckRequest,
-    CheckResult,
-    DraftRequest,
-    DraftResult,
-    DraftStream,
-    EngineImage,
-    Request,
-    Result,
-    StreamDraftRequest,
-    draft_result,
-    simple_answer_tokens,
-    simple_check_result,
-    unanswerable_check,
-)
+from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result, ScoreRequest
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
-from radlvlm.model.generation import GenerationSettings, decode_generation
+from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
 from radlvlm.settings import VLLMOptions
-from radlvlm.tasks.calibration import CheckCalibrations, find_calibrations
-from radlvlm.tasks.errorcheck import (
-    AnswerParseError,
-    ErrorCheckTask,
-    parse_complex_answer,
-    parse_simple_answer,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +54,6 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 HF_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 MOLE_CONFIG = "mole_config.json"
 PEFT_CONFIG = "adapter_config.json"
-SIMPLE_FALLBACK_TOKENS = 4
 
 INSTALL_HINT = (
     "install the [vllm] extra in its own CUDA environment "
@@ -297,48 +271,27 @@ def vllm_image(image: EngineImage, processor: RadProcessor) -> PILImage.Image:
     return PILImage.fromarray(np.ascontiguousarray(rgb), mode="RGB")
 
 
-def prompt_input(
-    processor: RadProcessor, text: str, image: EngineImage | None, answer_prefix: Sequence[int] = ()
-) -> dict[str, Any]:
-    """One vLLM prompt: the formatted prompt's token ids (one ``<image>``, which vLLM expands) and the image.
+def prompt_input(processor: RadProcessor, prompt_ids: Sequence[int], image: EngineImage | None) -> dict[str, Any]:
+    """One vLLM prompt: the prompt's token ids (one ``<image>``, which vLLM expands) and the image.
 
     Token ids, not text: they are the ones the model's family was trained on (``processor.prompt_ids``: the
     chat template's BOS, or LLaVA's piece-by-piece tokenisation), which vLLM's own tokenising would not give.
-    ``answer_prefix`` is appended after the prompt (the shared leading tokens of " yes" and " no").
     """
-    ids = processor.prompt_ids(text)
-    ids.extend(int(t) for t in answer_prefix)
-    placeholders = ids.count(processor.image_token_id)
-    if placeholders != (1 if image is not None else 0):
-        raise InputError(f"the prompt has {placeholders} {processor.image_token} placeholder(s)")
-    length = len(ids) + placeholders * (processor.num_image_tokens - 1)  # as vLLM expands the placeholder
-    if processor.max_length is not None and length > processor.max_length:
-        raise InputError(
-            f"the prompt is {length} tokens (with {placeholders * processor.num_image_tokens} image tokens), "
-            f"longer than the model's context of {processor.max_length}"
-        )
-    prompt: dict[str, Any] = {"prompt_token_ids": ids}
+    prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in prompt_ids]}
     if image is not None:
         prompt["multi_modal_data"] = {"image": vllm_image(image, processor)}
     return prompt
 
 
-def draft_input(processor: RadProcessor, request: DraftRequest) -> dict[str, Any]:
-    return prompt_input(processor, processor.draft_prompt(request.indication, request.findings), request.image)
+def generation_sampling(settings: GenerationSettings) -> dict[str, Any]:
+    """``SamplingParams`` arguments equivalent to ``settings`` (greedy or sampling; beam search is refused).
 
-
-def check_input(processor: RadProcessor, request: CheckRequest, answer: AnswerTokens | None = None) -> dict[str, Any]:
-    prefix = answer.shared if answer is not None and request.mode is ErrorCheckTask.SIMPLE else ()
-    prompt = processor.check_prompt(request.mode, request.report, image=request.image is not None)
-    return prompt_input(processor, prompt, request.image, prefix)
-
-
-def draft_sampling(settings: GenerationSettings, max_new_tokens: int) -> dict[str, Any]:
-    """``SamplingParams`` arguments equivalent to ``settings`` (greedy or sampling; beam search is refused)."""
+    vLLM has no n-gram ban: ``no_repeat_ngram_size`` (a task's second try for a looping draft) is served by the
+    repetition penalty alone."""
     if settings.strategy == "beam":
         raise ModelError("beam search is not served by the vLLM backend; use greedy or sampling, or the torch backend")
     kwargs: dict[str, Any] = {
-        "max_tokens": max_new_tokens,
+        "max_tokens": settings.max_new_tokens,
         "repetition_penalty": settings.repetition_penalty,
         "skip_special_tokens": True,
     }
@@ -351,15 +304,9 @@ def draft_sampling(settings: GenerationSettings, max_new_tokens: int) -> dict[st
     return kwargs
 
 
-def simple_check_sampling(answer: AnswerTokens | None) -> dict[str, Any]:
-    """One greedy token restricted to yes/no, with both log-probabilities; or a short decode when no token decides."""
-    if answer is None:
-        return {"max_tokens": SIMPLE_FALLBACK_TOKENS, "temperature": 0.0, "skip_special_tokens": True}
-    return {"max_tokens": 1, "temperature": 0.0, "logprobs": 2, "allowed_token_ids": [answer.yes, answer.no]}
-
-
-def complex_check_sampling() -> dict[str, Any]:
-    return {"max_tokens": COMPLEX_ANSWER_TOKENS, "temperature": 0.0, "skip_special_tokens": True}
+def score_sampling(candidates: Sequence[int]) -> dict[str, Any]:
+    """One greedy token restricted to the candidates, with the log-probability of each."""
+    return {"max_tokens": 1, "temperature": 0.0, "logprobs": len(candidates), "allowed_token_ids": list(candidates)}
 
 
 # -- vLLM outputs → our results ------------------------------------------------------------------
@@ -393,64 +340,6 @@ def completion_of(output: Any) -> Completion:
     return Completion([int(t) for t in first.token_ids], str(reason), first_logprobs)
 
 
-def yes_no_log_odds(logprobs: Mapping[int, float], answer: AnswerTokens) -> float | None:
-    """The first answer token's log-odds of yes over no (what :func:`radlvlm.engine.base.simple_check_result`
-    turns into a verdict). With the allowed-token mask both are present; one that is missing had no probability
-    left (``-inf``, clipped by the verdict). None when neither is there."""
-    yes, no = logprobs.get(answer.yes, -math.inf), logprobs.get(answer.no, -math.inf)
-    if yes == -math.inf and no == -math.inf:
-        return None
-    if yes == -math.inf or no == -math.inf:
-        return math.inf if no == -math.inf else -math.inf
-    return yes - no
-
-
-def vllm_simple_check(
-    request: CheckRequest,
-    completion: Completion,
-    answer: AnswerTokens | None,
-    processor: RadProcessor,
-    model_id: str,
-    timings: Any,
-    calibrations: CheckCalibrations | None = None,
-) -> CheckResult:
-    """A SIMPLE verdict from the logprobs (calibrated), or parsed from the short decode when no token decides."""
-    if answer is not None:
-        log_odds = yes_no_log_odds(completion.first_logprobs, answer)
-        if log_odds is not None:
-            return simple_check_result(request, log_odds, calibrations, model_id, timings)
-    text = decode_generation(completion.token_ids, processor, GenerationSettings(max_new_tokens=4)).text
-    try:
-        parsed: bool | None = parse_simple_answer(text)
-        valid = True
-    except AnswerParseError:
-        parsed, valid = None, False
-    return CheckResult(parsed, None, [], request.image is None, ErrorCheckTask.SIMPLE, valid, text, model_id, timings)
-
-
-def complex_check_result(
-    request: CheckRequest, completion: Completion, processor: RadProcessor, model_id: str, timings: Any
-) -> CheckResult:
-    """A COMPLEX verdict parsed from the JSON answer; an answer off the format is reported, not guessed."""
-    settings = GenerationSettings(max_new_tokens=COMPLEX_ANSWER_TOKENS)
-    text = decode_generation(completion.token_ids, processor, settings).text
-    try:
-        answer = parse_complex_answer(text)
-    except AnswerParseError:
-        answer = None
-    return CheckResult(
-        has_error=answer.has_error if answer else None,
-        confidence=None,
-        findings=[CheckFinding(answer.category, answer.span)] if answer and answer.has_error else [],
-        text_only=request.image is None,
-        mode=ErrorCheckTask.COMPLEX,
-        answer_valid=answer is not None,
-        raw_answer=text,
-        model_id=model_id,
-        timings=timings,
-    )
-
-
 # -- the engine ----------------------------------------------------------------------------------
 
 
@@ -473,17 +362,16 @@ class VLLMBindings:
 
 
 class VLLMEngine(BatchingEngine):
-    """The ``Engine`` interface over a ``vllm.LLM``: drafts, SIMPLE/COMPLEX checks and (whole-text) streams.
+    """The ``Engine`` interface over a ``vllm.LLM``: generations, scorings and (whole-text) streams.
 
     Args:
         llm: a started ``vllm.LLM`` (or an object with its ``generate``).
-        processor: radlvlm's processor for the model (prompts, tokenizer, image preprocessing).
+        processor: radlvlm's processor for the model (tokenizer, image preprocessing).
         bindings: vLLM's ``SamplingParams`` and ``LoRARequest`` (see ``VLLMBindings``).
         model_id (str): reported with every result.
         adapter_dir (Path | None): a peft LoRA adapter served through vLLM's multi-LoRA on every request.
         max_batch_size, max_wait_ms, max_queue: the dynamic batching of the service (see ``BatchingEngine``).
-        generation (GenerationSettings): drafting decode settings (greedy, 256 new tokens by default).
-        calibrations (CheckCalibrations | None): the model's SIMPLE-check calibration (verdicts at 0.5 without).
+        generation (GenerationSettings): decode settings of a request that names none (greedy, 256 new tokens).
     """
 
     def __init__(
@@ -498,75 +386,43 @@ class VLLMEngine(BatchingEngine):
         max_wait_ms: float = 25.0,
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
-        calibrations: CheckCalibrations | None = None,
     ) -> None:
         generation = generation or GenerationSettings()
-        self.calibrations = calibrations
         if generation.strategy == "beam":
             raise ModelError(
                 "beam search is not served by the vLLM backend; use greedy or sampling, or the torch backend"
             )
         super().__init__(
+            processor=processor,
             model_id=model_id,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            default_max_new_tokens=generation.max_new_tokens,
+            generation=generation,
             thread_name="radlvlm-vllm-engine",
         )
         self.llm = llm
-        self.processor = processor
         self.bindings = bindings
-        self.generation = generation
         self.lora = bindings.lora_request(adapter_dir.name, 1, str(adapter_dir)) if adapter_dir is not None else None
-        self._answer = simple_answer_tokens(processor.tokenizer)
         self._generate_lock = threading.Lock()  # the worker and run_all never drive the LLM at once
         self._start()
 
-    def warmup(self) -> None:
-        size = self.processor.image_config.size
-        self.run(DraftRequest(image=torch.zeros(size, size), max_new_tokens=2))
-        self.run(CheckRequest(report="FINDINGS: The lungs are clear.\nIMPRESSION: Normal chest."))
-
     def run_all(self, requests: Sequence[Request]) -> list[Result]:
-        """Run an offline batch (a validation study) on vLLM's batch engine: one ``generate`` per request kind.
-
-        Streams are not offered here; results come back in the order of ``requests``.
-        """
+        """Run an offline batch (a validation study) on vLLM's batch engine, in this thread: one ``generate``
+        per group of requests decoded alike (all drafts at once, all scorings at once). Streams are not
+        offered here; results come back in the order of ``requests``."""
         pending: list[Pending] = []
         for request in requests:
-            if isinstance(request, StreamDraftRequest):
-                raise InputError("an offline batch takes drafts and checks, not streams")
-            validate_request(request)
-            pending.append(Pending(request, Future(), time.perf_counter()))
-        start = time.perf_counter()
-        results: dict[int, Result] = {}
-        drafts: dict[int, list[int]] = {}
-        for index, item in enumerate(pending):
-            request = item.request
-            if isinstance(request, CheckRequest) and (problem := self.check_problem(request)) is not None:
-                results[index] = unanswerable_check(request, problem, self.model_id)
-            elif isinstance(request, DraftRequest):
-                drafts.setdefault(request.max_new_tokens or self.default_max_new_tokens, []).append(index)
-        for max_new_tokens, indices in drafts.items():
-            for index, result in zip(
-                indices, self._drafts([pending[i] for i in indices], max_new_tokens, start), strict=True
-            ):
-                results[index] = result
-        for mode, run in ((ErrorCheckTask.SIMPLE, self._simple_checks), (ErrorCheckTask.COMPLEX, self._complex_checks)):
-            indices = [
-                i
-                for i, item in enumerate(pending)
-                if isinstance(item.request, CheckRequest) and item.request.mode is mode and i not in results
-            ]
-            if indices:
-                for index, result in zip(indices, run([pending[i] for i in indices], start), strict=True):
-                    results[index] = result
-        return [results[i] for i in range(len(pending))]
+            if isinstance(request, GenerateRequest) and request.stream:
+                raise InputError("an offline batch takes generations and scorings, not streams")
+            validate_request(request, self.processor)
+            pending.append(Pending(self.prepare_image(request), Future(), time.perf_counter()))
+        self._run_batch(pending)
+        return [item.future.result() for item in pending]
 
     # -- groups -----------------------------------------------------------------------------------
 
-    def _generate(self, prompts: list[dict[str, Any]], sampling: dict[str, Any]) -> list[Completion]:
+    def _completions(self, prompts: list[dict[str, Any]], sampling: dict[str, Any]) -> list[Completion]:
         params = self.bindings.sampling_params(**sampling)
         with self._generate_lock:
             outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
@@ -574,52 +430,36 @@ class VLLMEngine(BatchingEngine):
             raise ModelError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         return [completion_of(output) for output in outputs]
 
-    def _drafts(self, items: list[Pending], max_new_tokens: int, start: float) -> list[Result]:
-        settings = dataclasses.replace(self.generation, max_new_tokens=max_new_tokens)
-        prompts = [draft_input(self.processor, item.request) for item in items]  # type: ignore[arg-type]
-        completions = self._generate(prompts, draft_sampling(settings, max_new_tokens))
-        return [
-            draft_result(
-                decode_generation(c.token_ids, self.processor, settings),
-                self.model_id,
-                self._timings(i, start, len(items)),
-            )
-            for i, c in zip(items, completions, strict=True)
-        ]
+    def _prompts(self, items: list[Pending]) -> list[dict[str, Any]]:
+        return [prompt_input(self.processor, item.request.prompt_ids, item.request.image) for item in items]
 
-    def _stream(self, item: Pending, max_new_tokens: int, start: float) -> None:
+    def _generate(self, items: list[Pending], settings: GenerationSettings) -> list[Generation]:
+        completions = self._completions(self._prompts(items), generation_sampling(settings))
+        return [decode_generation(c.token_ids, self.processor, settings) for c in completions]
+
+    def _stream(self, item: Pending, settings: GenerationSettings, start: float) -> None:
         """vLLM's offline engine returns whole completions: the stream carries the text in one piece."""
-        (result,) = self._drafts([item], max_new_tokens, start)
-        assert isinstance(result, DraftResult)
-        stream = DraftStream([result.text] if result.text else [])
-        stream.finish(result)
+        (generation,) = self._generate([item], settings)
+        timings = self._timings(item, start, 1)
+        stream = GenerationStream([generation.text] if generation.text else [])
+        stream.finish(Generated(generation.text, generation.new_tokens, generation.finish_reason, timings))
         item.future.set_result(stream)
 
-    def _simple_checks(self, items: list[Pending], start: float) -> list[Result]:
-        requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
-        prompts = [check_input(self.processor, r, self._answer) for r in requests]
-        completions = self._generate(prompts, simple_check_sampling(self._answer))
-        return [
-            vllm_simple_check(
-                r,
-                c,
-                self._answer,
-                self.processor,
-                self.model_id,
-                self._timings(i, start, len(items)),
-                self.calibrations,
-            )
-            for i, r, c in zip(items, requests, completions, strict=True)
-        ]
-
-    def _complex_checks(self, items: list[Pending], start: float) -> list[Result]:
-        requests: list[CheckRequest] = [item.request for item in items]  # type: ignore[misc]
-        prompts = [check_input(self.processor, r) for r in requests]
-        completions = self._generate(prompts, complex_check_sampling())
-        return [
-            complex_check_result(r, c, self.processor, self.model_id, self._timings(i, start, len(items)))
-            for i, r, c in zip(items, requests, completions, strict=True)
-        ]
+    def _score(self, items: list[Pending]) -> list[dict[int, float]]:
+        scores: list[dict[int, float]] = []
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(items):
+            request: ScoreRequest = item.request  # type: ignore[assignment]
+            groups.setdefault(request.candidates, []).append(index)
+        out: dict[int, dict[int, float]] = {}
+        for candidates, indices in groups.items():
+            chosen = [items[i] for i in indices]
+            for index, completion in zip(
+                indices, self._completions(self._prompts(chosen), score_sampling(candidates)), strict=True
+            ):
+                out[index] = {c: completion.first_logprobs.get(c, -math.inf) for c in candidates}
+        scores.extend(out[i] for i in range(len(items)))
+        return scores
 
     def _release(self) -> None:
         self.llm = None
@@ -673,7 +513,6 @@ def load_vllm_engine(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         generation=generation,
-        calibrations=find_calibrations(spec.model_dir, spec.adapter_dir),
     )
     return engine, spec
 

@@ -99,12 +99,13 @@ class GenerationBatch:
 def generate(
     model: LlavaForConditionalGeneration,
     processor: RadProcessor,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
     images: Sequence[ImageInput | None] | None = None,
     settings: GenerationSettings | None = None,
     streamer: Any | None = None,
 ) -> GenerationBatch:
-    """Generate one continuation per prompt (formatted prompts, e.g. from ``processor.chat_prompt``).
+    """Generate one continuation per prompt (formatted prompts, e.g. from ``processor.chat_prompt``, or their
+    token ids from ``processor.prompt_ids``).
 
     ``streamer`` (a transformers streamer, batch of one prompt) receives the text as it is generated.
     """

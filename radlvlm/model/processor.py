@@ -25,7 +25,6 @@ from radlvlm.model.profile import get_profile
 from radlvlm.model.tokenizer import IMAGE, VICUNA_CHAT_TEMPLATE
 
 PROCESSOR_FILE = "radlvlm_processor.json"
-NOT_TRAINED_FOR_CHECKS = "this model was not trained for error checks"
 ImageInput = Image | torch.Tensor | PILImage.Image
 
 
@@ -108,28 +107,6 @@ class RadProcessor:
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
-    def draft_prompt(self, indication: str | None = None, findings: Sequence[str] | None = None) -> str:
-        """The drafting prompt of this model's family: radlvlm's drafting task, or the family's own request.
-
-        ``findings`` (CheXpert observations a finding classifier read in the image; None without one) go on a line
-        of their own, after the family's request for a family that was not trained with them.
-        """
-        from radlvlm.tasks.drafting import draft_prompt
-        from radlvlm.tasks.image_findings import findings_line
-
-        request = self.profile.draft_request(indication)
-        if request is None:
-            return self.chat_prompt(draft_prompt(indication, findings))
-        return self.chat_prompt(request if findings is None else f"{request}\n{findings_line(findings)}")
-
-    def check_prompt(self, mode: Any, report: str, *, image: bool) -> str:
-        """The error-check prompt; only for a family trained to check (``profile.error_checks``)."""
-        from radlvlm.tasks.errorcheck import errorcheck_prompt
-
-        if not self.profile.error_checks:
-            raise ModelError(NOT_TRAINED_FOR_CHECKS)
-        return self.chat_prompt(errorcheck_prompt(mode, report), image=image)
-
     def prompt_ids(self, text: str) -> list[int]:
         """The token ids of a formatted prompt, as the model's family tokenised them in training.
 
@@ -177,12 +154,13 @@ class RadProcessor:
 
     def __call__(
         self,
-        texts: str | Sequence[str],
+        texts: str | Sequence[str] | Sequence[Sequence[int]],
         images: Sequence[ImageInput | None] | None = None,
         *,
         padding_side: str = "left",
     ) -> BatchFeature:
-        """Tokenise ``texts`` (already formatted, e.g. by ``chat_prompt``) with one image per ``<image>``.
+        """Tokenise ``texts`` (already formatted, e.g. by ``chat_prompt``; or their ``prompt_ids``) with one image
+        per ``<image>``.
 
         ``images[i]`` belongs to ``texts[i]`` (None for a text-only row).
         """
@@ -195,7 +173,7 @@ class RadProcessor:
         rows: list[list[int]] = []
         batch_images: list[ImageInput] = []
         for row, (text, image) in enumerate(zip(texts, images, strict=True)):
-            ids = self.prompt_ids(text)
+            ids = self.prompt_ids(text) if isinstance(text, str) else [int(t) for t in text]
             placeholders = sum(1 for token in ids if token == self.image_token_id)
             wanted = 0 if image is None else 1
             if placeholders != wanted:

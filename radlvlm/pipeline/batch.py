@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from radlvlm.engine.base import CheckResult, DraftResult
 from radlvlm.errors import EngineError, GuardrailViolation, InputError, ModelError, RadlvlmError
 from radlvlm.pipeline.checking import CheckOutcome, PreparedCheck, finish_check, prepare_check
 from radlvlm.pipeline.drafting import DraftOutcome, PreparedDraft, finish_draft, prepare_draft
 from radlvlm.pipeline.ingest import StudyInput
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.rowfiles import load_rows
-from radlvlm.tasks.drafting import draft_target
+from radlvlm.tasks.checking import CheckResult
+from radlvlm.tasks.drafting import DraftResult, draft_target
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
 TASKS = ("draft", "check-simple", "check-complex")

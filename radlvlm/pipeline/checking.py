@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from radlvlm.engine.base import CheckRequest, CheckResult, Timings
+from radlvlm.engine.base import Timings
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import Image
 from radlvlm.pipeline.drafting import read_findings
@@ -24,6 +24,7 @@ from radlvlm.pipeline.flags import Flag
 from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import map_span_to_original
 from radlvlm.pipeline.runtime import Caller, Runtime
+from radlvlm.tasks.checking import CheckRequest, CheckResult
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 from radlvlm.tasks.image_check import ImageComparison, compare_report
 from radlvlm.tasks.report_input import check_input_problem

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from radlvlm.engine.base import REPETITION, DraftRequest, DraftResult, DraftStream, StreamDraftRequest, Timings
+from radlvlm.engine.base import Timings
 from radlvlm.errors import ModelError
 from radlvlm.imaging import Image
 from radlvlm.pipeline.flags import Flag
@@ -21,7 +21,7 @@ from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import clean_output, release_sentences
 from radlvlm.pipeline.runtime import Caller, Runtime
 from radlvlm.safety.dicom_deid import DicomDeidentifier
-from radlvlm.tasks.drafting import draft_target
+from radlvlm.tasks.drafting import REPETITION, DraftRequest, DraftResult, DraftStream, StreamDraftRequest, draft_target
 from radlvlm.tasks.image_findings import draft_disagreement, report_labels
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from radlvlm.engine.base import Engine, Request, Result
+from radlvlm.engine.base import Engine
 from radlvlm.errors import ModelError, ModelTimeout
+from radlvlm.pipeline.task_engine import TaskEngine, TaskRequest, TaskResult
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -55,7 +56,7 @@ class Runtime:
     """What the use cases run on.
 
     Args:
-        engine: the started engine.
+        engine: the started engine, paired with the tasks (:class:`radlvlm.pipeline.task_engine.TaskEngine`).
         model_info: what ``GET /v1/models`` says of the model.
         key: the 32-byte project key (pseudonyms, UIDs, keyed digests in the audit trail).
         audit: the audit trail, or None where nothing is audited (a test, a dry run).
@@ -66,7 +67,7 @@ class Runtime:
         classifier_dir: the finding classifier's directory, or None when the model has none (loaded on first use).
     """
 
-    engine: Engine
+    engine: TaskEngine
     model_info: dict[str, Any]
     key: bytes
     audit: AuditTrail | None = None
@@ -151,7 +152,7 @@ class Runtime:
         if self.audit is not None:
             self.audit.check()
 
-    def run(self, request: Request) -> Result:
+    def run(self, request: TaskRequest) -> TaskResult:
         """Submit to the engine and wait up to the request timeout."""
         future = self.engine.submit(request)
         try:
@@ -189,11 +190,13 @@ class Runtime:
         self.engine.close()
 
 
-def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
-    """The configured backend started on the configured model (the embedded model when none is named)."""
+def build_engine(settings: Settings) -> tuple[TaskEngine, dict[str, Any]]:
+    """The configured backend started on the configured model (the embedded model when none is named), with the
+    tasks (and the model's check calibration) paired with it."""
     from radlvlm.engine.loading import load_engine
     from radlvlm.model.default import choose_model
     from radlvlm.model.generation import GenerationSettings
+    from radlvlm.tasks.calibration import find_calibrations
 
     choice = choose_model(settings.model_dir, settings.adapter_dir)
     engine, info = load_engine(
@@ -210,7 +213,7 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, Any]]:
         vllm_options=settings.vllm_options() if settings.backend == "vllm" else None,
     )
     info["embedded_default"] = choice.embedded
-    return engine, info
+    return TaskEngine(engine, find_calibrations(choice.base, choice.adapter)), info
 
 
 def check_before_loading(settings: Settings) -> None:
@@ -234,13 +237,13 @@ class LazyEngine:
     """An engine loaded on first use: a command that handles one study checks its input (reading, de-identifying,
     guardrails) before it pays for loading the model, so a wrong file is refused at once."""
 
-    def __init__(self, load: Callable[[], tuple[Engine, dict[str, Any]]]) -> None:
+    def __init__(self, load: Callable[[], tuple[TaskEngine, dict[str, Any]]]) -> None:
         self._load = load
-        self._engine: Engine | None = None
+        self._engine: TaskEngine | None = None
         self._lock = threading.Lock()
         self.info: dict[str, Any] = {}  # what GET /v1/models says, filled in when the model loads
 
-    def _loaded(self) -> Engine:
+    def _loaded(self) -> TaskEngine:
         with self._lock:
             if self._engine is None:
                 self._engine, info = self._load()
@@ -271,13 +274,14 @@ def classifier_dir(settings: Settings) -> Path | None:
 def build_runtime(
     settings: Settings,
     *,
-    engine: Engine | None = None,
+    engine: TaskEngine | Engine | None = None,
     model_info: dict[str, Any] | None = None,
     audit: bool = True,
     lazy: bool = False,
     archive: StudyArchive | None = None,
 ) -> Runtime:
-    """The runtime of ``settings``: its engine (or ``engine``, already started), the project key (created when
+    """The runtime of ``settings``: its engine (or ``engine``, already started; a bare engine is paired with the
+    tasks here, without a check calibration), the project key (created when
     absent, and said so in the log), the audit trail (unless ``audit`` is False) and ``archive``, the client of
     the archive drafts may name studies in (a door builds it: the use cases import no archive client). With
     ``lazy`` the model and the report de-identifier are built on first use (or by whoever warms them up), so
@@ -296,6 +300,8 @@ def build_runtime(
         engine, model_info = lazy_engine, lazy_engine.info  # type: ignore[assignment]
     elif engine is None:
         engine, model_info = build_engine(settings)
+    elif isinstance(engine, Engine):
+        engine = TaskEngine(engine)
     runtime = Runtime(
         engine=engine,
         classifier_dir=classifier_dir(settings),

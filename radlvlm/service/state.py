@@ -8,8 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from radlvlm.engine.base import Engine
 from radlvlm.pipeline.runtime import Runtime
+from radlvlm.pipeline.task_engine import TaskEngine
 from radlvlm.service.security import KeyStore, RateLimiter
 from radlvlm.settings import Settings
 
@@ -56,7 +56,7 @@ class ServiceState:
     started: float = field(default_factory=time.time)
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> TaskEngine:
         return self.runtime.engine
 
     @property

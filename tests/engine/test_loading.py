@@ -8,10 +8,12 @@ import pytest
 import torch
 from servicesupport import build_tiny_model_dir
 
-from radlvlm.engine import CheckRequest, CheckResult, DraftRequest, DraftResult
 from radlvlm.engine.loading import kv_cache_bytes_per_sequence, load_engine, memory_bound_batch_size
 from radlvlm.errors import InputError, ModelError
 from radlvlm.model import GenerationSettings
+from radlvlm.pipeline.task_engine import TaskEngine
+from radlvlm.tasks.checking import CheckRequest, CheckResult
+from radlvlm.tasks.drafting import DraftRequest, DraftResult
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +22,13 @@ def model_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 
 
 def test_the_torch_backend_in_half_precision(model_dir: Path) -> None:
-    engine, info = load_engine(
+    loaded, info = load_engine(
         "torch", model_dir, dtype="bfloat16", generation=GenerationSettings(max_new_tokens=3), model_id="tiny-bf16"
     )
+    engine = TaskEngine(loaded)
     try:
         assert info["backend"] == "torch" and info["id"] == "tiny-bf16" and info["architecture"]["vision"] == "dinov2"
-        assert next(engine.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
+        assert next(loaded.model.parameters()).dtype == torch.bfloat16  # type: ignore[attr-defined]
         assert isinstance(engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60), DraftResult)
         # A SIMPLE check with an image is one forward pass: the pixels follow the model's precision.
         check = engine.run(
@@ -81,7 +84,8 @@ def test_the_engine_batches_no_more_than_free_memory_holds(
     try:
         assert engine.max_batch_size == 3
         assert "max_batch_size lowered from 8 to 3" in caplog.text
-        futures = [engine.submit(DraftRequest(image=torch.rand(28, 28), max_new_tokens=2)) for _ in range(6)]
+        drafts = TaskEngine(engine)
+        futures = [drafts.submit(DraftRequest(image=torch.rand(28, 28), max_new_tokens=2)) for _ in range(6)]
         assert max(f.result(timeout=60).timings.batch_size for f in futures) <= 3
     finally:
         engine.close()

@@ -1,4 +1,5 @@
-"""The torch engine: drafts and checks through dynamic batches, bounded queue, clean shutdown."""
+"""The torch engine: generation and scoring over token ids through dynamic batches, a bounded queue, clean
+shutdown; and the tasks on it (drafts and checks through :class:`radlvlm.pipeline.task_engine.TaskEngine`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 import torch
 from testsupport import REPORT_CORPUS
 
-from radlvlm.engine import CheckRequest, CheckResult, DraftRequest, DraftResult, EngineClosed, EngineOverloaded
+from radlvlm.engine import EngineClosed, EngineOverloaded, Generated, GenerateRequest, Scored, ScoreRequest
 from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.errors import EngineError, InputError
 from radlvlm.model import GenerationSettings, RadProcessor, build_config, build_model, generate, train_tokenizer
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
-from radlvlm.tasks.drafting import draft_prompt
+from radlvlm.pipeline.task_engine import TaskEngine
+from radlvlm.tasks.checking import CheckRequest, CheckResult
+from radlvlm.tasks.drafting import DraftRequest, DraftResult, draft_prompt
 from radlvlm.tasks.errorcheck import ErrorCheckTask
 
 
@@ -30,17 +33,47 @@ def parts():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def engine(parts):  # type: ignore[no-untyped-def]
+    """The torch engine with the tasks paired with it, as the pipeline uses it."""
     model, processor = parts
-    engine = TorchEngine(
-        model,
-        processor,
-        model_id="tiny",
-        max_batch_size=4,
-        max_wait_ms=50,
-        generation=GenerationSettings(max_new_tokens=8),
+    engine = TaskEngine(
+        TorchEngine(
+            model,
+            processor,
+            model_id="tiny",
+            max_batch_size=4,
+            max_wait_ms=50,
+            generation=GenerationSettings(max_new_tokens=8),
+        )
     )
     yield engine
     engine.close()
+
+
+def test_the_engine_generates_and_scores_token_ids_knowing_no_task(engine, parts) -> None:  # type: ignore[no-untyped-def]
+    """The bare engine: a prompt's token ids and an image in, a continuation or the candidates' next-token
+    log-probabilities out, equal to the model run directly."""
+    model, processor = parts
+    bare = engine.engine
+    image = torch.rand(40, 30)
+    ids = tuple(processor.prompt_ids(processor.chat_prompt("Describe the image.")))
+    settings = GenerationSettings(max_new_tokens=5)
+    generated = bare.run(GenerateRequest(ids, image, settings), timeout=60)
+    direct = generate(model, processor, [list(ids)], [image], settings).generations[0]
+    assert isinstance(generated, Generated) and (generated.text, generated.new_tokens) == (
+        direct.text,
+        direct.new_tokens,
+    )
+    text_only = tuple(processor.prompt_ids(processor.chat_prompt("Answer.", image=False)))
+    scored = bare.run(ScoreRequest(text_only, (5, 6)), timeout=60)
+    with torch.inference_mode():
+        logits = model(**processor([list(text_only)])).logits[0, -1].float()
+    expected = torch.log_softmax(logits, dim=-1)
+    assert isinstance(scored, Scored) and set(scored.logprobs) == {5, 6}
+    assert scored.logprobs[5] == pytest.approx(float(expected[5]), abs=1e-4)
+    with pytest.raises(InputError, match="placeholder"):  # an image without its place in the prompt
+        bare.submit(GenerateRequest(text_only, image, settings))
+    with pytest.raises(InputError, match="unknown request type"):
+        bare.submit(DraftRequest(image=image))  # type: ignore[arg-type]
 
 
 def test_draft_matches_direct_generation(engine, parts) -> None:  # type: ignore[no-untyped-def]
@@ -89,7 +122,7 @@ def test_complex_check_reports_invalid_answers_instead_of_guessing(engine) -> No
 
 def test_bad_requests_and_overload(parts) -> None:  # type: ignore[no-untyped-def]
     model, processor = parts
-    engine = TorchEngine(
+    bare = TorchEngine(
         model,
         processor,
         model_id="tiny",
@@ -98,17 +131,20 @@ def test_bad_requests_and_overload(parts) -> None:  # type: ignore[no-untyped-de
         max_queue=1,
         generation=GenerationSettings(max_new_tokens=32),
     )
+    engine = TaskEngine(bare)
     try:
-        with pytest.raises(InputError, match="empty"):
-            engine.submit(CheckRequest(report="  "))
+        empty = engine.run(CheckRequest(report="  "), timeout=60)  # answered at once, saying why: never queued
+        assert empty.answer_valid is False and empty.reason == "the report is empty"
+        with pytest.raises(InputError, match="unknown check mode"):
+            engine.submit(CheckRequest(report="FINDINGS: Clear.", mode="loud"))  # type: ignore[arg-type]
         gate = threading.Event()
-        original = engine._run_batch
+        original = bare._run_batch
 
         def slow(batch):  # type: ignore[no-untyped-def]
             gate.wait(timeout=30)
             original(batch)
 
-        engine._run_batch = slow  # type: ignore[method-assign]
+        bare._run_batch = slow  # type: ignore[method-assign]
         first = engine.submit(DraftRequest(image=torch.rand(28, 28)))
         accepted = []
         with pytest.raises(EngineOverloaded) as caught:
@@ -145,7 +181,7 @@ def test_a_looping_draft_is_retried_with_repetition_controls(parts, monkeypatch)
 
     calls: list[GenerationSettings] = []
     monkeypatch.setattr(torch_engine, "generate", _fake_generate([[LOOP], ["IMPRESSION: Pleural effusion."]], calls))
-    engine = TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8))
+    engine = TaskEngine(TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8)))
     try:
         result = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
     finally:
@@ -159,7 +195,7 @@ def test_a_draft_that_loops_twice_is_withheld(parts, monkeypatch) -> None:  # ty
 
     calls: list[GenerationSettings] = []
     monkeypatch.setattr(torch_engine, "generate", _fake_generate([[LOOP], [LOOP]], calls))
-    engine = TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8))
+    engine = TaskEngine(TorchEngine(*parts, model_id="tiny", generation=GenerationSettings(max_new_tokens=8)))
     try:
         result = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
     finally:
@@ -212,22 +248,25 @@ def test_an_indication_longer_than_the_context_is_refused_alone(engine) -> None:
 def test_a_failing_batch_fails_only_the_request_that_fails_alone(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Defence in depth: whatever makes a batch fail, its requests run again one by one, so a neighbour of the
     culprit gets its answer (a fault is injected for one request)."""
-    original = engine._drafts
+    bare = engine.engine
+    original = bare._generate
+    poison = engine.drafts.prompt("poison")
+    poison_ids = tuple(engine.processor.prompt_ids(poison))
 
-    def fragile(items, max_new_tokens, start):  # type: ignore[no-untyped-def]
-        if any(item.request.indication == "poison" for item in items):
+    def fragile(items, settings):  # type: ignore[no-untyped-def]
+        if any(item.request.prompt_ids == poison_ids for item in items):
             raise RuntimeError("injected")
-        return original(items, max_new_tokens, start)
+        return original(items, settings)
 
-    monkeypatch.setattr(engine, "_drafts", fragile)
+    monkeypatch.setattr(bare, "_generate", fragile)
     gate = threading.Event()
-    held = engine._run_batch
+    held = bare._run_batch
 
     def wait_then_run(batch, **kwargs):  # type: ignore[no-untyped-def]
         gate.wait(timeout=30)
         held(batch, **kwargs)
 
-    monkeypatch.setattr(engine, "_run_batch", wait_then_run)
+    monkeypatch.setattr(bare, "_run_batch", wait_then_run)
     image = torch.rand(28, 28)
     futures = [engine.submit(DraftRequest(image=image, indication=i)) for i in ("cough", "poison", "fever", "cough")]
     gate.set()
@@ -247,7 +286,7 @@ def test_simple_checks_use_the_models_calibration(parts) -> None:  # type: ignor
     # whatever the untrained model says, and P(error) is the fitted probability.
     weights = tuple(4.0 if name == "contradiction" else 0.0 for name in RULE_FEATURES)
     calibration = CheckCalibration(RULE_FEATURES, weights, -2.0, 0.5, {"source": "test"})
-    engine = TorchEngine(*parts, model_id="tiny", calibrations=CheckCalibrations(text_only=calibration))
+    engine = TaskEngine(TorchEngine(*parts, model_id="tiny"), calibrations=CheckCalibrations(text_only=calibration))
     contradiction = "FINDINGS: Large right pneumothorax.\nIMPRESSION: No pneumothorax."
     clean = "FINDINGS: Lungs clear.\nIMPRESSION: Normal chest."
     try:
@@ -267,14 +306,15 @@ def test_a_batch_waits_only_for_requests_already_at_the_door(parts) -> None:  # 
     for); requests whose images are still being prepared in their own threads are waited for, up to max_wait,
     and join the batch even when preparing takes longer than any fixed guess of an arrival gap."""
     model, processor = parts
-    engine = TorchEngine(
+    bare = TorchEngine(
         model, processor, model_id="tiny", max_batch_size=4, max_wait_ms=4000,
         generation=GenerationSettings(max_new_tokens=2),
     )  # fmt: skip
+    engine = TaskEngine(bare)
     try:
         lone = engine.run(DraftRequest(image=torch.rand(28, 28)), timeout=60)
         assert lone.timings.batch_size == 1 and lone.timings.queued_ms < 500  # not max_wait, nor a share of it
-        prepare = engine.prepare_image
+        prepare = bare.prepare_image
         calls = itertools.count()
 
         def slow_after_the_first(request):  # type: ignore[no-untyped-def]
@@ -282,7 +322,7 @@ def test_a_batch_waits_only_for_requests_already_at_the_door(parts) -> None:  # 
                 time.sleep(1.5)  # the others take their time at the door (a big image, a busy CPU)
             return prepare(request)
 
-        engine.prepare_image = slow_after_the_first  # type: ignore[method-assign]
+        bare.prepare_image = slow_after_the_first  # type: ignore[method-assign]
         results: list[int] = []
 
         def client() -> None:

@@ -22,28 +22,23 @@ from testsupport import REPORT_CORPUS
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
-from radlvlm.engine import CheckRequest, CheckResult, DraftRequest, DraftResult, EngineClosed
-from radlvlm.engine.base import AnswerTokens, DraftStream, StreamDraftRequest, simple_answer_tokens
+from radlvlm.engine import EngineClosed, Generated, Scored, ScoreRequest, Timings
+from radlvlm.engine.batching import validate_request
 from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.engine.vllm_engine import (
-    Completion,
     VLLMBindings,
     VLLMEngine,
     check_gpu,
-    check_input,
     check_vllm_config,
     completion_of,
-    complex_check_result,
-    draft_input,
-    draft_sampling,
     engine_kwargs,
+    generation_sampling,
     inspect_model_dir,
     load_vllm_engine,
-    simple_check_sampling,
+    prompt_input,
+    score_sampling,
     vllm_image,
     vllm_lora_rank,
-    vllm_simple_check,
-    yes_no_log_odds,
 )
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import ImageTransformConfig
@@ -53,8 +48,18 @@ from radlvlm.model.generation import decode_generation
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.pipeline.runtime import build_engine
+from radlvlm.pipeline.task_engine import TaskEngine
 from radlvlm.settings import Settings, VLLMOptions
-from radlvlm.tasks.drafting import draft_prompt
+from radlvlm.tasks.checking import (
+    AnswerTokens,
+    CheckRequest,
+    CheckResult,
+    ComplexCheckTask,
+    SimpleCheckTask,
+    simple_answer_tokens,
+    yes_no_log_odds,
+)
+from radlvlm.tasks.drafting import DraftRequest, DraftResult, DraftStream, DraftTask, StreamDraftRequest, draft_prompt
 from radlvlm.tasks.errorcheck import ErrorCheckTask, errorcheck_prompt
 
 runner = CliRunner()
@@ -189,7 +194,8 @@ def test_engine_arguments_follow_the_options(clip_export: Path) -> None:
 
 def test_prompts_are_the_torch_backends_token_ids_with_one_image_placeholder(processor: RadProcessor) -> None:
     image = _pixels(40, 30)
-    prompt = draft_input(processor, DraftRequest(image=image, indication="cough"))
+    draft = DraftTask(processor, GenerationSettings()).engine_request(DraftRequest(image=image, indication="cough"))
+    prompt = prompt_input(processor, draft.prompt_ids, draft.image)
     expected = processor.tokenizer(processor.chat_prompt(draft_prompt("cough")), add_special_tokens=False)["input_ids"]
     assert prompt["prompt_token_ids"] == expected
     assert prompt["prompt_token_ids"].count(processor.image_token_id) == 1  # vLLM expands it
@@ -200,17 +206,21 @@ def test_prompts_are_the_torch_backends_token_ids_with_one_image_placeholder(pro
     answer = simple_answer_tokens(processor.tokenizer)
     assert answer is not None and answer.shared  # this byte-level BPE spells " yes"/" no" after a lone space
     report = "FINDINGS: Lungs clear."
-    simple = check_input(processor, CheckRequest(report=report), answer)
+    scoring = SimpleCheckTask(processor).engine_request(CheckRequest(report=report))
+    assert isinstance(scoring, ScoreRequest) and scoring.candidates == (answer.yes, answer.no)
+    simple = prompt_input(processor, scoring.prompt_ids, scoring.image)
     text = processor.chat_prompt(errorcheck_prompt(ErrorCheckTask.SIMPLE, report), image=False)
     assert simple["prompt_token_ids"] == processor.tokenizer(text, add_special_tokens=False)["input_ids"] + list(
         answer.shared
     )
     assert "multi_modal_data" not in simple
-    with pytest.raises(InputError, match="longer than the model's context of 512"):  # refused before vLLM sees it
-        check_input(processor, CheckRequest(report="effusion " * 600))
-    complex_ = check_input(processor, CheckRequest(report=report, mode=ErrorCheckTask.COMPLEX), answer)
+    long = CheckRequest(report="FINDINGS: " + "effusion " * 600 + "\nIMPRESSION: Effusion.")
+    assert "too long" in (SimpleCheckTask(processor).problem(long) or "")  # the task answers it, saying why
+    with pytest.raises(InputError, match="model's context of 512"):  # and the engine refuses it before vLLM
+        validate_request(SimpleCheckTask(processor).engine_request(long), processor)
+    complex_ = ComplexCheckTask(processor).engine_request(CheckRequest(report=report, mode=ErrorCheckTask.COMPLEX))
     text = processor.chat_prompt(errorcheck_prompt(ErrorCheckTask.COMPLEX, report), image=False)
-    assert complex_["prompt_token_ids"] == processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert list(complex_.prompt_ids) == processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @pytest.mark.parametrize("resize_mode", ["pad", "crop"])
@@ -233,7 +243,7 @@ def test_images_reach_the_model_as_the_torch_backend_prepares_them(
 
 
 def test_sampling_arguments() -> None:
-    greedy = draft_sampling(GenerationSettings(stop_strings=("END",)), 100)
+    greedy = generation_sampling(GenerationSettings(stop_strings=("END",), max_new_tokens=100))
     assert greedy == {
         "max_tokens": 100,
         "repetition_penalty": 1.0,
@@ -241,18 +251,16 @@ def test_sampling_arguments() -> None:
         "stop": ["END"],
         "temperature": 0.0,
     }
-    sampled = draft_sampling(GenerationSettings(strategy="sample", temperature=0.7, top_p=0.9, seed=3), 10)
+    sampled = generation_sampling(GenerationSettings(strategy="sample", temperature=0.7, top_p=0.9, seed=3))
     assert sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9 and sampled["seed"] == 3
     with pytest.raises(ModelError, match="beam search"):
-        draft_sampling(GenerationSettings(strategy="beam"), 10)
-    answer = AnswerTokens((), 11, 12)
-    assert simple_check_sampling(answer) == {
+        generation_sampling(GenerationSettings(strategy="beam"))
+    assert score_sampling((11, 12)) == {
         "max_tokens": 1,
         "temperature": 0.0,
         "logprobs": 2,
         "allowed_token_ids": [11, 12],
     }
-    assert simple_check_sampling(None)["max_tokens"] == 4 and "allowed_token_ids" not in simple_check_sampling(None)
 
 
 # -- vLLM outputs → our results --------------------------------------------------------------------
@@ -291,15 +299,17 @@ def test_simple_verdicts_from_logprobs(processor: RadProcessor) -> None:
     assert yes_no_log_odds({7: -0.1}, answer) == math.inf  # the other had no probability left
     assert yes_no_log_odds({}, answer) is None
     request = CheckRequest(report="FINDINGS: Lungs clear.\nIMPRESSION: Normal chest.")
-    result = vllm_simple_check(request, completion, answer, processor, "m", None)
+    task = SimpleCheckTask(processor)
+    task.answer = answer
+    timings = Timings(0.0, 1.0, 1.0, 1)
+    result = task.result(request, Scored(completion.first_logprobs, timings), "m")
     assert result.answer_valid and result.raw_answer == "no" and result.text_only
     assert result.confidence == pytest.approx(0.75)  # renormalised over yes and no (no calibration)
     assert result.error_probability == pytest.approx(0.25) and not result.calibrated
-    # No single token decides (or no logprobs came back): the short decode is parsed instead.
-    yes_ids = processor.tokenizer(" yes", add_special_tokens=False)["input_ids"]
-    decoded = vllm_simple_check(request, Completion(yes_ids, "stop", {}), None, processor, "m", None)
+    # No single token decides: the short decode is parsed instead.
+    decoded = task.result(request, Generated("yes", 1, "stop", timings), "m")
     assert decoded.has_error is True and decoded.confidence is None and decoded.answer_valid
-    garbled = vllm_simple_check(request, Completion([5, 6], "length", {}), None, processor, "m", None)
+    garbled = task.result(request, Generated("perhaps", 2, "length", timings), "m")
     assert garbled.answer_valid is False and garbled.has_error is None
 
 
@@ -309,9 +319,14 @@ def test_complex_answers_are_parsed_or_reported_invalid(processor: RadProcessor)
     request = CheckRequest(report=report, mode=ErrorCheckTask.COMPLEX)
     answer = json.dumps({"has_error": True, "category": "wrong_location", "span": [17, 21]})
     ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    result = complex_check_result(request, Completion(ids, "stop", {}), processor, "m", None)
+    settings = GenerationSettings(max_new_tokens=96)
+    timings = Timings(0.0, 1.0, 1.0, 1)
+    task = ComplexCheckTask(processor)
+    text = decode_generation(completion_of(_output(ids)).token_ids, processor, settings).text
+    result = task.result(request, Generated(text, len(ids), "stop", timings), "m")
     assert result.answer_valid and result.has_error is True and result.findings[0].span == (17, 21)
-    invalid = complex_check_result(request, Completion([5, 6, 7], "length", {}), processor, "m", None)
+    garbled = decode_generation([5, 6, 7], processor, settings).text
+    invalid = task.result(request, Generated(garbled, 3, "length", timings), "m")
     assert invalid.answer_valid is False and invalid.has_error is None and invalid.findings == []
 
 
@@ -376,9 +391,11 @@ def _bindings() -> VLLMBindings:
 def engines(clip_export: Path, processor: RadProcessor):  # type: ignore[no-untyped-def]
     generation = GenerationSettings(max_new_tokens=12)
     stand_in = TransformersAsVLLM(clip_export)
-    vllm = VLLMEngine(stand_in, processor, bindings=_bindings(), model_id="tiny", max_wait_ms=20, generation=generation)
+    vllm = TaskEngine(
+        VLLMEngine(stand_in, processor, bindings=_bindings(), model_id="tiny", max_wait_ms=20, generation=generation)
+    )
     model, torch_processor = load_pretrained(clip_export)
-    reference = TorchEngine(model, torch_processor, model_id="tiny", max_wait_ms=20, generation=generation)
+    reference = TaskEngine(TorchEngine(model, torch_processor, model_id="tiny", max_wait_ms=20, generation=generation))
     yield vllm, reference, stand_in
     vllm.close()
     reference.close()
@@ -431,22 +448,25 @@ def test_batches_streams_and_offline_runs(engines) -> None:  # type: ignore[no-u
     results = vllm.run_all(mixed)
     assert [type(r).__name__ for r in results] == ["DraftResult", "CheckResult", "DraftResult", "CheckResult"]
     assert results[0].text == batched[1].text and results[2].text == batched[2].text
-    # One generate call per kind over all of its requests: vLLM's batch engine schedules them.
+    # One generate call per group decoded alike (the drafts, the SIMPLE scoring, the COMPLEX answer):
+    # vLLM's batch engine schedules them.
     assert [call["prompts"] for call in stand_in.calls] == [2, 1, 1]
     assert all(call["use_tqdm"] is False and call["lora_request"] is None for call in stand_in.calls)
-    with pytest.raises(InputError, match="empty"):
-        vllm.run_all([CheckRequest(report=" ")])
+    (empty,) = vllm.run_all([CheckRequest(report=" ")])  # answered, saying why; never sent to vLLM
+    assert empty.answer_valid is False and empty.reason == "the report is empty"
 
 
 def test_lora_requests_and_shutdown(clip_export: Path, processor: RadProcessor, tmp_path: Path) -> None:
     stand_in = TransformersAsVLLM(clip_export)
-    engine = VLLMEngine(
-        stand_in,
-        processor,
-        bindings=_bindings(),
-        model_id="tiny+lora",
-        adapter_dir=tmp_path / "my-lora",
-        generation=GenerationSettings(max_new_tokens=2),
+    engine = TaskEngine(
+        VLLMEngine(
+            stand_in,
+            processor,
+            bindings=_bindings(),
+            model_id="tiny+lora",
+            adapter_dir=tmp_path / "my-lora",
+            generation=GenerationSettings(max_new_tokens=2),
+        )
     )
     engine.run(DraftRequest(image=_pixels()), timeout=60)
     lora = stand_in.calls[-1]["lora_request"]
@@ -483,7 +503,8 @@ def test_loading_checks_the_model_before_the_gpu_and_the_gpu_before_vllm(
     )
     try:
         assert seen["speculative_config"]["num_speculative_tokens"] == 3 and engine.model_id == "clip-hf"
-        assert isinstance(engine.run(DraftRequest(image=_pixels(), max_new_tokens=2), timeout=60), DraftResult)
+        drafted = TaskEngine(engine).run(DraftRequest(image=_pixels(), max_new_tokens=2), timeout=60)
+        assert isinstance(drafted, DraftResult)
     finally:
         engine.close()
 
@@ -563,13 +584,14 @@ def test_real_vllm_greedy_output_equals_the_torch_backend(tmp_path: Path, tokeni
     config = build_config(vision, text, image_token_id=3)
     export = export_hf_llava(build_model(config, seed=0), RadProcessor.for_model(tokenizer, config), tmp_path / "hf")
     generation = GenerationSettings(max_new_tokens=24)
-    engine, _ = load_vllm_engine(
+    loaded, _ = load_vllm_engine(
         export,
         options=VLLMOptions(dtype="float32", gpu_memory_utilization=0.3, enforce_eager=True),
         generation=generation,
     )
+    engine = TaskEngine(loaded)
     model, processor = load_pretrained(export)
-    reference = TorchEngine(model.cuda(), processor, model_id="ref", generation=generation)
+    reference = TaskEngine(TorchEngine(model.cuda(), processor, model_id="ref", generation=generation))
     try:
         for seed in range(4):
             request = DraftRequest(image=_pixels(56, 56, seed=seed))

@@ -145,7 +145,8 @@ def test_draft_report_and_identifiers_keep_phi_out_of_repr(rg1: Dataset) -> None
 
 
 def test_draft_report_from_engine_result(rg1: Dataset) -> None:
-    from radlvlm.engine import DraftResult, Timings
+    from radlvlm.engine import Timings
+    from radlvlm.tasks.drafting import DraftResult
 
     result = DraftResult(
         findings=FINDINGS,

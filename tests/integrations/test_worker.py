@@ -21,6 +21,7 @@ from radlvlm.integrations.sr import read_draft_sr
 from radlvlm.integrations.worker import DraftWorker, OrthancChangesDiscovery, PacsPublisher, QidoDiscovery
 from radlvlm.model import GenerationSettings, load_pretrained
 from radlvlm.pipeline import Runtime
+from radlvlm.pipeline.task_engine import TaskEngine
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,10 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchEngine]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskEngine]:
     model, processor = load_pretrained(build_tiny_model_dir(tmp_path_factory.mktemp("m") / "tiny"))
-    engine = TorchEngine(model, processor, model_id="tiny", generation=GenerationSettings(max_new_tokens=6))
+    settings = GenerationSettings(max_new_tokens=6)
+    engine = TaskEngine(TorchEngine(model, processor, model_id="tiny", generation=settings))
     yield engine
     engine.close()
 

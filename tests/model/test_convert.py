@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from testsupport import REPORT_CORPUS as CORPUS
+from testsupport import draft_prompt_for
 from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
 
 from radlvlm.errors import ModelError
@@ -207,7 +208,7 @@ def test_llava_rad_layout(tmp_path: Path, llava_rad_checkpoint) -> None:  # type
     assert model.config.vision_config.model_type == "dinov2"
     # Asked as LLaVA-Rad was trained: its v1 prompt, chunked token ids, findings only, no error checks.
     assert processor.profile.name == "llava-rad" and not processor.profile.error_checks
-    assert processor.draft_prompt(None).endswith(
+    assert draft_prompt_for(processor, None).endswith(
         "USER: <image>\nProvide a description of the findings in the radiology image. ASSISTANT:"
     )
     assert model.config.image_seq_length == 4  # 28 px / 14 px patches = 2 x 2 (1369 at 518 px)

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from testsupport import REPORT_CORPUS
+from testsupport import REPORT_CORPUS, draft_prompt_for
 
-from radlvlm.engine import CheckRequest, DraftRequest
 from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.model import GenerationSettings, RadProcessor, build_config, build_model, train_tokenizer
 from radlvlm.model.profile import PROFILES, VICUNA_V1_SYSTEM
 from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
-from radlvlm.tasks.drafting import parse_draft
+from radlvlm.pipeline.task_engine import TaskEngine
+from radlvlm.tasks.checking import CheckRequest
+from radlvlm.tasks.drafting import DraftRequest, parse_draft
 
 spm = pytest.importorskip("sentencepiece", reason="the [llava-rad] extra (sentencepiece) is not installed")
 IMAGE_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX: the placeholder id its tokenisation inserts
@@ -74,7 +75,7 @@ def _processor(directory: Path, profile: str) -> RadProcessor:
 def test_llava_rad_prompts_are_token_exact(vicuna_like, indication: str | None) -> None:  # type: ignore[no-untyped-def]
     directory, sp = vicuna_like
     processor = _processor(directory, "llava-rad")
-    prompt = processor.draft_prompt(indication)
+    prompt = draft_prompt_for(processor, indication)
     request = "Provide a description of the findings in the radiology image"
     expected = (
         f"{request}. ASSISTANT:" if indication is None else f"{request} given the following indication: {indication}"
@@ -97,7 +98,8 @@ def test_the_profile_travels_with_the_model(vicuna_like, tmp_path: Path) -> None
     processor.save_pretrained(tmp_path / "p")
     again = RadProcessor.from_pretrained(tmp_path / "p")
     assert again.profile is PROFILES["llava-rad"]
-    assert again.prompt_ids(again.draft_prompt("cough")) == processor.prompt_ids(processor.draft_prompt("cough"))
+    expected = processor.prompt_ids(draft_prompt_for(processor, "cough"))
+    assert again.prompt_ids(draft_prompt_for(again, "cough")) == expected
 
 
 def test_a_model_not_trained_for_checks_says_so_and_drafts_findings_only(vicuna_like) -> None:  # type: ignore[no-untyped-def]
@@ -108,11 +110,13 @@ def test_a_model_not_trained_for_checks_says_so_and_drafts_findings_only(vicuna_
         tiny_text_config("llama", vocab_size=len(processor.tokenizer)),
         image_token_id=processor.image_token_id,
     )
-    engine = TorchEngine(
-        build_model(config, seed=0),
-        processor,
-        model_id="llava-rad-like",
-        generation=GenerationSettings(max_new_tokens=6),
+    engine = TaskEngine(
+        TorchEngine(
+            build_model(config, seed=0),
+            processor,
+            model_id="llava-rad-like",
+            generation=GenerationSettings(max_new_tokens=6),
+        )
     )
     try:
         check = engine.run(CheckRequest(report="FINDINGS: Clear.\nIMPRESSION: Normal."), timeout=60)
@@ -132,8 +136,8 @@ def test_radlvlm_models_keep_their_own_prompt() -> None:
     )
     processor = RadProcessor.for_model(tokenizer, config)
     assert processor.profile.name == "radlvlm" and processor.profile.error_checks
-    assert "Write the findings and impression" in processor.draft_prompt(None)
+    assert "Write the findings and impression" in draft_prompt_for(processor, None)
     assert (
-        processor.prompt_ids(processor.draft_prompt(None))
-        == processor.tokenizer(processor.draft_prompt(None), add_special_tokens=False)["input_ids"]
+        processor.prompt_ids(draft_prompt_for(processor, None))
+        == processor.tokenizer(draft_prompt_for(processor, None), add_special_tokens=False)["input_ids"]
     )

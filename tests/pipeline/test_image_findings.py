@@ -48,7 +48,7 @@ def test_a_draft_is_given_the_classifier_findings_and_answers_with_them(
         assert found["stated"] and set(found["stated"]) <= {"Effusion"}  # only validated labels are stated
         assert {row["label"] for row in found["labels"]} >= {"Effusion", "Pneumothorax"}
         # The prompt the engine ran with named those findings in the labeler's words.
-        prompt = runtime.engine.processor.draft_prompt(None, ("Pleural Effusion",))
+        prompt = runtime.engine.drafts.prompt(None, ("Pleural Effusion",))
         assert "Image findings: pleural effusion." in prompt
     finally:
         runtime.close()

@@ -246,7 +246,7 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path, tiny_model_di
 
     settings, key, _ = make_settings(tmp_path, tiny_model_dir, max_queue=1, max_batch_size=1)
     uv, thread, url, app = start_server(settings)
-    engine = app.state.radlvlm.engine  # type: ignore[attr-defined]
+    engine = app.state.radlvlm.engine.engine  # type: ignore[attr-defined]  # the bare engine under the tasks
     gate, busy = threading.Event(), threading.Event()
     original = engine._run_batch
 
