@@ -24,7 +24,7 @@ import re
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,20 +588,71 @@ def _verify(ds: Dataset, phi: dict[str, str], name: str, *, names: set[str] | fr
         if inside_own or elem.keyword in _OWN_MARKS:
             continue
         for value in _strings(elem) if elem.VR != "SQ" else ():
-            padded = f" {_normalize(value)} "
-            # Also with letters and digits parted: "WETZEL16550" in a coded value hides the name "WETZEL" and the
-            # ID "16550". Only a person's name word (4+ letters) or a number of 5+ digits is sought this way:
-            # shorter runs, and other words, recur in innocent codes.
-            parted = " " + " ".join(_LETTER_OR_DIGIT_RUNS.findall(padded)) + " "
-            for needle, source in phi.items():
-                whole_run = (needle in names and needle.isalpha() and len(needle) >= 4) or (
-                    needle.isdigit() and len(needle) >= 5
+            source = leaked_value(value, phi, names)
+            if source is not None:
+                keyword = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
+                raise DeidentificationError(
+                    f"{name}: a value removed from {source} is still present in {keyword}; no output written"
                 )
-                if f" {needle} " in padded or (whole_run and f" {needle} " in parted):
-                    keyword = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-                    raise DeidentificationError(
-                        f"{name}: a value removed from {source} is still present in {keyword}; no output written"
-                    )
+
+
+def leaked_value(text: str, phi: Mapping[str, str], names: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The one PHI leak rule: the attribute an identifying value in ``phi`` (normalised value → attribute) came
+    from when ``text`` still holds it, else None. Whole words after normalisation; also with letters and digits
+    parted ("WETZEL16550" in a coded value hides the name "WETZEL" and the ID "16550"), but only for a person's
+    name word (4+ letters) or a number of 5+ digits: shorter runs, and other words, recur in innocent codes."""
+    padded = f" {_normalize(text)} "
+    parted = " " + " ".join(_LETTER_OR_DIGIT_RUNS.findall(padded)) + " "
+    for needle, source in phi.items():
+        whole_run = (needle in names and needle.isalpha() and len(needle) >= 4) or (
+            needle.isdigit() and len(needle) >= 5
+        )
+        if f" {needle} " in padded or (whole_run and f" {needle} " in parted):
+            return source
+    return None
+
+
+# What a report about a study could quote from its header: the patient's and other people's names, the IDs, the
+# birth date and the institution.
+IDENTIFYING_KEYWORDS = (
+    "PatientName",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "PatientID",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "PatientBirthDate",
+    "InstitutionName",
+)
+
+
+@dataclass(frozen=True)
+class IdentifyingValues:
+    """A header's identifying values, normalised as the de-identifier's own output check sees them: what a text
+    derived from the study (a report) must not contain. Held in memory only, never stored or logged."""
+
+    values: dict[str, str]  # normalised value -> the attribute it came from
+    names: frozenset[str]  # the values that are person-name words
+
+    def leak(self, text: str) -> str | None:
+        """The attribute whose value ``text`` still holds (:func:`leaked_value`), or None."""
+        return leaked_value(text, self.values, self.names) if self.values else None
+
+
+def identifying_values(ds: Dataset) -> IdentifyingValues:
+    """The values of ``ds``'s :data:`IDENTIFYING_KEYWORDS`, collected by the de-identifier's own rules (a patient's
+    name words from 3 letters, other people's from 4; values that identify no one on their own are skipped)."""
+    context = _Context(name="")
+    for keyword in IDENTIFYING_KEYWORDS:
+        if keyword in ds:
+            context.keyword = keyword
+            context.add_phi(ds.data_element(keyword))
+    return IdentifyingValues(dict(context.phi), frozenset(context.names))
 
 
 def _walk(ds: Dataset, inside_own: bool = False) -> Iterator[tuple[DataElement, bool]]:

@@ -138,7 +138,7 @@ class LabelMatchedPairs(Source):
         return pool
 
     def records(self) -> Iterator[Record | Note]:
-        from radlvlm.training.sources import _text
+        from radlvlm.training.sources.base import _text
 
         for item in self.nih.records():
             if not isinstance(item, Record):
