@@ -13,4 +13,4 @@ for folder in training safety clinical_eval integrations; do
     cp -r "$repo/$folder" "$tree/radlvlm/$folder"
 done
 cd "$tree"
-PYTHONPATH="$tree" "${LINT_IMPORTS:-$repo/.venv/bin/lint-imports}" --config "$repo/pyproject.toml" --no-cache "$@"
+PYTHONPATH="$tree" "${LINT_IMPORTS:-$repo/.venv/bin/lint-imports}" "$repo/pyproject.toml" --no-cache "$@"
