@@ -1,20 +1,21 @@
-"""Training recipes: a YAML file → validated dataclasses, checked before any training starts.
+"""Training recipes: a YAML file → validated pydantic models, checked before any training starts.
 
 A recipe names the stage (``align``: projector only; ``instruct``: MoLE or LoRA experts + projector; ``dpo``:
 preference alignment of a stage-2 adapter, see :mod:`radlvlm.training.dpo`), the model to start from, the data
 (sources and task mixture, or preference pairs), and the training arguments — transformers'
 ``TrainingArguments``, so ``accelerate launch`` / ``torchrun`` with a DeepSpeed or FSDP config scale the same
-recipe to many GPUs without code of ours. Unknown keys and impossible combinations are refused, naming them.
+recipe to many GPUs without code of ours. Unknown keys (pydantic's ``extra="forbid"``), values of the wrong type
+or range, and impossible combinations are refused in one line naming them (an ``InputError``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import TrainingArguments
 
 from radlvlm.errors import InputError
@@ -23,8 +24,13 @@ Stage = Literal["align", "instruct", "dpo"]
 AdapterKind = Literal["mole", "lora", "none"]
 
 
-@dataclass
-class ModelSpec:
+class _Spec(BaseModel):
+    """A recipe section: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Spec):
     """Where training starts and what it may change.
 
     Args:
@@ -38,18 +44,17 @@ class ModelSpec:
 
     base: str = ""
     adapter: AdapterKind = "mole"
-    num_experts: int = 4
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    balance_loss_weight: float = 0.01
-    target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
+    num_experts: int = Field(default=4, ge=1)
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    balance_loss_weight: float = Field(default=0.01, ge=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
     train_projector: bool = True
     adapter_init: str | None = None
 
 
-@dataclass
-class DataSpec:
+class DataSpec(_Spec):
     """Sources and the task mixture (see ``radlvlm.training.data``).
 
     Args:
@@ -62,15 +67,17 @@ class DataSpec:
             ``sources`` when absent) and the builder's settings (``radlvlm.training.preferences.PreferenceSettings``).
     """
 
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    mixture: dict[str, float] = field(default_factory=lambda: {"draft": 1.0, "check_simple": 0.0, "check_complex": 0.0})
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    # Weights, and the mixture's settings as written (check_variants an int, with_indication a bool).
+    mixture: dict[str, bool | int | float] = Field(
+        default_factory=lambda: {"draft": 1.0, "check_simple": 0.0, "check_complex": 0.0}
+    )
     validation_split: str = "validation"
-    limit: int | None = None
+    limit: int | None = Field(default=None, ge=1)
     preferences: dict[str, Any] | None = None
 
 
-@dataclass
-class DPOSpec:
+class DPOSpec(_Spec):
     """Direct Preference Optimization settings (stage ``dpo``), named as in trl's ``DPOConfig``.
 
     Args:
@@ -82,25 +89,35 @@ class DPOSpec:
             (default: ``per_device_eval_batch_size``).
     """
 
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    rpo_alpha: float = 0.0
-    precompute_batch_size: int | None = None
+    beta: float = Field(default=0.1, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    rpo_alpha: float = Field(default=0.0, ge=0)
+    precompute_batch_size: int | None = Field(default=None, ge=1)
 
 
-@dataclass
-class Recipe:
+class Recipe(_Spec):
+    """A whole recipe; its sections validate themselves, and the combinations are checked here."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
     name: str
     stage: Stage
     model: ModelSpec
     data: DataSpec
     training: TrainingArguments
     seed: int = 0
-    dpo: DPOSpec = field(default_factory=DPOSpec)
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
 
-    def validate(self) -> None:
-        if self.stage not in ("align", "instruct", "dpo"):
-            raise InputError(f"stage must be 'align', 'instruct' or 'dpo', got {self.stage!r}")
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        try:
+            self.validate_combinations()
+        except InputError as e:
+            raise ValueError(str(e)) from None  # pydantic reports a ValueError; recipe_from_dict re-raises it
+        return self
+
+    def validate_combinations(self) -> None:
+        """What no single section can check: the stage against the adapter, the data and the arguments."""
         if not self.model.base:
             raise InputError("model.base is required: the radlvlm model directory training starts from")
         if self.stage == "align" and self.model.adapter != "none":
@@ -109,12 +126,8 @@ class Recipe:
             raise InputError("stage 'align' with train_projector false would train nothing")
         if self.stage == "instruct" and self.model.adapter == "none" and not self.model.train_projector:
             raise InputError("stage 'instruct' needs an adapter (mole or lora) or train_projector true")
-        if self.model.adapter not in ("mole", "lora", "none"):
-            raise InputError(f"model.adapter must be mole, lora or none, got {self.model.adapter!r}")
         if self.model.adapter == "mole" and self.model.num_experts < 2:
             raise InputError("a MoLE adapter needs num_experts >= 2 (use adapter: lora for one expert)")
-        if self.model.r < 1 or self.model.alpha <= 0:
-            raise InputError("model.r must be >= 1 and model.alpha > 0")
         if self.stage == "dpo":
             self._validate_dpo()
         elif self.data.preferences is not None:
@@ -175,27 +188,20 @@ class Recipe:
             raise InputError("data.preferences.splits must include 'train'")
         if self.training.eval_strategy != "no" and self.data.validation_split not in settings.splits:
             raise InputError(f"evaluation needs data.preferences.splits to include {self.data.validation_split!r}")
-        dpo = self.dpo
-        for name in ("beta", "label_smoothing", "rpo_alpha"):
-            value = getattr(dpo, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"dpo.{name} must be a number, got {value!r}")
-        if dpo.beta <= 0:
-            raise InputError(f"dpo.beta must be positive, got {dpo.beta}")
-        if not 0 <= dpo.label_smoothing < 0.5:
-            raise InputError(f"dpo.label_smoothing must be in [0, 0.5), got {dpo.label_smoothing}")
-        if dpo.rpo_alpha < 0:
-            raise InputError(f"dpo.rpo_alpha must be >= 0, got {dpo.rpo_alpha}")
-        size = dpo.precompute_batch_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise InputError(f"dpo.precompute_batch_size must be a positive integer, got {size!r}")
 
 
 _TOP_LEVEL = {"name", "stage", "model", "data", "training", "seed", "dpo"}
 
 
 def _build(kind: type, values: dict[str, Any] | None, where: str) -> Any:
+    """A recipe section from its mapping: a pydantic section validates itself; TrainingArguments (a dataclass)
+    has its keys checked here."""
     values = dict(values or {})
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        try:
+            return kind.model_validate(values)
+        except ValidationError as e:
+            raise InputError(_one_line(e, where)) from None
     known = {f.name for f in dataclasses.fields(kind) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -204,6 +210,20 @@ def _build(kind: type, values: dict[str, Any] | None, where: str) -> Any:
         return kind(**values)
     except (TypeError, ValueError) as e:
         raise InputError(f"{where}: {e}") from e
+
+
+def _one_line(error: ValidationError, where: str) -> str:
+    """pydantic's errors as one line naming each field (never the values given)."""
+    problems = error.errors()
+    unknown = sorted(str(p["loc"][-1]) for p in problems if p["type"] == "extra_forbidden")
+    if unknown:
+        return f"{where}: unknown key(s) {unknown}"
+    parts = []
+    for problem in problems:
+        field = ".".join(str(part) for part in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}.{field}: {message}" if field else message)
+    return "; ".join(parts)
 
 
 _HARDWARE_FLAGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval")
@@ -248,9 +268,20 @@ def recipe_from_dict(values: dict[str, Any], *, base_dir: Path | None = None, ch
     training = _build(TrainingArguments, training_values, "training")
     for key, value in deferred.items():
         setattr(training, key, value)
-    recipe = Recipe(str(values["name"]), values["stage"], model, data, training, int(values.get("seed", 0)), dpo)
-    recipe.validate()
-    return recipe
+    if values["stage"] not in ("align", "instruct", "dpo"):
+        raise InputError(f"stage must be 'align', 'instruct' or 'dpo', got {values['stage']!r}")
+    try:
+        return Recipe(
+            name=str(values["name"]),
+            stage=values["stage"],
+            model=model,
+            data=data,
+            training=training,
+            seed=int(values.get("seed", 0)),
+            dpo=dpo,
+        )
+    except ValidationError as e:
+        raise InputError(_one_line(e, "recipe").removeprefix("recipe: ")) from None
 
 
 def load_recipe(path: str | Path, *, check_hardware: bool = True) -> Recipe:

@@ -164,7 +164,7 @@ def test_a_killed_dpo_run_resumes_to_the_same_weights(
         ({"data": {"preferences": None}}, "needs data.preferences.dir"),
         ({"data": {"sources": [], "preferences": {"dir": "absent"}}}, "data.sources is empty"),
         ({"data": {"sources": [{"type": "x"}], "preferences": {"dir": "p", "beams": 1}}}, r"unknown key\(s\)"),
-        ({"dpo": {"beta": 0}}, "dpo.beta must be positive"),
+        ({"dpo": {"beta": 0}}, "dpo.beta: Input should be greater than 0"),
         ({"dpo": {"label_smoothing": 0.5}}, "label_smoothing"),
         ({"dpo": {"temperature": 1}}, r"dpo: unknown key\(s\) \['temperature'\]"),
         ({"stage": "instruct"}, "the 'dpo' section belongs to stage 'dpo'"),
