@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from radlvlm.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,7 +50,8 @@ class Laterality(str, Enum):
 
 @dataclass(frozen=True)
 class Image:
-    """One frame, ready for display and for the model's transforms.
+    """One frame, ready for display and for the model's transforms; validated at construction (an image that
+    breaks these rules is refused with an ``InputError`` where it is made, not deep in a transform).
 
     Attributes:
         array (numpy.ndarray): float32, shape (rows, columns), in [0, 1] after the Modality LUT, the VOI LUT
@@ -80,6 +83,25 @@ class Image:
     instance_number: int | None = None
     number_of_frames: int = 1
     frame_index: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse an image nothing downstream could use, naming the attribute (never a value of the header)."""
+        array = self.array
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 2 or 0 in array.shape:
+            shape = getattr(array, "shape", None)
+            raise InputError(f"{self.source}: pixels must be a non-empty 2-D float32 array, got {shape}")
+        low, high = float(array.min()), float(array.max())
+        if not (low >= 0.0 and high <= 1.0):  # also false for NaN
+            raise InputError(f"{self.source}: pixel values must lie in [0, 1] after the LUTs, got [{low}, {high}]")
+        for name in ("sop_instance_uid", "series_instance_uid", "study_instance_uid"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InputError(f"{self.source}: {name} is empty")
+        if not isinstance(self.view, View):
+            raise InputError(f"{self.source}: view must be a View, got {type(self.view).__name__}")
+        if self.pixel_spacing_mm is not None and not all(v > 0 for v in self.pixel_spacing_mm):
+            raise InputError(f"{self.source}: pixel spacing must be positive")
+        if not 1 <= self.bits_stored <= 32 or not 0 <= self.frame_index < max(self.number_of_frames, 1):
+            raise InputError(f"{self.source}: bits stored or frame index out of range")
 
     @property
     def pixels(self) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -96,3 +97,23 @@ def test_laterality_prefers_image_laterality() -> None:
     del ds.ImageLaterality
     assert detect_laterality(ds) == Laterality.RIGHT
     assert detect_laterality(Dataset()) is None
+
+
+@pytest.mark.parametrize(
+    ("array", "reason"),
+    [
+        (np.zeros((0, 4), np.float32), "non-empty 2-D float32"),
+        (np.zeros((4, 4), np.float64), "non-empty 2-D float32"),
+        (np.zeros((2, 4, 4), np.float32), "non-empty 2-D float32"),
+        (np.full((4, 4), 1.5, np.float32), r"in \[0, 1\]"),
+        (np.full((4, 4), np.nan, np.float32), r"in \[0, 1\]"),
+    ],
+)
+def test_an_image_is_validated_where_it_is_made(array: np.ndarray, reason: str) -> None:
+    from radlvlm.errors import InputError
+    from radlvlm.imaging import Image
+
+    with pytest.raises(InputError, match=reason):
+        Image(array, "2.25.1", "2.25.2", "2.25.3", "made.png")
+    with pytest.raises(InputError, match="study_instance_uid is empty"):
+        Image(np.zeros((4, 4), np.float32), "2.25.1", "2.25.2", "", "made.png")
