@@ -60,10 +60,10 @@ def make_settings(tmp: Path, model_dir: Path, **overrides: object) -> tuple[Sett
 def build_tiny_model_dir(directory: Path) -> Path:
     """A tiny random radlvlm model saved to ``directory`` (DINOv2 28 px + 2-layer Llama)."""
     from testsupport import REPORT_CORPUS
+    from tinymodels import tiny_text_config, tiny_vision_config
 
     from radlvlm.model import RadProcessor, build_config, build_model, train_tokenizer
     from radlvlm.model.pretrained import save_pretrained
-    from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
     tokenizer = train_tokenizer([*REPORT_CORPUS, "yes", "no"] * 10, vocab_size=300, min_frequency=1)
     config = build_config(

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image as PILImage
 from pydicom import dcmread
 from testsupport import REPORT_CORPUS, pydicom_file, write_dataset
+from tinymodels import tiny_text_config, tiny_vision_config
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
 from radlvlm.model import RadProcessor, build_config, build_model, train_tokenizer
 from radlvlm.model.pretrained import save_pretrained
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 runner = CliRunner()
 

@@ -10,12 +10,12 @@ import time
 import pytest
 import torch
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 
 from radlvlm.engine import EngineClosed, EngineOverloaded, Generated, GenerateRequest, Scored, ScoreRequest
 from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.errors import EngineError, InputError
 from radlvlm.model import GenerationSettings, RadProcessor, build_config, build_model, generate, train_tokenizer
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.pipeline.task_engine import TaskEngine
 from radlvlm.tasks.checking import CheckRequest, CheckResult
 from radlvlm.tasks.drafting import DraftRequest, DraftResult, draft_prompt

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 from typer.testing import CliRunner
 
 from radlvlm.cli import app
@@ -46,7 +47,6 @@ from radlvlm.model import GenerationSettings, MoLEConfig, RadProcessor, build_co
 from radlvlm.model.convert import export_hf_llava
 from radlvlm.model.generation import decode_generation
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.pipeline.runtime import build_engine
 from radlvlm.pipeline.task_engine import TaskEngine
 from radlvlm.settings import Settings, VLLMOptions

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 from transformers import PreTrainedTokenizerFast
 
 from radlvlm.model import RadProcessor, build_config, build_model, train_tokenizer
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from testsupport import REPORT_CORPUS as CORPUS
 from testsupport import draft_prompt_for
+from tinymodels import tiny_text_config, tiny_vision_config
 from transformers import CLIPVisionModel, LlamaForCausalLM, LlavaForConditionalGeneration
 
 from radlvlm.errors import ModelError
 from radlvlm.model import MoLEConfig, inject_mole, train_tokenizer
 from radlvlm.model.convert import convert_llava15, convert_llava_rad, export_hf_llava
 from radlvlm.model.pretrained import load_pretrained
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 VOCAB = 300
 TRUNK_WIDTH = 192  # timm's vit_tiny width (3 heads of 64), the smallest family the converter maps

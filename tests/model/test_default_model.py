@@ -68,9 +68,10 @@ def test_every_saved_model_generates_with_the_kv_cache(tmp_path: Path) -> None:
     radlvlm must tell HF ``generate`` to use it, or plain ``generate`` on them is 2-3x slower."""
     import json
 
+    from tinymodels import tiny_text_config, tiny_vision_config
+
     from radlvlm.model import build_config, build_model
     from radlvlm.model.modeling import save_model
-    from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
     shipped = json.loads((DEFAULT_MODEL_ROOT / "base" / "generation_config.json").read_text())
     assert shipped["use_cache"] is True

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tinymodels import tiny_text_config, tiny_vision_config
 
 from radlvlm.errors import ModelError
 from radlvlm.model import build_config, build_model, load_model, save_model
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 
 @pytest.mark.parametrize("vision", ["dinov2", "clip", "siglip", "vit"])

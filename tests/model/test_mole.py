@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinymodels import tiny_text_config, tiny_vision_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from radlvlm.errors import ModelError
 from radlvlm.model import MoLEConfig, build_config, build_model, inject_mole, load_mole_adapter
 from radlvlm.model.mole import MoLELinear
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 IDS = torch.tensor([[1, 3, 3, 3, 3, 10, 11, 12, 13, 14, 15, 16]])
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from testsupport import REPORT_CORPUS, draft_prompt_for
+from tinymodels import tiny_text_config, tiny_vision_config
 
 from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.model import GenerationSettings, RadProcessor, build_config, build_model, train_tokenizer
 from radlvlm.model.profile import PROFILES, VICUNA_V1_SYSTEM
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.pipeline.task_engine import TaskEngine
 from radlvlm.tasks.checking import CheckRequest
 from radlvlm.tasks.drafting import DraftRequest, parse_draft

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from servicesupport import Server, make_settings, start_server
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 
 from radlvlm.model import RadProcessor, build_config, build_model, train_tokenizer
 from radlvlm.model.pretrained import save_pretrained
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 from transformers import TrainingArguments
 
 from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model import load_pretrained, train_tokenizer
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.training.pretrain import (
     VisionSettings,
     assemble,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from testsupport import REPORT_CORPUS
+from tinymodels import tiny_text_config, tiny_vision_config
 from transformers import TrainerCallback
 
 from radlvlm.errors import InputError
 from radlvlm.model import RadProcessor, build_config, build_model, load_pretrained, train_tokenizer
 from radlvlm.model.pretrained import save_pretrained
-from radlvlm.model.tiny import tiny_text_config, tiny_vision_config
 from radlvlm.training.recipe import load_recipe, recipe_from_dict
 from radlvlm.training.trainer import ExampleCollator, train
 

@@ -1,4 +1,5 @@
-"""Tiny configurations of every supported encoder and LM, built in code (tests, benchmarks; no downloads)."""
+"""Tiny configurations of every supported encoder and LM, built in code, for tests (no downloads): they live
+with the tests, not in the package, because nothing a user runs builds a model this small."""
 
 from __future__ import annotations
 
