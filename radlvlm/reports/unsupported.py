@@ -1,7 +1,8 @@
-"""Statements a draft written from a finding list cannot support: side, size, devices, comparisons, incidentals.
+"""Statements a draft written from a finding list cannot support: side, location, size, devices, comparisons,
+incidentals.
 
 A writer that is given only *which* findings the image shows (:mod:`radlvlm.tasks.image_findings`) has no
-evidence for where they are, how large, what hardware is in the chest, how the study compares with a prior, or
+evidence for which side or where in the chest they are, how large, what hardware is in the chest, how the study compares with a prior, or
 findings outside its label set. The same rules clean the training targets of such a writer (so it never learns
 to invent them) and count them in drafts (evaluation): one definition for both.
 
@@ -19,10 +20,18 @@ from radlvlm.reports.normalize import normalize_text, split_sentences
 
 __all__ = ["UNSUPPORTED_KINDS", "supported_sentences", "unsupported_kinds", "unsupported_sentences"]
 
-UNSUPPORTED_KINDS = ("side", "size", "device", "comparison", "incidental", "advice", "redacted")
+UNSUPPORTED_KINDS = ("side", "location", "size", "device", "comparison", "incidental", "advice", "redacted")
 
 _SIDE = re.compile(
     r"\b(right|left|bilateral(?:ly)?|unilateral|bibasilar|bibasal|biapical|dextro\w*|levo\w*)\b", re.IGNORECASE
+)
+# Where in the chest: counted only in a sentence that asserts a finding ("lingular airspace disease"), not in a
+# normal statement about anatomy ("The costophrenic angles are sharp").
+_LOCATION = re.compile(
+    r"\b(lingula\w*|lobes?|lobar|upper|lower|middle|apex|apices|apical|bases?|basilar|basal|perihilar|hilar|hila|"
+    r"hilum|infrahilar|suprahilar|retrocardiac|paratracheal|subpleural|peripheral|costophrenic|cardiophrenic|"
+    r"zones?|segment\w*|subsegment\w*)\b",
+    re.IGNORECASE,
 )
 _SIZE = re.compile(
     r"(\b\d+(?:\.\d+)?\s*(?:cm|mm|centimeters?|millimeters?)\b)|"
@@ -88,6 +97,11 @@ def unsupported_kinds(sentence: str) -> frozenset[str]:
         kinds.add("advice")
     if _SIDE.search(text):
         kinds.add("side")
+    asserts = any(
+        m.status in (Label.POSITIVE, Label.UNCERTAIN) and m.label != "No Finding" for m in labeled.mentions
+    )
+    if asserts and _LOCATION.search(text):
+        kinds.add("location")
     if _SIZE.search(text):
         kinds.add("size")
     if _DEVICE.search(text):

@@ -40,12 +40,14 @@ FEATURES = ("text", "normal", "asserted", "denied", "omitted")
 # What a comparison with a finding list never checks, in the words of the answer.
 ALWAYS_UNCHECKED = (
     "laterality (which side)",
+    "location within the chest (lobe, zone)",
     "size and severity",
     "lines, tubes and devices",
     "comparison with prior studies",
 )
 _KIND_WORDS = {
     "side": "laterality (which side)",
+    "location": "location within the chest (lobe, zone)",
     "size": "size and severity",
     "device": "lines, tubes and devices",
     "comparison": "comparison with prior studies",

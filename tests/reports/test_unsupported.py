@@ -1,4 +1,5 @@
-"""What a finding list cannot support: side, size, devices, comparisons, incidentals, advice, redactions."""
+"""What a finding list cannot support: side, location, size, devices, comparisons, incidentals, advice,
+redactions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from radlvlm.reports.unsupported import unsupported_kinds, unsupported_sentences
     [
         ("Small left pleural effusion.", {"side", "size"}),
         ("Calcified granuloma in the right upper lobe.", {"incidental", "side"}),
+        ("There is lingular airspace disease.", {"location"}),
+        ("Streaky perihilar opacities.", {"location"}),
+        ("The costophrenic angles are sharp.", set()),  # anatomy in a normal statement: no finding placed
+        ("No focal airspace disease in the lower lobes.", set()),
         ("Stable cardiomegaly.", {"comparison"}),
         ("Sternotomy wires are present.", {"device", "incidental"}),
         ("CT chest with contrast is recommended.", {"advice"}),
