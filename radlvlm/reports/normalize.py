@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from radlvlm.errors import InputError
 
-__all__ = ["DEID_TOKEN", "normalize_text", "split_sentences"]
+__all__ = ["DEID_TOKEN", "normalize_text", "sentence_spans", "split_sentences"]
 
 DEID_TOKEN = "XXXX"  # IU-Xray marks each redacted word with this; it must stay recognisable
 
@@ -163,21 +163,79 @@ def split_sentences(text: str) -> list[str]:
     Raises:
         InputError: ``text`` is not a ``str``.
     """
-    text = _HYPHEN_BREAK.sub("-", _require_str(text, "split_sentences"))
-    text = _WHITESPACE.sub(" ", text).strip()
-    markers = _list_markers(text)
+    return [piece for piece, _, _ in _sentences(_require_str(text, "split_sentences"))]
+
+
+def sentence_spans(text: str, *, line_breaks: bool = False) -> list[tuple[int, int]]:
+    """Character spans of ``text``'s sentences, by the rules of :func:`split_sentences` (one splitter for the
+    labeler, the normaliser and the error injector, which edits the text in place and so needs positions).
+
+    Args:
+        text (`str`): report text as given (nothing is normalised: spans index it).
+        line_breaks (`bool`, defaults to `False`): a line break also ends a sentence (a report composed as
+            "FINDINGS: ...\nIMPRESSION: ..." whose findings lack a final period).
+    """
+    text = _require_str(text, "sentence_spans")
+    if not line_breaks:
+        return [(start, end) for _, start, end in _sentences(text)]
+    spans: list[tuple[int, int]] = []
+    offset = 0
+    for line in text.split("\n"):
+        spans.extend((offset + start, offset + end) for _, start, end in _sentences(line))
+        offset += len(line) + 1
+    return spans
+
+
+def _sentences(text: str) -> list[tuple[str, int, int]]:
+    """(sentence with whitespace collapsed, start, end in ``text``) for each sentence of ``text``."""
+    collapsed, where = _collapse(text)
+    markers = _list_markers(collapsed)
     cuts = {m.start for m in markers if m.mid_sentence}
     marker_ends = {m.end for m in markers}
-    cuts |= {p.end() for p in _SENTENCE_PUNCT.finditer(text) if _ends_sentence(text, p, marker_ends)}
-    sentences: list[str] = []
+    cuts |= {p.end() for p in _SENTENCE_PUNCT.finditer(collapsed) if _ends_sentence(collapsed, p, marker_ends)}
+    sentences: list[tuple[str, int, int]] = []
     start = 0
-    for cut in sorted(cuts | {len(text)}):
-        piece = text[start:cut].strip()
+    for cut in sorted(cuts | {len(collapsed)}):
+        raw = collapsed[start:cut]
+        piece = raw.strip()
+        first = start + len(raw) - len(raw.lstrip())
         start = cut
         if not piece:
             continue
+        span = (where[first], where[first + len(piece) - 1] + 1)
         if sentences and not any(c.isalnum() for c in piece):
-            sentences[-1] = f"{sentences[-1]} {piece}"
+            text_before, begin, _ = sentences[-1]
+            sentences[-1] = (f"{text_before} {piece}", begin, span[1])
         else:
-            sentences.append(piece)
+            sentences.append((piece, *span))
     return sentences
+
+
+def _collapse(text: str) -> tuple[str, list[int]]:
+    """``text`` with a hyphen at a line break joined and all whitespace runs made one space, stripped; and for
+    each character of the result, its position in ``text``."""
+    chars: list[str] = []
+    where: list[int] = []
+    position = 0
+    for match in _HYPHEN_BREAK.finditer(text):
+        _append_collapsed(text, position, match.start(), chars, where)
+        chars.append("-")
+        where.append(match.start())
+        position = match.end()
+    _append_collapsed(text, position, len(text), chars, where)
+    while chars and chars[-1] == " ":
+        chars.pop()
+        where.pop()
+    return "".join(chars), where
+
+
+def _append_collapsed(text: str, start: int, end: int, chars: list[str], where: list[int]) -> None:
+    for index in range(start, end):
+        char = text[index]
+        if char.isspace():
+            if chars and chars[-1] != " ":
+                chars.append(" ")
+                where.append(index)
+        else:
+            chars.append(char)
+            where.append(index)

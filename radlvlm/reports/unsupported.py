@@ -2,9 +2,9 @@
 incidentals.
 
 A writer that is given only *which* findings the image shows (:mod:`radlvlm.tasks.image_findings`) has no
-evidence for which side or where in the chest they are, how large, what hardware is in the chest, how the study compares with a prior, or
-findings outside its label set. The same rules clean the training targets of such a writer (so it never learns
-to invent them) and count them in drafts (evaluation): one definition for both.
+evidence for which side or where in the chest they are, how large, what hardware is in the chest, how the study
+compares with a prior, or findings outside its label set. The same rules clean the training targets of such a
+writer (so it never learns to invent them) and count them in drafts (evaluation): one definition for both.
 
 The word lists are ours, not a library's: no maintained package tags these report properties for chest X-ray
 text (the labeler's own comparison and change cues, from its rule tables, are reused).
