@@ -210,6 +210,27 @@ def _attributes(sentence: str, start: int, end: int) -> tuple[frozenset[str], fr
     return laterality, zones, (max(severities) if severities else None)
 
 
+@cache
+def _negation_anywhere() -> tuple[list[re.Pattern[str]], list[re.Pattern[str]], list[re.Pattern[str]]]:
+    c = _compiled()
+    after = [re.compile(p.pattern.removeprefix("^")) for p in c["post_neg"]]  # after some mention, anywhere
+    return c["pseudo"], c["pre_neg"], after
+
+
+def negates(sentence: str) -> bool:
+    """Whether ``sentence`` holds one of the labeler's negation triggers, before a mention ("no", "without",
+    "negative for", "free of", ...) or after one ("... has resolved", "... is not seen"), pseudo-negations ("no
+    change") aside: the labeler's own negation vocabulary, for a caller that asks of a whole sentence (the error
+    injector, which never edits inside a negated sentence)."""
+    text = normalize_text(sentence, lowercase=True) if sentence.strip() else ""
+    pseudo, before, after = _negation_anywhere()
+    if any(p.search(text) for p in after):
+        return True
+    for pattern in pseudo:  # as the labeler does: a pseudo-negation is no trigger before a mention
+        text = pattern.sub(" ", text)
+    return any(p.search(text) for p in before)
+
+
 def label_report(text: str) -> LabeledReport:
     """Label one report with the 14 CheXpert observations.
 

@@ -30,6 +30,8 @@ from importlib import resources
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.reports.labeler import negates
+from radlvlm.reports.normalize import sentence_spans as split_spans
 from radlvlm.tasks.taxonomy import VALID_EDITS, EditKind, ErrorCategory
 
 __all__ = [
@@ -119,30 +121,20 @@ class InjectedError:
         )
 
 
-# A sentence ends at . ! ? followed by a blank (not inside "1.5") or at a line break. A leading "FINDINGS:"-style
-# header is not part of the sentence, so an edit never touches a section header.
-_CUT = re.compile(r"[.!?](?=\s|$)|\n")
+# A leading "FINDINGS:"-style header is not part of a sentence, so an edit never touches a section header.
 _HEADER = re.compile(r"^[A-Z][A-Z /&]{1,40}:\s*")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences in ``text`` (end punctuation included, section headers excluded)."""
+    """Character spans of the sentences in ``text`` (end punctuation included, section headers excluded): the
+    one splitter's sentences (:func:`radlvlm.reports.normalize.sentence_spans`, a line break ending one too)."""
     spans: list[tuple[int, int]] = []
-    start = 0
-    cuts = [m.end() if m.group() != "\n" else m.start() for m in _CUT.finditer(text)]
-    for cut in [*cuts, len(text)]:
-        piece = text[start:cut]
-        lead = len(piece) - len(piece.lstrip())
-        s = start + lead
-        header = _HEADER.match(text[s:cut])
+    for s, e in split_spans(text, line_breaks=True):
+        header = _HEADER.match(text[s:e])
         if header:
             s += header.end()
-        e = cut
-        while e > s and text[e - 1].isspace():
-            e -= 1
         if e > s and any(c.isalnum() for c in text[s:e]):
             spans.append((s, e))
-        start = cut
     return spans
 
 
@@ -172,7 +164,7 @@ def _match_case(source: str, target: str) -> str:
 
 
 def _is_negated(sentence: str) -> bool:
-    return bool(_word_re(lexicon()["negation_cues"]).search(sentence))
+    return negates(sentence)  # the labeler's negation vocabulary: one for labelling and for injecting
 
 
 def _mentions(text: str, terms: list[str]) -> bool:

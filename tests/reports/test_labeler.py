@@ -93,3 +93,20 @@ def test_real_iu_normal_reports_get_no_pathology() -> None:
     no_finding = [label_report(f"{r['findings']} {r['impression']}").labels["No Finding"] is P for r in normal]
     assert len(normal) > 100
     assert sum(no_finding) / len(normal) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("sentence", "negated"),
+    [
+        ("No pleural effusion.", True),
+        ("Lungs are clear without focal consolidation.", True),
+        ("The previously seen effusion has resolved.", True),
+        ("Pneumothorax is no longer seen.", True),
+        ("There is no change in the scarring at the right apex.", False),  # a pseudo-negation asserts it
+        ("Small right pleural effusion.", False),
+    ],
+)
+def test_one_negation_vocabulary_for_whole_sentences(sentence: str, negated: bool) -> None:
+    from radlvlm.reports.labeler import negates
+
+    assert negates(sentence) is negated
