@@ -97,9 +97,7 @@ def unsupported_kinds(sentence: str) -> frozenset[str]:
         kinds.add("advice")
     if _SIDE.search(text):
         kinds.add("side")
-    asserts = any(
-        m.status in (Label.POSITIVE, Label.UNCERTAIN) and m.label != "No Finding" for m in labeled.mentions
-    )
+    asserts = any(m.status in (Label.POSITIVE, Label.UNCERTAIN) and m.label != "No Finding" for m in labeled.mentions)
     if asserts and _LOCATION.search(text):
         kinds.add("location")
     if _SIZE.search(text):
