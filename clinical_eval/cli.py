@@ -10,12 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from radlvlm.cli_support import fail, run_guarded, stderr
 from radlvlm.errors import EvaluationInputError
+
+if TYPE_CHECKING:  # for annotations only: the commands import the evaluation modules when they run
+    from radlvlm.clinical_eval.judges import Judge
 
 eval_app = typer.Typer(
     name="eval",
@@ -123,9 +126,7 @@ def predict(
 
     Each study takes the path it takes at every door (de-identification, guardrails, engine, audit); the engine,
     the project key and the audit trail come from the RADLVLM_* settings, with these options on top."""
-    from radlvlm.cli_support import progress_bar
     from radlvlm.pipeline import build_runtime
-    from radlvlm.pipeline.batch import predict as run_predictions
     from radlvlm.pipeline.batch import read_manifest
     from radlvlm.settings import load_settings
 
@@ -146,21 +147,37 @@ def predict(
         )
         runtime = build_runtime(settings)
         try:
-            with progress_bar("predicting", progress and sys.stderr.isatty()) as bar:
-                bar_task = bar.add_task("predicting", total=len(rows))
-                predictions, summary = run_predictions(
-                    runtime,
-                    rows,
-                    task,
-                    chunk_size=chunk_size,
-                    on_progress=lambda done, _total: bar.update(bar_task, completed=done),
-                )
+            predictions, summary = _predict_with_progress(
+                runtime, rows, task, chunk_size=chunk_size, show_progress=progress and sys.stderr.isatty()
+            )
         finally:
-            runtime.close()
+            runtime.close()  # the engine is stopped even when a study fails
         _write_jsonl(out, predictions)
         return {**summary, "backend": backend, "out": str(out)}
 
-    summary = run_guarded(job)
+    _print_prediction_summary(run_guarded(job))
+
+
+def _predict_with_progress(
+    runtime: Any, rows: list[dict[str, Any]], task: str, *, chunk_size: int, show_progress: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The predictions and their summary, with a progress bar on stderr counting studies done."""
+    from radlvlm.cli_support import progress_bar
+    from radlvlm.pipeline.batch import predict as run_predictions
+
+    with progress_bar("predicting", show_progress) as bar:
+        bar_task = bar.add_task("predicting", total=len(rows))
+        return run_predictions(
+            runtime,
+            rows,
+            task,
+            chunk_size=chunk_size,
+            on_progress=lambda done, _total: bar.update(bar_task, completed=done),
+        )
+
+
+def _print_prediction_summary(summary: dict[str, Any]) -> None:
+    """One line for a person on stderr (with any guardrail refusals), the full summary as JSON on stdout."""
     refused = f", {len(summary['refused'])} refused by the guardrails" if summary["refused"] else ""
     stderr.print(f"studies predicted: {summary['studies']}{refused} in {summary['seconds']} s", highlight=False)
     typer.echo(json.dumps(summary, indent=2))
@@ -279,31 +296,26 @@ def run(
     bertscore_layer: Annotated[int | None, typer.Option(help="Encoder layer for BERTScore (default last).")] = None,
 ) -> None:
     """Run a validation study: metrics with bootstrap CIs to metrics.json and a self-contained report.html."""
-    from radlvlm.clinical_eval.judges import Judge, LLMJudge, StructuredJudge
-    from radlvlm.clinical_eval.runner import headline, run_validation_study
+    from radlvlm.clinical_eval.runner import run_validation_study
 
     if (llm_judge_url is None) != (llm_judge_model is None):
         raise fail("give both --llm-judge-url and --llm-judge-model for the LLM judge")
 
     def job() -> dict[str, Any]:
-        judges: list[Judge] = [StructuredJudge()] if structured_judge else []
-        if llm_judge_url is not None and llm_judge_model is not None:
-            judges.append(
-                LLMJudge(
-                    llm_judge_url,
-                    llm_judge_model,
-                    api_key=os.environ.get(llm_judge_api_key_env),
-                    cache_dir=llm_judge_cache,
-                    max_attempts=llm_judge_attempts,
-                    timeout=llm_judge_timeout,
-                )
-            )
         return run_validation_study(
             predictions,
             references,
             out,
             task=task,
-            judges=judges,
+            judges=_judges(
+                structured_judge,
+                llm_judge_url,
+                llm_judge_model,
+                api_key_env=llm_judge_api_key_env,
+                cache_dir=llm_judge_cache,
+                max_attempts=llm_judge_attempts,
+                timeout=llm_judge_timeout,
+            ),
             compare=compare,
             model=model,
             dataset=dataset,
@@ -315,7 +327,41 @@ def run(
             split=split,
         )
 
-    result = run_guarded(job)
+    _print_study_result(run_guarded(job))
+
+
+def _judges(
+    structured_judge: bool,
+    llm_judge_url: str | None,
+    llm_judge_model: str | None,
+    *,
+    api_key_env: str,
+    cache_dir: Path | None,
+    max_attempts: int,
+    timeout: float,
+) -> list[Judge]:
+    """The judges asked for: the offline structured judge, and the LLM judge when an endpoint is given."""
+    from radlvlm.clinical_eval.judges import LLMJudge, StructuredJudge
+
+    judges: list[Judge] = [StructuredJudge()] if structured_judge else []
+    if llm_judge_url is not None and llm_judge_model is not None:
+        judges.append(
+            LLMJudge(
+                llm_judge_url,
+                llm_judge_model,
+                api_key=os.environ.get(api_key_env),  # from the environment: never on the command line
+                cache_dir=cache_dir,
+                max_attempts=max_attempts,
+                timeout=timeout,
+            )
+        )
+    return judges
+
+
+def _print_study_result(result: dict[str, Any]) -> None:
+    """The counts in/scored/dropped on stderr (always shown), the headline numbers as JSON on stdout."""
+    from radlvlm.clinical_eval.runner import headline
+
     c = result["counts"]
     stderr.print(
         f"predictions in: {c['predictions_in']}, references in: {c['references_in']}, scored: {c['scored']}, "

@@ -1125,19 +1125,16 @@ def _row_seed(seed: int, uid: object) -> int:
     return int(hashlib.sha256(f"{INJECTOR}:{seed}:{uid}".encode()).hexdigest()[:12], 16)
 
 
-def build_independent_set(
-    rows: Iterable[Mapping], *, seed: int = 0, error_fraction: float = 0.5
-) -> tuple[list[dict], dict]:
-    """Each study once, clean or with one independent error; about ``error_fraction`` of each split errored.
-
-    Families are spread evenly: each errored study gets the least-used family (so far, in its split) that applies
-    to it. A study that no family applies to stays clean and the next one is errored instead, so the split still
-    reaches its target. Rows are returned in input order; studies with both sections empty are skipped and counted.
-    """
+def _check_error_fraction(error_fraction: float) -> None:
+    """A number within [0, 1] (``bool`` is refused although it is an ``int``: True would mean 100 %)."""
     if isinstance(error_fraction, bool) or not isinstance(error_fraction, (int, float)):
         raise InputError(f"independent set: error_fraction must be a number, got {type(error_fraction).__name__}")
     if not 0.0 <= float(error_fraction) <= 1.0:
         raise InputError(f"independent set: error_fraction must be within [0, 1], got {error_fraction}")
+
+
+def _checked_rows(rows: Iterable[Mapping]) -> list[Mapping]:
+    """The rows as a list, each with a uid (unique) and a split: seeds and the output's ids are made of them."""
     items: list[Mapping] = []
     seen: set[str] = set()
     for n, row in enumerate(rows):
@@ -1150,7 +1147,11 @@ def build_independent_set(
         if not row.get("split"):
             raise InputError(f"independent set: row {n} has no split")
         items.append(row)
+    return items
 
+
+def _studies_by_split(items: list[Mapping]) -> tuple[dict[str, list[int]], Counter[str]]:
+    """The indexes of the studies with some text, by split, and how many of each split were empty."""
     skipped: Counter[str] = Counter()
     by_split: dict[str, list[int]] = {}
     for n, row in enumerate(items):
@@ -1158,34 +1159,49 @@ def build_independent_set(
             skipped[str(row["split"])] += 1
             continue
         by_split.setdefault(str(row["split"]), []).append(n)
+    return by_split, skipped
 
+
+def _inject_split(
+    items: list[Mapping], idxs: list[int], split: str, *, seed: int, error_fraction: float
+) -> tuple[dict[int, InjectedReport], int]:
+    """Error ``error_fraction`` of one split's studies, each with the least-used family so far that applies.
+
+    Studies are visited in a seeded order until the target is met, so a study no family applies to is passed
+    over and the next one is errored instead. Returns the injected reports by row index and how many studies
+    were passed over.
+    """
+    rng = random.Random(f"{INJECTOR}:build:{seed}:{split}")
+    order = list(idxs)
+    rng.shuffle(order)
+    target = round(float(error_fraction) * len(idxs))
     injected: dict[int, InjectedReport] = {}
-    uninjectable: Counter[str] = Counter()
-    for split, idxs in sorted(by_split.items()):
-        rng = random.Random(f"{INJECTOR}:build:{seed}:{split}")
-        order = list(idxs)
-        rng.shuffle(order)
-        target = round(float(error_fraction) * len(idxs))
-        used: Counter[str] = Counter()
-        for n in order:
-            if sum(used.values()) >= target:
+    uninjectable = 0
+    used: Counter[str] = Counter()
+    for n in order:
+        if sum(used.values()) >= target:
+            break
+        row = items[n]
+        # Least-used first keeps the families even; the random tie-break keeps FAMILIES' order from deciding.
+        fams = sorted(FAMILIES, key=lambda f: (used[f], rng.random()))
+        for fam in fams:
+            rep = inject_independent(
+                str(row.get("findings") or ""),
+                str(row.get("impression") or ""),
+                seed=_row_seed(seed, row["uid"]),
+                family=fam,
+            )
+            if rep is not None:
+                injected[n] = rep
+                used[fam] += 1
                 break
-            row = items[n]
-            fams = sorted(FAMILIES, key=lambda f: (used[f], rng.random()))
-            for fam in fams:
-                rep = inject_independent(
-                    str(row.get("findings") or ""),
-                    str(row.get("impression") or ""),
-                    seed=_row_seed(seed, row["uid"]),
-                    family=fam,
-                )
-                if rep is not None:
-                    injected[n] = rep
-                    used[fam] += 1
-                    break
-            else:
-                uninjectable[split] += 1
+        else:
+            uninjectable += 1
+    return injected, uninjectable
 
+
+def _output_rows(items: list[Mapping], injected: dict[int, InjectedReport]) -> list[dict]:
+    """One row per non-empty study in input order: its text (with the injected error, if any) and labels."""
     out: list[dict] = []
     for n, row in enumerate(items):
         findings, impression = _collapse(row.get("findings")), _collapse(row.get("impression"))
@@ -1207,12 +1223,25 @@ def build_independent_set(
                 "injector": INJECTOR,
             }
         )
+    return out
+
+
+def _set_summary(
+    out: list[dict],
+    *,
+    seed: int,
+    error_fraction: float,
+    splits: set[str],
+    skipped: Counter[str],
+    uninjectable: Counter[str],
+) -> dict:
+    """Counts over the built set, overall and per split, family, category and section."""
 
     def count(key: str) -> dict[str, int]:
         return dict(sorted(Counter(r[key] for r in out if r["has_error"]).items()))
 
     per_split: dict[str, dict[str, int]] = {}
-    for split in sorted(set(by_split) | set(skipped)):
+    for split in sorted(splits):
         rs = [r for r in out if r["split"] == split]
         per_split[split] = {
             "rows": len(rs),
@@ -1221,7 +1250,7 @@ def build_independent_set(
             "skipped_empty": skipped[split],
             "uninjectable": uninjectable[split],
         }
-    summary = {
+    return {
         "injector": INJECTOR,
         "seed": seed,
         "error_fraction": float(error_fraction),
@@ -1235,4 +1264,33 @@ def build_independent_set(
         "per_category": count("category"),
         "per_section": count("section"),
     }
+
+
+def build_independent_set(
+    rows: Iterable[Mapping], *, seed: int = 0, error_fraction: float = 0.5
+) -> tuple[list[dict], dict]:
+    """Each study once, clean or with one independent error; about ``error_fraction`` of each split errored.
+
+    Families are spread evenly: each errored study gets the least-used family (so far, in its split) that applies
+    to it. A study that no family applies to stays clean and the next one is errored instead, so the split still
+    reaches its target. Rows are returned in input order; studies with both sections empty are skipped and counted.
+    """
+    _check_error_fraction(error_fraction)
+    items = _checked_rows(rows)
+    by_split, skipped = _studies_by_split(items)
+    injected: dict[int, InjectedReport] = {}
+    uninjectable: Counter[str] = Counter()
+    for split, idxs in sorted(by_split.items()):
+        # Splits are filled one at a time, each from its own seeded stream: one split never shifts another.
+        in_split, uninjectable[split] = _inject_split(items, idxs, split, seed=seed, error_fraction=error_fraction)
+        injected.update(in_split)
+    out = _output_rows(items, injected)
+    summary = _set_summary(
+        out,
+        seed=seed,
+        error_fraction=error_fraction,
+        splits=set(by_split) | set(skipped),
+        skipped=skipped,
+        uninjectable=uninjectable,
+    )
     return out, summary

@@ -114,6 +114,34 @@ def make_reader_packets(
     if not systems:
         raise EvaluationInputError("no system to grade")
     ref_rows = [dict(r) for r in references]
+    texts, common = _system_texts(ref_rows, systems)
+    reference_by_id = {str(r.get("id", r.get("uid"))): report_reference(r) for r in ref_rows}
+    # One stream, drawn in a fixed order (sample, then codes): the same seed gives the same packets.
+    rng = random.Random(f"radlvlm-reader:{seed}")
+    study_ids = _sample_studies(sorted(common), n_studies, rng)
+    pairs = [(s, name) for s in study_ids for name in sorted(systems)]
+    codes = _codes(rng, len(pairs))
+    cases = [
+        {"case": code, "study_id": s, "system": name, "reference": reference_by_id[s], "candidate": texts[name][s]}
+        for code, (s, name) in zip(codes, pairs, strict=True)
+    ]
+    out = Path(out_dir)
+    _write_coordinator_files(out / "coordinator", cases)
+    for k, reader in enumerate(readers):
+        _write_reader_files(out, reader, cases, seed=seed, index=k)
+    return {
+        "studies": len(study_ids),
+        "systems": sorted(systems),
+        "cases": len(cases),
+        "readers": list(readers),
+        "out_dir": str(out),
+    }
+
+
+def _system_texts(
+    ref_rows: list[dict[str, Any]], systems: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> tuple[dict[str, dict[str, str]], set[str]]:
+    """Each system's candidate text by study id, and the ids every system and the references cover."""
     texts: dict[str, dict[str, str]] = {}
     common: set[str] | None = None
     for name, rows in systems.items():
@@ -126,23 +154,22 @@ def make_reader_packets(
         )
         texts[name] = {i: p["prediction"] for i, p in zip(data.ids, data.predictions, strict=True)}
         common = set(data.ids) if common is None else common & set(data.ids)
-    reference_by_id = {str(r.get("id", r.get("uid"))): report_reference(r) for r in ref_rows}
-    study_ids = sorted(common or set())
-    rng = random.Random(f"radlvlm-reader:{seed}")
+    return texts, common or set()
+
+
+def _sample_studies(study_ids: list[str], n_studies: int | None, rng: random.Random) -> list[str]:
+    """``n_studies`` of the (sorted) study ids drawn with ``rng``, or all of them; never none."""
     if n_studies is not None:
         if n_studies < 1:
             raise EvaluationInputError("n_studies must be at least 1")
         study_ids = sorted(rng.sample(study_ids, min(n_studies, len(study_ids))))
     if not study_ids:
         raise EvaluationInputError("no study is covered by every system and the references")
-    pairs = [(s, name) for s in study_ids for name in sorted(systems)]
-    codes = _codes(rng, len(pairs))
-    cases = [
-        {"case": code, "study_id": s, "system": name, "reference": reference_by_id[s], "candidate": texts[name][s]}
-        for code, (s, name) in zip(codes, pairs, strict=True)
-    ]
-    out = Path(out_dir)
-    coordinator = out / "coordinator"
+    return study_ids
+
+
+def _write_coordinator_files(coordinator: Path, cases: list[dict[str, Any]]) -> None:
+    """The key (case code → study, system) and the cases, which un-blind the study: not for readers."""
     coordinator.mkdir(parents=True, exist_ok=True)
     with (coordinator / "key.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -156,21 +183,21 @@ def make_reader_packets(
         "Coordinator only: these files un-blind the study (which system wrote which case). Do not give them to "
         "readers. Give each reader their packet_<reader>.html and grades_<reader>.csv.\n"
     )
-    for k, reader in enumerate(readers):
-        order = sorted(cases, key=lambda c: random.Random(f"radlvlm-reader:{seed}:{k}:{c['case']}").random())
-        (out / f"packet_{reader}.html").write_text(_packet_html(reader, order), encoding="utf-8")
-        with (out / f"grades_{reader}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(GRADE_COLUMNS)
-            for c in order:
-                writer.writerow([c["case"], *[""] * (len(GRADE_COLUMNS) - 1)])
-    return {
-        "studies": len(study_ids),
-        "systems": sorted(systems),
-        "cases": len(cases),
-        "readers": list(readers),
-        "out_dir": str(out),
-    }
+
+
+def _write_reader_files(out: Path, reader: str, cases: list[dict[str, Any]], *, seed: int, index: int) -> None:
+    """One reader's packet and empty grade sheet, with the cases in an order of their own.
+
+    Each case's place is drawn from a stream seeded by the seed, the reader's position and the case code, so a
+    reader's order stays the same when readers are added after them.
+    """
+    order = sorted(cases, key=lambda c: random.Random(f"radlvlm-reader:{seed}:{index}:{c['case']}").random())
+    (out / f"packet_{reader}.html").write_text(_packet_html(reader, order), encoding="utf-8")
+    with (out / f"grades_{reader}.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(GRADE_COLUMNS)
+        for c in order:
+            writer.writerow([c["case"], *[""] * (len(GRADE_COLUMNS) - 1)])
 
 
 def _load_cases(packet_dir: Path) -> list[dict[str, Any]]:

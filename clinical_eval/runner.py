@@ -303,20 +303,8 @@ def run_validation_study(
         The metrics dict written to ``metrics.json``.
     """
     predictions, references, out_dir = Path(predictions), Path(references), Path(out_dir)
-    prediction_rows, reference_rows = load_rows(predictions), load_rows(references)
-    n_reference_file = len(reference_rows)
-    if split is not None:
-        reference_rows = [r for r in reference_rows if r.get("split") == split]
-        if not reference_rows:
-            raise EvaluationInputError(f"{references.name}: no row in split {split!r}")
-    if task is None:
-        task = "errorcheck" if is_errorcheck_reference(reference_rows) else "report"
-    if task not in TASKS:
-        raise EvaluationInputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
-    names = (predictions.name, references.name)
-    data = match_rows(
-        prediction_rows, reference_rows, errorcheck=task == "errorcheck", allow_missing=allow_missing, names=names
-    )
+    prediction_rows, reference_rows, n_reference_file, task = _study_inputs(predictions, references, split, task)
+    data = _match(prediction_rows, reference_rows, task, allow_missing, (predictions.name, references.name))
     logger.info("%s: %s", task, data.counts_line())  # ids and counts only, never report text
     judges = list(judges) if judges is not None else [StructuredJudge()]
     metrics, per_study = score(
@@ -330,36 +318,95 @@ def run_validation_study(
     )
     result: dict[str, Any] = {
         "task": task,
-        "stamp": {
-            "dataset": dataset or references.name,
-            "references": file_stamp(references),
-            "predictions": file_stamp(predictions),
-            "model": _model_name(prediction_rows, model, predictions),
-            "code": code_version(),
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "n_boot": n_boot,
-            "seed": seed,
-            "ci": "percentile bootstrap 95% over studies",
-        },
+        "stamp": _stamp(
+            predictions, references, prediction_rows, model=model, dataset=dataset, n_boot=n_boot, seed=seed
+        ),
         "counts": {**data.counts, "reference_rows_in_file": n_reference_file, "split": split},
         "dropped_ids": data.dropped_ids,
         "metrics": metrics,
     }
     if compare is not None:
+        # The second system is matched to the same references, so the two are paired study by study.
         other_path = Path(compare)
-        other = match_rows(
-            load_rows(other_path),
-            reference_rows,
-            errorcheck=task == "errorcheck",
-            allow_missing=allow_missing,
-            names=(other_path.name, references.name),
-        )
+        other = _match(load_rows(other_path), reference_rows, task, allow_missing, (other_path.name, references.name))
         result["comparison"] = {
             "a": result["stamp"]["model"],
             "b": _model_name(load_rows(other_path), None, other_path),
             "b_predictions": file_stamp(other_path),
             "paired": _compare(task, data, other, judges, n_boot, seed),
         }
+    _write_study(out_dir, result, per_study)
+    return result
+
+
+def _study_inputs(
+    predictions: Path, references: Path, split: str | None, task: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, str]:
+    """The prediction rows, the reference rows of ``split``, how many rows the references file holds, the task."""
+    prediction_rows, reference_rows = load_rows(predictions), load_rows(references)
+    n_reference_file = len(reference_rows)
+    reference_rows = _rows_of_split(reference_rows, split, references)
+    return prediction_rows, reference_rows, n_reference_file, _resolve_task(task, reference_rows)
+
+
+def _rows_of_split(reference_rows: list[dict[str, Any]], split: str | None, references: Path) -> list[dict[str, Any]]:
+    """The reference rows of ``split`` (all rows when None); a split with no row is an error, not an empty study."""
+    if split is None:
+        return reference_rows
+    reference_rows = [r for r in reference_rows if r.get("split") == split]
+    if not reference_rows:
+        raise EvaluationInputError(f"{references.name}: no row in split {split!r}")
+    return reference_rows
+
+
+def _resolve_task(task: str | None, reference_rows: list[dict[str, Any]]) -> str:
+    """The task asked for, or the one the references are rows of (error-check rows carry ``has_error``)."""
+    if task is None:
+        task = "errorcheck" if is_errorcheck_reference(reference_rows) else "report"
+    if task not in TASKS:
+        raise EvaluationInputError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    return task
+
+
+def _match(
+    prediction_rows: list[dict[str, Any]],
+    reference_rows: list[dict[str, Any]],
+    task: str,
+    allow_missing: bool,
+    names: tuple[str, str],
+) -> ScoringSet:
+    """Predictions paired with references by study id (``names``: the two files, for error messages)."""
+    return match_rows(
+        prediction_rows, reference_rows, errorcheck=task == "errorcheck", allow_missing=allow_missing, names=names
+    )
+
+
+def _stamp(
+    predictions: Path,
+    references: Path,
+    prediction_rows: list[dict[str, Any]],
+    *,
+    model: str | None,
+    dataset: str | None,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """What was measured (dataset, model, code version) and how, so a committee can tell one run from another."""
+    return {
+        "dataset": dataset or references.name,
+        "references": file_stamp(references),
+        "predictions": file_stamp(predictions),
+        "model": _model_name(prediction_rows, model, predictions),
+        "code": code_version(),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci": "percentile bootstrap 95% over studies",
+    }
+
+
+def _write_study(out_dir: Path, result: dict[str, Any], per_study: list[dict[str, Any]]) -> None:
+    """``metrics.json``, ``per_study.jsonl`` and the self-contained ``report.html`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
     with (out_dir / "per_study.jsonl").open("w") as handle:
@@ -368,7 +415,6 @@ def run_validation_study(
     from radlvlm.clinical_eval.html_report import render_report
 
     (out_dir / "report.html").write_text(render_report(result), encoding="utf-8")
-    return result
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:

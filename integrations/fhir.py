@@ -93,6 +93,106 @@ def _narrative(report: DraftReport) -> str:
     return '<div xmlns="http://www.w3.org/1999/xhtml">' + "".join(body) + "</div>"
 
 
+def _model_device(report: DraftReport) -> dict:
+    """The contained Device standing for the model; its identifier is the SR's device observer UID."""
+    return {
+        "resourceType": "Device",
+        "id": "model",
+        "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{device_uid(report.model_id)}"}],
+        "manufacturer": MANUFACTURER,
+        "deviceName": [{"name": report.model_id, "type": "model-name"}],
+    }
+
+
+def _result_observations(report: DraftReport, subject: dict, study: dict) -> tuple[list[dict], list[dict]]:
+    """The contained Observations (findings, impression; empty sections left out) and the references to them.
+
+    R4 does not allow a Device as the report's performer, so each Observation names the model as its device.
+    """
+    observations: list[dict] = []
+    references: list[dict] = []
+    for key, obs_code, text in (
+        ("findings", FINDINGS_CODE, report.findings),
+        ("impression", IMPRESSION_CODE, report.impression),
+    ):
+        if not text.strip():
+            continue
+        observations.append(
+            {
+                "resourceType": "Observation",
+                "id": key,
+                "status": "preliminary",
+                "code": _loinc(obs_code),
+                "subject": subject,
+                "device": {"reference": "#model", "display": report.model_id},
+                "derivedFrom": [study],
+                "valueString": text,
+            }
+        )
+        references.append({"reference": f"#{key}", "display": obs_code[1]})
+    return observations, references
+
+
+def _accession_order(accession_number: str) -> list[dict]:
+    """``basedOn``: the order, as a logical reference by accession number (identifier type ACSN)."""
+    return [
+        {
+            "type": "ServiceRequest",
+            "identifier": {
+                "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
+                "value": accession_number,
+            },
+        }
+    ]
+
+
+def _draft_resource(report: DraftReport, ids: StudyIdentifiers, *, issued: dt.datetime, code: tuple[str, str]) -> dict:
+    """The DiagnosticReport's required content as a dict: status, codes, subject, study, results, texts."""
+    subject = _patient_reference(ids)
+    study = {
+        "type": "ImagingStudy",
+        "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{ids.study_instance_uid}"},
+    }
+    observations, results = _result_observations(report, subject, study)
+    return {
+        "resourceType": "DiagnosticReport",
+        # Marked AI-generated three ways: the security label, the extension and the narrative.
+        "meta": {
+            "security": [
+                {"system": V3_OBSERVATION_VALUE, "code": "AIAST", "display": "Artificial Intelligence asserted"}
+            ]
+        },
+        "text": {"status": "generated", "div": _narrative(report)},
+        "contained": [_model_device(report), *observations],
+        "extension": [{"url": AI_DRAFT_EXTENSION_URL, "valueString": f"{AI_DRAFT_NOTICE} (model {report.model_id})"}],
+        "status": "preliminary",
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "code": _loinc(code),
+        "subject": subject,
+        "issued": issued.isoformat(),
+        "result": results,
+        "imagingStudy": [study],
+        "presentedForm": [
+            {
+                "contentType": "text/plain; charset=utf-8",
+                "language": "en-US",
+                "title": AI_DRAFT_NOTICE,
+                "data": base64.b64encode(_plain_text(report).encode("utf-8")).decode("ascii"),
+            }
+        ],
+    }
+
+
+def _validated(resource: dict) -> DiagnosticReport:
+    """The resource as fhir.resources validates it; ``InputError`` naming only where it failed."""
+    try:
+        return DiagnosticReport.model_validate(resource)
+    except ValidationError as e:
+        # pydantic's message quotes input values; name only the failing locations.
+        where = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
+        raise InputError(f"FHIR DiagnosticReport (R{FHIR_VERSION}) failed validation at: {', '.join(where)}") from None
+
+
 def build_diagnostic_report(
     report: DraftReport,
     ids: StudyIdentifiers,
@@ -123,89 +223,19 @@ def build_diagnostic_report(
     issued = issued or dt.datetime.now(dt.timezone.utc)
     if issued.tzinfo is None:
         raise InputError("issued must be timezone-aware")
-    subject = _patient_reference(ids)
-    study = {
-        "type": "ImagingStudy",
-        "identifier": {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{ids.study_instance_uid}"},
-    }
-    device = {
-        "resourceType": "Device",
-        "id": "model",
-        "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{device_uid(report.model_id)}"}],
-        "manufacturer": MANUFACTURER,
-        "deviceName": [{"name": report.model_id, "type": "model-name"}],
-    }
-    contained: list[dict] = [device]
-    results: list[dict] = []
-    for key, obs_code, text in (
-        ("findings", FINDINGS_CODE, report.findings),
-        ("impression", IMPRESSION_CODE, report.impression),
-    ):
-        if not text.strip():
-            continue
-        contained.append(
-            {
-                "resourceType": "Observation",
-                "id": key,
-                "status": "preliminary",
-                "code": _loinc(obs_code),
-                "subject": subject,
-                "device": {"reference": "#model", "display": report.model_id},
-                "derivedFrom": [study],
-                "valueString": text,
-            }
-        )
-        results.append({"reference": f"#{key}", "display": obs_code[1]})
-    resource: dict = {
-        "resourceType": "DiagnosticReport",
-        "meta": {
-            "security": [
-                {"system": V3_OBSERVATION_VALUE, "code": "AIAST", "display": "Artificial Intelligence asserted"}
-            ]
-        },
-        "text": {"status": "generated", "div": _narrative(report)},
-        "contained": contained,
-        "extension": [{"url": AI_DRAFT_EXTENSION_URL, "valueString": f"{AI_DRAFT_NOTICE} (model {report.model_id})"}],
-        "status": "preliminary",
-        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
-        "code": _loinc(code),
-        "subject": subject,
-        "issued": issued.isoformat(),
-        "result": results,
-        "imagingStudy": [study],
-        "presentedForm": [
-            {
-                "contentType": "text/plain; charset=utf-8",
-                "language": "en-US",
-                "title": AI_DRAFT_NOTICE,
-                "data": base64.b64encode(_plain_text(report).encode("utf-8")).decode("ascii"),
-            }
-        ],
-    }
+    resource = _draft_resource(report, ids, issued=issued, code=code)
+    # The optional parts, each only when there is something to put in it (FHIR has no empty elements).
     if resource_id is not None:
         resource["id"] = resource_id
     if sr_sop_instance_uid is not None:
         check_uid("sr_sop_instance_uid", sr_sop_instance_uid)
         resource["identifier"] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"}]
     if ids.accession_number:
-        resource["basedOn"] = [
-            {
-                "type": "ServiceRequest",
-                "identifier": {
-                    "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
-                    "value": ids.accession_number,
-                },
-            }
-        ]
+        resource["basedOn"] = _accession_order(ids.accession_number)
     if report.impression.strip():
         resource["conclusion"] = report.impression
-    try:
-        built = DiagnosticReport.model_validate(resource)
-    except ValidationError as e:
-        # pydantic's message quotes input values; name only the failing locations.
-        where = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
-        raise InputError(f"FHIR DiagnosticReport (R{FHIR_VERSION}) failed validation at: {', '.join(where)}") from None
-    logger.info("built FHIR DiagnosticReport with %d result(s), model %s", len(results), report.model_id)
+    built = _validated(resource)
+    logger.info("built FHIR DiagnosticReport with %d result(s), model %s", len(resource["result"]), report.model_id)
     return built
 
 

@@ -152,6 +152,156 @@ def _lines(text: str) -> list[str]:
     return wrapped or [""]
 
 
+def _check_oru_arguments(
+    report: DraftReport,
+    ids: StudyIdentifiers,
+    *,
+    control_id: str | None,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    processing_id: str,
+) -> str:
+    """Refuse bad arguments before anything is built; returns the control id (a random one when omitted).
+
+    The checks run in a fixed order so the first problem named is always the same one for the same call.
+    """
+    if not isinstance(report, DraftReport) or not isinstance(ids, StudyIdentifiers):
+        raise InputError("build_oru_r01 takes a DraftReport and a StudyIdentifiers")
+    if processing_id not in ("P", "T", "D"):
+        raise InputError("processing_id must be P, T or D")
+    control_id = control_id or uuid.uuid4().hex[:20]
+    if not re.fullmatch(r"[A-Za-z0-9.\-_]{1,20}", control_id):
+        raise InputError("control_id must be 1-20 characters of [A-Za-z0-9.-_]")
+    for name, value in (
+        ("sending_facility", sending_facility),
+        ("receiving_application", receiving_application),
+        ("receiving_facility", receiving_facility),
+    ):
+        # One line each: HL7 escaping leaves line breaks alone, and a \r would end the MSH segment early.
+        if not isinstance(value, str) or len(value) > 180 or any(c in value for c in "\r\n"):
+            raise InputError(f"{name} must be one line of at most 180 characters")
+    return control_id
+
+
+def _fill_msh(
+    msh,
+    *,
+    control_id: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    processing_id: str,
+) -> None:
+    """MSH: who sends to whom, when, the message type and control id, and UTF-8 as the character set."""
+    _set(msh.msh_3.hd_1, SENDING_APPLICATION)
+    _set(msh.msh_4.hd_1, sending_facility)
+    _set(msh.msh_5.hd_1, receiving_application)
+    _set(msh.msh_6.hd_1, receiving_facility)
+    msh.msh_7 = _dtm(dt.datetime.now(dt.timezone.utc)).to_er7()  # replaces the local time hl7apy put there
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control_id
+    msh.msh_11 = processing_id
+    msh.msh_18 = "UNICODE UTF-8"
+
+
+def _fill_pid(pid, ids: StudyIdentifiers) -> None:
+    """PID: the patient as the archive identifies them (ID and issuer as an MR number, name, birth date, sex)."""
+    pid.pid_1 = "1"
+    _set(pid.pid_3.cx_1, ids.patient_id)
+    _set(pid.pid_3.cx_4.hd_1, ids.issuer_of_patient_id)
+    pid.pid_3.cx_5 = "MR"
+    if ids.patient_name:
+        # DICOM PN order is Family^Given^Middle^Prefix^Suffix; HL7 XPN puts the suffix before the prefix.
+        family, given, middle, prefix, suffix = [*ids.patient_name.split("^"), "", "", "", ""][:5]
+        _set(pid.pid_5.xpn_1.fn_1, family)
+        _set(pid.pid_5.xpn_2, given)
+        _set(pid.pid_5.xpn_3, middle)
+        _set(pid.pid_5.xpn_4, suffix)
+        _set(pid.pid_5.xpn_5, prefix)
+    if ids.patient_birth_date:
+        pid.pid_7.ts_1 = ids.patient_birth_date
+    if ids.patient_sex:
+        pid.pid_8 = ids.patient_sex
+
+
+def _fill_order(
+    order,
+    report: DraftReport,
+    ids: StudyIdentifiers,
+    *,
+    observed_at: dt.datetime,
+    universal_service_id: tuple[str, str, str],
+) -> None:
+    """ORC, OBR and the NTE notice: the order the result answers, marked preliminary and as an AI draft."""
+    # Placer and filler order numbers default to the accession number, which every archive study has.
+    placer = ids.placer_order_number or ids.accession_number
+    filler = ids.filler_order_number or ids.accession_number
+    order.orc.orc_1 = "RE"
+    _set(order.orc.orc_2.ei_1, placer)
+    _set(order.orc.orc_3.ei_1, filler)
+    obr = order.obr
+    obr.obr_1 = "1"
+    _set(obr.obr_2.ei_1, placer)
+    _set(obr.obr_3.ei_1, filler)
+    _ce(obr.obr_4, universal_service_id)
+    obr.obr_7.ts_1 = _dtm(observed_at)
+    _set(obr.obr_18, ids.accession_number)
+    obr.obr_22.ts_1 = _dtm(observed_at)
+    obr.obr_24 = "RAD"
+    obr.obr_25 = "P"
+    nte = order.add_segment("NTE")
+    nte.nte_1 = "1"
+    nte.nte_2 = "L"
+    _set(nte.nte_3, f"{AI_DRAFT_NOTICE} (model {report.model_id})")
+
+
+def _add_obx(
+    order,
+    set_id: int,
+    value_type: str,
+    code: tuple[str, str, str],
+    sub_id: str,
+    value: str,
+    *,
+    observed_at: dt.datetime,
+    equipment_id: str | None,
+) -> None:
+    """One OBX (set id ``set_id``), its value set through a hand-made OBX-5 field of ``value_type``.
+
+    OBX-5 is of type "varies", which hl7apy cannot populate by itself, so the field is built with the datatype
+    it is to hold. ``equipment_id`` (the model) goes to OBX-18 for the drafted text, not for the study UID.
+    """
+    segment = order.add_group("ORU_R01_OBSERVATION").obx
+    segment.obx_1 = str(set_id)
+    segment.obx_2 = value_type
+    _ce(segment.obx_3, code)
+    if sub_id:
+        segment.obx_4 = sub_id
+    value_field = Field("OBX_5", datatype=value_type, version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    value_field.value = getattr(hl7_types, value_type)(value)
+    segment.add(value_field)
+    segment.obx_11 = "P"
+    segment.obx_14.ts_1 = _dtm(observed_at)
+    if equipment_id is not None:
+        _set(segment.obx_18.ei_1, equipment_id)
+        _set(segment.obx_18.ei_2, SENDING_APPLICATION)
+
+
+def _add_observations(order, report: DraftReport, ids: StudyIdentifiers, *, observed_at: dt.datetime) -> int:
+    """The study UID, then one OBX per line of findings (sub-id 1) and of impression (sub-id 2); returns how many."""
+    # (value type, code, sub-id, text, equipment) in the order the OBX segments are numbered.
+    observations: list[tuple[str, tuple[str, str, str], str, str, str | None]] = [
+        ("ST", STUDY_UID_CODE, "", ids.study_instance_uid, None)
+    ]
+    for code, sub_id, text in ((FINDINGS_CODE, "1", report.findings), (IMPRESSION_CODE, "2", report.impression)):
+        if text.strip():
+            observations += [("TX", code, sub_id, line, report.model_id) for line in _lines(text)]
+    for set_id, (value_type, code, sub_id, value, equipment_id) in enumerate(observations, 1):
+        _add_obx(order, set_id, value_type, code, sub_id, value, observed_at=observed_at, equipment_id=equipment_id)
+    return len(observations)
+
+
 def build_oru_r01(
     report: DraftReport,
     ids: StudyIdentifiers,
@@ -179,106 +329,37 @@ def build_oru_r01(
     Raises:
         InputError: bad arguments, or a message that fails hl7apy's ORU_R01 structure validation.
     """
-    if not isinstance(report, DraftReport) or not isinstance(ids, StudyIdentifiers):
-        raise InputError("build_oru_r01 takes a DraftReport and a StudyIdentifiers")
-    if processing_id not in ("P", "T", "D"):
-        raise InputError("processing_id must be P, T or D")
-    control_id = control_id or uuid.uuid4().hex[:20]
-    if not re.fullmatch(r"[A-Za-z0-9.\-_]{1,20}", control_id):
-        raise InputError("control_id must be 1-20 characters of [A-Za-z0-9.-_]")
-    for name, value in (
-        ("sending_facility", sending_facility),
-        ("receiving_application", receiving_application),
-        ("receiving_facility", receiving_facility),
-    ):
-        if not isinstance(value, str) or len(value) > 180 or any(c in value for c in "\r\n"):
-            raise InputError(f"{name} must be one line of at most 180 characters")
+    control_id = _check_oru_arguments(
+        report,
+        ids,
+        control_id=control_id,
+        sending_facility=sending_facility,
+        receiving_application=receiving_application,
+        receiving_facility=receiving_facility,
+        processing_id=processing_id,
+    )
     observed_at = observed_at or dt.datetime.now(dt.timezone.utc)
-    placer = ids.placer_order_number or ids.accession_number
-    filler = ids.filler_order_number or ids.accession_number
-    level = VALIDATION_LEVEL.TOLERANT
     try:
-        msg = Message("ORU_R01", version=HL7_VERSION, validation_level=level)
-        msh = msg.msh
-        _set(msh.msh_3.hd_1, SENDING_APPLICATION)
-        _set(msh.msh_4.hd_1, sending_facility)
-        _set(msh.msh_5.hd_1, receiving_application)
-        _set(msh.msh_6.hd_1, receiving_facility)
-        msh.msh_7 = _dtm(dt.datetime.now(dt.timezone.utc)).to_er7()  # replaces the local time hl7apy put there
-        msh.msh_9 = "ORU^R01^ORU_R01"
-        msh.msh_10 = control_id
-        msh.msh_11 = processing_id
-        msh.msh_18 = "UNICODE UTF-8"
-
+        # TOLERANT while building (OBX-5 "varies" cannot be set in STRICT mode); the STRICT check comes after.
+        msg = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+        _fill_msh(
+            msg.msh,
+            control_id=control_id,
+            sending_facility=sending_facility,
+            receiving_application=receiving_application,
+            receiving_facility=receiving_facility,
+            processing_id=processing_id,
+        )
         result = msg.add_group("ORU_R01_PATIENT_RESULT")
-        pid = result.add_group("ORU_R01_PATIENT").pid
-        pid.pid_1 = "1"
-        _set(pid.pid_3.cx_1, ids.patient_id)
-        _set(pid.pid_3.cx_4.hd_1, ids.issuer_of_patient_id)
-        pid.pid_3.cx_5 = "MR"
-        if ids.patient_name:
-            family, given, middle, prefix, suffix = [*ids.patient_name.split("^"), "", "", "", ""][:5]
-            _set(pid.pid_5.xpn_1.fn_1, family)
-            _set(pid.pid_5.xpn_2, given)
-            _set(pid.pid_5.xpn_3, middle)
-            _set(pid.pid_5.xpn_4, suffix)
-            _set(pid.pid_5.xpn_5, prefix)
-        if ids.patient_birth_date:
-            pid.pid_7.ts_1 = ids.patient_birth_date
-        if ids.patient_sex:
-            pid.pid_8 = ids.patient_sex
-
+        _fill_pid(result.add_group("ORU_R01_PATIENT").pid, ids)
         order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-        order.orc.orc_1 = "RE"
-        _set(order.orc.orc_2.ei_1, placer)
-        _set(order.orc.orc_3.ei_1, filler)
-        obr = order.obr
-        obr.obr_1 = "1"
-        _set(obr.obr_2.ei_1, placer)
-        _set(obr.obr_3.ei_1, filler)
-        _ce(obr.obr_4, universal_service_id)
-        obr.obr_7.ts_1 = _dtm(observed_at)
-        _set(obr.obr_18, ids.accession_number)
-        obr.obr_22.ts_1 = _dtm(observed_at)
-        obr.obr_24 = "RAD"
-        obr.obr_25 = "P"
-        nte = order.add_segment("NTE")
-        nte.nte_1 = "1"
-        nte.nte_2 = "L"
-        _set(nte.nte_3, f"{AI_DRAFT_NOTICE} (model {report.model_id})")
-
-        set_id = 0
-
-        def obx(value_type: str, code: tuple[str, str, str], sub_id: str, value: str, equipment: bool) -> None:
-            nonlocal set_id
-            set_id += 1
-            segment = order.add_group("ORU_R01_OBSERVATION").obx
-            segment.obx_1 = str(set_id)
-            segment.obx_2 = value_type
-            _ce(segment.obx_3, code)
-            if sub_id:
-                segment.obx_4 = sub_id
-            value_field = Field("OBX_5", datatype=value_type, version=HL7_VERSION, validation_level=level)
-            value_field.value = getattr(hl7_types, value_type)(value)
-            segment.add(value_field)
-            segment.obx_11 = "P"
-            segment.obx_14.ts_1 = _dtm(observed_at)
-            if equipment:
-                _set(segment.obx_18.ei_1, report.model_id)
-                _set(segment.obx_18.ei_2, SENDING_APPLICATION)
-
-        obx("ST", STUDY_UID_CODE, "", ids.study_instance_uid, False)
-        if report.findings.strip():
-            for line in _lines(report.findings):
-                obx("TX", FINDINGS_CODE, "1", line, True)
-        if report.impression.strip():
-            for line in _lines(report.impression):
-                obx("TX", IMPRESSION_CODE, "2", line, True)
+        _fill_order(order, report, ids, observed_at=observed_at, universal_service_id=universal_service_id)
+        n_obx = _add_observations(order, report, ids, observed_at=observed_at)
         text = msg.to_er7()
     except HL7apyException as e:
         raise InputError(f"building the ORU^R01 failed: {type(e).__name__}") from None
     _strict_parse(text)  # the structure check: raises InputError naming what hl7apy rejected
-    logger.info("built ORU^R01 (control id %s) with %d OBX, model %s", control_id, set_id, report.model_id)
+    logger.info("built ORU^R01 (control id %s) with %d OBX, model %s", control_id, n_obx, report.model_id)
     return text
 
 

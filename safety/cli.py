@@ -16,7 +16,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +25,7 @@ from radlvlm.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the functions: Presidio and spaCy take seconds to import, and
     # `radlvlm --help` or any other verb must not pay for them.
+    from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DicomDeidentifier, FileOutcome
     from radlvlm.safety.profile import DeidOptions
     from radlvlm.safety.pseudonyms import PseudonymMap
@@ -62,6 +63,142 @@ def _fingerprint(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def _check_paths(
+    source: Path,
+    output: Path,
+    *,
+    key_file: Path,
+    report: Path | None,
+    map_path: Path | None,
+    map_passphrase: str | None,
+) -> tuple[Path, Path]:
+    """Refuse a layout that would leak PHI into OUT or read outputs back as inputs, before anything is written.
+
+    Returns OUT resolved and the outcome report's path (``<OUT>.report.jsonl`` beside OUT by default).
+    """
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    output = output.resolve()
+    if source.is_dir() and (output == source.resolve() or source.resolve() in output.parents):
+        raise InputError("OUT must not be inside IN (de-identified files would be read as inputs)")
+    if map_path is not None and not map_passphrase:
+        raise InputError("--map needs a passphrase in the environment variable named by --map-passphrase-env")
+    if key_file.resolve().is_relative_to(output):
+        raise InputError("the project key must not be stored inside OUT")
+    report = report or output.with_name(output.name + ".report.jsonl")
+    if report.resolve().is_relative_to(output):
+        raise InputError("the outcome report names input files; it must not be written inside OUT")
+    return output, report
+
+
+def _project_key(key_file: Path) -> bytes:
+    """The project key, created on first use (and said so: the user must keep the new file safe)."""
+    from radlvlm.safety.pseudonyms import load_or_create_key
+
+    key, created = load_or_create_key(key_file)
+    if created:
+        stderr.print(f"created a new project key at {key_file}; keep it secret and away from OUT", highlight=False)
+    return key
+
+
+def _pseudonym_map(key: bytes, map_path: Path | None, map_passphrase: str | None) -> PseudonymMap:
+    """The project's pseudonyms, continuing an earlier run's map when one is asked for and exists."""
+    from radlvlm.safety.pseudonyms import PseudonymMap
+
+    pseudonyms = PseudonymMap(key, record=map_path is not None)
+    if map_path is not None and map_path.exists():
+        pseudonyms.merge(PseudonymMap.load_encrypted(map_path, map_passphrase or ""))
+    return pseudonyms
+
+
+def _report_deidentifier(files: list[Path]) -> ReportDeidentifier | None:
+    """The report de-identifier, built only when there are reports to clean (Presidio takes seconds to import)."""
+    if not any(p.suffix.lower() in _TEXT_SUFFIXES for p in files):
+        return None
+    from radlvlm.safety.text_deid import ReportDeidentifier
+
+    return ReportDeidentifier()
+
+
+def _audit_trail(audit: Path | None, key: bytes, output: Path) -> AuditTrail | None:
+    """The audit trail to record written files in, if one is asked for; never inside OUT."""
+    from radlvlm.safety.audit import AuditTrail
+
+    # Keyed with the project key: entries carry MACs, and content digests cannot be tested against guesses.
+    trail = AuditTrail(audit, key=key) if audit is not None else None
+    if trail is not None and audit is not None and audit.resolve().is_relative_to(output):
+        raise InputError("the audit trail must not be written inside OUT")
+    return trail
+
+
+def _already_written(previous: dict[str, Any] | None, path: Path) -> bool:
+    """Whether an earlier run wrote this very file (same size and mtime) and its output is still there."""
+    return bool(
+        previous is not None
+        and previous.get("status") == "written"
+        and previous.get("fingerprint") == _fingerprint(path)
+        and previous.get("output")
+        and Path(previous["output"]).exists()
+    )
+
+
+def _record_in_audit(trail: AuditTrail, outcome: FileOutcome, path: Path, *, actor: str, options: DeidOptions) -> None:
+    """One audit entry for a written file: hashes of its input and output bytes, under the new study UID."""
+    if outcome.status == "written" and outcome.output and outcome.study:
+        trail.record(
+            actor=actor,
+            action="deid",
+            study=outcome.study,
+            request=path.read_bytes(),
+            response=Path(outcome.output).read_bytes(),
+            details={"profile": "annex_e_basic", **dict.fromkeys(options.enabled, True)},
+        )
+
+
+def _journal_row(label: str, outcome: FileOutcome, path: Path) -> dict[str, Any]:
+    """The outcome report's line for one file; its fingerprint lets a resumed run skip the file."""
+    return {
+        "source": label,
+        "status": outcome.status,
+        "output": outcome.output,
+        "reason": outcome.reason,
+        "actions": outcome.actions,
+        "fingerprint": _fingerprint(path),
+    }
+
+
+def _deid_files(
+    files: list[Path],
+    log: IO[str],
+    *,
+    journal: dict[str, dict[str, Any]],
+    output: Path,
+    deid: DicomDeidentifier,
+    text: ReportDeidentifier | None,
+    pseudonyms: PseudonymMap,
+    trail: AuditTrail | None,
+    actor: str,
+    options: DeidOptions,
+    on_progress: Any,
+) -> Counter[str]:
+    """De-identify each file not already done, journaling each outcome as it comes; counts by status."""
+    counts: Counter[str] = Counter()
+    for done, path in enumerate(files, 1):
+        label = str(path)
+        if _already_written(journal.get(label), path):
+            counts["skipped"] += 1
+        else:
+            outcome = _one(path, label, output, deid, text, pseudonyms)
+            counts[outcome.status] += 1
+            if trail is not None:
+                _record_in_audit(trail, outcome, path, actor=actor, options=options)
+            log.write(json.dumps(_journal_row(label, outcome, path)) + "\n")
+            log.flush()  # a line per file on disk at once: an interrupted run resumes after the last one
+        if on_progress is not None:
+            on_progress(done, len(files))
+    return counts
+
+
 def run_deid(
     source: Path,
     output: Path,
@@ -90,81 +227,35 @@ def run_deid(
         actor (str, default "radlvlm"): who runs the export, as a short code.
         on_progress (callable | None): called with (done, total) after each file.
     """
-    from radlvlm.safety.audit import AuditTrail
     from radlvlm.safety.dicom_deid import DicomDeidentifier
-    from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
 
-    if not source.exists():
-        raise InputError(f"{source}: no such file or folder")
-    output = output.resolve()
-    if source.is_dir() and (output == source.resolve() or source.resolve() in output.parents):
-        raise InputError("OUT must not be inside IN (de-identified files would be read as inputs)")
-    if map_path is not None and not map_passphrase:
-        raise InputError("--map needs a passphrase in the environment variable named by --map-passphrase-env")
-    if key_file.resolve().is_relative_to(output):
-        raise InputError("the project key must not be stored inside OUT")
-    report = report or output.with_name(output.name + ".report.jsonl")
-    if report.resolve().is_relative_to(output):
-        raise InputError("the outcome report names input files; it must not be written inside OUT")
+    output, report = _check_paths(
+        source, output, key_file=key_file, report=report, map_path=map_path, map_passphrase=map_passphrase
+    )
     files = _inputs(source)
-    key, created = load_or_create_key(key_file)
-    if created:
-        stderr.print(f"created a new project key at {key_file}; keep it secret and away from OUT", highlight=False)
-    pseudonyms = PseudonymMap(key, record=map_path is not None)
-    if map_path is not None and map_path.exists():
-        pseudonyms.merge(PseudonymMap.load_encrypted(map_path, map_passphrase or ""))
-    # The report de-identifier (Presidio: seconds to import) is built only when there are reports to clean.
-    text = None
-    if any(p.suffix.lower() in _TEXT_SUFFIXES for p in files):
-        from radlvlm.safety.text_deid import ReportDeidentifier
-
-        text = ReportDeidentifier()
+    key = _project_key(key_file)
+    pseudonyms = _pseudonym_map(key, map_path, map_passphrase)
+    text = _report_deidentifier(files)
     deid = DicomDeidentifier(pseudonyms, options, text)
-    # Keyed with the project key: entries carry MACs, and content digests cannot be tested against guesses.
-    trail = AuditTrail(audit, key=key) if audit is not None else None
-    if trail is not None and audit is not None and audit.resolve().is_relative_to(output):
-        raise InputError("the audit trail must not be written inside OUT")
+    trail = _audit_trail(audit, key, output)
     journal = _load_journal(report)
-    counts: Counter[str] = Counter()
     output.mkdir(parents=True, exist_ok=True)
     report.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(report, "a", encoding="utf-8") as log:
-            for done, path in enumerate(files, 1):
-                label = str(path)
-                previous = journal.get(label)
-                if (
-                    previous is not None
-                    and previous.get("status") == "written"
-                    and previous.get("fingerprint") == _fingerprint(path)
-                    and previous.get("output")
-                    and Path(previous["output"]).exists()
-                ):
-                    counts["skipped"] += 1
-                else:
-                    outcome = _one(path, label, output, deid, text, pseudonyms)
-                    counts[outcome.status] += 1
-                    if trail is not None and outcome.status == "written" and outcome.output and outcome.study:
-                        trail.record(
-                            actor=actor,
-                            action="deid",
-                            study=outcome.study,
-                            request=path.read_bytes(),
-                            response=Path(outcome.output).read_bytes(),
-                            details={"profile": "annex_e_basic", **dict.fromkeys(options.enabled, True)},
-                        )
-                    row = {
-                        "source": label,
-                        "status": outcome.status,
-                        "output": outcome.output,
-                        "reason": outcome.reason,
-                        "actions": outcome.actions,
-                        "fingerprint": _fingerprint(path),
-                    }
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                if on_progress is not None:
-                    on_progress(done, len(files))
+            counts = _deid_files(
+                files,
+                log,
+                journal=journal,
+                output=output,
+                deid=deid,
+                text=text,
+                pseudonyms=pseudonyms,
+                trail=trail,
+                actor=actor,
+                options=options,
+                on_progress=on_progress,
+            )
     finally:
         # Written even after an interruption, so a resumed run's map still covers the files done so far.
         if map_path is not None:
@@ -259,44 +350,102 @@ def deid_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """De-identify DICOM files and text reports (PS3.15 Annex E; see the README for what is not covered)."""
-
-    def build_options() -> DeidOptions:
-        from radlvlm.safety.profile import DeidOptions
-
-        safe: tuple[tuple[str, int, int], ...] = ()
-        if safe_private is not None:
-            try:
-                safe = tuple((str(c), int(g), int(e)) for c, g, e in json.loads(safe_private.read_text()))
-            except (OSError, ValueError, TypeError) as e:
-                raise InputError(f"{safe_private}: not a JSON list of [creator, group, element]") from e
-        return DeidOptions(
-            retain_long_modified_dates=modified_dates,
-            retain_long_full_dates=full_dates,
-            retain_patient_characteristics=patient_characteristics,
-            retain_device_identity=device_identity,
-            retain_institution_identity=institution_identity,
+    options = run_guarded(
+        lambda: _deid_options(
+            safe_private,
+            modified_dates=modified_dates,
+            full_dates=full_dates,
+            patient_characteristics=patient_characteristics,
+            device_identity=device_identity,
+            institution_identity=institution_identity,
             retain_uids=retain_uids,
             clean_descriptors=clean_descriptors,
             clean_structured_content=clean_structured_content,
-            retain_safe_private=bool(safe),
-            safe_private=safe,
             ocr=ocr,
-            burned_in=burned_in,  # type: ignore[arg-type]
+            burned_in=burned_in,
         )
+    )
+    summary = _run_deid_with_progress(
+        source,
+        output,
+        options=options,
+        key_file=key_file,
+        report=report,
+        map_path=map_path,
+        map_passphrase_env=map_passphrase_env,
+        audit=audit,
+        actor=actor,
+        show_progress=progress and sys.stderr.isatty(),
+    )
+    _report_outcome(summary)
 
-    options = run_guarded(build_options)
+
+def _deid_options(
+    safe_private: Path | None,
+    *,
+    modified_dates: bool,
+    full_dates: bool,
+    patient_characteristics: bool,
+    device_identity: bool,
+    institution_identity: bool,
+    retain_uids: bool,
+    clean_descriptors: bool,
+    clean_structured_content: bool,
+    ocr: bool,
+    burned_in: str,
+) -> DeidOptions:
+    """The Annex E options the command line asks for (``--safe-private`` read from its JSON file)."""
+    from radlvlm.safety.profile import DeidOptions
+
+    safe: tuple[tuple[str, int, int], ...] = ()
+    if safe_private is not None:
+        try:
+            safe = tuple((str(c), int(g), int(e)) for c, g, e in json.loads(safe_private.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise InputError(f"{safe_private}: not a JSON list of [creator, group, element]") from e
+    return DeidOptions(
+        retain_long_modified_dates=modified_dates,
+        retain_long_full_dates=full_dates,
+        retain_patient_characteristics=patient_characteristics,
+        retain_device_identity=device_identity,
+        retain_institution_identity=institution_identity,
+        retain_uids=retain_uids,
+        clean_descriptors=clean_descriptors,
+        clean_structured_content=clean_structured_content,
+        retain_safe_private=bool(safe),
+        safe_private=safe,
+        ocr=ocr,
+        burned_in=burned_in,  # type: ignore[arg-type]
+    )
+
+
+def _run_deid_with_progress(
+    source: Path,
+    output: Path,
+    *,
+    options: DeidOptions,
+    key_file: Path | None,
+    report: Path | None,
+    map_path: Path | None,
+    map_passphrase_env: str,
+    audit: Path | None,
+    actor: str,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """``run_deid`` behind a progress bar on stderr, its radlvlm errors turned into a one-line exit."""
+    # The passphrase comes from the environment: an argument would show in the process list and shell history.
     passphrase = os.environ.get(map_passphrase_env) if map_path is not None else None
-    with progress_bar("de-identifying", progress and sys.stderr.isatty()) as bar:
+    with progress_bar("de-identifying", show_progress) as bar:
         task = bar.add_task("deid", total=None)
 
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = run_guarded(
+        return run_guarded(
             lambda: run_deid(
                 source,
                 output,
-                key_file=key_file or _default_key_file(),
+                key_file=key_file or _default_key_file(),  # inside the guard: settings can be invalid
                 options=options,
                 report=report,
                 map_path=map_path,
@@ -306,6 +455,10 @@ def deid_command(
                 on_progress=advance,
             )
         )
+
+
+def _report_outcome(summary: dict[str, Any]) -> None:
+    """Print the summary; exit 2 when nothing could be de-identified, 1 when only some files could."""
     typer.echo(json.dumps(summary))
     if summary["failed"] and not summary["written"] and not summary["skipped"]:
         raise fail(f"none of the {summary['failed']} file(s) could be de-identified; see {summary['report']}")

@@ -222,10 +222,9 @@ class _AllowlistRecognizer(EntityRecognizer):
         return results
 
 
-def _recognizers() -> list[EntityRecognizer]:
-    """The pattern recognizers a chest X-ray report needs (written here: Presidio's are US-PII oriented)."""
-    i = re.IGNORECASE
-    person = _RegexRecognizer(
+def _person_recognizer() -> _RegexRecognizer:
+    """Names: after a title, after a cue word (read by, discussed with), or before a degree (MD, RN)."""
+    return _RegexRecognizer(
         "PERSON",
         [
             # Dr. Patel, Dr Raj K. Patel, Mrs. O'Neil-Smith (any case after a title: a title is a strong cue).
@@ -240,7 +239,11 @@ def _recognizers() -> list[EntityRecognizer]:
             ),
         ],
     )
-    date = _RegexRecognizer(
+
+
+def _date_recognizer() -> _RegexRecognizer:
+    """Dates in numeric and written forms, and times of day."""
+    return _RegexRecognizer(
         "DATE_TIME",
         [
             (r"\b\d{1,2}([/\-.])\d{1,2}\1(?:\d{4}|\d{2})\b", 0.9),
@@ -255,9 +258,13 @@ def _recognizers() -> list[EntityRecognizer]:
             (r"\b(?:[01]?\d|2[0-3])[0-5]\d\s*(?:hours|hrs|h)\b", 0.7),
             (r"\b(?:1[0-2]|0?[1-9])\s*(?:am|pm|a\.m\.|p\.m\.)", 0.7),
         ],
-        i,
+        re.IGNORECASE,
     )
-    age = _RegexRecognizer(
+
+
+def _age_recognizer() -> _RegexRecognizer:
+    """Ages of 90 to 149 as reports write them ("92 years old", "aged 95", "91F", "(92)")."""
+    return _RegexRecognizer(
         "AGE",
         [
             # HIPAA Safe Harbor: ages over 89 are identifying; younger ages are kept.
@@ -267,9 +274,13 @@ def _recognizers() -> list[EntityRecognizer]:
             # "Rosa Delgado (92)": a bare 90-149 in brackets next to a name is an age.
             (r"\((?P<phi>9\d|1[0-4]\d)\)", 0.5),
         ],
-        i,
+        re.IGNORECASE,
     )
-    identifier = _RegexRecognizer(
+
+
+def _identifier_recognizer() -> _RegexRecognizer:
+    """Record numbers after their label (MRN, patient ID, SSN...) and long bare numbers."""
+    return _RegexRecognizer(
         "ID",
         [
             (
@@ -283,9 +294,13 @@ def _recognizers() -> list[EntityRecognizer]:
             (r"\b\d{6,}\b", 0.6),
             (r"\b[A-Z]{1,4}-?\d{5,}[A-Z]?\b", 0.6),
         ],
-        i,
+        re.IGNORECASE,
     )
-    accession = _RegexRecognizer(
+
+
+def _accession_recognizer() -> _RegexRecognizer:
+    """Accession, order and requisition numbers after their label."""
+    return _RegexRecognizer(
         "ACCESSION",
         [
             (
@@ -297,9 +312,13 @@ def _recognizers() -> list[EntityRecognizer]:
                 0.9,
             ),
         ],
-        i,
+        re.IGNORECASE,
     )
-    phone_extra = _RegexRecognizer(
+
+
+def _phone_recognizer() -> _RegexRecognizer:
+    """Pager numbers, extensions, North American and international numbers, beside Presidio's PhoneRecognizer."""
+    return _RegexRecognizer(
         "PHONE_NUMBER",
         [
             (r"\b(?:pager|beeper|ext\.?|extension|x|tel\.?|phone|cell|fax)\s*[:#]?\s*(?P<phi>\d{3,6})\b", 0.8),
@@ -307,9 +326,13 @@ def _recognizers() -> list[EntityRecognizer]:
             # International: +56 2 5555 0199, +44 20 5555 0147
             (r"\+\d{1,3}(?:[\s.\-]?\(?\d{1,5}\)?){2,5}", 0.8),
         ],
-        i,
+        re.IGNORECASE,
     )
-    location = _RegexRecognizer(
+
+
+def _location_recognizer() -> _RegexRecognizer:
+    """Places of care (English and Romance-language names), street addresses, rooms and beds, ZIP codes."""
+    return _RegexRecognizer(
         "LOCATION",
         [
             # "Riverside Community Hospital", "University of Chicago Medical Center", "Mercy Clinic"
@@ -333,10 +356,18 @@ def _recognizers() -> list[EntityRecognizer]:
             (r"\b\d{5}(?:-\d{4})?\b", 0.5),
         ],
     )
+
+
+def _email_recognizer() -> _RegexRecognizer:
+    """E-mail addresses."""
     # Presidio's own e-mail and URL recognizers validate domains with tldextract, which fetches the public
     # suffix list from the internet on first use; these patterns need no list (any domain counts).
-    email = _RegexRecognizer("EMAIL_ADDRESS", [(r"\b[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+\b", 0.95)])
-    url = _RegexRecognizer(
+    return _RegexRecognizer("EMAIL_ADDRESS", [(r"\b[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+\b", 0.95)])
+
+
+def _url_recognizer() -> _RegexRecognizer:
+    """Web addresses."""
+    return _RegexRecognizer(
         "URL",
         [
             (r"\b(?:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:]", 0.9),
@@ -344,7 +375,21 @@ def _recognizers() -> list[EntityRecognizer]:
         ],
         re.IGNORECASE,
     )
-    return [person, date, age, identifier, accession, phone_extra, location, email, url]
+
+
+def _recognizers() -> list[EntityRecognizer]:
+    """The pattern recognizers a chest X-ray report needs (written here: Presidio's are US-PII oriented)."""
+    return [
+        _person_recognizer(),
+        _date_recognizer(),
+        _age_recognizer(),
+        _identifier_recognizer(),
+        _accession_recognizer(),
+        _phone_recognizer(),
+        _location_recognizer(),
+        _email_recognizer(),
+        _url_recognizer(),
+    ]
 
 
 class ReportDeidentifier:

@@ -107,26 +107,79 @@ def load_engine(
     # The adapter's folder name only: what a client is told must not map the server's file system.
     adapter = Path(adapter_dir).name if adapter_dir is not None else None
     if backend == "vllm":
-        from radlvlm.engine.vllm_engine import load_vllm_engine
-
-        engine, spec = load_vllm_engine(
+        return _load_vllm(
             model_dir,
-            adapter_dir=adapter_dir,
-            options=vllm_options,
-            model_id=model_id,
+            adapter_dir,
+            adapter,
+            model_id,
+            vllm_options,
             max_batch_size=max_batch_size,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
             generation=generation,
         )
-        info = {
-            "id": model_id,
-            "backend": "vllm",
-            "architecture": {"vision": spec.vision_model, "text": spec.text_model, "image_tokens": spec.image_tokens},
-            "adapter": adapter,
-        }
-        return engine, info
+    return _load_torch(
+        model_dir,
+        adapter_dir,
+        adapter,
+        model_id,
+        device,
+        dtype,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        generation=generation,
+    )
 
+
+def _load_vllm(
+    model_dir: str | Path,
+    adapter_dir: str | Path | None,
+    adapter: str | None,
+    model_id: str,
+    vllm_options: Any,
+    *,
+    max_batch_size: int,
+    max_wait_ms: float,
+    max_queue: int,
+    generation: GenerationSettings | None,
+) -> tuple[BatchingEngine, dict[str, Any]]:
+    """vLLM's engine on an HF Llava export; the model's description comes from the export's own config."""
+    from radlvlm.engine.vllm_engine import load_vllm_engine
+
+    engine, spec = load_vllm_engine(
+        model_dir,
+        adapter_dir=adapter_dir,
+        options=vllm_options,
+        model_id=model_id,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        generation=generation,
+    )
+    info = {
+        "id": model_id,
+        "backend": "vllm",
+        "architecture": {"vision": spec.vision_model, "text": spec.text_model, "image_tokens": spec.image_tokens},
+        "adapter": adapter,
+    }
+    return engine, info
+
+
+def _load_torch(
+    model_dir: str | Path,
+    adapter_dir: str | Path | None,
+    adapter: str | None,
+    model_id: str,
+    device: str,
+    dtype: str,
+    *,
+    max_batch_size: int,
+    max_wait_ms: float,
+    max_queue: int,
+    generation: GenerationSettings | None,
+) -> tuple[BatchingEngine, dict[str, Any]]:
+    """The torch engine on a radlvlm model directory, its batch size capped by the memory free after loading."""
     from radlvlm.engine.torch_engine import TorchEngine
     from radlvlm.model.pretrained import load_pretrained
 
@@ -136,7 +189,24 @@ def load_engine(
     model, processor = load_pretrained(model_dir, adapter=adapter_dir, dtype=DTYPES[dtype])
     model = model.to(target)
     new_tokens = (generation or GenerationSettings()).max_new_tokens
-    per_sequence = kv_cache_bytes_per_sequence(model.config, new_tokens, DTYPES[dtype])
+    batch_size = _fitting_batch_size(model.config, max_batch_size, new_tokens, DTYPES[dtype], target)
+    engine = TorchEngine(
+        model,
+        processor,
+        model_id=model_id,
+        max_batch_size=batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        generation=generation,
+    )
+    return engine, model_info(model, model_id, adapter)
+
+
+def _fitting_batch_size(
+    config: Any, max_batch_size: int, new_tokens: int, dtype: torch.dtype, target: torch.device
+) -> int:
+    """``max_batch_size``, or fewer when the batches' KV caches would not fit the free memory (said in the log)."""
+    per_sequence = kv_cache_bytes_per_sequence(config, new_tokens, dtype)
     batch_size = memory_bound_batch_size(max_batch_size, per_sequence, free_memory_bytes(target))
     if batch_size < max_batch_size:
         logger.warning(
@@ -148,16 +218,7 @@ def load_engine(
             round(KV_CACHE_SHARE * 100),
             batch_size,
         )
-    engine = TorchEngine(
-        model,
-        processor,
-        model_id=model_id,
-        max_batch_size=batch_size,
-        max_wait_ms=max_wait_ms,
-        max_queue=max_queue,
-        generation=generation,
-    )
-    return engine, model_info(model, model_id, adapter)
+    return batch_size
 
 
 def _torch_device(device: str) -> torch.device:

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -87,30 +87,15 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def create_app(
-    settings: Settings,
-    runtime: Runtime,
-    *,
-    load_in_background: bool = False,
-    on_load_failure: Callable[[], None] | None = None,
-) -> FastAPI:
-    """The app around a runtime (:func:`radlvlm.pipeline.build_runtime`).
+def _model_loader(state: ServiceState, on_load_failure: Callable[[], None] | None) -> Callable[[], None]:
+    """The job that warms the model up and builds the report de-identifier, then marks the service ready.
 
-    By default the model is warmed up (and the report de-identifier built) before the server takes requests.
-    With ``load_in_background`` (``radlvlm serve``, on a lazy runtime) the server listens at once: ``/healthz``
-    answers (liveness) while a loader thread loads and warms the model; ``/readyz`` and every ``/v1`` path answer
-    503 "starting" until it is done. A load that fails is logged in one line, ``/readyz`` says so, and
-    ``on_load_failure`` is called (``radlvlm serve`` stops the server with it).
+    A failure is caught, whatever it is, and reported the one way (a log line, ``state.load_failure`` for
+    ``/readyz``, ``on_load_failure``): the loader may run on a thread of its own, where nothing else would see it.
     """
+    runtime = state.runtime
     engine = runtime.engine
     model_info = runtime.model_info
-    state = ServiceState(
-        settings=settings,
-        runtime=runtime,
-        keys=KeyStore(settings.api_keys),
-        limiter=RateLimiter(settings.rate_limit_per_minute),
-        metrics=Metrics(),
-    )
 
     def load() -> None:
         started = time.perf_counter()
@@ -125,6 +110,15 @@ def create_app(
             return
         state.ready = True
         logger.info("model %s ready after %.1f s", model_info.get("id"), time.perf_counter() - started)
+
+    return load
+
+
+def _lifespan(
+    state: ServiceState, load: Callable[[], None], *, load_in_background: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Load the model before serving (or on a thread while serving), and close the engine at shutdown."""
+    engine = state.runtime.engine
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,19 +136,15 @@ def create_app(
             await run_in_threadpool(loader.join)  # a load under way finishes before the engine is closed
         await run_in_threadpool(engine.close)
 
-    app = FastAPI(
-        title="radlvlm",
-        version=__version__,
-        description=(
-            "Chest X-ray report drafting and report error checking. Every input is de-identified before it "
-            "reaches the model; every answer is a preliminary AI draft for radiologist review, not a diagnosis."
-        ),
-        lifespan=lifespan,
-    )
-    app.state.radlvlm = state
-    install_error_handlers(app)
-    for module in (drafts, checks, deid, meta, page):
-        app.include_router(module.router)
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, settings: Settings, state: ServiceState) -> None:
+    """Metrics, CORS, the body limit, admission and the catch-all, in this order.
+
+    Starlette runs the middleware added last first, so the order here is the reverse of the order a request
+    meets them in.
+    """
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -176,4 +166,43 @@ def create_app(
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     app.add_middleware(Admission, state=state)  # outside the body limit: refusals cost no body read at all
     app.add_middleware(CatchAll)  # added last: outermost of ours, so nothing escapes it
+
+
+def create_app(
+    settings: Settings,
+    runtime: Runtime,
+    *,
+    load_in_background: bool = False,
+    on_load_failure: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app around a runtime (:func:`radlvlm.pipeline.build_runtime`).
+
+    By default the model is warmed up (and the report de-identifier built) before the server takes requests.
+    With ``load_in_background`` (``radlvlm serve``, on a lazy runtime) the server listens at once: ``/healthz``
+    answers (liveness) while a loader thread loads and warms the model; ``/readyz`` and every ``/v1`` path answer
+    503 "starting" until it is done. A load that fails is logged in one line, ``/readyz`` says so, and
+    ``on_load_failure`` is called (``radlvlm serve`` stops the server with it).
+    """
+    state = ServiceState(
+        settings=settings,
+        runtime=runtime,
+        keys=KeyStore(settings.api_keys),
+        limiter=RateLimiter(settings.rate_limit_per_minute),
+        metrics=Metrics(),
+    )
+    load = _model_loader(state, on_load_failure)
+    app = FastAPI(
+        title="radlvlm",
+        version=__version__,
+        description=(
+            "Chest X-ray report drafting and report error checking. Every input is de-identified before it "
+            "reaches the model; every answer is a preliminary AI draft for radiologist review, not a diagnosis."
+        ),
+        lifespan=_lifespan(state, load, load_in_background=load_in_background),
+    )
+    app.state.radlvlm = state
+    install_error_handlers(app)
+    for module in (drafts, checks, deid, meta, page):
+        app.include_router(module.router)
+    _add_middleware(app, settings, state)
     return app
