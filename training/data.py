@@ -389,9 +389,39 @@ def build_examples(
             ``validate``), a source that keeps no record in any split, a patient or study in two splits,
             or a task the mixture asks for with nothing to draw from.
     """
-    from radlvlm.tasks import build_errorcheck_set, build_errorcheck_training_set, errorcheck_prompt
-    from radlvlm.tasks.drafting import draft_prompt, draft_target
+    sources = _checked_sources(sources, mixture, split)
+    report = DatasetReport(split=split, seed=seed, mixture=mixture.to_dict())
+    records = _read_records(sources, split, report)
+    draft_pool = [r for r in records if "draft" in r.tasks and r.image is not None and (r.findings or r.impression)]
+    check_pool = [r for r in records if r.tasks & {"check_simple", "check_complex"} and (r.findings or r.impression)]
+    # Training check pools count rows: each study may give up to ``check_variants`` varied rows per check task.
+    variants = mixture.check_variants if split == "train" else 1
+    image_pool = [r for r in records if "check_image" in r.tasks and r.image is not None and r.labels]
+    pools = {
+        "draft": len(draft_pool),
+        "check_simple": variants * sum("check_simple" in r.tasks for r in check_pool),
+        "check_complex": variants * sum("check_complex" in r.tasks for r in check_pool),
+        "check_image": 2 * len(image_pool),
+    }
+    report.pools = pools
+    plan = _plan(mixture, pools, split)
 
+    entries = _draft_entries(draft_pool, plan["draft"], mixture, split, seed)
+    for task, kind in (("check_simple", "simple"), ("check_complex", "complex")):
+        if plan[task] == 0:
+            continue
+        entries += _check_entries(check_pool, task, kind, plan[task], variants, mixture, split, seed)
+    if plan["check_image"]:
+        entries += _image_check_entries(image_pool, plan["check_image"], split, seed)
+    entries.sort(key=lambda e: _rank(seed, "order", e.task, e.source, e.study_id))
+    for entry in entries:
+        report.examples.setdefault(entry.source, {task: 0 for task in TASKS})[entry.task] += 1
+    return ExampleDataset(entries), report
+
+
+def _checked_sources(sources: Iterable[Source], mixture: TaskMixture, split: str) -> list[Source]:
+    """The sources as a list, after the arguments are checked and every source validated: every layout problem
+    surfaces before any record is read."""
     if split not in SPLITS:
         raise InputError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if not isinstance(mixture, TaskMixture):
@@ -403,15 +433,20 @@ def build_examples(
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise InputError(f"source names must be unique; repeated: {duplicates}")
-    for source in sources:  # every layout problem surfaces before any record is read
+    for source in sources:
         source.validate()
+    return sources
 
-    report = DatasetReport(split=split, seed=seed, mixture=mixture.to_dict())
+
+def _read_records(sources: list[Source], split: str, report: DatasetReport) -> list[Record]:
+    """Every record of ``split``, source by source, counted in ``report``. Records of every split are read, so
+    that a patient or study in two splits (of any sources) is refused, and a source that keeps nothing at all is
+    an error naming its drop reasons."""
     records: list[Record] = []
     splits = SplitRegistry()
     for source in sources:
         report.sources[source.name] = counts = SourceCounts()
-        kept_any = Counter()
+        kept_any: Counter[str] = Counter()
         for item in source.records():
             if isinstance(item, Drop):
                 if item.split is None or item.split == split:
@@ -432,23 +467,16 @@ def build_examples(
             reasons = ", ".join(f"{r} {n}" for r, n in sorted(counts.dropped.items())) or "no records"
             raise InputError(f"source {source.name!r} kept no record in any split ({reasons})")
         logger.info("source %s: %d records kept for %s", source.name, counts.kept, split)
+    return records
 
-    draft_pool = [r for r in records if "draft" in r.tasks and r.image is not None and (r.findings or r.impression)]
-    check_pool = [r for r in records if r.tasks & {"check_simple", "check_complex"} and (r.findings or r.impression)]
-    # Training check pools count rows: each study may give up to ``check_variants`` varied rows per check task.
-    variants = mixture.check_variants if split == "train" else 1
-    image_pool = [r for r in records if "check_image" in r.tasks and r.image is not None and r.labels]
-    pools = {
-        "draft": len(draft_pool),
-        "check_simple": variants * sum("check_simple" in r.tasks for r in check_pool),
-        "check_complex": variants * sum("check_complex" in r.tasks for r in check_pool),
-        "check_image": 2 * len(image_pool),
-    }
-    report.pools = pools
-    plan = _plan(mixture, pools, split)
+
+def _draft_entries(draft_pool: list[Record], wanted: int, mixture: TaskMixture, split: str, seed: int) -> list[_Entry]:
+    """``wanted`` drafting examples: the first studies of the pool in a seeded order (a hash, so a study keeps its
+    place whatever else the pool holds)."""
+    from radlvlm.tasks.drafting import draft_prompt, draft_target
 
     entries: list[_Entry] = []
-    chosen = sorted(draft_pool, key=lambda r: _rank(seed, "draft", r.source, r.study_id))[: plan["draft"]]
+    chosen = sorted(draft_pool, key=lambda r: _rank(seed, "draft", r.source, r.study_id))[:wanted]
     for record in chosen:
         indication = record.indication if mixture.with_indication else None
         entries.append(
@@ -464,79 +492,104 @@ def build_examples(
                 dict(record.extra),
             )
         )
-    for task, kind in (("check_simple", "simple"), ("check_complex", "complex")):
-        if plan[task] == 0:
-            continue
-        pool = [r for r in check_pool if task in r.tasks]
-        ranked = sorted(pool, key=lambda r: _rank(seed, task, r.source, r.study_id))
-        if variants == 1:
-            chosen = ranked[: plan[task]]
-            rows, _ = build_errorcheck_set(
-                [
-                    {"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression}
-                    for r in chosen
-                ],
-                seed=_rank(seed, task) % (2**31),
-                error_fraction=mixture.error_fraction,
+    return entries
+
+
+def _check_entries(
+    check_pool: list[Record],
+    task: str,
+    kind: str,
+    wanted: int,
+    variants: int,
+    mixture: TaskMixture,
+    split: str,
+    seed: int,
+) -> list[_Entry]:
+    """``wanted`` examples of error-check ``task`` (SIMPLE or COMPLEX ``kind``), in the order of their rows."""
+    from radlvlm.tasks import errorcheck_prompt
+
+    pool = [r for r in check_pool if task in r.tasks]
+    ranked = sorted(pool, key=lambda r: _rank(seed, task, r.source, r.study_id))
+    chosen, rows = _check_rows(ranked, task, wanted, variants, mixture.error_fraction, split, seed)
+    by_id = {r.study_id: r for r in chosen}
+    entries: list[_Entry] = []
+    for row in rows:
+        record = by_id[row["uid"]]
+        meta = {**record.extra, "has_error": row["has_error"], "category": row["category"], "edit": row["edit"]}
+        if variants > 1:
+            meta.update(family=row["family"], variant=row["variant"])
+        entries.append(
+            _Entry(
+                record.study_id,
+                record.patient_id,
+                task,
+                errorcheck_prompt(kind, row["text"]),
+                row[f"{kind}_target"],
+                record.image,
+                split,
+                record.source,
+                meta,
             )
-        else:
-            # As many studies as the plan allows (breadth first), then as few variants each as fill the plan;
-            # the rows are then down-sampled to the plan by a seeded hash, so shares stay shares of examples.
-            chosen = ranked[: min(len(ranked), plan[task])]
-            per_study = min(variants, math.ceil(plan[task] / len(chosen)))
-            rows, _ = build_errorcheck_training_set(
-                [
-                    {"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression}
-                    for r in chosen
-                ],
-                seed=_rank(seed, task) % (2**31),
-                variants_per_report=per_study,
-                error_fraction=mixture.error_fraction,
-            )
-            rows = sorted(rows, key=lambda row: _rank(seed, task, "row", row["id"]))[: plan[task]]
-        by_id = {r.study_id: r for r in chosen}
-        for row in rows:
-            record = by_id[row["uid"]]
-            meta = {**record.extra, "has_error": row["has_error"], "category": row["category"], "edit": row["edit"]}
-            if variants > 1:
-                meta.update(family=row["family"], variant=row["variant"])
-            entries.append(
+        )
+    return entries
+
+
+def _check_rows(
+    ranked: list[Record], task: str, wanted: int, variants: int, error_fraction: float, split: str, seed: int
+) -> tuple[list[Record], list[dict[str, Any]]]:
+    """The studies chosen for a check task and their error-check rows.
+
+    With one variant, the first ``wanted`` studies each give one row (:func:`build_errorcheck_set`). With more,
+    as many studies as the plan allows (breadth first), then as few variants each as fill the plan
+    (:func:`build_errorcheck_training_set`); the rows are then down-sampled to the plan by a seeded hash, so
+    shares stay shares of examples.
+    """
+    from radlvlm.tasks import build_errorcheck_set, build_errorcheck_training_set
+
+    task_seed = _rank(seed, task) % (2**31)
+    if variants == 1:
+        chosen = ranked[:wanted]
+        rows, _ = build_errorcheck_set(_report_rows(chosen, split), seed=task_seed, error_fraction=error_fraction)
+        return chosen, rows
+    chosen = ranked[: min(len(ranked), wanted)]
+    per_study = min(variants, math.ceil(wanted / len(chosen)))
+    rows, _ = build_errorcheck_training_set(
+        _report_rows(chosen, split),
+        seed=task_seed,
+        variants_per_report=per_study,
+        error_fraction=error_fraction,
+    )
+    return chosen, sorted(rows, key=lambda row: _rank(seed, task, "row", row["id"]))[:wanted]
+
+
+def _report_rows(records: list[Record], split: str) -> list[dict[str, Any]]:
+    """The report rows the error-check builders read (IU-Xray manifest layout)."""
+    return [{"uid": r.study_id, "split": split, "findings": r.findings, "impression": r.impression} for r in records]
+
+
+def _image_check_entries(image_pool: list[Record], wanted: int, split: str, seed: int) -> list[_Entry]:
+    """``wanted`` SIMPLE checks against the image: per labelled image (seeded order) one report faithful to its
+    labels and one wrong about a finding; an odd ``wanted`` leaves out the last image's second report."""
+    from radlvlm.tasks import errorcheck_prompt
+    from radlvlm.tasks.image_checks import image_check_reports
+
+    ranked = sorted(image_pool, key=lambda r: _rank(seed, "check_image", r.source, r.study_id))
+    image_entries: list[_Entry] = []
+    for record in ranked[: math.ceil(wanted / 2)]:
+        pair = image_check_reports(record.labels, seed=_rank(seed, "check_image", record.study_id) % 2**31)
+        for checked in pair:
+            meta = {**record.extra, "has_error": checked.has_error, "kind": checked.kind, "label": checked.label}
+            image_entries.append(
                 _Entry(
                     record.study_id,
                     record.patient_id,
-                    task,
-                    errorcheck_prompt(kind, row["text"]),
-                    row[f"{kind}_target"],
+                    "check_image",
+                    errorcheck_prompt("simple", checked.text),
+                    "yes" if checked.has_error else "no",
                     record.image,
                     split,
                     record.source,
                     meta,
                 )
             )
-    if plan["check_image"]:
-        from radlvlm.tasks.image_checks import image_check_reports
-
-        ranked = sorted(image_pool, key=lambda r: _rank(seed, "check_image", r.source, r.study_id))
-        image_entries = []
-        for record in ranked[: math.ceil(plan["check_image"] / 2)]:
-            pair = image_check_reports(record.labels, seed=_rank(seed, "check_image", record.study_id) % 2**31)
-            for checked in pair:
-                meta = {**record.extra, "has_error": checked.has_error, "kind": checked.kind, "label": checked.label}
-                image_entries.append(
-                    _Entry(
-                        record.study_id,
-                        record.patient_id,
-                        "check_image",
-                        errorcheck_prompt("simple", checked.text),
-                        "yes" if checked.has_error else "no",
-                        record.image,
-                        split,
-                        record.source,
-                        meta,
-                    )
-                )
-        entries.extend(image_entries[: plan["check_image"]])
-    entries.sort(key=lambda e: _rank(seed, "order", e.task, e.source, e.study_id))
-    for entry in entries:
-        report.examples.setdefault(entry.source, {task: 0 for task in TASKS})[entry.task] += 1
-    return ExampleDataset(entries), report
+    return image_entries[:wanted]

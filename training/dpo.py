@@ -470,17 +470,7 @@ def train_dpo(
     out.mkdir(parents=True, exist_ok=True)
     model, processor, mole = prepare_model(recipe.model, recipe.stage, seed=args.seed)
     _disable_dropout(model)
-    train_pairs, too_long = _fit_pairs(preferences.pairs["train"], processor)
-    if not train_pairs:
-        raise InputError("no training pair fits the model's context")
-    if too_long:
-        logger.warning("%d training pair(s) longer than the context of %s left out", too_long, processor.max_length)
-    datasets = {"train": PreferenceDataset(train_pairs)}
-    if args.eval_strategy != "no":
-        split = recipe.data.validation_split
-        if split not in preferences.pairs:
-            raise InputError(f"training.eval_strategy asks for evaluation but there are no {split!r} pairs")
-        datasets["eval"] = PreferenceDataset(_fit_pairs(preferences.pairs[split], processor)[0])
+    datasets, too_long = _preference_datasets(recipe, preferences, processor)
     trainer = DPOTrainer(
         model=model,
         args=args,
@@ -512,7 +502,6 @@ def train_dpo(
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     written = save_outputs(trainer.model, processor, mole, out)
-    last = {k: v for line in trainer.state.log_history for k, v in line.items() if k.startswith(("rewards/", "eval_"))}
     summary = {
         "recipe": recipe.name,
         "stage": recipe.stage,
@@ -521,6 +510,41 @@ def train_dpo(
         "train_loss": result.training_loss,
         "seconds": seconds,
         "reference_seconds": reference_seconds,
+        **_run_counts(recipe, trainer, datasets, too_long),
+        **written,
+    }
+    if mole is not None:
+        summary["expert_usage"] = mole.statistics()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _preference_datasets(
+    recipe: Recipe, preferences: PreferenceSet, processor: RadProcessor
+) -> tuple[dict[str, PreferenceDataset], int]:
+    """The training pairs that fit the context (and the evaluation split's, when the recipe evaluates), and how
+    many training pairs were too long; the others are left out, never truncated (:func:`_fit_pairs`)."""
+    train_pairs, too_long = _fit_pairs(preferences.pairs["train"], processor)
+    if not train_pairs:
+        raise InputError("no training pair fits the model's context")
+    if too_long:
+        logger.warning("%d training pair(s) longer than the context of %s left out", too_long, processor.max_length)
+    datasets = {"train": PreferenceDataset(train_pairs)}
+    if recipe.training.eval_strategy != "no":
+        split = recipe.data.validation_split
+        if split not in preferences.pairs:
+            raise InputError(f"training.eval_strategy asks for evaluation but there are no {split!r} pairs")
+        datasets["eval"] = PreferenceDataset(_fit_pairs(preferences.pairs[split], processor)[0])
+    return datasets, too_long
+
+
+def _run_counts(
+    recipe: Recipe, trainer: DPOTrainer, datasets: dict[str, PreferenceDataset], too_long: int
+) -> dict[str, Any]:
+    """The summary's account of what trained and on what: parameters, pairs (by dataset and kind), the last
+    logged rewards and evaluation figures, and the DPO settings."""
+    last = {k: v for line in trainer.state.log_history for k, v in line.items() if k.startswith(("rewards/", "eval_"))}
+    return {
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "pairs": {name: len(ds) for name, ds in datasets.items()},
         "pairs_left_out_too_long": too_long,
@@ -531,12 +555,7 @@ def train_dpo(
             "label_smoothing": recipe.dpo.label_smoothing,
             "rpo_alpha": recipe.dpo.rpo_alpha,
         },
-        **written,
     }
-    if mole is not None:
-        summary["expert_usage"] = mole.statistics()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _kinds(pairs: Sequence[PreferencePair]) -> dict[str, int]:

@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,19 +158,54 @@ def evaluate_alignment(
     Raises:
         InputError: a model directory is missing, or the split has no drafting study.
     """
-    from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
-    from radlvlm.model.pretrained import load_pretrained
     from radlvlm.safety.text_deid import ReportDeidentifier
-    from radlvlm.tasks import parse_simple_answer
-    from radlvlm.tasks.checking import COMPLEX_ANSWER_TOKENS
-    from radlvlm.tasks.drafting import draft_prompt, draft_target, parse_draft
-    from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
-    from radlvlm.training.data import TaskMixture, build_examples
-    from radlvlm.training.preferences import _rank, collect_drafting_records, out_of_scope_views
     from radlvlm.training.sources import sources_from_config
 
     split = split or recipe.data.validation_split
     out = Path(out)
+    models = _checked_models(recipe, models)
+    sources = list(sources) if sources is not None else sources_from_config(recipe.data.sources)
+    items = _evaluation_items(sources, split, seed, limit)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "references.jsonl", "w", encoding="utf-8") as handle:
+        for record, reference in zip(items.studies, items.references, strict=True):
+            handle.write(json.dumps({"id": record.study_id, "reference": reference}, ensure_ascii=False) + "\n")
+    deidentifier = deidentifier or ReportDeidentifier()
+    generation = _Generation(device, batch_size, max_new_tokens, progress)
+    outcomes = {
+        name: _model_outcomes(name, base, adapter, items, deidentifier, out, generation)
+        for name, (base, adapter) in models.items()
+    }
+    populations = {
+        "in_scope": len(items.studies),
+        "out_of_scope": len(items.out_of_scope),
+        "errorcheck": len(items.checks),
+        "errorcheck_complex": len(items.complex_checks),
+    }
+    names = list(models)
+    metrics, comparisons = _metrics(outcomes, populations, names, n_boot, seed)
+    result = {
+        "split": split,
+        "models": {name: {"base": base, "adapter": adapter} for name, (base, adapter) in models.items()},
+        "n": populations,
+        "out_of_scope_images": [view.image_id for _, view in items.views],
+        "n_boot": n_boot,
+        "seed": seed,
+        "metrics": metrics,
+        "difference": {"of": f"{names[-1]} - {names[0]}", **comparisons} if len(names) == 2 else None,
+    }
+    if len(names) == 2 and metrics[names[0]]["chexpert14_micro_f1"] is not None:
+        drop = metrics[names[0]]["chexpert14_micro_f1"]["value"] - metrics[names[1]]["chexpert14_micro_f1"]["value"]
+        result["chexpert14_f1_drop_within_1_point"] = bool(drop <= F1_MAX_DROP)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _checked_models(
+    recipe: Recipe, models: dict[str, tuple[str, str | None]] | None
+) -> dict[str, tuple[str, str | None]]:
+    """The models to score (by default the recipe's stage-2 model and its DPO output), each directory checked
+    before any data is read, so a missing model fails fast."""
     if models is None:
         run = Path(recipe.training.output_dir)
         models = {
@@ -180,7 +216,30 @@ def evaluate_alignment(
         for path in (base, adapter):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"model {name}: {path} is not a directory (has the DPO stage finished?)")
-    sources = list(sources) if sources is not None else sources_from_config(recipe.data.sources)
+    return models
+
+
+@dataclass(frozen=True)
+class _EvaluationItems:
+    """What every model answers, the same for all: drafting studies with their references, out-of-scope images,
+    and the SIMPLE and COMPLEX error checks with the truth (has an error) of each."""
+
+    studies: list[Any]
+    references: list[str]
+    in_scope: list[tuple[str, Any]]
+    views: list[tuple[Any, Any]]
+    out_of_scope: list[tuple[str, Any]]
+    checks: list[tuple[str, Any]]
+    check_truth: list[bool]
+    complex_checks: list[tuple[str, Any]]
+    complex_truth: list[bool]
+
+
+def _evaluation_items(sources: list[Any], split: str, seed: int, limit: int | None) -> _EvaluationItems:
+    """The split's items, in a seeded order (the first ``limit`` drafting studies and checks)."""
+    from radlvlm.tasks.drafting import draft_prompt, draft_target
+    from radlvlm.training.preferences import _rank, collect_drafting_records, out_of_scope_views
+
     records, _ = collect_drafting_records(sources, [split])
     studies = sorted(records[split], key=lambda r: _rank(seed, "eval", r.source, r.study_id))[:limit]
     if not studies:
@@ -189,80 +248,119 @@ def evaluate_alignment(
     in_scope = [(draft_prompt(r.indication or None), r.image) for r in studies]
     views, _ = out_of_scope_views(split, 1, seed=seed, augment=False)
     out_of_scope = [(draft_prompt(None), view) for _, view in views]
+    checks, check_truth = _error_checks(sources, split, seed, limit, complex_task=False)
+    complex_checks, complex_truth = _error_checks(sources, split, seed, limit, complex_task=True)
+    return _EvaluationItems(
+        studies, references, in_scope, views, out_of_scope, checks, check_truth, complex_checks, complex_truth
+    )
+
+
+def _error_checks(
+    sources: list[Any], split: str, seed: int, limit: int | None, *, complex_task: bool
+) -> tuple[list[tuple[str, Any]], list[bool]]:
+    """The split's SIMPLE (or COMPLEX) error-check prompts with their images, and whether each report has an
+    error; none (logged) when the sources give no such set, so the drafting figures are still measured."""
+    from radlvlm.tasks.errorcheck import parse_complex_answer
+    from radlvlm.training.data import TaskMixture, build_examples
+
     try:
-        mixture = TaskMixture(draft=0.0, check_simple=1.0, check_complex=0.0, max_examples=limit)
+        if complex_task:
+            mixture = TaskMixture(draft=0.0, check_simple=0.0, check_complex=1.0, max_examples=limit)
+        else:
+            mixture = TaskMixture(draft=0.0, check_simple=1.0, check_complex=0.0, max_examples=limit)
         checks, _ = build_examples(sources, mixture=mixture, split=split, seed=seed)
         # Texts without reading images; an image, where a record has one, is read when its batch is generated.
-        check_items = [
-            (checks.text(i)[0], _Pixels(checks, i) if checks.has_image(i) else None) for i in range(len(checks))
-        ]
-        check_truth = [checks.text(i)[1] == "yes" for i in range(len(checks))]
+        items = [(checks.text(i)[0], _Pixels(checks, i) if checks.has_image(i) else None) for i in range(len(checks))]
+        if complex_task:
+            truth = [parse_complex_answer(checks.text(i)[1]).has_error for i in range(len(checks))]
+        else:
+            truth = [checks.text(i)[1] == "yes" for i in range(len(checks))]
     except InputError as e:
-        logger.warning("no SIMPLE error-check set for %s: %s", split, e)
-        check_items, check_truth = [], []
-    try:
-        mixture = TaskMixture(draft=0.0, check_simple=0.0, check_complex=1.0, max_examples=limit)
-        complex_checks, _ = build_examples(sources, mixture=mixture, split=split, seed=seed)
-        complex_items = [
-            (complex_checks.text(i)[0], _Pixels(complex_checks, i) if complex_checks.has_image(i) else None)
-            for i in range(len(complex_checks))
-        ]
-        complex_truth = [parse_complex_answer(complex_checks.text(i)[1]).has_error for i in range(len(complex_checks))]
-    except InputError as e:
-        logger.warning("no COMPLEX error-check set for %s: %s", split, e)
-        complex_items, complex_truth = [], []
+        logger.warning("no %s error-check set for %s: %s", "COMPLEX" if complex_task else "SIMPLE", split, e)
+        return [], []
+    return items, truth
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "references.jsonl", "w", encoding="utf-8") as handle:
-        for record, reference in zip(studies, references, strict=True):
-            handle.write(json.dumps({"id": record.study_id, "reference": reference}, ensure_ascii=False) + "\n")
-    deidentifier = deidentifier or ReportDeidentifier()
-    outcomes: dict[str, dict[str, np.ndarray]] = {}
-    for name, (base, adapter) in models.items():
-        model, processor = load_pretrained(base, adapter=adapter)
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
-        label = f"{name}: drafts" if progress else None
-        drafts = _generate(
-            model, processor, in_scope, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=label
-        )
-        oos = _generate(
-            model, processor, out_of_scope, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=None
-        )
-        answers = _generate(model, processor, check_items, max_new_tokens=4, batch_size=batch_size, progress=None)
-        complex_answers = _generate(
-            model, processor, complex_items, max_new_tokens=COMPLEX_ANSWER_TOKENS, batch_size=batch_size, progress=None
-        )
-        del model
-        with open(out / f"predictions_{name}.jsonl", "w", encoding="utf-8") as handle:
-            for record, draft in zip(studies, drafts, strict=True):
-                handle.write(json.dumps({"id": record.study_id, "prediction": draft, "model": name}) + "\n")
-        result = _per_study(drafts, references, deidentifier)
-        result["oos_abstained"] = np.asarray([parse_draft(t).abstained for t in oos], dtype=float)
-        correct = []
-        for answer, truth in zip(answers, check_truth, strict=True):
-            try:
-                correct.append(parse_simple_answer(answer) == truth)
-            except AnswerParseError:
-                correct.append(False)
-        result["simple_correct"] = np.asarray(correct, dtype=float)
-        verdicts = []
-        for answer, truth in zip(complex_answers, complex_truth, strict=True):
-            try:
-                verdicts.append(parse_complex_answer(answer).has_error == truth)
-            except AnswerParseError:
-                verdicts.append(False)  # an answer off the JSON format is no verdict
-        result["complex_correct"] = np.asarray(verdicts, dtype=float)
-        outcomes[name] = result
 
-    populations = {
-        "in_scope": len(studies),
-        "out_of_scope": len(out_of_scope),
-        "errorcheck": len(check_items),
-        "errorcheck_complex": len(complex_items),
-    }
-    metrics: dict[str, Any] = {name: {} for name in models}
+@dataclass(frozen=True)
+class _Generation:
+    """How every model generates: device (None: the GPU when there is one), batch size, draft length, progress."""
+
+    device: str | None
+    batch_size: int
+    max_new_tokens: int
+    progress: bool
+
+
+def _model_outcomes(
+    name: str,
+    base: str,
+    adapter: str | None,
+    items: _EvaluationItems,
+    deidentifier: Any,
+    out: Path,
+    generation: _Generation,
+) -> dict[str, np.ndarray]:
+    """One model's answers to every item, its drafts written to ``predictions_<name>.jsonl``, scored per study.
+    The model is let go before scoring, so two models are never held in memory together."""
+    from radlvlm.model.pretrained import load_pretrained
+    from radlvlm.tasks.checking import COMPLEX_ANSWER_TOKENS
+    from radlvlm.tasks.drafting import parse_draft
+
+    model, processor = load_pretrained(base, adapter=adapter)
+    model.to(generation.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    batch_size, max_new_tokens = generation.batch_size, generation.max_new_tokens
+    label = f"{name}: drafts" if generation.progress else None
+    drafts = _generate(
+        model, processor, items.in_scope, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=label
+    )
+    oos = _generate(
+        model, processor, items.out_of_scope, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=None
+    )
+    answers = _generate(model, processor, items.checks, max_new_tokens=4, batch_size=batch_size, progress=None)
+    complex_answers = _generate(
+        model,
+        processor,
+        items.complex_checks,
+        max_new_tokens=COMPLEX_ANSWER_TOKENS,
+        batch_size=batch_size,
+        progress=None,
+    )
+    del model
+    with open(out / f"predictions_{name}.jsonl", "w", encoding="utf-8") as handle:
+        for record, draft in zip(items.studies, drafts, strict=True):
+            handle.write(json.dumps({"id": record.study_id, "prediction": draft, "model": name}) + "\n")
+    result = _per_study(drafts, items.references, deidentifier)
+    result["oos_abstained"] = np.asarray([parse_draft(t).abstained for t in oos], dtype=float)
+    result["simple_correct"] = _verdicts_correct(answers, items.check_truth, complex_task=False)
+    result["complex_correct"] = _verdicts_correct(complex_answers, items.complex_truth, complex_task=True)
+    return result
+
+
+def _verdicts_correct(answers: Sequence[str], truth: Sequence[bool], *, complex_task: bool) -> np.ndarray:
+    """1 where an error-check answer gives the right verdict; an answer off the format (unparseable) is no verdict
+    and counts as wrong."""
+    from radlvlm.tasks import parse_simple_answer
+    from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
+
+    correct = []
+    for answer, expected in zip(answers, truth, strict=True):
+        try:
+            verdict = parse_complex_answer(answer).has_error if complex_task else parse_simple_answer(answer)
+            correct.append(verdict == expected)
+        except AnswerParseError:
+            correct.append(False)
+    return np.asarray(correct, dtype=float)
+
+
+def _metrics(
+    outcomes: dict[str, dict[str, np.ndarray]], populations: dict[str, int], names: list[str], n_boot: int, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each model's figures with bootstrap CIs (None where the population is empty), and with two models the
+    paired ``after - before`` differences (plus McNemar for binary outcomes)."""
+    from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
+
+    metrics: dict[str, Any] = {name: {} for name in names}
     comparisons: dict[str, Any] = {}
-    names = list(models)
     for metric, (key, population, statistic, binary) in _METRICS.items():
         column = "oos_abstained" if population == "out_of_scope" else key
         if populations[population] == 0:
@@ -283,21 +381,7 @@ def evaluate_alignment(
             if binary:
                 comparison["mcnemar"] = mcnemar(a.astype(bool) == _target(metric), b.astype(bool) == _target(metric))
             comparisons[metric] = comparison
-    result = {
-        "split": split,
-        "models": {name: {"base": base, "adapter": adapter} for name, (base, adapter) in models.items()},
-        "n": populations,
-        "out_of_scope_images": [view.image_id for _, view in views],
-        "n_boot": n_boot,
-        "seed": seed,
-        "metrics": metrics,
-        "difference": {"of": f"{names[-1]} - {names[0]}", **comparisons} if len(names) == 2 else None,
-    }
-    if len(names) == 2 and metrics[names[0]]["chexpert14_micro_f1"] is not None:
-        drop = metrics[names[0]]["chexpert14_micro_f1"]["value"] - metrics[names[1]]["chexpert14_micro_f1"]["value"]
-        result["chexpert14_f1_drop_within_1_point"] = bool(drop <= F1_MAX_DROP)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return metrics, comparisons
 
 
 def _target(metric: str) -> bool:

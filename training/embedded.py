@@ -132,134 +132,176 @@ def build_embedded(
     if lm_from is not None:
         _reuse_language_model(lm_from, work)
 
-    # 1. tokenizer
-    step = work / "tokenizer"
-    if (info := _done(step)) is None:
-        started = time.perf_counter()
-        texts = list(sources["iu"].report_texts("train"))
-        from radlvlm.training.pseudo_pairs import NIH_TO_CHEXPERT
-
-        texts += [f"IMPRESSION: {label}." for label in NIH_TO_CHEXPERT]
-        tokenizer = train_tokenizer(texts, vocab_size=scale.vocab_size, min_frequency=2)
-        tokenizer.save_pretrained(step)
-        info = _finish(step, {"vocab": len(tokenizer), "texts": len(texts), "seconds": time.perf_counter() - started})
-    summary["tokenizer"] = info
+    summary["tokenizer"] = _tokenizer_step(work / "tokenizer", sources, scale)
     if until == "tokenizer":
         return summary
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(step)
-
-    # 2. language model
-    step = work / "lm"
-    if (info := _done(step)) is None:
-        from radlvlm.training.pretrain import pretrain_language_model
-
-        started = time.perf_counter()
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=scale.lm_hidden,
-            intermediate_size=int(scale.lm_hidden * 8 / 3) // 8 * 8,
-            num_hidden_layers=scale.lm_layers,
-            num_attention_heads=scale.lm_heads,
-            num_key_value_heads=scale.lm_heads,
-            max_position_embeddings=1024,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
-        args = TrainingArguments(
-            output_dir=str(step / "checkpoints"),
-            max_steps=scale.lm_steps,
-            per_device_train_batch_size=16,
-            learning_rate=1e-3,
-            warmup_steps=0.05,
-            lr_scheduler_type="cosine",
-            weight_decay=0.01,
-            logging_steps=50,
-            save_steps=max(scale.lm_steps // 4, 1),
-            save_total_limit=1,
-            report_to="none",
-            use_cpu=True,
-            seed=seed,
-            disable_tqdm=False,
-        )
-        lm, stats = pretrain_language_model(list(sources["iu"].report_texts("train")), tokenizer, config, args)
-        lm.save_pretrained(step / "final")
-        info = _finish(step, {**stats, "parameters": lm.num_parameters(), "seconds": time.perf_counter() - started})
-    summary["lm"] = info
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(work / "tokenizer")
+    summary["lm"] = _language_model_step(work / "lm", sources, scale, tokenizer, seed)
     if until == "lm":
         return summary
-    lm = LlamaForCausalLM.from_pretrained(step / "final")
-
-    # 3. vision encoder (finding labels + contrastive)
-    step = work / "vision"
-    if (info := _done(step)) is None:
-        from radlvlm.training.pretrain import VisionSettings, embed_texts, load_image_tensors, train_vision_encoder
-
-        started = time.perf_counter()
-        examples = vision_examples(sources)
-        train = [e for e in examples if e.split == "train"]
-        vision_config = Dinov2Config(
-            hidden_size=scale.vision_hidden,
-            num_hidden_layers=scale.vision_layers,
-            num_attention_heads=scale.vision_heads,
-            image_size=scale.image_size,
-            patch_size=14,
-            mlp_ratio=4,
-        )
-        embeddings = embed_texts([e.text for e in train], tokenizer, lm)
-        settings = VisionSettings(
-            epochs=scale.vision_epochs, batch_size=32, learning_rate=5e-4, image_size=scale.image_size, seed=seed
-        )
-        pixels = load_image_tensors([e.image for e in train], scale.image_size)
-        encoder, heads, stats = train_vision_encoder(
-            pixels,
-            embeddings,
-            vision_config,
-            step / "state",
-            settings,
-            labels=torch.stack([e.labels for e in train]),
-            label_mask=torch.stack([e.mask for e in train]),
-        )
-        encoder.save_pretrained(step / "final")
-        torch.save(heads.labels.state_dict(), step / "final" / "label_head.pt")
-        held_out = {
-            split: label_auroc(encoder, heads, [e for e in examples if e.split == split and e.source == "nih"], scale)
-            for split in ("validation", "test")
-        }
-        info = _finish(
-            step,
-            {
-                **stats,
-                "images": len(train),
-                "parameters": sum(p.numel() for p in encoder.parameters()),
-                "label_auroc": held_out,
-                "seconds": time.perf_counter() - started,
-            },
-        )
-    summary["vision"] = info
+    lm = LlamaForCausalLM.from_pretrained(work / "lm" / "final")
+    summary["vision"] = _vision_step(work / "vision", sources, scale, tokenizer, lm, seed)
     if until == "vision":
         return summary
-    vision = AutoModel.from_pretrained(step / "final")
-
-    # 4. assembly
-    step = work / "assembled"
-    if (info := _done(step)) is None:
-        from radlvlm.training.pretrain import assemble
-
-        image_config = ImageTransformConfig(
-            size=scale.image_size, resize_mode="pad", channels=3, mean=(0.5,), std=(0.5,)
-        )
-        assemble(
-            vision, lm, tokenizer, step / "model", image_config=image_config, visual_token_pool=scale.pool, seed=seed
-        )
-        info = _finish(step, {"model": str(step / "model")})
-    summary["assembled"] = info
+    vision = AutoModel.from_pretrained(work / "vision" / "final")
+    summary["assembled"] = _assembly_step(work / "assembled", vision, lm, tokenizer, scale, seed)
     if until == "assembled":
         return summary
 
     # 5 and 6. the two stages, through the same recipe machinery a hospital uses
-    summary["stage1"] = _stage(
+    summary["stage1"] = _align_stage(work, data, scale, seed)
+    if until == "stage1":
+        return summary
+    summary["stage2"] = _instruct_stage(work, "stage2", "mole", data, scale, seed)
+    if until == "stage2":
+        return summary
+    summary["calibrate"] = _calibrate(work, "calibrate", "stage2", data, scale, seed)
+    if until == "calibrate":
+        return summary
+    summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
+    if compare_lora:
+        # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
+        # compute per token is the same; same data, steps and learning rate.
+        summary["stage2_lora"] = _instruct_stage(work, "stage2_lora", "lora", data, scale, seed)
+        summary["calibrate_lora"] = _calibrate(work, "calibrate_lora", "stage2_lora", data, scale, seed)
+        summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _tokenizer_step(step: Path, sources: dict[str, Any], scale: Scale) -> dict[str, Any]:
+    """1. A byte-level BPE tokenizer trained on the IU training reports and the NIH label words (which the
+    label-templated drafting targets use); skipped when done."""
+    if (info := _done(step)) is not None:
+        return info
+    started = time.perf_counter()
+    texts = list(sources["iu"].report_texts("train"))
+    from radlvlm.training.pseudo_pairs import NIH_TO_CHEXPERT
+
+    texts += [f"IMPRESSION: {label}." for label in NIH_TO_CHEXPERT]
+    tokenizer = train_tokenizer(texts, vocab_size=scale.vocab_size, min_frequency=2)
+    tokenizer.save_pretrained(step)
+    return _finish(step, {"vocab": len(tokenizer), "texts": len(texts), "seconds": time.perf_counter() - started})
+
+
+def _language_model_step(
+    step: Path, sources: dict[str, Any], scale: Scale, tokenizer: PreTrainedTokenizerFast, seed: int
+) -> dict[str, Any]:
+    """2. A small Llama-architecture LM pretrained from scratch on the IU training reports (resumes from its
+    Trainer checkpoints); skipped when done."""
+    if (info := _done(step)) is not None:
+        return info
+    from radlvlm.training.pretrain import pretrain_language_model
+
+    started = time.perf_counter()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=scale.lm_hidden,
+        intermediate_size=int(scale.lm_hidden * 8 / 3) // 8 * 8,
+        num_hidden_layers=scale.lm_layers,
+        num_attention_heads=scale.lm_heads,
+        num_key_value_heads=scale.lm_heads,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    args = TrainingArguments(
+        output_dir=str(step / "checkpoints"),
+        max_steps=scale.lm_steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        warmup_steps=0.05,
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        logging_steps=50,
+        save_steps=max(scale.lm_steps // 4, 1),
+        save_total_limit=1,
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=False,
+    )
+    lm, stats = pretrain_language_model(list(sources["iu"].report_texts("train")), tokenizer, config, args)
+    lm.save_pretrained(step / "final")
+    return _finish(step, {**stats, "parameters": lm.num_parameters(), "seconds": time.perf_counter() - started})
+
+
+def _vision_step(
+    step: Path,
+    sources: dict[str, Any],
+    scale: Scale,
+    tokenizer: PreTrainedTokenizerFast,
+    lm: LlamaForCausalLM,
+    seed: int,
+) -> dict[str, Any]:
+    """3. The vision encoder, trained on the training radiographs against their finding labels and the LM's
+    embedding of their text, with its per-label AUROC on held-out NIH images; skipped when done."""
+    if (info := _done(step)) is not None:
+        return info
+    from radlvlm.training.pretrain import VisionSettings, embed_texts, load_image_tensors, train_vision_encoder
+
+    started = time.perf_counter()
+    examples = vision_examples(sources)
+    train = [e for e in examples if e.split == "train"]
+    vision_config = Dinov2Config(
+        hidden_size=scale.vision_hidden,
+        num_hidden_layers=scale.vision_layers,
+        num_attention_heads=scale.vision_heads,
+        image_size=scale.image_size,
+        patch_size=14,
+        mlp_ratio=4,
+    )
+    embeddings = embed_texts([e.text for e in train], tokenizer, lm)
+    settings = VisionSettings(
+        epochs=scale.vision_epochs, batch_size=32, learning_rate=5e-4, image_size=scale.image_size, seed=seed
+    )
+    pixels = load_image_tensors([e.image for e in train], scale.image_size)
+    encoder, heads, stats = train_vision_encoder(
+        pixels,
+        embeddings,
+        vision_config,
+        step / "state",
+        settings,
+        labels=torch.stack([e.labels for e in train]),
+        label_mask=torch.stack([e.mask for e in train]),
+    )
+    encoder.save_pretrained(step / "final")
+    torch.save(heads.labels.state_dict(), step / "final" / "label_head.pt")
+    held_out = {
+        split: label_auroc(encoder, heads, [e for e in examples if e.split == split and e.source == "nih"], scale)
+        for split in ("validation", "test")
+    }
+    return _finish(
+        step,
+        {
+            **stats,
+            "images": len(train),
+            "parameters": sum(p.numel() for p in encoder.parameters()),
+            "label_auroc": held_out,
+            "seconds": time.perf_counter() - started,
+        },
+    )
+
+
+def _assembly_step(
+    step: Path, vision: Any, lm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, scale: Scale, seed: int
+) -> dict[str, Any]:
+    """4. The encoder and LM assembled into a radlvlm model (visual tokens pooled for a short prefill); skipped
+    when done."""
+    if (info := _done(step)) is not None:
+        return info
+    from radlvlm.training.pretrain import assemble
+
+    image_config = ImageTransformConfig(size=scale.image_size, resize_mode="pad", channels=3, mean=(0.5,), std=(0.5,))
+    assemble(vision, lm, tokenizer, step / "model", image_config=image_config, visual_token_pool=scale.pool, seed=seed)
+    return _finish(step, {"model": str(step / "model")})
+
+
+def _align_stage(work: Path, data: Path, scale: Scale, seed: int) -> dict[str, Any]:
+    """5. Stage 1 (projector only) on image-to-report pairs, from the assembled model."""
+    return _stage(
         work,
         "stage1",
         "align",
@@ -271,41 +313,25 @@ def build_embedded(
         scale.stage1_steps,
         1e-3,
     )
-    if until == "stage1":
-        return summary
 
-    def instruct(name: str, adapter: str) -> dict[str, Any]:
-        return _stage(
-            work,
-            name,
-            "instruct",
-            work / "stage1" / "run" / "base",
-            data,
-            scale,
-            seed,
-            # Text checks over many varied, errored copies of each IU report (check_variants), and checks of
-            # label-derived reports against NIH images.
-            {"draft": 1.0, "check_simple": 2.0, "check_complex": 0.5, "check_image": 0.5, "check_variants": 8},
-            scale.stage2_steps,
-            3e-4,
-            adapter=adapter,
-        )
 
-    summary["stage2"] = instruct("stage2", "mole")
-    if until == "stage2":
-        return summary
-    summary["calibrate"] = _calibrate(work, "calibrate", "stage2", data, scale, seed)
-    if until == "calibrate":
-        return summary
-    summary["eval"] = _evaluate(work, "eval", "stage2", data, scale, seed)
-    if compare_lora:
-        # The baseline the sparse experts must beat: one plain peft LoRA of the same rank as one expert, so the
-        # compute per token is the same; same data, steps and learning rate.
-        summary["stage2_lora"] = instruct("stage2_lora", "lora")
-        summary["calibrate_lora"] = _calibrate(work, "calibrate_lora", "stage2_lora", data, scale, seed)
-        summary["eval_lora"] = _evaluate(work, "eval_lora", "stage2_lora", data, scale, seed)
-    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+def _instruct_stage(work: Path, name: str, adapter: str, data: Path, scale: Scale, seed: int) -> dict[str, Any]:
+    """6. Stage 2 (``adapter``: MoLE, or the plain LoRA it is compared with) on stage 1's model."""
+    return _stage(
+        work,
+        name,
+        "instruct",
+        work / "stage1" / "run" / "base",
+        data,
+        scale,
+        seed,
+        # Text checks over many varied, errored copies of each IU report (check_variants), and checks of
+        # label-derived reports against NIH images.
+        {"draft": 1.0, "check_simple": 2.0, "check_complex": 0.5, "check_image": 0.5, "check_variants": 8},
+        scale.stage2_steps,
+        3e-4,
+        adapter=adapter,
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +129,7 @@ def evaluate(
     """Score the model at ``model_dir`` (+ ``adapter``) on ``split`` of the public sets; write ``summary.json``.
 
     ``limit`` keeps the first studies of each evaluated set (the recipe's tiny scale, for tests)."""
-    from radlvlm.clinical_eval import baselines
-    from radlvlm.clinical_eval.runner import run_validation_study
-    from radlvlm.engine.torch_engine import TorchEngine
-    from radlvlm.model.generation import GenerationSettings
     from radlvlm.model.pretrained import load_pretrained
-    from radlvlm.pipeline.task_engine import TaskEngine
-    from radlvlm.tasks.calibration import find_calibrations
-    from radlvlm.tasks.errorcheck import build_errorcheck_set
     from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource
 
     for folder in ("iu_xray", "nih_cxr14", "covid_chestxray"):
@@ -144,17 +138,7 @@ def evaluate(
     model, processor = load_pretrained(model_dir, adapter=adapter)
     model_name = name or model_dir.name + (f"+{adapter.name}" if adapter else "")
     mole = getattr(model, "_mole_adapter", None)
-    engine = TaskEngine(
-        TorchEngine(
-            model,
-            processor,
-            model_id=model_name,
-            max_batch_size=batch_size,
-            max_queue=100_000,
-            generation=GenerationSettings(max_new_tokens=max_new_tokens),
-        ),
-        calibrations=find_calibrations(model_dir, adapter),  # verdicts as the service gives them to users
-    )
+    engine = _task_engine(model, processor, model_dir, adapter, model_name, batch_size, max_new_tokens)
     iu = IUXraySource(data / "iu_xray")
     sources = {
         "nih_cxr14": NIHSource(data / "nih_cxr14" / "manifest.jsonl"),
@@ -169,48 +153,13 @@ def evaluate(
         "limit": limit,
         "sets": {},
     }
+    scoring = _Scoring(engine, model, processor, model_name, mole, out, n_boot, seed)
     started = time.perf_counter()
     try:
-        for name in DRAFT_SETS:
-            source = sources[name]
-            train, target = _records(source, "train"), _records(source, split)[:limit]
-            folder = out / f"draft_{name}"
-            references = _write_jsonl(folder / "references.jsonl", [_reference_row(r) for r in target])
-            tracking = mole.routing_statistics("draft") if mole is not None else nullcontext()
-            with tracking:
-                predicted = draft_predictions(engine, target, model_name)
-            predictions = _write_jsonl(folder / "predictions.jsonl", predicted)
-            vectors = image_embeddings(model, processor, train + target)
-            ids = [r.study_id for r in train + target]
-            candidates = {
-                "most_common_normal": baselines.most_common_normal_predictions(
-                    iu_train_rows, target_rows := [_reference_row(r) for r in target]
-                ),
-                "nearest_neighbour_image": baselines.nearest_neighbour_image_predictions(
-                    [_reference_row(r) for r in train], target_rows, ids, vectors
-                ),
-            }
-            summary["sets"][f"draft_{name}"] = _score_with_baselines(
-                run_validation_study, predictions, references, folder, candidates, "report", name, n_boot, seed
-            )
-        rows, _ = build_errorcheck_set(iu.rows(), seed=seed)
-        goal = [r for r in rows if r.get("split") == split]
-        goal = goal[:: max(1, len(goal) // limit)][:limit] if limit else goal  # both classes when limited
-        fit = [r for r in rows if r.get("split") == "train"]
-        for mode in ("simple", "complex"):
-            folder = out / f"check_{mode}_iu_xray"
-            references = _write_jsonl(folder / "references.jsonl", goal)
-            tracking = mole.routing_statistics(f"check_{mode}") if mole is not None else nullcontext()
-            with tracking:
-                predicted = check_predictions(engine, goal, mode, model_name)
-            predictions = _write_jsonl(folder / "predictions.jsonl", predicted)
-            candidates = {
-                "majority_class": baselines.majority_class_predictions(fit, goal),
-                "consistency_checker": baselines.consistency_predictions(goal),
-            }
-            summary["sets"][f"check_{mode}_iu_xray"] = _score_with_baselines(
-                run_validation_study, predictions, references, folder, candidates, "errorcheck", "iu", n_boot, seed
-            )
+        for set_name in DRAFT_SETS:
+            scored = _score_draft_set(scoring, set_name, sources[set_name], split, limit, iu_train_rows)
+            summary["sets"][f"draft_{set_name}"] = scored
+        summary["sets"].update(_score_check_sets(scoring, iu, split, limit))
     finally:
         engine.close()
     if mole is not None:
@@ -218,6 +167,117 @@ def evaluate(
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _task_engine(
+    model: Any,
+    processor: Any,
+    model_dir: Path,
+    adapter: Path | None,
+    model_name: str,
+    batch_size: int,
+    max_new_tokens: int,
+) -> Any:
+    """The engine the service runs, over the loaded model: its batching, and the calibrated check verdicts."""
+    from radlvlm.engine.torch_engine import TorchEngine
+    from radlvlm.model.generation import GenerationSettings
+    from radlvlm.pipeline.task_engine import TaskEngine
+    from radlvlm.tasks.calibration import find_calibrations
+
+    return TaskEngine(
+        TorchEngine(
+            model,
+            processor,
+            model_id=model_name,
+            max_batch_size=batch_size,
+            max_queue=100_000,
+            generation=GenerationSettings(max_new_tokens=max_new_tokens),
+        ),
+        calibrations=find_calibrations(model_dir, adapter),  # verdicts as the service gives them to users
+    )
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """The model under evaluation (behind its task engine), and where and how each set is scored."""
+
+    engine: Any
+    model: Any
+    processor: Any
+    model_name: str
+    mole: Any  # the MoLE adapter, whose router usage is tracked per task; None for other adapters
+    out: Path
+    n_boot: int
+    seed: int
+
+    def tracking(self, task: str) -> AbstractContextManager[Any]:
+        """Counts the router's tokens per expert under ``task`` while the model runs (MoLE only)."""
+        return self.mole.routing_statistics(task) if self.mole is not None else nullcontext()
+
+
+def _score_draft_set(
+    scoring: _Scoring, name: str, source: Any, split: str, limit: int | None, iu_train_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Drafting on the images of ``source``'s split against its references, next to the most common normal IU
+    report and the text of the nearest training image (by the model's own vision-tower embedding)."""
+    from radlvlm.clinical_eval import baselines
+    from radlvlm.clinical_eval.runner import run_validation_study
+
+    train, target = _records(source, "train"), _records(source, split)[:limit]
+    folder = scoring.out / f"draft_{name}"
+    references = _write_jsonl(folder / "references.jsonl", [_reference_row(r) for r in target])
+    with scoring.tracking("draft"):
+        predicted = draft_predictions(scoring.engine, target, scoring.model_name)
+    predictions = _write_jsonl(folder / "predictions.jsonl", predicted)
+    vectors = image_embeddings(scoring.model, scoring.processor, train + target)
+    ids = [r.study_id for r in train + target]
+    candidates = {
+        "most_common_normal": baselines.most_common_normal_predictions(
+            iu_train_rows, target_rows := [_reference_row(r) for r in target]
+        ),
+        "nearest_neighbour_image": baselines.nearest_neighbour_image_predictions(
+            [_reference_row(r) for r in train], target_rows, ids, vectors
+        ),
+    }
+    return _score_with_baselines(
+        run_validation_study, predictions, references, folder, candidates, "report", name, scoring.n_boot, scoring.seed
+    )
+
+
+def _score_check_sets(scoring: _Scoring, iu: Any, split: str, limit: int | None) -> dict[str, dict[str, Any]]:
+    """SIMPLE and COMPLEX text-only checks of the IU split's ``make-errorcheck`` set (same seed), next to the
+    majority class (of the training split) and the labeler-based consistency checker."""
+    from radlvlm.clinical_eval import baselines
+    from radlvlm.clinical_eval.runner import run_validation_study
+    from radlvlm.tasks.errorcheck import build_errorcheck_set
+
+    rows, _ = build_errorcheck_set(iu.rows(), seed=scoring.seed)
+    goal = [r for r in rows if r.get("split") == split]
+    goal = goal[:: max(1, len(goal) // limit)][:limit] if limit else goal  # both classes when limited
+    fit = [r for r in rows if r.get("split") == "train"]
+    scored = {}
+    for mode in ("simple", "complex"):
+        folder = scoring.out / f"check_{mode}_iu_xray"
+        references = _write_jsonl(folder / "references.jsonl", goal)
+        with scoring.tracking(f"check_{mode}"):
+            predicted = check_predictions(scoring.engine, goal, mode, scoring.model_name)
+        predictions = _write_jsonl(folder / "predictions.jsonl", predicted)
+        candidates = {
+            "majority_class": baselines.majority_class_predictions(fit, goal),
+            "consistency_checker": baselines.consistency_predictions(goal),
+        }
+        scored[f"check_{mode}_iu_xray"] = _score_with_baselines(
+            run_validation_study,
+            predictions,
+            references,
+            folder,
+            candidates,
+            "errorcheck",
+            "iu",
+            scoring.n_boot,
+            scoring.seed,
+        )
+    return scored
 
 
 def _score_with_baselines(

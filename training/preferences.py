@@ -617,12 +617,11 @@ def build_preferences(
         InputError: a source problem, a patient or study in two splits, or no drafting study in a split.
     """
     from radlvlm.clinical_eval.judges import StructuredJudge
-    from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, draft_target
 
     check_records: dict[str, list[Record]] = {split: [] for split in settings.splits}
     records, source_counts = collect_drafting_records(sources, settings.splits, checks=check_records)
     judge = StructuredJudge()
-    kinds = set(settings.kinds)
+    sampling = _Sampling(sampler, cache_dir, progress)
     pairs: dict[str, list[PreferencePair]] = {}
     split_counts: dict[str, Any] = {}
     for split in settings.splits:
@@ -630,94 +629,11 @@ def build_preferences(
         if not pool:
             raise InputError(f"no drafting study (image + report) in split {split!r}: nothing to pair")
         studies = pool[: settings.max_studies] if settings.max_studies else pool
-        dropped: dict[str, Counter[str]] = {kind: Counter() for kind in PAIR_KINDS}
-        built: list[PreferencePair] = []
-
-        def pair(record: Record, kind: str, chosen: str, rejected: str, meta: Mapping[str, Any] | None = None) -> None:
-            # Called within this iteration only, so binding this split's list late is what is meant.
-            built.append(_in_scope_pair(record, split, kind, chosen, rejected, meta, settings.with_indication))  # noqa: B023
-
-        references = {r.study_id: draft_target(r.findings, r.impression) for r in studies}
-        for record in studies:
-            reference = references[record.study_id]
-            if "injected_error" in kinds:
-                found = injected_error_reject(
-                    reference, seed=_rank(seed, "inject", record.study_id) % 2**31, judge=judge
-                )
-                if found is None:
-                    dropped["injected_error"]["no clinically significant error applies"] += 1
-                else:
-                    pair(record, "injected_error", reference, found[0], found[1])
-            if "identifier" in kinds:
-                text, meta = identifier_reject(reference, seed=_rank(seed, "identifier", record.study_id))
-                pair(record, "identifier", reference, text, meta)
-            if "unsupported_comparison" in kinds:
-                if reference_compares(reference):
-                    dropped["unsupported_comparison"]["reference compares with a prior"] += 1
-                else:
-                    text = comparison_reject(reference, seed=_rank(seed, "comparison", record.study_id))
-                    pair(record, "unsupported_comparison", reference, text)
-
-        if "model_sample" in kinds:
-            if sampler is None or settings.model_samples is None:
-                dropped["model_sample"]["no model given"] += len(studies)
-            else:
-                sample_settings = settings.model_samples
-                chosen = studies[: sample_settings.max_studies] if sample_settings.max_studies else studies
-                drafts = _sample_all(split, chosen, settings, sampler, seed, cache_dir, progress)
-                for record, draft in zip(chosen, drafts, strict=True):
-                    reference = references[record.study_id]
-                    if not draft.strip():
-                        dropped["model_sample"]["empty sample"] += 1
-                        continue
-                    verdict = judge.judge(draft, reference)
-                    if verdict.count() < sample_settings.min_errors or draft.strip() == reference:
-                        dropped["model_sample"]["judge finds it no worse"] += 1
-                        continue
-                    meta = {"errors": verdict.count(), "significant_errors": verdict.count(significant=True)}
-                    pair(record, "model_sample", reference, draft, meta)
-
-        n_out_of_scope = 0
-        if "out_of_scope" in kinds:
-            views, missing = out_of_scope_views(
-                split, settings.out_of_scope_per_image, seed=seed, augment=split == "train"
-            )
-            dropped["out_of_scope"].update(missing)
-            per_family: Counter[str] = Counter()
-            for n, (image, view) in enumerate(views):
-                # The rejected report is a real reference of the same split: no report text crosses splits.
-                donor = pool[_rank(seed, "oos-report", image.family, n) % len(pool)]
-                index = per_family[image.family]
-                per_family[image.family] += 1
-                built.append(
-                    PreferencePair(
-                        f"oos-{image.family}:{index}",
-                        f"oos-{image.family}",
-                        f"oos-{image.family}",
-                        split,
-                        OUT_OF_SCOPE_SOURCE,
-                        "out_of_scope",
-                        ABSTENTION_MESSAGE,
-                        draft_target(donor.findings, donor.impression),
-                        view,
-                        donor.indication if settings.with_indication else "",
-                        meta={"what": image.what, "image": view.image_id},
-                    )
-                )
-                n_out_of_scope += 1
-        if "false_abstention" in kinds:
-            wanted = n_out_of_scope if "out_of_scope" in kinds else len(studies)
-            ranked = sorted(studies, key=lambda r: _rank(seed, "false-abstention", r.study_id))
-            for record in ranked[:wanted]:
-                pair(record, "false_abstention", references[record.study_id], ABSTENTION_MESSAGE)
-
-        if "error_check" in kinds:
-            built.extend(error_check_pairs(check_records[split], split, settings.error_check_studies, seed))
-
-        built.sort(key=lambda p: _rank(seed, "order", split, p.pair_id))
-        pairs[split] = built
-        split_counts[split] = _split_counts(built, len(studies), len(pool), dropped)
-        logger.info("preferences %s: %d pairs from %d studies", split, len(built), len(studies))
+        built = _split_pairs(split, pool, studies, check_records[split], settings, judge, seed, sampling)
+        built.pairs.sort(key=lambda p: _rank(seed, "order", split, p.pair_id))
+        pairs[split] = built.pairs
+        split_counts[split] = _split_counts(built.pairs, len(studies), len(pool), built.dropped)
+        logger.info("preferences %s: %d pairs from %d studies", split, len(built.pairs), len(studies))
     check_no_leakage(pairs)
     counts = {
         "seed": seed,
@@ -727,6 +643,155 @@ def build_preferences(
         "total_pairs": sum(len(v) for v in pairs.values()),
     }
     return PreferenceSet(pairs, counts)
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """How ``model_sample`` drafts are drawn: the sampler (None: no model given), its cache and progress bar."""
+
+    sampler: SampleFn | None
+    cache_dir: Path | None
+    progress: bool
+
+
+@dataclass
+class _SplitPairs:
+    """The pairs of one split as they are built, and per kind what was left out and why."""
+
+    split: str
+    with_indication: bool
+    pairs: list[PreferencePair] = field(default_factory=list)
+    dropped: dict[str, Counter[str]] = field(default_factory=lambda: {kind: Counter() for kind in PAIR_KINDS})
+
+    def add(self, record: Record, kind: str, chosen: str, rejected: str, meta: Mapping[str, Any] | None = None) -> None:
+        """A pair over one of this split's drafting studies (its image and, if asked, its indication)."""
+        self.pairs.append(_in_scope_pair(record, self.split, kind, chosen, rejected, meta, self.with_indication))
+
+
+def _split_pairs(
+    split: str,
+    pool: list[Record],
+    studies: list[Record],
+    checks: list[Record],
+    settings: PreferenceSettings,
+    judge: Any,
+    seed: int,
+    sampling: _Sampling,
+) -> _SplitPairs:
+    """Every kind of pair of one split, in the order the kinds are built (the caller sorts them by a hash)."""
+    from radlvlm.tasks.drafting import draft_target
+
+    kinds = set(settings.kinds)
+    built = _SplitPairs(split, settings.with_indication)
+    references = {r.study_id: draft_target(r.findings, r.impression) for r in studies}
+    for record in studies:
+        _edited_reference_pairs(built, record, references[record.study_id], kinds, judge, seed)
+    if "model_sample" in kinds:
+        _model_sample_pairs(built, studies, references, settings, judge, seed, sampling)
+    n_out_of_scope = _out_of_scope_pairs(built, pool, settings, seed) if "out_of_scope" in kinds else 0
+    if "false_abstention" in kinds:
+        wanted = n_out_of_scope if "out_of_scope" in kinds else len(studies)
+        _false_abstention_pairs(built, studies, references, wanted, seed)
+    if "error_check" in kinds:
+        built.pairs.extend(error_check_pairs(checks, split, settings.error_check_studies, seed))
+    return built
+
+
+def _edited_reference_pairs(
+    built: _SplitPairs, record: Record, reference: str, kinds: set[str], judge: Any, seed: int
+) -> None:
+    """The pairs whose rejected answer is the study's reference with something wrong written into it: an injected
+    error, an identifier, a comparison with a prior. Each is seeded by the study, so it does not depend on which
+    other studies are built."""
+    if "injected_error" in kinds:
+        found = injected_error_reject(reference, seed=_rank(seed, "inject", record.study_id) % 2**31, judge=judge)
+        if found is None:
+            built.dropped["injected_error"]["no clinically significant error applies"] += 1
+        else:
+            built.add(record, "injected_error", reference, found[0], found[1])
+    if "identifier" in kinds:
+        text, meta = identifier_reject(reference, seed=_rank(seed, "identifier", record.study_id))
+        built.add(record, "identifier", reference, text, meta)
+    if "unsupported_comparison" in kinds:
+        if reference_compares(reference):
+            built.dropped["unsupported_comparison"]["reference compares with a prior"] += 1
+        else:
+            text = comparison_reject(reference, seed=_rank(seed, "comparison", record.study_id))
+            built.add(record, "unsupported_comparison", reference, text)
+
+
+def _model_sample_pairs(
+    built: _SplitPairs,
+    studies: list[Record],
+    references: Mapping[str, str],
+    settings: PreferenceSettings,
+    judge: Any,
+    seed: int,
+    sampling: _Sampling,
+) -> None:
+    """The model's own drafts as rejected answers, kept where the judge finds them worse than the reference."""
+    if sampling.sampler is None or settings.model_samples is None:
+        built.dropped["model_sample"]["no model given"] += len(studies)
+        return
+    sample_settings = settings.model_samples
+    chosen = studies[: sample_settings.max_studies] if sample_settings.max_studies else studies
+    drafts = _sample_all(built.split, chosen, settings, sampling.sampler, seed, sampling.cache_dir, sampling.progress)
+    for record, draft in zip(chosen, drafts, strict=True):
+        reference = references[record.study_id]
+        if not draft.strip():
+            built.dropped["model_sample"]["empty sample"] += 1
+            continue
+        verdict = judge.judge(draft, reference)
+        if verdict.count() < sample_settings.min_errors or draft.strip() == reference:
+            built.dropped["model_sample"]["judge finds it no worse"] += 1
+            continue
+        meta = {"errors": verdict.count(), "significant_errors": verdict.count(significant=True)}
+        built.add(record, "model_sample", reference, draft, meta)
+
+
+def _out_of_scope_pairs(built: _SplitPairs, pool: list[Record], settings: PreferenceSettings, seed: int) -> int:
+    """Abstention (chosen) against a report (rejected) for each view of this split's out-of-scope images; returns
+    how many pairs were added (families whose files are absent are counted as left out)."""
+    from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, draft_target
+
+    views, missing = out_of_scope_views(
+        built.split, settings.out_of_scope_per_image, seed=seed, augment=built.split == "train"
+    )
+    built.dropped["out_of_scope"].update(missing)
+    per_family: Counter[str] = Counter()
+    for n, (image, view) in enumerate(views):
+        # The rejected report is a real reference of the same split: no report text crosses splits.
+        donor = pool[_rank(seed, "oos-report", image.family, n) % len(pool)]
+        index = per_family[image.family]
+        per_family[image.family] += 1
+        built.pairs.append(
+            PreferencePair(
+                f"oos-{image.family}:{index}",
+                f"oos-{image.family}",
+                f"oos-{image.family}",
+                built.split,
+                OUT_OF_SCOPE_SOURCE,
+                "out_of_scope",
+                ABSTENTION_MESSAGE,
+                draft_target(donor.findings, donor.impression),
+                view,
+                donor.indication if settings.with_indication else "",
+                meta={"what": image.what, "image": view.image_id},
+            )
+        )
+    return len(views)
+
+
+def _false_abstention_pairs(
+    built: _SplitPairs, studies: list[Record], references: Mapping[str, str], wanted: int, seed: int
+) -> None:
+    """The reference (chosen) against the abstention message (rejected) for ``wanted`` studies (seeded choice), so
+    that learning to abstain does not turn into abstaining on chest radiographs."""
+    from radlvlm.tasks.drafting import ABSTENTION_MESSAGE
+
+    ranked = sorted(studies, key=lambda r: _rank(seed, "false-abstention", r.study_id))
+    for record in ranked[:wanted]:
+        built.add(record, "false_abstention", references[record.study_id], ABSTENTION_MESSAGE)
 
 
 def error_check_pairs(records: Sequence[Record], split: str, studies: int | None, seed: int) -> list[PreferencePair]:

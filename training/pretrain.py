@@ -219,67 +219,108 @@ def train_vision_encoder(
     encoder = AutoModel.from_config(vision_config)
     n_labels = 0 if labels is None else labels.shape[1]
     heads = _VisionHeads(vision_config.hidden_size, text_embeddings.shape[1], 128, settings.temperature, n_labels)
-    parameters = list(encoder.parameters()) + list(heads.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.05)
-    steps_per_epoch = math.ceil(len(pixels) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
-    warmup = max(total // 20, 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
-    )
+    run = _VisionRun(encoder, heads, settings, _VisionData(pixels, text_embeddings, labels, label_mask))
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "vision_state.pt"
-    start_epoch, history = 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        encoder.load_state_dict(state["encoder"])
-        heads.load_state_dict(state["heads"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = run.resume(state_path) if state_path.is_file() else (0, [])
     generator = torch.Generator().manual_seed(settings.seed)
+    # Every epoch's order is drawn up front, so a resumed run visits the images in the order a straight run does.
     orders = [torch.randperm(len(pixels), generator=generator) for _ in range(settings.epochs)]
     for epoch in range(start_epoch, settings.epochs):
-        encoder.train()
-        augment = torch.Generator().manual_seed(settings.seed * 1000 + epoch)  # same draws when an epoch reruns
-        losses = []
-        order = orders[epoch]
-        for start in tqdm(range(0, len(order), settings.batch_size), desc=f"vision epoch {epoch + 1}", leave=False):
-            index = order[start : start + settings.batch_size]
-            if len(index) < 2:
-                continue
-            batch = pixels[index].float()
-            if settings.augment:
-                batch = augment_batch(batch, settings, augment)
-            hidden = encoder(pixel_values=batch.expand(-1, 3, -1, -1)).last_hidden_state
-            loss = settings.contrastive_weight * _contrastive_loss(heads, hidden[:, 0], text_embeddings[index])
-            if labels is not None:
-                mask = label_mask[index]
-                per_label = F.binary_cross_entropy_with_logits(
-                    heads.labels(_patch_mean(hidden)), labels[index], reduction="none"
-                )
-                loss = loss + (per_label * mask).sum() / mask.sum().clamp(min=1)
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimiser.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-        history.append(sum(losses) / max(len(losses), 1))
+        history.append(run.train_epoch(epoch, orders[epoch]))
+        run.save(state_path, epoch + 1, history)
+        logger.info("vision epoch %d: loss %.4f", epoch + 1, history[-1])
+    (out / "vision_history.json").write_text(json.dumps(history) + "\n")
+    return encoder, heads, {"epoch_losses": history}  # type: ignore[dict-item]
+
+
+@dataclass(frozen=True)
+class _VisionData:
+    """What the vision encoder learns from: cached images, their text embeddings and (optionally) their finding
+    labels with the mask of the labels known (set whenever ``labels`` is)."""
+
+    pixels: torch.Tensor
+    text_embeddings: torch.Tensor
+    labels: torch.Tensor | None
+    label_mask: torch.Tensor | None
+
+
+class _VisionRun:
+    """The encoder, heads, optimiser and learning-rate schedule of one training run, with the epoch checkpoint
+    that makes it resumable."""
+
+    def __init__(self, encoder: nn.Module, heads: _VisionHeads, settings: VisionSettings, data: _VisionData) -> None:
+        self.encoder, self.heads, self.settings, self.data = encoder, heads, settings, data
+        self.parameters = list(encoder.parameters()) + list(heads.parameters())
+        self.optimiser = torch.optim.AdamW(self.parameters, lr=settings.learning_rate, weight_decay=0.05)
+        steps_per_epoch = math.ceil(len(data.pixels) / settings.batch_size)
+        total = steps_per_epoch * settings.epochs
+        warmup = max(total // 20, 1)
+        # Linear warm-up over the first 5% of the steps, then a cosine decay to 0.
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimiser,
+            lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))),
+        )
+
+    def resume(self, state_path: Path) -> tuple[int, list[float]]:
+        """Load the last epoch checkpoint; the number of epochs done and their losses."""
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        self.encoder.load_state_dict(state["encoder"])
+        self.heads.load_state_dict(state["heads"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.schedule.load_state_dict(state["schedule"])
+        return int(state["epoch"]), list(state["history"])
+
+    def save(self, state_path: Path, epochs_done: int, history: list[float]) -> None:
+        """The checkpoint :meth:`resume` reads, written after every epoch."""
         torch.save(
             {
-                "encoder": encoder.state_dict(),
-                "heads": heads.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(),
-                "epoch": epoch + 1,
+                "encoder": self.encoder.state_dict(),
+                "heads": self.heads.state_dict(),
+                "optimiser": self.optimiser.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "epoch": epochs_done,
                 "history": history,
             },
             state_path,
         )
-        logger.info("vision epoch %d: loss %.4f", epoch + 1, history[-1])
-    (out / "vision_history.json").write_text(json.dumps(history) + "\n")
-    return encoder, heads, {"epoch_losses": history}  # type: ignore[dict-item]
+
+    def train_epoch(self, epoch: int, order: torch.Tensor) -> float:
+        """One epoch over the images in ``order`` (batches of fewer than 2 images skipped: a contrastive batch
+        needs a negative); the mean loss of its steps."""
+        self.encoder.train()
+        augment = torch.Generator().manual_seed(self.settings.seed * 1000 + epoch)  # same draws when an epoch reruns
+        losses = []
+        size = self.settings.batch_size
+        for start in tqdm(range(0, len(order), size), desc=f"vision epoch {epoch + 1}", leave=False):
+            index = order[start : start + size]
+            if len(index) < 2:
+                continue
+            loss = self._batch_loss(index, augment)
+            self.optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters, 1.0)
+            self.optimiser.step()
+            self.schedule.step()
+            losses.append(float(loss.detach()))
+        return sum(losses) / max(len(losses), 1)
+
+    def _batch_loss(self, index: torch.Tensor, augment: torch.Generator) -> torch.Tensor:
+        """The weighted contrastive loss of the images at ``index``, plus their masked label loss when there are
+        labels."""
+        settings, heads, data = self.settings, self.heads, self.data
+        batch = data.pixels[index].float()
+        if settings.augment:
+            batch = augment_batch(batch, settings, augment)
+        hidden = self.encoder(pixel_values=batch.expand(-1, 3, -1, -1)).last_hidden_state
+        loss = settings.contrastive_weight * _contrastive_loss(heads, hidden[:, 0], data.text_embeddings[index])
+        if data.labels is not None:
+            mask = data.label_mask[index]
+            per_label = F.binary_cross_entropy_with_logits(
+                heads.labels(_patch_mean(hidden)), data.labels[index], reduction="none"
+            )
+            loss = loss + (per_label * mask).sum() / mask.sum().clamp(min=1)
+        return loss
 
 
 def _contrastive_loss(heads: _VisionHeads, cls: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:

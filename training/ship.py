@@ -395,58 +395,10 @@ def _service_rows(results: dict[str, Any]) -> list[str]:
 def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
     """The model card, every figure taken from the recipe's own output files."""
     evaluation = info["evaluation"]
-    times = {step: _step_seconds(summary, step) for step in TRAINING_STEPS}
-    time_rows = [f"| {step} | {seconds / 60:.1f} min |" for step, seconds in times.items()]
-    time_rows.append(f"| total | {sum(times.values()) / 60:.1f} min |")
-    scale = summary.get("scale", {})
+    time_rows = _time_rows(summary)
     lines = [
-        f"# Model card: {info['id']} (radlvlm's embedded default model)",
-        "",
-        "**Intended use: demonstration and pipeline testing only. Not for clinical use, not a medical device.** It",
-        "lets `radlvlm serve`, `radlvlm draft` and `radlvlm check` run out of the box, and gives integration and",
-        "validation pipelines a real model to exercise. A hospital replaces it with its own model (trained by the",
-        "same recipes on its de-identified DICOM + reports) or a converted LLaVA-Rad (`--model` /",
-        "`RADLVLM_MODEL_DIR`).",
-        "",
-        "## What it is",
-        f"- LLaVA-style: a DINOv2-architecture ViT ({scale.get('vision_layers')} layers, width "
-        f"{scale.get('vision_hidden')}, {scale.get('image_size')} px, patch 14) → MLP projector with visual-token "
-        f"pooling to {scale.get('pool', 0) ** 2} tokens → a Llama-architecture LM ({scale.get('lm_layers')} layers, "
-        f"width {scale.get('lm_hidden')}, byte-level BPE vocabulary of {summary.get('tokenizer', {}).get('vocab')}).",
-        f"- Mixture-of-LoRA-Experts on the LM's MLPs: {scale.get('experts')} experts of rank {scale.get('rank')} "
-        "per layer, top-1 routed per token.",
-        f"- Weights in float16 (``base/``, ``adapter/`` next to this card). Final stage: {info['final_stage']} "
-        f"({info['final_stage_reason']}).",
-        "- Everything trained from scratch on a 2-core CPU: no pretrained weights could be downloaded.",
-        "",
-        "## Training data and licences",
-        "- **IU-Xray / Open-i** chest X-ray reports (Demner-Fushman et al., 2016; licence CC BY-NC-ND 4.0: research",
-        "  use; cite the paper). Text only: the images could not be obtained offline. Used for the tokenizer, LM",
-        "  pretraining, error-check training (errors injected into findings or impression) and as the report text",
-        "  of label-matched pseudo-pairs.",
-        "- **NIH ChestX-ray14** (Wang et al., CVPR 2017; NIH Clinical Center, attribution requested): 1,752 frontal",
-        "  radiographs of 767 patients (762 at 512 x 512, the rest 64 x 64 thumbnails), with 14 NLP-mined finding",
-        "  labels (>90% accurate); 1,457 for training, 94 validation, 201 test, split by patient.",
-        "- **COVID-19 image data collection** (Cohen et al., 2020; per-image licences as listed in its metadata):",
-        "  423 radiographs with case-report notes.",
-        "- Splits are by patient as in the manifests; nothing from the validation or test splits was trained on.",
-        "",
-        "## What it can and cannot learn from this data",
-        "- The vision encoder is trained from scratch on about 1,700 radiographs (NIH labels, COVID diagnoses as",
-        "  pneumonia, and a contrastive loss against the report LM's text): far too few for a ViT to read findings",
-        "  well. Its per-label AUROC on held-out NIH images is below; drafts follow the image only as far as it does.",
-        "- Image-conditioned drafting comes from label-templated NIH impressions, COVID notes and **label-matched",
-        "  pseudo-pairs** (each NIH image paired with IU reports whose findings match its labels): coarse findings",
-        "  only, never location, size or fine detail, and a pseudo-pair's wording is another patient's report.",
-        "- The text-only check (findings vs impression) is learnt from IU reports with errors of 15 families injected",
-        "  into many varied copies of each report; errors that leave the report consistent with itself (a changed",
-        "  laterality the report mentions once, an added device on a normal study) cannot be seen without the image.",
-        "- Checks against the image are learnt from reports faithful to an NIH image's labels or wrong about one",
-        "  finding; they are only as good as the encoder.",
-        "- Expect fluent, radiology-styled text that is frequently wrong. Output passes the same guardrails as",
-        "  any model (identifier scan, unsupported-comparison flags, repetition loops withheld) and is labelled a",
-        "  preliminary AI draft.",
-        "",
+        *_card_intro(info, summary),
+        *_CARD_DATA_SECTIONS,
         "## Recipe and training time (2-core CPU)",
         f"`{info['recipe']}` (seed {info['seed']}; resumable: rerun it after an interruption). It trains the steps",
         "below, evaluates, aligns with DPO, and installs the better of stage 2 and DPO here.",
@@ -466,6 +418,91 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
         *_service_rows(info.get("service_results") or {}),
         *_target_rows(info.get("service_results") or {}, summary.get("vision", {}), evaluation),
     ]
+    lines += _comparison_sections(info)
+    lines += _CARD_CITATION
+    return "\n".join(lines)
+
+
+def _time_rows(summary: dict[str, Any]) -> list[str]:
+    """The training-time table's rows: minutes per step (earlier sessions included) and in all."""
+    times = {step: _step_seconds(summary, step) for step in TRAINING_STEPS}
+    time_rows = [f"| {step} | {seconds / 60:.1f} min |" for step, seconds in times.items()]
+    time_rows.append(f"| total | {sum(times.values()) / 60:.1f} min |")
+    return time_rows
+
+
+def _card_intro(info: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The card's title, intended use and what the model is (its architecture, from the recipe's scale)."""
+    scale = summary.get("scale", {})
+    return [
+        f"# Model card: {info['id']} (radlvlm's embedded default model)",
+        "",
+        "**Intended use: demonstration and pipeline testing only. Not for clinical use, not a medical device.** It",
+        "lets `radlvlm serve`, `radlvlm draft` and `radlvlm check` run out of the box, and gives integration and",
+        "validation pipelines a real model to exercise. A hospital replaces it with its own model (trained by the",
+        "same recipes on its de-identified DICOM + reports) or a converted LLaVA-Rad (`--model` /",
+        "`RADLVLM_MODEL_DIR`).",
+        "",
+        "## What it is",
+        f"- LLaVA-style: a DINOv2-architecture ViT ({scale.get('vision_layers')} layers, width "
+        f"{scale.get('vision_hidden')}, {scale.get('image_size')} px, patch 14) → MLP projector with visual-token "
+        f"pooling to {scale.get('pool', 0) ** 2} tokens → a Llama-architecture LM ({scale.get('lm_layers')} layers, "
+        f"width {scale.get('lm_hidden')}, byte-level BPE vocabulary of {summary.get('tokenizer', {}).get('vocab')}).",
+        f"- Mixture-of-LoRA-Experts on the LM's MLPs: {scale.get('experts')} experts of rank {scale.get('rank')} "
+        "per layer, top-1 routed per token.",
+        f"- Weights in float16 (``base/``, ``adapter/`` next to this card). Final stage: {info['final_stage']} "
+        f"({info['final_stage_reason']}).",
+        "- Everything trained from scratch on a 2-core CPU: no pretrained weights could be downloaded.",
+        "",
+    ]
+
+
+# The card's fixed account of the training data, its licences and what a model can learn from it.
+_CARD_DATA_SECTIONS = (
+    "## Training data and licences",
+    "- **IU-Xray / Open-i** chest X-ray reports (Demner-Fushman et al., 2016; licence CC BY-NC-ND 4.0: research",
+    "  use; cite the paper). Text only: the images could not be obtained offline. Used for the tokenizer, LM",
+    "  pretraining, error-check training (errors injected into findings or impression) and as the report text",
+    "  of label-matched pseudo-pairs.",
+    "- **NIH ChestX-ray14** (Wang et al., CVPR 2017; NIH Clinical Center, attribution requested): 1,752 frontal",
+    "  radiographs of 767 patients (762 at 512 x 512, the rest 64 x 64 thumbnails), with 14 NLP-mined finding",
+    "  labels (>90% accurate); 1,457 for training, 94 validation, 201 test, split by patient.",
+    "- **COVID-19 image data collection** (Cohen et al., 2020; per-image licences as listed in its metadata):",
+    "  423 radiographs with case-report notes.",
+    "- Splits are by patient as in the manifests; nothing from the validation or test splits was trained on.",
+    "",
+    "## What it can and cannot learn from this data",
+    "- The vision encoder is trained from scratch on about 1,700 radiographs (NIH labels, COVID diagnoses as",
+    "  pneumonia, and a contrastive loss against the report LM's text): far too few for a ViT to read findings",
+    "  well. Its per-label AUROC on held-out NIH images is below; drafts follow the image only as far as it does.",
+    "- Image-conditioned drafting comes from label-templated NIH impressions, COVID notes and **label-matched",
+    "  pseudo-pairs** (each NIH image paired with IU reports whose findings match its labels): coarse findings",
+    "  only, never location, size or fine detail, and a pseudo-pair's wording is another patient's report.",
+    "- The text-only check (findings vs impression) is learnt from IU reports with errors of 15 families injected",
+    "  into many varied copies of each report; errors that leave the report consistent with itself (a changed",
+    "  laterality the report mentions once, an added device on a normal study) cannot be seen without the image.",
+    "- Checks against the image are learnt from reports faithful to an NIH image's labels or wrong about one",
+    "  finding; they are only as good as the encoder.",
+    "- Expect fluent, radiology-styled text that is frequently wrong. Output passes the same guardrails as",
+    "  any model (identifier scan, unsupported-comparison flags, repetition loops withheld) and is labelled a",
+    "  preliminary AI draft.",
+    "",
+)
+
+_CARD_CITATION = (
+    "",
+    "## Citation",
+    "Demner-Fushman D. et al. Preparing a collection of radiology examinations for distribution and retrieval.",
+    "JAMIA 2016. Wang X. et al. ChestX-ray8. CVPR 2017. Cohen J.P. et al. COVID-19 image data collection.",
+    "arXiv:2003.11597.",
+    "",
+)
+
+
+def _comparison_sections(info: dict[str, Any]) -> list[str]:
+    """The sections that compare this model with another, where the recipe ran that other: sparse experts vs one
+    plain LoRA, and stage 2 vs DPO."""
+    lines: list[str] = []
     if info.get("lora_baseline_evaluation"):
         lines += [
             "",
@@ -481,12 +518,4 @@ def render_card(info: dict[str, Any], summary: dict[str, Any]) -> str:
             "",
             markdown_table(info["alignment"]),
         ]
-    lines += [
-        "",
-        "## Citation",
-        "Demner-Fushman D. et al. Preparing a collection of radiology examinations for distribution and retrieval.",
-        "JAMIA 2016. Wang X. et al. ChestX-ray8. CVPR 2017. Cohen J.P. et al. COVID-19 image data collection.",
-        "arXiv:2003.11597.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines

@@ -21,13 +21,14 @@ from radlvlm.errors import InputError
 from radlvlm.reports import normalize_text
 from radlvlm.tasks.injection import (
     FAMILIES,
+    InjectedError,
     _analyse,
     _family_candidates,
     applicable_edits,
     inject_error,
     inject_family,
 )
-from radlvlm.tasks.taxonomy import ErrorCategory
+from radlvlm.tasks.taxonomy import EditKind, ErrorCategory
 from radlvlm.tasks.variation import vary_report
 
 __all__ = [
@@ -209,6 +210,20 @@ def build_errorcheck_set(
         InputError: a row lacks a uid, a uid appears twice (or in two splits), a row has no split and no
             ``split_fractions`` was given, or a fraction is out of range.
     """
+    wanted = _checked_set_categories(error_fraction, split_fractions, categories)
+    by_split, skipped_empty = _reports_by_split(reports, split_fractions)
+    rows: list[dict[str, Any]] = []
+    for split in sorted(by_split):
+        rows += _split_rows(split, by_split[split], seed=seed, error_fraction=error_fraction, wanted=wanted)
+    return rows, _set_summary(rows, sorted(by_split), skipped_empty, seed)
+
+
+def _checked_set_categories(
+    error_fraction: float,
+    split_fractions: Mapping[str, float] | None,
+    categories: Iterable[ErrorCategory | str] | None,
+) -> list[ErrorCategory]:
+    """The categories :func:`build_errorcheck_set` injects; its arguments are checked before any report is read."""
     if not 0.0 < error_fraction < 1.0:
         raise InputError(f"error_fraction must be in (0, 1), got {error_fraction}")
     if split_fractions is not None and abs(sum(split_fractions.values()) - 1.0) > 1e-6:
@@ -216,6 +231,16 @@ def build_errorcheck_set(
     wanted = [ErrorCategory.parse(c) for c in categories] if categories is not None else list(ErrorCategory)
     if not wanted:
         raise InputError("no error category selected")
+    return wanted
+
+
+def _reports_by_split(
+    reports: Iterable[Mapping[str, Any]], split_fractions: Mapping[str, float] | None
+) -> tuple[dict[str, list[tuple[str, str]]], int]:
+    """``(uid, report text)`` of each study under its split, in input order, and the count of empty reports.
+
+    The split is the hash of the uid when ``split_fractions`` is given, else the row's own ``split``.
+    """
     by_split: dict[str, list[tuple[str, str]]] = {}
     seen: dict[str, int] = {}
     skipped_empty = 0
@@ -232,33 +257,58 @@ def build_errorcheck_set(
             skipped_empty += 1
             continue
         by_split.setdefault(split, []).append((uid, text))
+    return by_split, skipped_empty
 
+
+def _split_rows(
+    split: str, studies: list[tuple[str, str]], *, seed: int, error_fraction: float, wanted: list[ErrorCategory]
+) -> list[dict[str, Any]]:
+    """The rows of one split: its studies in a seeded order, the first ``error_fraction`` of those that can carry
+    a wanted error get one. Each split has its own random stream, so a split's rows do not depend on the others.
+    """
+    studies = sorted(studies, key=lambda item: _hash_int(seed, "order", item[0]))
+    rng = random.Random(f"radlvlm-errorcheck:{seed}:{split}")
+    options = {uid: [(c, e) for c, e in applicable_edits(text) if c in wanted] for uid, text in studies}
+    n_error = round(len(studies) * error_fraction)
+    # Studies that can carry no wanted error stay clean; the rest fill the error quota in seeded order.
+    can = [s for s in studies if options[s[0]]]
+    error_uids = {uid for uid, _ in can[:n_error]}
+    used: Counter[ErrorCategory] = Counter()
     rows: list[dict[str, Any]] = []
-    for split in sorted(by_split):
-        studies = sorted(by_split[split], key=lambda item: _hash_int(seed, "order", item[0]))
-        rng = random.Random(f"radlvlm-errorcheck:{seed}:{split}")
-        options = {uid: [(c, e) for c, e in applicable_edits(text) if c in wanted] for uid, text in studies}
-        n_error = round(len(studies) * error_fraction)
-        # Studies that can carry no wanted error stay clean; the rest fill the error quota in seeded order.
-        can = [s for s in studies if options[s[0]]]
-        error_uids = {uid for uid, _ in can[:n_error]}
-        used: Counter[ErrorCategory] = Counter()
-        for uid, text in studies:
-            row: dict[str, Any] = {"id": uid, "uid": uid, "split": split, "has_error": uid in error_uids}
-            if uid in error_uids:
-                # Unique categories in taxonomy order (a set's order changes with PYTHONHASHSEED).
-                unique = list(dict.fromkeys(c for c, _ in options[uid]))
-                possible = sorted(unique, key=lambda c: (used[c], rng.random()))
-                category = possible[0]
-                edits = [e for c, e in options[uid] if c is category]
-                injection_seed = _hash_int(seed, "inject", uid) % (2**31)
-                corrupted, record = inject_error(text, category, rng.choice(edits), seed=injection_seed)
-                used[category] += 1
-                row.update(text=corrupted, **record.to_dict())
-            else:
-                row.update(text=text, **_NO_ERROR)
-            rows.append(_with_targets(row))
-    summary = {
+    for uid, text in studies:
+        row: dict[str, Any] = {"id": uid, "uid": uid, "split": split, "has_error": uid in error_uids}
+        if uid in error_uids:
+            injection_seed = _hash_int(seed, "inject", uid) % (2**31)
+            corrupted, record = _inject_least_used_category(text, options[uid], used, rng, injection_seed)
+            row.update(text=corrupted, **record.to_dict())
+        else:
+            row.update(text=text, **_NO_ERROR)
+        rows.append(_with_targets(row))
+    return rows
+
+
+def _inject_least_used_category(
+    text: str,
+    options: list[tuple[ErrorCategory, EditKind]],
+    used: Counter[ErrorCategory],
+    rng: random.Random,
+    injection_seed: int,
+) -> tuple[str, InjectedError]:
+    """Inject an error of the least-used category ``text`` can carry (ties broken by ``rng``), so categories
+    spread evenly over a split; ``used`` counts the choice."""
+    # Unique categories in taxonomy order (a set's order changes with PYTHONHASHSEED).
+    unique = list(dict.fromkeys(c for c, _ in options))
+    possible = sorted(unique, key=lambda c: (used[c], rng.random()))
+    category = possible[0]
+    edits = [e for c, e in options if c is category]
+    corrupted, record = inject_error(text, category, rng.choice(edits), seed=injection_seed)
+    used[category] += 1
+    return corrupted, record
+
+
+def _set_summary(rows: list[dict[str, Any]], splits: list[str], skipped_empty: int, seed: int) -> dict[str, Any]:
+    """What :func:`build_errorcheck_set` returns beside its rows: counts per split, category and edit."""
+    return {
         "n_rows": len(rows),
         "skipped_empty_reports": skipped_empty,
         "seed": seed,
@@ -267,12 +317,16 @@ def build_errorcheck_set(
                 "n": sum(r["split"] == split for r in rows),
                 "n_error": sum(r["split"] == split and r["has_error"] for r in rows),
             }
-            for split in sorted(by_split)
+            for split in splits
         },
-        "categories": dict(sorted(Counter(r["category"] for r in rows if r["has_error"]).items())),
-        "edits": dict(sorted(Counter(r["edit"] for r in rows if r["has_error"]).items())),
+        "categories": _sorted_counts([r for r in rows if r["has_error"]], "category"),
+        "edits": _sorted_counts([r for r in rows if r["has_error"]], "edit"),
     }
-    return rows, summary
+
+
+def _sorted_counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """How many ``rows`` have each value of ``key``, sorted by value (for summaries that read the same each run)."""
+    return dict(sorted(Counter(r[key] for r in rows).items()))
 
 
 def _study_uid(row: Mapping[str, Any], index: int, seen: dict[str, int]) -> str:
@@ -339,6 +393,32 @@ def build_errorcheck_training_set(
     Raises:
         InputError: a row without uid or split, a repeated uid, a bad fraction or variant count, an unknown family.
     """
+    wanted = _checked_training_families(variants_per_report, error_fraction, families)
+    studies, skipped_empty = _read_studies(reports)
+    studies.sort(key=lambda item: _hash_int(seed, "train-order", item[0]))
+    # One random stream over all studies in their seeded order: each study's draws follow the previous one's.
+    rng = random.Random(f"radlvlm-errorcheck-train:{seed}")
+    used: Counter[str] = Counter({f: 0 for f in wanted})
+    rows: list[dict[str, Any]] = []
+    for study in studies:
+        rows += _study_variant_rows(
+            study,
+            seed=seed,
+            variants_per_report=variants_per_report,
+            error_fraction=error_fraction,
+            wanted=wanted,
+            used=used,
+            rng=rng,
+        )
+    families_used = {f: used[f] for f in wanted}
+    return rows, _training_set_summary(rows, len(studies), variants_per_report, skipped_empty, seed, families_used)
+
+
+def _checked_training_families(
+    variants_per_report: int, error_fraction: float, families: Iterable[str] | None
+) -> list[str]:
+    """The families :func:`build_errorcheck_training_set` injects (unique, in the order given); its arguments are
+    checked before any report is read."""
     if isinstance(variants_per_report, bool) or not isinstance(variants_per_report, int) or variants_per_report < 1:
         raise InputError(f"variants_per_report must be a positive integer, got {variants_per_report!r}")
     if not 0.0 < error_fraction < 1.0:
@@ -347,50 +427,91 @@ def build_errorcheck_training_set(
     unknown = [f for f in wanted if f not in FAMILIES]
     if unknown or not wanted:
         raise InputError(f"unknown or no error family {unknown}; choose from {', '.join(FAMILIES)}")
-    studies, skipped_empty = _read_studies(reports)
-    studies.sort(key=lambda item: _hash_int(seed, "train-order", item[0]))
-    rng = random.Random(f"radlvlm-errorcheck-train:{seed}")
-    used: Counter[str] = Counter({f: 0 for f in wanted})
+    return wanted
+
+
+def _study_variant_rows(
+    study: tuple[str, str, str, str],
+    *,
+    seed: int,
+    variants_per_report: int,
+    error_fraction: float,
+    wanted: list[str],
+    used: Counter[str],
+    rng: random.Random,
+) -> list[dict[str, Any]]:
+    """The ``variants_per_report`` rows of one study. ``rng`` first draws how many and which variants carry an
+    error, then, per errored variant, the tie-breaks of the family choice; ``used`` counts families chosen."""
+    uid, split, findings, impression = study
     whole, part = divmod(variants_per_report * error_fraction, 1.0)
+    n_error = int(whole) + (1 if rng.random() < part else 0)
+    errored = set(rng.sample(range(variants_per_report), n_error))
+    texts: set[str] = set()
     rows: list[dict[str, Any]] = []
-    for uid, split, findings, impression in studies:
-        n_error = int(whole) + (1 if rng.random() < part else 0)
-        errored = set(rng.sample(range(variants_per_report), n_error))
-        texts: set[str] = set()
-        for variant in range(variants_per_report):
-            text = compose_report(findings, impression)
-            for attempt in range(4 if variant else 0):
-                varied = compose_report(*vary_report(findings, impression, seed=_hash_int(seed, uid, variant, attempt)))
-                text = varied
-                if varied not in texts:
-                    break
-            texts.add(text)
-            row: dict[str, Any] = {
-                "id": f"{uid}#v{variant}",
-                "uid": uid,
-                "split": split,
-                "variant": variant,
-                "has_error": False,
-            }
-            record = None
-            if variant in errored:
-                sentences = _analyse(text)
-                for family in sorted(wanted, key=lambda f: (used[f], rng.random())):
-                    if _family_candidates(text, family, sentences):
-                        injection_seed = _hash_int(seed, "inject-train", uid, variant) % (2**31)
-                        corrupted, record = inject_family(text, family, seed=injection_seed, _sentences=sentences)
-                        used[family] += 1
-                        break
-            if record is not None:
-                row.update(has_error=True, text=corrupted, **record.to_dict())
-            else:
-                row.update(text=text, **_NO_ERROR)
-            rows.append(_with_targets(row))
+    for variant in range(variants_per_report):
+        text = _variant_text(findings, impression, uid, variant, seed, texts)
+        texts.add(text)
+        row: dict[str, Any] = {
+            "id": f"{uid}#v{variant}",
+            "uid": uid,
+            "split": split,
+            "variant": variant,
+            "has_error": False,
+        }
+        injected = None
+        if variant in errored:
+            injection_seed = _hash_int(seed, "inject-train", uid, variant) % (2**31)
+            injected = _inject_least_used_family(text, wanted, used, rng, injection_seed)
+        if injected is not None:
+            corrupted, record = injected
+            row.update(has_error=True, text=corrupted, **record.to_dict())
+        else:
+            row.update(text=text, **_NO_ERROR)
+        rows.append(_with_targets(row))
+    return rows
+
+
+def _variant_text(findings: str, impression: str, uid: str, variant: int, seed: int, texts: set[str]) -> str:
+    """Variant 0 is the report as written; the others a :func:`vary_report` rewrite, redrawn up to three times
+    while it repeats an earlier variant's text (the last draw is kept even if it does)."""
+    text = compose_report(findings, impression)
+    for attempt in range(4 if variant else 0):
+        varied = compose_report(*vary_report(findings, impression, seed=_hash_int(seed, uid, variant, attempt)))
+        text = varied
+        if varied not in texts:
+            break
+    return text
+
+
+def _inject_least_used_family(
+    text: str, wanted: list[str], used: Counter[str], rng: random.Random, injection_seed: int
+) -> tuple[str, InjectedError] | None:
+    """An error of the least-used family ``text`` can carry (ties broken by ``rng``: one draw per wanted family),
+    counted in ``used``; None when the text can carry none."""
+    sentences = _analyse(text)
+    for family in sorted(wanted, key=lambda f: (used[f], rng.random())):
+        if _family_candidates(text, family, sentences):
+            corrupted, record = inject_family(text, family, seed=injection_seed, _sentences=sentences)
+            used[family] += 1
+            return corrupted, record
+    return None
+
+
+def _training_set_summary(
+    rows: list[dict[str, Any]],
+    n_studies: int,
+    variants_per_report: int,
+    skipped_empty: int,
+    seed: int,
+    families_used: dict[str, int],
+) -> dict[str, Any]:
+    """What :func:`build_errorcheck_training_set` returns beside its rows: counts per split, family, category
+    and edit."""
     splits = sorted({r["split"] for r in rows})
     errored_rows = [r for r in rows if r["has_error"]]
-    summary = {
+    return {
         "n_rows": len(rows),
-        "n_studies": len(studies),
+        "n_studies": n_studies,
         "variants_per_report": variants_per_report,
         "skipped_empty_reports": skipped_empty,
         "seed": seed,
@@ -401,8 +522,7 @@ def build_errorcheck_training_set(
             }
             for split in splits
         },
-        "families": {f: used[f] for f in wanted},
-        "categories": dict(sorted(Counter(r["category"] for r in errored_rows).items())),
-        "edits": dict(sorted(Counter(r["edit"] for r in errored_rows).items())),
+        "families": families_used,
+        "categories": _sorted_counts(errored_rows, "category"),
+        "edits": _sorted_counts(errored_rows, "edit"),
     }
-    return rows, summary
