@@ -234,17 +234,35 @@ def build_writer_examples(
     image_variants: int = 2,
     check_rows: int = 3000,
 ) -> tuple[list[WriterExample], dict[str, Any]]:
-    """Writer examples (IU train reports, train radiographs with out-of-fold findings) and SIMPLE-check examples."""
-    from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
+    """Writer examples (IU train reports, train radiographs with out-of-fold findings) and SIMPLE-check examples.
+
+    One random stream runs through the steps in this order (cleaning, report examples, image examples, the
+    checks' shuffle, the final shuffle), so a seed gives one example set."""
     from radlvlm.tasks.drafting import draft_prompt
-    from radlvlm.training.findings import classifier_examples, out_of_fold_findings
     from radlvlm.training.sources import IUXraySource
 
     rng = random.Random(seed)
-    iu = IUXraySource(data / "iu_xray")
-    rows = [r for r in iu.rows() if r["split"] == "train"]
+    rows = [r for r in IUXraySource(data / "iu_xray").rows() if r["split"] == "train"]
     reports = [(str(r.get("findings") or ""), str(r.get("impression") or "")) for r in rows]
     bank = SentenceBank(reports)
+    cleaned = _cleaned_targets(rows, reports, bank, rng)
+    image_paths, stated, rates = _classifier_findings(data, classifier_work)
+
+    def prompt(indication: str, observations: set[str]) -> str:
+        use = indication if indication.strip() and rng.random() < 0.5 else None
+        return draft_prompt(use, sorted(observations, key=WRITER_LABELS.index))
+
+    examples = _report_examples(cleaned, rates, bank, rng, prompt, image_paths, iu_variants)
+    examples += _image_examples(cleaned, stated, bank, rng, prompt, image_paths, image_variants)
+    examples += _check_examples(rows, reports, rng, seed, check_rows)
+    rng.shuffle(examples)
+    return examples, _examples_summary(examples, rows, cleaned, bank, rates)
+
+
+def _cleaned_targets(
+    rows: list[dict[str, Any]], reports: list[tuple[str, str]], bank: SentenceBank, rng: random.Random
+) -> list[tuple[dict[str, Any], WriterTarget]]:
+    """Each train report with its unsupported statements removed (those that cannot be made consistent left out)."""
     cleaned: list[tuple[dict[str, Any], WriterTarget]] = []
     for row, (findings, impression) in zip(rows, reports, strict=True):
         if not (findings.strip() or impression.strip()):
@@ -252,6 +270,14 @@ def build_writer_examples(
         target = clean_report(findings, impression, bank, rng)
         if target is not None:
             cleaned.append((row, target))
+    return cleaned
+
+
+def _classifier_findings(data: Path, classifier_work: Path) -> tuple[list[str], dict[str, set[str]], ErrorRates]:
+    """The train radiographs with out-of-fold findings, what the classifier stated for each, and the rates at
+    which it errs against NIH's labels (what the report examples' inputs are perturbed with)."""
+    from radlvlm.training.findings import classifier_examples, out_of_fold_findings
+
     oof = out_of_fold_findings(classifier_work)
     images = [e for e in classifier_examples(data) if e.split == "train" and e.path in oof]
     truth = {
@@ -260,16 +286,24 @@ def build_writer_examples(
         if e.source == "nih"
     }
     stated = {path: set(report_labels(found.stated)) for path, found in oof.items()}
-    rates = error_rates(truth, {k: stated[k] for k in truth})
+    return [e.path for e in images], stated, error_rates(truth, {k: stated[k] for k in truth})
+
+
+def _report_examples(
+    cleaned: list[tuple[dict[str, Any], WriterTarget]],
+    rates: ErrorRates,
+    bank: SentenceBank,
+    rng: random.Random,
+    prompt: Any,
+    image_paths: list[str],
+    variants: int,
+) -> list[WriterExample]:
+    """IU train reports as drafts: as cleaned, then with the input perturbed at the classifier's error rates and
+    the target edited to match; each beside a random train radiograph (the findings line, not the image, says
+    what to write)."""
     examples: list[WriterExample] = []
-    image_paths = [e.path for e in images]
-
-    def prompt(indication: str, observations: set[str]) -> str:
-        use = indication if indication.strip() and rng.random() < 0.5 else None
-        return draft_prompt(use, sorted(observations, key=WRITER_LABELS.index))
-
     for row, target in cleaned:
-        for variant in range(iu_variants):
+        for variant in range(variants):
             wanted = set(target.observations) if variant == 0 else rates.perturb(set(target.observations), rng)
             edited = edit_to(target, wanted, bank, rng) if wanted != target.observations else target
             if edited is None:
@@ -284,15 +318,30 @@ def build_writer_examples(
                     tuple(sorted(wanted)),
                 )
             )
+    return examples
+
+
+def _image_examples(
+    cleaned: list[tuple[dict[str, Any], WriterTarget]],
+    stated: dict[str, set[str]],
+    bank: SentenceBank,
+    rng: random.Random,
+    prompt: Any,
+    image_paths: list[str],
+    variants: int,
+) -> list[WriterExample]:
+    """Train radiographs with their out-of-fold findings, each written by a cleaned report that states exactly
+    those (edited to, when none does)."""
     by_set: dict[frozenset[str], list[WriterTarget]] = defaultdict(list)
     for _, target in cleaned:
         by_set[target.observations].append(target)
-    for path, variant in ((p, v) for p in image_paths for v in range(image_variants)):
+    examples: list[WriterExample] = []
+    for path, variant in ((p, v) for p in image_paths for v in range(variants)):
         wanted = frozenset(stated[path])
         pool = by_set.get(wanted)
         # The edit re-derives the impression from the findings list (a pooled target already states them).
-        target = rng.choice(pool) if pool else rng.choice(cleaned)[1]
-        target = edit_to(target, wanted, bank, rng)
+        chosen = rng.choice(pool) if pool else rng.choice(cleaned)[1]
+        target = edit_to(chosen, wanted, bank, rng)
         if target is None:
             continue
         examples.append(
@@ -305,7 +354,17 @@ def build_writer_examples(
                 tuple(sorted(wanted)),
             )
         )
-    check_rows_built, _ = build_errorcheck_training_set(
+    return examples
+
+
+def _check_examples(
+    rows: list[dict[str, Any]], reports: list[tuple[str, str]], rng: random.Random, seed: int, simple_rows: int
+) -> list[WriterExample]:
+    """Text-only error checks over the train reports, SIMPLE and COMPLEX in the stage-2 proportion (4:1), so the
+    experts keep both answers' formats while they learn to write."""
+    from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
+
+    built, _ = build_errorcheck_training_set(
         [
             {"uid": f"iu-{r['uid']}", "split": "train", "findings": f, "impression": i}
             for r, (f, i) in zip(rows, reports, strict=True)
@@ -313,25 +372,32 @@ def build_writer_examples(
         seed=seed,
         variants_per_report=2,
     )
-    rng.shuffle(check_rows_built)
-    # SIMPLE and COMPLEX checks in the stage-2 proportion (4:1), so both answers keep their format.
-    complex_rows = check_rows // 4
-    for index, row in enumerate(check_rows_built[: check_rows + complex_rows]):
-        kind = "simple" if index < check_rows else "complex"
+    rng.shuffle(built)
+    examples = []
+    for index, row in enumerate(built[: simple_rows + simple_rows // 4]):
+        kind = "simple" if index < simple_rows else "complex"
         examples.append(
             WriterExample(
                 row["id"], errorcheck_prompt(kind, row["text"]), row[f"{kind}_target"], None, f"check_{kind}", ()
             )
         )
-    rng.shuffle(examples)
+    return examples
+
+
+def _examples_summary(
+    examples: list[WriterExample],
+    rows: list[dict[str, Any]],
+    cleaned: list[tuple[dict[str, Any], WriterTarget]],
+    bank: SentenceBank,
+    rates: ErrorRates,
+) -> dict[str, Any]:
     counts: dict[str, int] = defaultdict(int)
-    for example in examples:
-        counts[example.kind] += 1
     observed: dict[str, int] = defaultdict(int)
     for example in examples:
+        counts[example.kind] += 1
         for label in example.observations:
             observed[label] += 1
-    summary = {
+    return {
         "iu_train_reports": len(rows),
         "iu_reports_cleaned": len(cleaned),
         "bank_sentences": {k: len(v) for k, v in bank.positive.items()} | {"normal": len(bank.normal)},
@@ -339,7 +405,6 @@ def build_writer_examples(
         "observations_in_inputs": dict(observed),
         "classifier_error_rates": {"false_positive": rates.false_positive, "false_negative": rates.false_negative},
     }
-    return examples, summary
 
 
 def train_writer(
@@ -487,6 +552,15 @@ def _ci(entry: dict[str, Any] | None) -> str:
 def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
     """The model card's section on the finding classifier, the writer and the image check: the training record
     from ``model.json`` and, when ``results`` holds them, the studies through the HTTP API."""
+    lines = _card_training_lines(info)
+    lines += _card_draft_lines(info, results)
+    lines += _card_image_check_lines(info, results)
+    lines += _card_limits_lines(info["finding_classifier"])
+    return "\n".join(lines)
+
+
+def _card_training_lines(info: dict[str, Any]) -> list[str]:
+    """The release's training record (from ``model.json``): classifier, writer, time, out-of-fold AUROCs."""
     classifier = info["finding_classifier"]
     writer = info["writer"]
     lines = [
@@ -509,7 +583,8 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
         f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
         f"- Writer: {writer['steps']} steps in its last run on {sum(writer['data']['examples'].values())} examples "
         f"({', '.join(f'{k} {v}' for k, v in sorted(writer['data']['examples'].items()))}): IU train reports with "
-        "every sentence stating a side, size, device, comparison, incidental finding or advice removed, the "
+        "every sentence stating a side, a location, size, device, comparison, incidental finding or advice removed, "
+        "the "
         "labeler's findings as input (perturbed at the classifier's out-of-fold error rates, the target edited to "
         "match), and train radiographs with the classifier's out-of-fold findings; the indication is dropped from "
         "half the prompts.",
@@ -525,6 +600,12 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
     for label, entry in classifier["out_of_fold"].items():
         if entry.get("oof_auroc_nih") is not None:
             lines.append(f"| {label} | {entry['oof_auroc_nih']:.3f} | {entry.get('nih_positive_patients')} |")
+    return lines
+
+
+def _card_draft_lines(info: dict[str, Any], results: Path | None) -> list[str]:
+    """The drafting study through ``POST /v1/drafts`` (``drafts.json``), when it measured this release."""
+    lines: list[str] = []
     drafts = results / "drafts.json" if results else None
     if drafts is not None and drafts.is_file():
         report = json.loads(drafts.read_text())
@@ -566,6 +647,12 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
                     f"- COVID-19 test (out of domain, {covid['images']} abnormal radiographs): draft sensitivity "
                     f"{_ci(covid['draft_sensitivity'])}."
                 )
+    return lines
+
+
+def _card_image_check_lines(info: dict[str, Any], results: Path | None) -> list[str]:
+    """The image-check study through ``POST /v1/checks`` (``image_check.json``), when it measured this release."""
+    lines: list[str] = []
     checks = results / "image_check.json" if results else None
     if checks is not None and checks.is_file():
         report = json.loads(checks.read_text())
@@ -581,6 +668,12 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
                 + "; ".join(f"{k} {_ci(v)}" for k, v in (w.get("auroc_by_kind") or {}).items())
                 + ".",
             ]
+    return lines
+
+
+def _card_limits_lines(classifier: dict[str, Any]) -> list[str]:
+    """What the release cannot do, and where the older record starts."""
+    lines: list[str] = []
     lines += [
         "",
         "What it cannot do: it names findings, never their side, size or a comparison with a prior study; labels "
@@ -596,7 +689,7 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
         "The sections below are the record of the release this one continued from (its figures describe it).",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def card_with_section(card: str, section: str) -> str:
