@@ -54,6 +54,8 @@ def continuous_batching(vlm: Any, processor: Any, config: Any, repeats: int) -> 
     weights), 8 report prompts, the manager kept alive and warmed up (its best case)."""
     from transformers import LlamaForCausalLM
 
+    from radlvlm.tasks.errorcheck import errorcheck_prompt
+
     lm = LlamaForCausalLM(vlm.config.text_config).eval()
     weights = {f"model.{k}": v for k, v in vlm.model.language_model.state_dict().items()}
     weights |= {f"lm_head.{k}": v for k, v in vlm.lm_head.state_dict().items()}
@@ -68,7 +70,7 @@ def continuous_batching(vlm: Any, processor: Any, config: Any, repeats: int) -> 
         ]
         * 2
     ]
-    ids = [processor.prompt_ids(processor.check_prompt("complex", report, image=False)) for report in reports]
+    ids = [processor.prompt_ids(processor.chat_prompt(errorcheck_prompt("complex", r), image=False)) for r in reports]
     width = max(len(row) for row in ids)
     pad = processor.tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])  # left-padded, as generate wants

@@ -201,7 +201,7 @@ def install_command(
     writer: Annotated[Path, typer.Option(help="The writer's working folder (done.json, run/).")],
     classifier: Annotated[Path, typer.Option(help="The finding classifier's working folder.")],
     to: Annotated[Path, typer.Option(help="The model folder to replace (it keeps its model card).")],
-    model_id: Annotated[str, typer.Option(help="The installed model's id.")] = "radlvlm-embedded-cxr-0.3",
+    model_id: Annotated[str, typer.Option(help="The installed model's id.")] = "radlvlm-embedded-cxr-0.4",
     results: Annotated[
         Path | None, typer.Option(help="A folder with drafts.json / image_check.json measured on this model.")
     ] = None,
