@@ -151,8 +151,8 @@ def findings_command(
     data: DataOption,
     work: Annotated[Path, typer.Option(help="Working folder (fold checkpoints); a rerun resumes.")],
     folds: Annotated[int, typer.Option(help="Patient-grouped folds over train (one model each).")] = 3,
-    steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 700,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 160,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 1000,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
     covid: Annotated[bool, typer.Option(help="Train on the COVID-19 collection's train split too.")] = True,
     seed: int = 0,
 ) -> None:
