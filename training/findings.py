@@ -160,8 +160,9 @@ class FindingRecipe:
         steps (int, default 1000): optimiser steps per fold (~41 epochs of a fold's images; 1,500 steps at 128 px
             and weight decay 1e-4 overfitted: out-of-fold abnormal AUROC 0.689 against 0.703 at 700 steps, 160 px).
         batch_size (int, default 48), learning_rate (float, default 2e-3), weight_decay (float, default 0.05).
-        image_size (int, default 224: against 160 px, pneumonia 0.83 out of fold against 0.75), low_resolution_p (float, default 0.5): share of images sent through a
-            64 px round trip in training (the size shortcut).
+        image_size (int, default 224: against 160 px, pneumonia 0.83 out of fold against 0.75).
+        low_resolution_p (float, default 0.5): share of images sent through a 64 px round trip in training (the
+            size shortcut).
         max_pos_weight (float, default 10.0): cap of the positive-class weight (1 - p) / p per label.
         min_positive_patients (int, default 10), min_auroc (float, default 0.65): a label is *validated* (stated in
             drafts, used by image checks) when its out-of-fold AUROC over NIH train reaches ``min_auroc`` with at
