@@ -15,14 +15,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from radlvlm.errors import RadlvlmError
 from radlvlm.imaging import Image
-from radlvlm.model.generation import GenerationSettings
-from radlvlm.model.processor import RadProcessor
+from radlvlm.model.decoding import GenerationSettings
+
+if TYPE_CHECKING:
+    from radlvlm.model.processor import RadProcessor
 
 EngineImage = Image | torch.Tensor
 

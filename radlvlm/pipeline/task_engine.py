@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from radlvlm.engine.base import Engine, Generated, GenerationStream
 from radlvlm.errors import EngineError, InputError
-from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.calibration import CheckCalibrations
 from radlvlm.tasks.checking import (
     CheckRequest,
@@ -25,6 +24,9 @@ from radlvlm.tasks.checking import (
 )
 from radlvlm.tasks.drafting import DraftRequest, DraftResult, DraftStream, DraftTask, StreamDraftRequest
 from radlvlm.tasks.errorcheck import ErrorCheckTask
+
+if TYPE_CHECKING:
+    from radlvlm.model.processor import RadProcessor
 
 __all__ = ["TaskEngine", "TaskRequest", "TaskResult"]
 

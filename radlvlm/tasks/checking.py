@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, Scored, ScoreRequest, Timings
-from radlvlm.model.generation import GenerationSettings
-from radlvlm.model.processor import RadProcessor
+from radlvlm.model.decoding import GenerationSettings
 from radlvlm.tasks.calibration import CheckCalibrations
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,
@@ -27,6 +26,9 @@ from radlvlm.tasks.errorcheck import (
 )
 from radlvlm.tasks.report_input import check_input_problem
 from radlvlm.tasks.taxonomy import ErrorCategory
+
+if TYPE_CHECKING:
+    from radlvlm.model.processor import RadProcessor
 
 NOT_TRAINED_FOR_CHECKS = "this model was not trained for error checks"
 # What the error-check prompts ask a model to answer with, after "ASSISTANT:".

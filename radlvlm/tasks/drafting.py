@@ -16,14 +16,16 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Retry, Timings
 from radlvlm.errors import InputError, ReportParseError
-from radlvlm.model.generation import GenerationSettings
-from radlvlm.model.processor import RadProcessor
+from radlvlm.model.decoding import GenerationSettings
 from radlvlm.reports import normalize_text, parse_report
 from radlvlm.tasks.image_findings import findings_line
+
+if TYPE_CHECKING:
+    from radlvlm.model.processor import RadProcessor
 
 DRAFT_INSTRUCTION = "Write the findings and impression of the radiology report for this chest X-ray."
 INDICATION_LINE = "Indication: {indication}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -103,3 +105,16 @@ def test_serve_refuses_a_wrong_model_path_before_listening(tmp_path: Path, monke
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "not a model directory" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_what_the_server_imports_before_it_listens_holds_no_model_stack() -> None:
+    """``radlvlm serve`` listens first and loads the model behind it; the app, its routes and the use cases' types
+    must not pull transformers (seconds) in before the port opens (torch itself is the engine's request types)."""
+    heavy = ("transformers", "monai", "presidio_analyzer", "spacy")
+    code = (
+        "import sys\n"
+        "import radlvlm.service.app, radlvlm.service.schemas, radlvlm.pipeline.task_engine\n"
+        f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "LOADED []" in out.stdout, out.stdout + out.stderr
