@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Retry, Timings
 from radlvlm.errors import InputError, ReportParseError
 from radlvlm.model.decoding import GenerationSettings
-from radlvlm.reports import normalize_text, parse_report
+from radlvlm.reports import normalize_text, parse_report, split_sentences
 from radlvlm.tasks.image_findings import findings_line
 
 if TYPE_CHECKING:
@@ -178,6 +178,21 @@ class DraftStream:
         return None if generated is None else self._read(generated)
 
 
+def said_once(section: str) -> str:
+    """``section`` with a sentence that repeats an earlier one of the same section left out ("Pneumonia.
+    Pneumonia. Airspace opacity." reads "Pneumonia. Airspace opacity."): a small writer sometimes says a finding
+    twice, which adds nothing for the reader and says nothing new; a loop of three or more is withheld instead
+    (:func:`find_repetition`)."""
+    kept: list[str] = []
+    seen: set[str] = set()
+    for sentence in split_sentences(section) if section.strip() else []:
+        key = sentence.lower().strip(" .")
+        if key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return " ".join(kept)
+
+
 def _loops(text: str) -> bool:
     return find_repetition(text) is not None
 
@@ -240,8 +255,8 @@ class DraftTask:
             return DraftResult("", "", "", REPETITION, generated.new_tokens, model_id, generated.timings)
         draft = parse_draft(generated.text)
         return DraftResult(
-            findings=draft.findings,
-            impression=draft.impression,
+            findings=said_once(draft.findings),
+            impression=said_once(draft.impression),
             text=generated.text,
             finish_reason=generated.finish_reason,
             new_tokens=generated.new_tokens,

@@ -58,3 +58,12 @@ def test_no_iu_report_reads_as_a_loop() -> None:
     rows = [json.loads(line) for split in ("train", "validation") for line in (data / f"{split}.jsonl").open()]
     flagged = [r["uid"] for r in rows if find_repetition(f"FINDINGS: {r['findings']}\nIMPRESSION: {r['impression']}")]
     assert len(rows) > 3000 and flagged == []
+
+
+def test_a_sentence_said_twice_in_a_section_is_said_once() -> None:
+    from radlvlm.tasks.drafting import said_once
+
+    assert said_once("Pneumonia. Pneumonia. Airspace opacity.") == "Pneumonia. Airspace opacity."
+    assert said_once("No effusion. no effusion") == "No effusion."
+    kept = "The heart is normal in size. No pneumothorax. The lungs are clear."
+    assert said_once(kept) == kept and said_once("") == ""
