@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result, ScoreRequest
+from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
 from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
@@ -446,20 +447,16 @@ class VLLMEngine(BatchingEngine):
         item.future.set_result(stream)
 
     def _score(self, items: list[Pending]) -> list[dict[int, float]]:
-        scores: list[dict[int, float]] = []
-        groups: dict[tuple[int, ...], list[int]] = {}
+        """One restricted one-token ``generate`` per set of candidates (a model's checks share one set)."""
+        by_candidates: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, item in enumerate(items):
-            request: ScoreRequest = item.request  # type: ignore[assignment]
-            groups.setdefault(request.candidates, []).append(index)
-        out: dict[int, dict[int, float]] = {}
-        for candidates, indices in groups.items():
-            chosen = [items[i] for i in indices]
-            for index, completion in zip(
-                indices, self._completions(self._prompts(chosen), score_sampling(candidates)), strict=True
-            ):
-                out[index] = {c: completion.first_logprobs.get(c, -math.inf) for c in candidates}
-        scores.extend(out[i] for i in range(len(items)))
-        return scores
+            by_candidates[item.request.candidates].append(index)  # type: ignore[union-attr]
+        scores: dict[int, dict[int, float]] = {}
+        for candidates, indices in by_candidates.items():
+            prompts = self._prompts([items[i] for i in indices])
+            for index, completion in zip(indices, self._completions(prompts, score_sampling(candidates)), strict=True):
+                scores[index] = {c: completion.first_logprobs.get(c, -math.inf) for c in candidates}
+        return [scores[i] for i in range(len(items))]
 
     def _release(self) -> None:
         self.llm = None

@@ -85,11 +85,12 @@ class TaskEngine:
                 )
             return _then(answered, lambda generated: self.drafts.result(_expect(generated, Generated), self.model_id))
         task = self._check_task(request)
-        if (problem := task.problem(request)) is not None:
+        asked = task.ask(request)
+        if isinstance(asked, str):
             future: Future[Any] = Future()
-            future.set_result(unanswerable_check(request, problem, self.model_id))
+            future.set_result(unanswerable_check(request, asked, self.model_id))
             return future
-        return _then(self.engine.submit(task.engine_request(request)), lambda r: task.result(request, r, self.model_id))
+        return _then(self.engine.submit(asked), lambda r: task.result(request, r, self.model_id))
 
     def run(self, request: TaskRequest, timeout: float | None = None) -> Any:
         """Submit and wait for the result."""
@@ -105,11 +106,11 @@ class TaskEngine:
             if isinstance(request, DraftRequest):
                 asked.append((index, self.drafts.engine_request(request)))
                 continue
-            task = self._check_task(request)
-            if (problem := task.problem(request)) is not None:
-                results[index] = unanswerable_check(request, problem, self.model_id)
+            check = self._check_task(request).ask(request)
+            if isinstance(check, str):
+                results[index] = unanswerable_check(request, check, self.model_id)
             else:
-                asked.append((index, task.engine_request(request)))
+                asked.append((index, check))
         answers = self.engine.run_all([engine_request for _, engine_request in asked])
         for (index, _), answer in zip(asked, answers, strict=True):
             request = requests[index]

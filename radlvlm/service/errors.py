@@ -65,9 +65,10 @@ def error_response(
     if status >= 500 and rid is not None:
         error["request_id"] = rid
         route = scope.get("route") if scope is not None else None
-        logger.error(
-            "request %s answered %d %s on %s", rid, status, code, getattr(route, "path", scope and scope.get("path"))
-        )
+        # A fault of ours is an error; a busy, starting or slow service, or an unreachable archive, a warning.
+        level = logging.ERROR if status == 500 else logging.WARNING
+        where = getattr(route, "path", scope and scope.get("path"))
+        logger.log(level, "request %s answered %d %s on %s", rid, status, code, where)
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 

@@ -182,20 +182,35 @@ class _CheckTask:
     def prompt_ids(self, request: CheckRequest) -> tuple[int, ...]:
         return tuple(self.processor.prompt_ids(self.prompt(request)))
 
-    def problem(self, request: CheckRequest) -> str | None:
-        """Why this check cannot be done (see :func:`radlvlm.tasks.report_input.check_input_problem`, plus a
-        model not trained to check and a prompt longer than its context), or None. Answered at once, so a bad
+    def ask(self, request: CheckRequest) -> ScoreRequest | GenerateRequest | str:
+        """The engine's request for this check, or why it cannot be done (see
+        :func:`radlvlm.tasks.report_input.check_input_problem`, plus a model not trained to check and a prompt
+        longer than its context), the prompt tokenised once for both. A problem is answered at once, so a bad
         report never joins, and never fails, a batch of other clients' requests."""
         if not self.processor.profile.error_checks:
             return NOT_TRAINED_FOR_CHECKS  # a converted LLaVA-Rad, say: it would only guess
         problem = check_input_problem(request.report, with_image=request.image is not None)
+        if problem is not None:
+            return problem
+        ids = self.prompt_ids(request)
         context = self.processor.max_length
-        if problem is None and context is not None:
-            tokens = len(self.prompt_ids(request))
-            tokens += (self.processor.num_image_tokens - 1) if request.image is not None else 0
+        if context is not None:
+            tokens = len(ids) + ((self.processor.num_image_tokens - 1) if request.image is not None else 0)
             if tokens + self.answer_tokens > context:
-                problem = f"the report is too long for the model: {tokens} tokens with the prompt, context {context}"
-        return problem
+                return f"the report is too long for the model: {tokens} tokens with the prompt, context {context}"
+        return self._engine_request(request, ids)
+
+    def problem(self, request: CheckRequest) -> str | None:
+        """Why this check cannot be done, or None (:meth:`ask`)."""
+        asked = self.ask(request)
+        return asked if isinstance(asked, str) else None
+
+    def engine_request(self, request: CheckRequest) -> ScoreRequest | GenerateRequest:
+        """The engine's request for this check, whether or not it can be done (:meth:`ask` says)."""
+        return self._engine_request(request, self.prompt_ids(request))
+
+    def _engine_request(self, request: CheckRequest, ids: tuple[int, ...]) -> ScoreRequest | GenerateRequest:
+        raise NotImplementedError
 
 
 class SimpleCheckTask(_CheckTask):
@@ -211,8 +226,7 @@ class SimpleCheckTask(_CheckTask):
         self.calibrations = calibrations
         self.answer = simple_answer_tokens(processor.tokenizer)
 
-    def engine_request(self, request: CheckRequest) -> ScoreRequest | GenerateRequest:
-        ids = self.prompt_ids(request)
+    def _engine_request(self, request: CheckRequest, ids: tuple[int, ...]) -> ScoreRequest | GenerateRequest:
         if self.answer is None:
             settings = GenerationSettings(max_new_tokens=SIMPLE_ANSWER_TOKENS)
             return GenerateRequest(ids, request.image, settings)
@@ -244,9 +258,8 @@ class ComplexCheckTask(_CheckTask):
     mode = ErrorCheckTask.COMPLEX
     answer_tokens = COMPLEX_ANSWER_TOKENS
 
-    def engine_request(self, request: CheckRequest) -> GenerateRequest:
-        settings = GenerationSettings(max_new_tokens=COMPLEX_ANSWER_TOKENS)
-        return GenerateRequest(self.prompt_ids(request), request.image, settings)
+    def _engine_request(self, request: CheckRequest, ids: tuple[int, ...]) -> GenerateRequest:
+        return GenerateRequest(ids, request.image, GenerationSettings(max_new_tokens=COMPLEX_ANSWER_TOKENS))
 
     def result(self, request: CheckRequest, answered: Generated, model_id: str) -> CheckResult:
         try:
