@@ -31,6 +31,9 @@ P, N, U = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN
         ("Pacemaker leads are in place. Acute fracture of the right 5th rib.", {"Support Devices": P, "Fracture": P}),
         ("No pericardial effusion.", {"Pleural Effusion": Label.BLANK}),
         ("Stable 8 mm nodule in the right upper lobe.", {"Lung Lesion": P, "No Finding": Label.BLANK}),
+        # IU's "clear airspace disease" (4 reports) drops the "of": still a negation, not an opacity.
+        ("Lungs are expanded and clear airspace disease.", {"Lung Opacity": N, "No Finding": P}),
+        ("The lungs are clear. Airspace disease at the left base.", {"Lung Opacity": P}),
     ],
 )
 def test_hand_made_sentences(text: str, expected: dict[str, Label]) -> None:
