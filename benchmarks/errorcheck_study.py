@@ -47,18 +47,30 @@ def _iu_rows(data: Path, split: str) -> list[dict[str, Any]]:
 def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[str, Any]]]:
     """Every evaluation set as rows of ``text``, ``has_error`` (and ``image``/``view`` for image checks)."""
     from radlvlm.clinical_eval.independent_injection import build_independent_set
+    from radlvlm.reports.consistency import says_no_prior
+    from radlvlm.reports.sections import with_comparison
     from radlvlm.tasks.errorcheck import build_errorcheck_training_set
     from radlvlm.tasks.image_checks import image_check_reports
 
     sets: dict[str, list[dict[str, Any]]] = {}
     for split in splits:
         rows = _iu_rows(data, split)
+        # Each report with its study's COMPARISON section, as a radiologist's report carries it.
+        comparison = {r["uid"]: r.get("comparison") or "" for r in rows}
         independent, _ = build_independent_set(rows, seed=seed)
         sets[f"independent_{split}"] = [
-            {"text": r["text"], "has_error": r["has_error"], "family": r["family"]} for r in independent
+            {
+                "text": with_comparison(r["text"], comparison[r["uid"]]),
+                "has_error": r["has_error"],
+                "family": r["family"],
+                "no_prior": says_no_prior(comparison[r["uid"]]),
+            }
+            for r in independent
         ]
         trained, _ = build_errorcheck_training_set(rows, seed=seed, variants_per_report=1)
-        sets[f"training_injector_{split}"] = [{"text": r["text"], "has_error": r["has_error"]} for r in trained]
+        sets[f"training_injector_{split}"] = [
+            {"text": with_comparison(r["text"], comparison[r["uid"]]), "has_error": r["has_error"]} for r in trained
+        ]
         manifest = data / "nih_cxr14" / "manifest.jsonl"
         images = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
         image_rows = []
@@ -118,18 +130,23 @@ def by_family(rows: list[dict[str, Any]], model: list[bool], rules: list[bool]) 
     for row, flagged, ruled in zip(rows, model, rules, strict=True):
         if not row["has_error"]:
             continue
-        entry = families.setdefault(row["family"], {"n": 0, "model": 0, "rule_checker": 0})
+        entry = families.setdefault(row["family"], {"n": 0, "model": 0, "rule_checker": 0, "no_prior": 0})
         entry["n"] += 1
         entry["model"] += bool(flagged)
         entry["rule_checker"] += bool(ruled)
-    return {
-        name: {
+        entry["no_prior"] += bool(row.get("no_prior"))
+    out = {}
+    for name, e in sorted(families.items()):
+        out[name] = {
             "n": e["n"],
             "model_sensitivity": round(e["model"] / e["n"], 3),
             "rule_checker_sensitivity": round(e["rule_checker"] / e["n"], 3),
         }
-        for name, e in sorted(families.items())
-    }
+        if name == "unsupported_comparison":
+            # What text can reveal: a made-up change is visible only where COMPARISON says there is no prior; a
+            # report that cites a prior may describe any change.
+            out[name]["text_ceiling"] = round(e["no_prior"] / e["n"], 3)
+    return out
 
 
 def rule_checker(texts: list[str]) -> tuple[list[bool], list[float]]:

@@ -20,9 +20,9 @@ import numpy as np
 from radlvlm.clinical_eval.predictions import errorcheck_reference_text, report_reference
 from radlvlm.errors import EvaluationInputError
 from radlvlm.reports import normalize_text
-from radlvlm.reports.consistency import ConsistencyFinding, check_consistency
+from radlvlm.reports.consistency import RULE_CHECKER_THRESHOLD, ConsistencyFinding, check_consistency
 from radlvlm.reports.labeler import Label, label_report
-from radlvlm.tasks.taxonomy import ErrorCategory
+from radlvlm.tasks.calibration import RULE_KIND_CATEGORY
 
 __all__ = [
     "ConsistencyFinding",
@@ -190,17 +190,8 @@ def majority_class_predictions(
     ]
 
 
-_KIND_TO_CATEGORY = {
-    "contradiction": ErrorCategory.NEGATION_FLIP,
-    "laterality": ErrorCategory.WRONG_LOCATION,
-    "severity": ErrorCategory.WRONG_SEVERITY,
-    "impression_only": ErrorCategory.FALSE_FINDING,
-    "findings_only": ErrorCategory.OMITTED_FINDING,
-}
-
-
 def consistency_predictions(
-    target_rows: Sequence[Mapping[str, Any]], *, threshold: float = 1.0
+    target_rows: Sequence[Mapping[str, Any]], *, threshold: float = RULE_CHECKER_THRESHOLD
 ) -> list[dict[str, Any]]:
     """Error-check predictions of the consistency checker: error when the summed weights reach ``threshold``;
     the category is that of the heaviest inconsistency; confidence is ``1 - exp(-score)``."""
@@ -212,7 +203,7 @@ def consistency_predictions(
         category = None
         if has_error:
             heaviest = max(found, key=lambda f: f["weight"])  # first of equal weights, in observation order
-            category = _KIND_TO_CATEGORY[heaviest["kind"]].value
+            category = RULE_KIND_CATEGORY[heaviest["kind"]].value
         rows.append(
             {
                 "id": _id(row),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.reports.sections import with_comparison
 
 __all__ = ["calibrate_checks"]
 
@@ -31,16 +32,25 @@ def _log_odds(engine: Any, reports: list[str], images: list[Any]) -> tuple[list[
 
 
 def _choose(
-    reports: list[str], labels: list[bool], odds: list[float], source: str, seed: int, *, keep_rules: bool
+    reports: list[str],
+    labels: list[bool],
+    odds: list[float],
+    source: str,
+    seed: int,
+    *,
+    keep_rules: bool,
+    rule_floor: bool = False,
 ) -> tuple[Any, dict]:
     """The best of the three fits by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule
-    checker's findings may win (the model can then add to the rules but never replace them)."""
+    checker's findings may win (the model can then add to the rules but never replace them); with
+    ``rule_floor`` the verdict also flags every report the rule checker flags."""
     from radlvlm.tasks.calibration import fit_calibration
 
+    common: dict[str, Any] = {"source": source, "seed": seed, "rule_floor": rule_floor}
     candidates = {
-        "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, source=source, seed=seed),
-        "rules": fit_calibration(reports, labels, use_rules=True, source=source, seed=seed),
-        "model+rules": fit_calibration(reports, labels, model_log_odds=odds, use_rules=True, source=source, seed=seed),
+        "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, **common),
+        "rules": fit_calibration(reports, labels, use_rules=True, **common),
+        "model+rules": fit_calibration(reports, labels, model_log_odds=odds, use_rules=True, **common),
     }
     scores = {name: c.fitted_on for name, c in candidates.items()}
     eligible = [name for name in candidates if not keep_rules or "rules" in name]
@@ -72,11 +82,15 @@ def calibrate_checks(
         studies = [r for r in IUXraySource(data / "iu_xray").rows() if r.get("split") == "validation"]
         rows, _ = build_errorcheck_training_set(studies, seed=seed, variants_per_report=2)
         rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
-        reports, kept, odds, skipped = _log_odds(engine, [r["text"] for r in rows], [None] * len(rows))
+        # Each report as a radiologist writes it: with its study's COMPARISON section, when it has one.
+        comparison = {r["uid"]: r.get("comparison") for r in studies}
+        texts = [with_comparison(r["text"], comparison.get(r["uid"])) for r in rows]
+        reports, kept, odds, skipped = _log_odds(engine, texts, [None] * len(rows))
         labels = [bool(rows[k]["has_error"]) for k in kept]
-        # A text-only check never drops the rule checker's findings: the served check must not score below it.
+        # A text-only check never drops the rule checker's findings, and flags whatever the rule checker flags
+        # (the rule floor): the served check must not miss what the rules catch.
         text_only, summary["text_only"] = _choose(
-            reports, labels, odds, "IU-Xray validation, training injector", seed, keep_rules=True
+            reports, labels, odds, "IU-Xray validation, training injector", seed, keep_rules=True, rule_floor=True
         )
         summary["text_only"]["unanswerable"] = skipped
 

@@ -44,7 +44,8 @@ __all__ = ["CheckOutcome", "FoundError", "PreparedCheck", "check_report", "finis
 
 @dataclass(frozen=True)
 class FoundError:
-    """One error the check names: its category and where it is in the report as sent (None when unplaced)."""
+    """One error the check names: its category, where it is in the report as sent (None when unplaced), and its
+    text there, or the observation it concerns when it has no place (a rule-checker or image disagreement)."""
 
     category: str | None
     span: tuple[int, int] | None
@@ -170,7 +171,7 @@ def _text_outcome(prepared: PreparedCheck, result: CheckResult) -> CheckOutcome:
             FoundError(
                 category=finding.category.value if finding.category else None,
                 span=span,
-                text=prepared.report[span[0] : span[1]] if span else None,
+                text=prepared.report[span[0] : span[1]] if span else finding.observation,
             )
         )
     return CheckOutcome(

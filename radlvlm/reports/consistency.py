@@ -5,10 +5,25 @@ laterality-aware, no model. The serving check fuses it with the model's score
 
 from __future__ import annotations
 
-from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
-from radlvlm.reports.sections import parse_report
+import re
+from functools import cache
 
-__all__ = ["ConsistencyFinding", "check_consistency"]
+from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report, rules
+from radlvlm.reports.normalize import normalize_text, split_sentences
+from radlvlm.reports.sections import ReportSections, parse_report
+
+__all__ = [
+    "RULE_CHECKER_THRESHOLD",
+    "ConsistencyFinding",
+    "check_consistency",
+    "comparison_without_prior",
+    "says_no_prior",
+]
+
+
+# The rule checker flags a report when its inconsistencies' weights add up to this: one weight-1 finding, or two
+# of the lighter ones (see check_consistency).
+RULE_CHECKER_THRESHOLD = 1.0
 
 
 class ConsistencyFinding(dict):
@@ -29,6 +44,32 @@ def _severity(report: LabeledReport, name: str) -> int | None:
     return max(grades) if grades else None
 
 
+@cache
+def _comparison_cues() -> tuple[list[re.Pattern[str]], list[re.Pattern[str]]]:
+    table = rules()
+    return [re.compile(p) for p in table["no_prior_cues"]], [re.compile(p) for p in table["prior_reference_cues"]]
+
+
+def says_no_prior(comparison: str) -> bool:
+    """Whether a COMPARISON section says there is no prior study ("None", "None available", "No prior")."""
+    text = normalize_text(comparison, lowercase=True) if comparison.strip() else ""
+    return bool(text) and any(p.search(text) for p in _comparison_cues()[0])
+
+
+def comparison_without_prior(sections: ReportSections) -> int:
+    """How many sentences of the findings and impression presuppose a prior study ("interval resolution of",
+    "unchanged", "again seen") when the COMPARISON section says there is none: 0 without such a section."""
+    if not says_no_prior(sections.comparison):
+        return 0
+    prior_reference = _comparison_cues()[1]
+    sentences = [
+        sentence
+        for section in (sections.findings, sections.impression)
+        for sentence in split_sentences(normalize_text(section, lowercase=True))
+    ]
+    return sum(any(p.search(sentence) for p in prior_reference) for sentence in sentences)
+
+
 def check_consistency(text: str) -> list[ConsistencyFinding]:
     """Rule-based findings-vs-impression consistency check of one report.
 
@@ -37,12 +78,16 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
     laterality (1.0, ``laterality``) or severity (``severity``: 1.0 when two grades apart, mild vs severe, else
     0.5); positive in the impression but not mentioned in the findings (1.0, ``impression_only``); a definite
     finding in the findings that the impression does not carry (``findings_only``: 1.0 for an acute finding
-    under an impression that calls the study normal, else 0.5, as that is common in correct reports). A report
-    without both sections is checked for within-report contradictions only.
+    under an impression that calls the study normal, else 0.5, as that is common in correct reports); a sentence
+    that presupposes a prior study under a COMPARISON section that says there is none (1.0,
+    ``comparison_without_prior``). A report without both findings and impression is checked for within-report
+    contradictions and comparisons only.
     """
     sections = parse_report(text)
     whole = label_report(text)
     found: list[ConsistencyFinding] = []
+    if comparison_without_prior(sections):
+        found.append(ConsistencyFinding(observation="Comparison", kind="comparison_without_prior", weight=1.0))
     for name in _MAIN:
         statuses = {m.status for m in whole.mentions if m.label == name}
         if Label.POSITIVE in statuses and Label.NEGATIVE in statuses:

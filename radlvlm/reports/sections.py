@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 
 from radlvlm.errors import InputError, ReportParseError
 
-__all__ = ["SECTION_ORDER", "ReportSections", "parse_openi_xml", "parse_report"]
+__all__ = ["SECTION_ORDER", "ReportSections", "parse_openi_xml", "parse_report", "with_comparison"]
 
 logger = logging.getLogger(__name__)
 
@@ -322,3 +322,12 @@ def parse_openi_xml(source: str | os.PathLike[str] | bytes) -> ReportSections:
     bodies["examination"] = [next((c for c in captions if c), "")]
     has_findings_header = "findings" in bodies
     return _assemble(bodies, has_findings_header=has_findings_header)
+
+
+def with_comparison(report: str, comparison: str | None) -> str:
+    """``report`` with its study's COMPARISON section in front (what a radiologist's report carries, and what lets
+    a check see that "unchanged" has nothing to be unchanged from), unless it is empty or the report has one."""
+    comparison = (comparison or "").strip()
+    if not comparison or parse_report(report).comparison.strip():
+        return report
+    return f"COMPARISON: {comparison}\n{report}"

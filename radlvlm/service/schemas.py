@@ -86,7 +86,10 @@ class DraftOut(BaseModel):
 class CheckFindingOut(BaseModel):
     category: str | None
     span: tuple[int, int] | None = Field(description="Character offsets [start, end) in the submitted report")
-    text: str | None = Field(description="The report text inside the span")
+    text: str | None = Field(
+        description="The report text inside the span; without a span, the observation the error concerns (a "
+        "rule-checker inconsistency such as 'Pleural Effusion' or 'Comparison', or a disagreement with the image)"
+    )
 
 
 class LabelComparisonOut(BaseModel):

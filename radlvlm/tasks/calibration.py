@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from radlvlm.errors import InputError, ModelError
-from radlvlm.reports.consistency import check_consistency
+from radlvlm.reports.consistency import RULE_CHECKER_THRESHOLD, ConsistencyFinding, check_consistency
+from radlvlm.tasks.taxonomy import ErrorCategory
 
 __all__ = [
     "CALIBRATION_FILE",
     "MODEL_FEATURE",
     "RULE_FEATURES",
+    "RULE_KIND_CATEGORY",
+    "Assessment",
     "CheckCalibration",
     "CheckCalibrations",
     "find_calibrations",
     "fit_calibration",
+    "rule_checker_flags",
     "rule_features",
 ]
 
@@ -47,15 +51,26 @@ RULE_FEATURES = (
     "impression_only",
     "findings_only_acute",
     "findings_only_other",
+    "comparison_without_prior",
 )
+# The error category each kind of rule-checker inconsistency points to.
+RULE_KIND_CATEGORY = {
+    "contradiction": ErrorCategory.NEGATION_FLIP,
+    "laterality": ErrorCategory.WRONG_LOCATION,
+    "severity": ErrorCategory.WRONG_SEVERITY,
+    "impression_only": ErrorCategory.FALSE_FINDING,
+    "findings_only": ErrorCategory.OMITTED_FINDING,
+    "comparison_without_prior": ErrorCategory.UNSUPPORTED_COMPARISON,
+}
 CheckKind = Literal["text_only", "image"]
 _LOG_ODDS_CLIP = 30.0  # a saturated softmax gives +-inf log-odds; the fit only needs "very sure"
 
 
-def rule_features(report: str) -> dict[str, float]:
-    """How many inconsistencies of each kind the rule checker finds in ``report`` (findings vs impression)."""
+def rule_features(report: str | Sequence[ConsistencyFinding]) -> dict[str, float]:
+    """How many inconsistencies of each kind the rule checker finds in ``report`` (or its findings, already
+    read)."""
     counts = dict.fromkeys(RULE_FEATURES, 0.0)
-    for finding in check_consistency(report):
+    for finding in check_consistency(report) if isinstance(report, str) else report:
         kind = str(finding["kind"])
         if kind == "findings_only":
             kind = "findings_only_acute" if float(finding["weight"]) >= 1.0 else "findings_only_other"
@@ -63,7 +78,14 @@ def rule_features(report: str) -> dict[str, float]:
     return counts
 
 
-def _row(features: Sequence[str], model_log_odds: float | None, report: str) -> list[float]:
+def rule_checker_flags(found: Sequence[ConsistencyFinding]) -> bool:
+    """The rule checker's own verdict: its inconsistencies' weights reach :data:`RULE_CHECKER_THRESHOLD`."""
+    return sum(float(f["weight"]) for f in found) >= RULE_CHECKER_THRESHOLD
+
+
+def _row(
+    features: Sequence[str], model_log_odds: float | None, report: str | Sequence[ConsistencyFinding]
+) -> list[float]:
     values: dict[str, float] = {}
     if any(name in RULE_FEATURES for name in features):
         values.update(rule_features(report))
@@ -75,6 +97,16 @@ def _row(features: Sequence[str], model_log_odds: float | None, report: str) -> 
 
 
 @dataclass(frozen=True)
+class Assessment:
+    """One report's calibrated verdict: P(error), the verdict, and the rule checker's inconsistencies."""
+
+    error_probability: float
+    has_error: bool
+    rule_findings: tuple[ConsistencyFinding, ...]
+    rules_decided: bool  # the verdict is "error" because the rule checker flags it (the rule floor)
+
+
+@dataclass(frozen=True)
 class CheckCalibration:
     """A fitted logistic model of P(error) and the threshold at which a verdict says "error".
 
@@ -83,6 +115,9 @@ class CheckCalibration:
         coefficients, intercept: the logistic regression's weights.
         threshold: P(error) at or above which the verdict is "error" (chosen on the validation set).
         fitted_on: what it was fitted on (counts, source, the validation figures), for the model card.
+        rule_floor: when set, the verdict is also "error" wherever the rule checker alone flags the report
+            (:func:`rule_checker_flags`), so the fused check never misses what the shipped rules catch; P(error)
+            is then at least ``rule_floor`` (the share of errors among the validation reports the rules flag).
     """
 
     features: tuple[str, ...]
@@ -90,6 +125,7 @@ class CheckCalibration:
     intercept: float
     threshold: float
     fitted_on: dict[str, Any] = field(default_factory=dict)
+    rule_floor: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.features if name != MODEL_FEATURE and name not in RULE_FEATURES]
@@ -99,17 +135,30 @@ class CheckCalibration:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ModelError(f"check calibration: threshold must be in (0, 1), got {self.threshold}")
+        if self.rule_floor is not None and not 0.0 <= self.rule_floor <= 1.0:
+            raise ModelError(f"check calibration: rule_floor must be in [0, 1], got {self.rule_floor}")
 
     @property
     def uses_model(self) -> bool:
         return MODEL_FEATURE in self.features
 
-    def probability(self, model_log_odds: float | None, report: str) -> float:
-        """Calibrated P(error) of one report."""
+    def _probability(self, model_log_odds: float | None, found: Sequence[ConsistencyFinding]) -> float:
         z = self.intercept + sum(
-            w * x for w, x in zip(self.coefficients, _row(self.features, model_log_odds, report), strict=True)
+            w * x for w, x in zip(self.coefficients, _row(self.features, model_log_odds, found), strict=True)
         )
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+    def probability(self, model_log_odds: float | None, report: str) -> float:
+        """Calibrated P(error) of one report."""
+        return self.assess(model_log_odds, report).error_probability
+
+    def assess(self, model_log_odds: float | None, report: str) -> Assessment:
+        """P(error) and the verdict of one report (the rule checker reads it once)."""
+        found = tuple(check_consistency(report))
+        fitted = self._probability(model_log_odds, found)
+        if self.rule_floor is None or not rule_checker_flags(found):
+            return Assessment(fitted, fitted >= self.threshold, found, rules_decided=False)
+        return Assessment(max(fitted, self.rule_floor), True, found, rules_decided=fitted < self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +172,7 @@ class CheckCalibration:
                 intercept=float(data["intercept"]),
                 threshold=float(data["threshold"]),
                 fitted_on=dict(data.get("fitted_on", {})),
+                rule_floor=None if data.get("rule_floor") is None else float(data["rule_floor"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"check calibration: malformed entry ({type(e).__name__}: {e})") from e
@@ -172,16 +222,18 @@ def fit_calibration(
     source: str = "",
     folds: int = 5,
     seed: int = 0,
+    rule_floor: bool = False,
 ) -> CheckCalibration:
     """Fit P(error) on a validation set and choose the operating point on it.
 
     The threshold maximises Youden's J (sensitivity + specificity - 1) over out-of-fold probabilities
     (``folds``-fold cross-validation), so it is not chosen on the very predictions it was fitted to; the
-    final weights are then fitted on the whole set.
+    final weights are then fitted on the whole set. With ``rule_floor`` every report the rule checker flags is
+    flagged (see :class:`CheckCalibration`) and the threshold is chosen for the rest.
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     features = ((MODEL_FEATURE,) if model_log_odds is not None else ()) + (RULE_FEATURES if use_rules else ())
@@ -193,20 +245,24 @@ def fit_calibration(
     if y.sum() < folds or (len(y) - y.sum()) < folds:
         raise InputError(f"need at least {folds} reports with and {folds} without an error to calibrate")
     odds = list(model_log_odds) if model_log_odds is not None else [None] * len(reports)
-    x = np.array([_row(features, o, r) for o, r in zip(odds, reports, strict=True)], dtype=float)
+    found = [tuple(check_consistency(r)) for r in reports]
+    x = np.array([_row(features, o, f) for o, f in zip(odds, found, strict=True)], dtype=float)
     model = LogisticRegression(C=1.0, max_iter=1000)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = cross_val_predict(model, x, y, cv=splitter, method="predict_proba")[:, 1]
-    fpr, tpr, thresholds = roc_curve(y, out_of_fold)
-    best = int(np.argmax(tpr - fpr))
-    threshold = float(min(max(thresholds[best], 1e-6), 1 - 1e-6))
+    flagged = np.array([rule_floor and rule_checker_flags(f) for f in found], dtype=bool)
+    floor = float(y[flagged].mean()) if flagged.any() else None
+    if floor is not None:
+        out_of_fold = np.where(flagged, np.maximum(out_of_fold, floor), out_of_fold)
+    threshold = _youden_threshold(y, out_of_fold, flagged)
     model.fit(x, y)
-    verdicts = out_of_fold >= threshold
+    verdicts = (out_of_fold >= threshold) | flagged
     return CheckCalibration(
         features=features,
         coefficients=tuple(float(w) for w in model.coef_[0]),
         intercept=float(model.intercept_[0]),
         threshold=threshold,
+        rule_floor=None if floor is None else round(floor, 4),
         fitted_on={
             "source": source,
             "n": len(y),
@@ -214,6 +270,24 @@ def fit_calibration(
             "out_of_fold_auroc": round(float(roc_auc_score(y, out_of_fold)), 4),
             "out_of_fold_sensitivity": round(float(verdicts[y == 1].mean()), 4),
             "out_of_fold_specificity": round(float((~verdicts[y == 0]).mean()), 4),
-            "operating_point": "max Youden J over out-of-fold probabilities",
+            "rule_checker_flags": int(flagged.sum()),
+            "operating_point": "max Youden J over out-of-fold probabilities"
+            + (", every report the rule checker flags counted as flagged" if floor is not None else ""),
         },
     )
+
+
+def _youden_threshold(y: Any, probability: Any, always: Any) -> float:
+    """The P(error) threshold with the best sensitivity + specificity, the rows in ``always`` being flagged
+    whatever their probability (the rule floor)."""
+    import numpy as np
+
+    candidates = np.unique(probability)
+    positives, negatives = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
+    best, best_j = 0.5, -np.inf
+    for t in candidates:
+        flagged = (probability >= t) | always
+        j = flagged[y == 1].sum() / positives - flagged[y == 0].sum() / negatives
+        if j > best_j:
+            best, best_j = float(t), j
+    return float(min(max(best, 1e-6), 1 - 1e-6))

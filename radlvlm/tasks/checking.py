@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, Scored, ScoreRequest, Timings
 from radlvlm.model.decoding import GenerationSettings
-from radlvlm.tasks.calibration import CheckCalibrations
+from radlvlm.tasks.calibration import RULE_KIND_CATEGORY, CheckCalibrations, rule_checker_flags
 from radlvlm.tasks.errorcheck import (
     AnswerParseError,
     ErrorCheckTask,
@@ -52,6 +52,7 @@ class CheckRequest:
 class CheckFinding:
     category: ErrorCategory | None
     span: tuple[int, int] | None
+    observation: str | None = None  # what is inconsistent when no span is given ("Pleural Effusion", "Comparison")
 
 
 @dataclass(frozen=True)
@@ -126,19 +127,28 @@ def simple_check_result(
     """The SIMPLE verdict from the model's log-odds of " yes" over " no".
 
     With the model's calibration (:class:`radlvlm.tasks.calibration.CheckCalibrations`) P(error) is the fitted
-    probability and the verdict is taken at the threshold chosen on validation; without one, at 0.5 of the
-    renormalised yes/no probability.
+    probability and the verdict is taken at the threshold chosen on validation, or wherever the rule checker
+    flags the report when the calibration has a rule floor (the rule checker's inconsistencies are then the
+    answer's findings); without one, at 0.5 of the renormalised yes/no probability.
     """
     calibration = calibrations.for_check(with_image=request.image is not None) if calibrations else None
+    findings: list[CheckFinding] = []
     if calibration is not None:
-        p_error, threshold = calibration.probability(log_odds, request.report), calibration.threshold
+        assessed = calibration.assess(log_odds, request.report)
+        p_error, has_error = assessed.error_probability, assessed.has_error
+        if has_error and rule_checker_flags(assessed.rule_findings):
+            # What the rule checker found is said, so a reader sees which observation disagrees.
+            findings = [
+                CheckFinding(RULE_KIND_CATEGORY[str(f["kind"])], None, str(f["observation"]))
+                for f in assessed.rule_findings
+            ]
     else:
-        p_error, threshold = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, log_odds)))), 0.5
-    has_error = p_error >= threshold
+        p_error = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, log_odds))))
+        has_error = p_error >= 0.5
     return CheckResult(
         has_error=has_error,
         confidence=p_error if has_error else 1.0 - p_error,
-        findings=[],
+        findings=findings,
         text_only=request.image is None,
         mode=ErrorCheckTask.SIMPLE,
         answer_valid=True,

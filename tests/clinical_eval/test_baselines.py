@@ -18,6 +18,8 @@ from radlvlm.clinical_eval.baselines import (
     nearest_neighbour_by_indication,
 )
 from radlvlm.errors import EvaluationInputError
+from radlvlm.reports.consistency import comparison_without_prior, says_no_prior
+from radlvlm.reports.sections import ReportSections
 from radlvlm.tasks import build_errorcheck_set, parse_complex_answer
 
 NORMAL = "The heart is normal in size. The lungs are clear."
@@ -72,6 +74,15 @@ def test_majority_class() -> None:
         ("FINDINGS: The lungs are clear.\nIMPRESSION: Right pneumothorax.", ["impression_only"]),
         ("FINDINGS: Mild cardiomegaly.\nIMPRESSION: No acute disease.", ["findings_only"]),
         ("FINDINGS: Mild cardiomegaly.\nIMPRESSION: Severe cardiomegaly.", ["severity"]),
+        # A change needs a prior study: with COMPARISON saying there is none, "interval"/"unchanged" is unsupported.
+        (
+            "COMPARISON: None.\nFINDINGS: Interval resolution of the left effusion.\nIMPRESSION: Normal chest.",
+            ["comparison_without_prior"],
+        ),
+        ("COMPARISON: None available\nIMPRESSION: Unchanged exam.", ["comparison_without_prior"]),
+        ("COMPARISON: 01/02/2020\nFINDINGS: Heart size unchanged.\nIMPRESSION: No acute disease.", []),
+        ("FINDINGS: Heart size unchanged.\nIMPRESSION: No acute disease.", []),
+        ("COMPARISON: None.\nFINDINGS: Prior granulomatous disease.\nIMPRESSION: No acute disease.", []),
     ],
 )
 def test_consistency_checker(text: str, kinds: list[str]) -> None:
@@ -87,6 +98,26 @@ def test_consistency_checker_beats_chance_on_real_injected_errors() -> None:
     flagged_clean = sum(p and not t for p, t in zip(predicted, truth, strict=True))
     # it is a weak baseline, but it must flag corrupted reports more often than clean ones
     assert flagged_errors > 1.3 * flagged_clean
+
+
+def test_a_correct_report_without_a_prior_is_rarely_called_a_made_up_comparison() -> None:
+    """The COMPARISON rule on real reports written with no prior study (IU train and validation: where its cues
+    were chosen; test is left to the errorcheck study): a made-up change is flagged, correct ones seldom are."""
+    rows = [
+        json.loads(line)
+        for split in ("train", "validation")
+        for line in shared_path("iu_xray", f"{split}.jsonl").read_text().splitlines()
+    ]
+    without_prior = [r for r in rows if says_no_prior(r.get("comparison") or "")]
+    assert len(without_prior) > 1000
+    sections = [
+        ReportSections(comparison=r["comparison"], findings=r["findings"], impression=r["impression"])
+        for r in without_prior
+    ]
+    flagged = sum(comparison_without_prior(s) > 0 for s in sections)
+    assert flagged / len(without_prior) < 0.03
+    made_up = ReportSections(comparison="None.", findings="The previously seen right effusion has resolved.")
+    assert comparison_without_prior(made_up) == 1
 
 
 def test_image_retrieval_rows_need_an_embedding_per_target() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from radlvlm.errors import InputError, ModelError
+from radlvlm.reports.consistency import check_consistency
 from radlvlm.tasks.calibration import (
     CALIBRATION_FILE,
     MODEL_FEATURE,
@@ -92,3 +93,26 @@ def test_bad_calibrations_are_refused_clearly(tmp_path: Path) -> None:
         fit_calibration(CLEAN, [False, False, True])
     with pytest.raises(InputError, match="same length"):
         fit_calibration(CLEAN, [False, True])
+
+
+def test_a_rule_floor_flags_whatever_the_rule_checker_flags(tmp_path: Path) -> None:
+    """A model score that says "no" with confidence cannot overrule a contradiction the rules see; a report the
+    rules find clean is judged by the fitted probability alone."""
+    reports, labels, _ = _data(200, 1)
+    rng = random.Random(1)
+    odds = [rng.gauss(0.0, 1.0) for _ in reports]  # a model that knows nothing: the rules decide
+    floored = fit_calibration(reports, labels, model_log_odds=odds, rule_floor=True, source="synthetic")
+    assert floored.rule_floor is not None and 0.9 <= floored.rule_floor <= 1.0  # every flagged one here is wrong
+    for report in WRONG:
+        assessed = floored.assess(-3.0, report)
+        assert assessed.has_error and assessed.error_probability >= floored.rule_floor
+        assert check_consistency(report) and list(assessed.rule_findings) == check_consistency(report)
+    clean = floored.assess(0.0, CLEAN[0])
+    assert not clean.has_error and not clean.rules_decided and not clean.rule_findings
+    assert floored.fitted_on["out_of_fold_sensitivity"] == 1.0  # every wrong report here is one the rules flag
+    loaded = CheckCalibrations.load(CheckCalibrations(text_only=floored).save(tmp_path / CALIBRATION_FILE))
+    assert loaded.text_only == floored
+    plain = fit_calibration(reports, labels, model_log_odds=odds, source="synthetic")
+    assert plain.rule_floor is None
+    with pytest.raises(ModelError, match="rule_floor"):
+        CheckCalibration((MODEL_FEATURE,), (1.0,), 0.0, 0.5, rule_floor=1.5)
