@@ -56,20 +56,21 @@ def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[
     for split in splits:
         rows = _iu_rows(data, split)
         # Each report with its study's COMPARISON section, as a radiologist's report carries it.
-        comparison = {r["uid"]: r.get("comparison") or "" for r in rows}
+        comparison = {str(r["uid"]): r.get("comparison") or "" for r in rows}
         independent, _ = build_independent_set(rows, seed=seed)
         sets[f"independent_{split}"] = [
             {
-                "text": with_comparison(r["text"], comparison[r["uid"]]),
+                "text": with_comparison(r["text"], comparison[str(r["uid"])]),
                 "has_error": r["has_error"],
                 "family": r["family"],
-                "no_prior": says_no_prior(comparison[r["uid"]]),
+                "no_prior": says_no_prior(comparison[str(r["uid"])]),
             }
             for r in independent
         ]
         trained, _ = build_errorcheck_training_set(rows, seed=seed, variants_per_report=1)
         sets[f"training_injector_{split}"] = [
-            {"text": with_comparison(r["text"], comparison[r["uid"]]), "has_error": r["has_error"]} for r in trained
+            {"text": with_comparison(r["text"], comparison[str(r["uid"])]), "has_error": r["has_error"]}
+            for r in trained
         ]
         manifest = data / "nih_cxr14" / "manifest.jsonl"
         images = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]

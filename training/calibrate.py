@@ -83,8 +83,8 @@ def calibrate_checks(
         rows, _ = build_errorcheck_training_set(studies, seed=seed, variants_per_report=2)
         rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
         # Each report as a radiologist writes it: with its study's COMPARISON section, when it has one.
-        comparison = {r["uid"]: r.get("comparison") for r in studies}
-        texts = [with_comparison(r["text"], comparison.get(r["uid"])) for r in rows]
+        comparison = {str(r["uid"]): r.get("comparison") for r in studies}
+        texts = [with_comparison(r["text"], comparison[str(r["uid"])]) for r in rows]
         reports, kept, odds, skipped = _log_odds(engine, texts, [None] * len(rows))
         labels = [bool(rows[k]["has_error"]) for k in kept]
         # A text-only check never drops the rule checker's findings, and flags whatever the rule checker flags
