@@ -144,9 +144,9 @@ def by_family(rows: list[dict[str, Any]], model: list[bool], rules: list[bool]) 
             "rule_checker_sensitivity": round(e["rule_checker"] / e["n"], 3),
         }
         if name == "unsupported_comparison":
-            # What text can reveal: a made-up change is visible only where COMPARISON says there is no prior; a
-            # report that cites a prior may describe any change.
-            out[name]["text_ceiling"] = round(e["no_prior"] / e["n"], 3)
+            # What the text can prove: a made-up change is certain only where COMPARISON says there is no prior;
+            # where a prior is cited, any change may be real (a check can still find one implausible).
+            out[name]["provable_share"] = round(e["no_prior"] / e["n"], 3)
     return out
 
 

@@ -83,6 +83,14 @@ def draft_command(
     view: Annotated[str | None, typer.Option(help=VIEW_HELP)] = None,
     max_new_tokens: int = 256,
     key_file: KeyOption = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also show where the finding classifier saw each stated finding (activation_maps: transparent "
+            "PNGs, base64, to lay over the image).",
+        ),
+    ] = False,
 ) -> None:
     """Draft findings and impression for one study and print them as JSON."""
     from radlvlm.pipeline import draft_study
@@ -91,7 +99,7 @@ def draft_command(
     study = _image_file(path, view)
     runtime = _runtime(model, adapter, key_file, max_new_tokens=max_new_tokens)
     try:
-        outcome = run_guarded(lambda: draft_study(runtime, study, _caller(), indication=indication))
+        outcome = run_guarded(lambda: draft_study(runtime, study, _caller(), indication=indication, explain=explain))
     finally:
         runtime.close()
     answer = outcome.answer()

@@ -257,6 +257,45 @@ class FindingClassifier(PreTrainedModel):
                 )
         return torch.stack([self._transform(image) for image in images])
 
+    @torch.inference_mode()
+    def activation_maps(self, image: Image | torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        """Where in one radiograph the evidence for each of ``labels`` lies: class activation maps (Zhou et al.,
+        CVPR 2016), the last stage's features weighted by each label's head weights, averaged over the ensemble
+        and brought to the model input's size → (len(labels), S, S) logit contributions, positive where the
+        image speaks for the label.
+
+        Written here rather than with ``monai.visualize.CAM``: that class hooks the served module for its
+        lifetime (every later forward would keep its activations), and for a linear head over pooled features
+        the map is this one weighted sum.
+        """
+        unknown = [label for label in labels if label not in self.config.labels]
+        if unknown:
+            raise InputError(f"the classifier has no label {unknown[0]!r}")
+        index = torch.tensor([self.config.labels.index(label) for label in labels])
+        was_training = self.training
+        self.eval()
+        try:
+            pixels = self.pixel_values([image]).to(self.device, self.dtype)
+            maps = []
+            for member in self.members:
+                features = member.backbone(pixels).last_hidden_state.float()  # (1, C, h, w)
+                maps.append(torch.einsum("chw,lc->lhw", features[0], member.head.weight.float()[index]))
+        finally:
+            self.train(was_training)
+        mean = torch.stack(maps).mean(0).unsqueeze(0)
+        size = pixels.shape[-2:]
+        return torch.nn.functional.interpolate(mean, size=size, mode="bilinear", align_corners=False)[0].cpu()
+
+    def input_region(self, image: Image | torch.Tensor) -> tuple[slice, slice]:
+        """The rows and columns of the model input that show ``image`` (the rest is letterbox padding): found by
+        sending a blank image of the same shape through the same transform, so the geometry is never written
+        twice."""
+        pixels = image.pixels if isinstance(image, Image) else image
+        blank = torch.ones(pixels.shape[-2:], dtype=torch.float32)
+        inside = self._transform(blank)[0] > self._transform(torch.zeros_like(blank))[0]
+        rows, columns = inside.any(1).nonzero().flatten(), inside.any(0).nonzero().flatten()
+        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1)
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of (B, labels) logits (Platt scaling fitted out of fold)."""
         scale = torch.ones(len(self.config.labels))

@@ -8,6 +8,7 @@ engine calls, and the streaming door wraps the same two steps in a :class:`Draft
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from radlvlm.engine.base import Timings
 from radlvlm.errors import ModelError
 from radlvlm.imaging import Image
+from radlvlm.imaging.heatmap import heatmap_png, normalised_heat
 from radlvlm.pipeline.flags import Flag
 from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.output import clean_output, release_sentences
@@ -68,6 +70,7 @@ class PreparedDraft:
     request_digest: str
     deidentifier: DicomDeidentifier
     image_findings: ImageFindings | None = None
+    explain: bool = False  # the answer also shows where the classifier saw each stated finding
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -86,6 +89,7 @@ class DraftOutcome:
     request_ms: float
     study: str
     image_findings: dict[str, Any] | None = None
+    activation_maps: list[dict[str, Any]] | None = None
 
     def answer(self) -> dict[str, Any]:
         """The answer without timings: the same request gives the same answer at every door (what is audited)."""
@@ -95,6 +99,7 @@ class DraftOutcome:
             "impression": self.impression,
             "image": vars(self.image),
             "image_findings": self.image_findings,
+            "activation_maps": self.activation_maps,
             "guardrail_flags": [f.as_dict() for f in self.flags],
             "finish_reason": self.finish_reason,
         }
@@ -108,8 +113,37 @@ def read_findings(runtime: Runtime, image: Image) -> ImageFindings | None:
     return classifier.classify([image])[0]
 
 
+def finding_maps(runtime: Runtime, image: Image, found: ImageFindings) -> list[dict[str, Any]]:
+    """Where the classifier saw each finding it states: per stated label, its class activation map over the
+    image (the letterbox padding cut off) as a transparent PNG to lay over the radiograph, base64-encoded."""
+    classifier = runtime.finding_classifier
+    labels = list(found.stated)
+    if classifier is None or not labels:
+        return []
+    scores = classifier.activation_maps(image, labels)
+    rows, columns = classifier.input_region(image)
+    maps = []
+    for label, label_scores in zip(labels, scores, strict=True):
+        finding = found.get(label)
+        png = heatmap_png(normalised_heat(label_scores[rows, columns].numpy()))
+        maps.append(
+            {
+                "label": label,
+                "probability": round(finding.probability, 4),
+                "threshold": None if finding.threshold is None else round(finding.threshold, 4),
+                "png_base64": base64.b64encode(png).decode("ascii"),
+            }
+        )
+    return maps
+
+
 def prepare_draft(
-    runtime: Runtime, study: StudyInput, *, indication: str | None = None, stream: bool = False
+    runtime: Runtime,
+    study: StudyInput,
+    *,
+    indication: str | None = None,
+    stream: bool = False,
+    explain: bool = False,
 ) -> PreparedDraft:
     """Ingest, de-identify and check a study; the engine request it becomes (nothing is sent yet)."""
     runtime.ensure_auditable()
@@ -130,7 +164,7 @@ def prepare_draft(
     # The same image and indication give the same digest whichever door they came through (upload, file,
     # archive): it covers the de-identified instance's UID and pixels, and the indication as sent.
     digest = runtime.digest(image.sop_instance_uid, image.array.tobytes(), indication or "")
-    return PreparedDraft(request, image, flags, digest, deidentifier, found)
+    return PreparedDraft(request, image, flags, digest, deidentifier, found, explain)
 
 
 def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult, caller: Caller) -> DraftOutcome:
@@ -158,6 +192,7 @@ def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult,
         request_ms=elapsed_ms,
         study=prepared.image.study_instance_uid,
         image_findings=None if prepared.image_findings is None else prepared.image_findings.as_dict(),
+        activation_maps=_maps_if_asked(runtime, prepared),
     )
     runtime.record(
         caller,
@@ -172,9 +207,18 @@ def finish_draft(runtime: Runtime, prepared: PreparedDraft, result: DraftResult,
     return outcome
 
 
-def draft_study(runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None) -> DraftOutcome:
-    """Draft findings and impression for one study: the use case every door calls."""
-    prepared = prepare_draft(runtime, study, indication=indication)
+def _maps_if_asked(runtime: Runtime, prepared: PreparedDraft) -> list[dict[str, Any]] | None:
+    if not prepared.explain:
+        return None
+    return [] if prepared.image_findings is None else finding_maps(runtime, prepared.image, prepared.image_findings)
+
+
+def draft_study(
+    runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None, explain: bool = False
+) -> DraftOutcome:
+    """Draft findings and impression for one study: the use case every door calls. With ``explain`` the answer
+    also shows where the classifier saw each finding it states (:func:`finding_maps`)."""
+    prepared = prepare_draft(runtime, study, indication=indication, explain=explain)
     result = runtime.run(prepared.request)
     if not isinstance(result, DraftResult):
         raise ModelError(f"the engine answered a draft with a {type(result).__name__}")
@@ -200,10 +244,10 @@ class DraftSession:
 
 
 def start_draft_stream(
-    runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None
+    runtime: Runtime, study: StudyInput, caller: Caller, *, indication: str | None = None, explain: bool = False
 ) -> DraftSession:
     """Prepare a draft and start generating it; returns once the model has begun."""
-    prepared = prepare_draft(runtime, study, indication=indication, stream=True)
+    prepared = prepare_draft(runtime, study, indication=indication, stream=True, explain=explain)
     stream = runtime.run(prepared.request)
     if not isinstance(stream, DraftStream):
         raise ModelError(f"the engine answered a streamed draft with a {type(stream).__name__}")

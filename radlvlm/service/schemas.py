@@ -67,6 +67,16 @@ class ImageFindingsOut(BaseModel):
     labels: list[LabelFindingOut]
 
 
+class ActivationMapOut(BaseModel):
+    label: str = Field(description="A finding the draft states (the classifier's label)")
+    probability: float = Field(description="The classifier's calibrated probability of it")
+    threshold: float | None = Field(description="The probability at which it is called present")
+    png_base64: str = Field(
+        description="Where the classifier saw it: a class activation map as a transparent PNG (base64) with the "
+        "image's aspect, to stretch over the displayed radiograph; brighter and more opaque where the evidence is"
+    )
+
+
 class DraftOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -76,6 +86,11 @@ class DraftOut(BaseModel):
     image: ImageFacts
     image_findings: ImageFindingsOut | None = Field(
         default=None, description="What the finding classifier read in the image; null when the model has none"
+    )
+    activation_maps: list[ActivationMapOut] | None = Field(
+        default=None,
+        description="With explain=true: one map per stated finding (empty for a normal study or a model without a "
+        "finding classifier); null when not asked",
     )
     guardrail_flags: list[GuardrailFlag]
     finish_reason: str

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 from pydicom import dcmread
+from servicesupport import build_tiny_classifier
 from testsupport import REPORT_CORPUS, pydicom_file, write_dataset
 from tinymodels import tiny_text_config, tiny_vision_config
 from typer.testing import CliRunner
@@ -136,3 +138,17 @@ def test_draft_and_check_default_to_the_embedded_model(tmp_path: Path) -> None:
         runner.invoke(app, ["check", "--report", str(report), "--key-file", str(tmp_path / "k")]).stdout
     )
     assert unchecked["answer_valid"] is False and unchecked["has_error"] is None and "impression" in unchecked["reason"]
+
+
+def test_draft_explain_prints_where_each_stated_finding_was_seen(model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "tiny"
+    shutil.copytree(model_dir, model)
+    build_tiny_classifier(model / "findings", abnormal_threshold=0.01)  # reads "abnormal": a finding is stated
+    base = [str(pydicom_file("RG1_UNCR.dcm")), "--model", str(model), "--key-file", str(tmp_path / "k")]
+    plain = json.loads(runner.invoke(app, ["draft", *base, "--max-new-tokens", "4"]).stdout)
+    assert plain["activation_maps"] is None
+    explained = runner.invoke(app, ["draft", *base, "--max-new-tokens", "4", "--explain"])
+    assert explained.exit_code == 0, explained.output
+    body = json.loads(explained.stdout)
+    assert [m["label"] for m in body["activation_maps"]] == body["image_findings"]["stated"] == ["Effusion"]
+    assert body["activation_maps"][0]["png_base64"].startswith("iVBOR")  # a PNG

@@ -105,3 +105,35 @@ def test_stated_findings_need_the_abnormal_gate_and_a_validated_label() -> None:
     reading = _reading(0.8, Effusion=0.9)
     assert reading.as_dict()["stated"] == ["Effusion"]
     assert replace(reading.findings[1], present=False).as_dict()["present"] is False
+
+
+def test_activation_maps_decompose_the_logit_over_the_image(classifier_dir: Path) -> None:
+    """A class activation map is the label's logit spread over the image: its mean over the input is the logit
+    less the head's bias (up to the bilinear upsampling at the borders)."""
+    classifier = FindingClassifier.from_pretrained(classifier_dir)
+    with torch.no_grad():
+        for member in classifier.members:  # a head whose evidence is far from zero, so the comparison means something
+            member.head.weight.fill_(0.5)
+            member.head.bias.zero_()
+    image = _image(View.PA)
+    maps = classifier.activation_maps(image, ["Effusion", ABNORMAL])
+    size = classifier.config.image_size
+    assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
+    with torch.no_grad():
+        logits = classifier(classifier.pixel_values([image]))[0]
+    for row, label in enumerate(["Effusion", ABNORMAL]):
+        logit = float(logits[classifier.config.labels.index(label)])
+        assert logit > 0.1 and abs(float(maps[row].mean()) - logit) < 0.1 * logit
+    with pytest.raises(InputError, match="no label"):
+        classifier.activation_maps(image, ["Tuberculosis"])
+    with pytest.raises(NotFrontalError):
+        classifier.activation_maps(_image(View.LATERAL), ["Effusion"])
+
+
+def test_the_input_region_is_where_the_letterbox_put_the_image(classifier_dir: Path) -> None:
+    classifier = FindingClassifier.from_pretrained(classifier_dir)
+    size = classifier.config.image_size
+    rows, columns = classifier.input_region(torch.zeros(size * 4, size * 2))  # tall: padded left and right
+    assert (rows.start, rows.stop) == (0, size)
+    assert columns.stop - columns.start == size // 2 and columns.start == size // 4
+    assert classifier.input_region(torch.zeros(50, 50)) == (slice(0, size), slice(0, size))

@@ -3,10 +3,13 @@ check with an image compares the report with it, or says an image check is not a
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from servicesupport import build_tiny_classifier, build_tiny_model_dir, make_settings
 from testsupport import pydicom_file
 
@@ -54,6 +57,29 @@ def test_a_draft_is_given_the_classifier_findings_and_answers_with_them(
         runtime.close()
 
 
+def test_asked_to_explain_a_draft_shows_where_each_stated_finding_was_seen(
+    model_with_classifier: Path, tmp_path: Path
+) -> None:
+    settings, _, _ = make_settings(tmp_path, model_with_classifier)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        assert draft_study(runtime, _study(), CALLER).activation_maps is None  # not asked: nothing extra
+        outcome = draft_study(runtime, _study(), CALLER, explain=True)
+        maps = outcome.answer()["activation_maps"]
+        stated = outcome.image_findings["stated"]
+        assert [m["label"] for m in maps] == stated and stated
+        picture = PILImage.open(io.BytesIO(base64.b64decode(maps[0]["png_base64"])))
+        assert picture.mode == "RGBA" and max(picture.size) == 256
+        # The map has the radiograph's aspect (the letterbox padding is cut off), so it lies over the image.
+        rows, columns = outcome.image.rows, outcome.image.columns
+        assert abs(picture.size[0] / picture.size[1] - columns / rows) < 0.05
+        reading = {row["label"]: row for row in outcome.image_findings["labels"]}
+        assert maps[0]["probability"] == reading[maps[0]["label"]]["probability"]
+        assert maps[0]["threshold"] == reading[maps[0]["label"]]["threshold"]
+    finally:
+        runtime.close()
+
+
 def test_a_model_without_a_classifier_drafts_as_before_and_refuses_an_image_check(
     plain_model: Path, tmp_path: Path
 ) -> None:
@@ -61,6 +87,7 @@ def test_a_model_without_a_classifier_drafts_as_before_and_refuses_an_image_chec
     runtime = build_runtime(settings, audit=False)
     try:
         assert draft_study(runtime, _study(), CALLER).image_findings is None
+        assert draft_study(runtime, _study(), CALLER, explain=True).activation_maps == []  # nothing to show
         outcome = check_report(runtime, REPORT, CALLER, image=_study())
         assert outcome.answer_valid is False and outcome.has_error is None and outcome.reason == NO_CLASSIFIER
         assert outcome.text_only is False and outcome.answer()["image_comparison"] is None

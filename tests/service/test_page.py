@@ -45,7 +45,7 @@ def server_with_classifier(tmp_path_factory: pytest.TempPathFactory, tiny_model_
     """The tiny model with a finding classifier beside it, so the page shows image findings and an image check."""
     model = tmp_path_factory.mktemp("page") / "tiny-radlvlm"
     shutil.copytree(tiny_model_dir, model)
-    build_tiny_classifier(model / "findings")
+    build_tiny_classifier(model / "findings", abnormal_threshold=0.01)  # reads "abnormal": a finding is stated
     settings, key, check_key = make_settings(tmp_path_factory.mktemp("page-service"), model)
     uv, thread, url, app = start_server(settings)
     yield Server(url, key, check_key, settings, app)
@@ -66,10 +66,24 @@ def test_page_drafts_and_checks_a_real_study(browser, server_with_classifier: Se
     browser.find_element(By.ID, "file").send_keys(str(pydicom_file("RG1_UNCR.dcm")))
     image = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
     wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0)
+    browser.find_element(By.ID, "explain").click()
     browser.find_element(By.ID, "draft-btn").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "draft"), "Impression"))
     assert "tiny-radlvlm" in browser.find_element(By.ID, "draft").text
     assert "Image findings" in browser.find_element(By.ID, "draft").text  # what the classifier read
+    # Where: a button per stated finding lays its heat map over the radiograph, and takes it off again.
+    heat = browser.find_element(By.ID, "heat")
+    assert not heat.is_displayed()
+    button = browser.find_element(By.CSS_SELECTOR, ".where button")
+    assert button.text == "Effusion"
+    button.click()
+    wait.until(lambda d: heat.is_displayed() and d.execute_script("return arguments[0].naturalWidth", heat) > 0)
+    assert heat.get_attribute("src").startswith("data:image/png;base64,")
+    assert heat.size == image.size  # stretched over the displayed radiograph
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "page-where.png"))
+    button.click()
+    assert not heat.is_displayed()
     report = browser.find_element(By.ID, "report")
     report.clear()
     report.send_keys("FINDINGS: Small left pleural effusion. IMPRESSION: No effusion.")

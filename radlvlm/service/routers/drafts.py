@@ -20,6 +20,7 @@ from radlvlm.service.state import ServiceState
 router = APIRouter(prefix="/v1", tags=["drafts"], dependencies=[Depends(one_part_each)])
 
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503, 504)}
+EXPLAIN = "Also show where the finding classifier saw each finding it states (activation_maps)"
 
 
 async def _study(file: UploadFile | None, study_uid: str | None, view: str | None) -> StudyInput:
@@ -39,6 +40,7 @@ def draft_out(outcome: DraftOutcome) -> DraftOut:
         impression=outcome.impression,
         image=ImageFacts(**vars(outcome.image)),
         image_findings=outcome.image_findings,
+        activation_maps=outcome.activation_maps,
         guardrail_flags=[GuardrailFlag(**f.as_dict()) for f in outcome.flags],
         finish_reason=outcome.finish_reason,
         timings=TimingsOut(**outcome.timings.as_dict(), request_ms=outcome.request_ms),
@@ -70,6 +72,7 @@ async def create_draft(
         Literal["PA", "AP"] | None,
         Form(description="View of a PNG/JPEG upload (default PA, said in the answer; DICOM says its own)"),
     ] = None,
+    explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
 ) -> DraftOut:
@@ -78,7 +81,7 @@ async def create_draft(
     to review."""
     study = await _study(file, study_uid, view)
     outcome = await run_in_threadpool(
-        draft_study, state.runtime, study, Caller(principal.key_id, "http"), indication=indication
+        draft_study, state.runtime, study, Caller(principal.key_id, "http"), indication=indication, explain=explain
     )
     _count_flags(state, outcome)
     return draft_out(outcome)
@@ -99,6 +102,7 @@ async def stream_draft(
     ] = None,
     indication: Annotated[str | None, Form(max_length=2000)] = None,
     view: Annotated[Literal["PA", "AP"] | None, Form()] = None,
+    explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
 ) -> StreamingResponse:
@@ -107,7 +111,12 @@ async def stream_draft(
     Errors before the stream starts are ordinary JSON errors."""
     study = await _study(file, study_uid, view)
     session = await run_in_threadpool(
-        start_draft_stream, state.runtime, study, Caller(principal.key_id, "http"), indication=indication
+        start_draft_stream,
+        state.runtime,
+        study,
+        Caller(principal.key_id, "http"),
+        indication=indication,
+        explain=explain,
     )
 
     def events():  # type: ignore[no-untyped-def]
