@@ -60,16 +60,17 @@ def test_every_answer_is_a_calibrated_text_only_verdict(answers: list[tuple[dict
 def test_the_shipped_checker_holds_its_measured_level(answers: list[tuple[dict, dict]]) -> None:
     """Regression floor of the shipped model; a retrained model must not fall below it. Measured: release 0.2
     flagged 27 of 30 contradictions and passed 13 of 30 clean reports; 0.3 flagged 19 and passed 17; 0.4 (a new
-    writer run, its experts continued on findings-driven drafts beside the checks) flags 24 and passes 12: 36 of 60
-    each time, the balance moving between flagging and passing (the rule checker alone: 22 and 26). The floor
-    follows the shipped model, it is not the target; the margins leave room for other CPUs' float kernels."""
+    writer run, its experts continued on findings-driven drafts beside the checks) flagged 24 and passed 12; with the
+    rule checker's verdict as a floor and its recalibration, 0.4 flags 25 and passes 18 (the rule checker alone: 22
+    and 26). The floor follows the shipped model, it is not the target; the margins leave room for other CPUs'
+    float kernels."""
     flagged, contradictions, passed, clean = _counts(answers)
-    assert flagged >= 22 and passed >= 10, (flagged, contradictions, passed, clean)
+    assert flagged >= 23 and passed >= 15, (flagged, contradictions, passed, clean)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met by the shipped model: it flags 24 of 30 blatant contradictions and passes 12 of 30 "
+    reason="target not met by the shipped model: it flags 25 of 30 blatant contradictions and passes 18 of 30 "
     "clean reports (abnormal but consistent reports are flagged); strict, so a model that meets it turns this "
     "red until the target becomes the test",
 )
