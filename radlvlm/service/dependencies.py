@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from radlvlm.pipeline import check_report, deidentify_dicom, deidentify_text, draft_study, start_draft_stream
 from radlvlm.service.errors import ApiError
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
@@ -19,6 +23,24 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.radlvlm
 
 
+@dataclass(frozen=True)
+class UseCases:
+    """The use cases the routers call (:mod:`radlvlm.pipeline`'s, which every door shares), as one dependency: a
+    router's own job (reading the form, refusing bad input, shaping the answer) is then testable without a model,
+    by FastAPI's ``dependency_overrides``."""
+
+    draft: Callable[..., Any] = draft_study
+    start_draft_stream: Callable[..., Any] = start_draft_stream
+    check: Callable[..., Any] = check_report
+    deidentify_dicom: Callable[..., Any] = deidentify_dicom
+    deidentify_text: Callable[..., Any] = deidentify_text
+
+
+def get_use_cases() -> UseCases:
+    return UseCases()
+
+
+@cache  # one dependency per scope, so a test can override require("draft") by that very object
 def require(scope: str) -> Callable[..., Principal]:
     """A dependency granting access to callers whose key carries ``scope``.
 

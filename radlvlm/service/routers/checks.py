@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from radlvlm.pipeline import Caller, StudyInput, check_report
-from radlvlm.service.dependencies import get_state, one_part_each, require
+from radlvlm.pipeline import Caller, StudyInput
+from radlvlm.service.dependencies import UseCases, get_state, get_use_cases, one_part_each, require
 from radlvlm.service.schemas import CheckFindingOut, CheckOut, ErrorBody, GuardrailFlag, TimingsOut
 from radlvlm.service.security import Principal
 from radlvlm.service.state import ServiceState
@@ -32,12 +32,13 @@ async def create_check(
     ] = None,
     principal: Principal = Depends(require("check")),
     state: ServiceState = Depends(get_state),
+    cases: UseCases = Depends(get_use_cases),
 ) -> CheckOut:
     """Check a report for errors. Without an image only the report's internal consistency (findings vs
     impression) is checked, and the answer says so (``check_type: text_only``)."""
     image = StudyInput(data=await file.read(), view=view) if file is not None else None
     outcome = await run_in_threadpool(
-        check_report, state.runtime, report, Caller(principal.key_id, "http"), image=image, mode=mode
+        cases.check, state.runtime, report, Caller(principal.key_id, "http"), image=image, mode=mode
     )
     return CheckOut(
         model_id=outcome.model_id,

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from radlvlm.pipeline import Caller, deidentify_dicom, deidentify_text
-from radlvlm.service.dependencies import get_state, one_part_each, require
+from radlvlm.pipeline import Caller
+from radlvlm.service.dependencies import UseCases, get_state, get_use_cases, one_part_each, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.schemas import DeidTextOut, ErrorBody
 from radlvlm.service.security import Principal
@@ -32,6 +32,7 @@ async def deidentify(
     text: Annotated[str | None, Form(max_length=200_000, description="A report text to de-identify")] = None,
     principal: Principal = Depends(require("deid")),
     state: ServiceState = Depends(get_state),
+    cases: UseCases = Depends(get_use_cases),
 ) -> Response | DeidTextOut:
     """Give exactly one of ``file`` (answered as application/dicom) or ``text`` (answered as JSON)."""
     if (file is None) == (text is None):
@@ -39,8 +40,8 @@ async def deidentify(
     caller = Caller(principal.key_id, "http")
     if file is not None:
         data = await file.read()
-        output = await run_in_threadpool(deidentify_dicom, state.runtime, data, caller)
+        output = await run_in_threadpool(cases.deidentify_dicom, state.runtime, data, caller)
         return Response(output, media_type="application/dicom")
     assert text is not None
-    cleaned = await run_in_threadpool(deidentify_text, state.runtime, text, caller)
+    cleaned = await run_in_threadpool(cases.deidentify_text, state.runtime, text, caller)
     return DeidTextOut(text=cleaned.text, replaced=cleaned.replaced)

@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from radlvlm.errors import RadlvlmError
-from radlvlm.pipeline import Caller, DraftOutcome, StudyInput, draft_study, start_draft_stream
-from radlvlm.service.dependencies import get_state, one_part_each, require
+from radlvlm.pipeline import Caller, DraftOutcome, StudyInput
+from radlvlm.service.dependencies import UseCases, get_state, get_use_cases, one_part_each, require
 from radlvlm.service.errors import ApiError
 from radlvlm.service.schemas import DraftOut, ErrorBody, GuardrailFlag, ImageFacts, TimingsOut
 from radlvlm.service.security import Principal
@@ -75,13 +75,14 @@ async def create_draft(
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
+    cases: UseCases = Depends(get_use_cases),
 ) -> DraftOut:
     """Draft findings and impression for an uploaded image or a study in the hospital's archive. The input is
     de-identified before the model sees it; the answer is a preliminary, AI-generated draft for a radiologist
     to review."""
     study = await _study(file, study_uid, view)
     outcome = await run_in_threadpool(
-        draft_study, state.runtime, study, Caller(principal.key_id, "http"), indication=indication, explain=explain
+        cases.draft, state.runtime, study, Caller(principal.key_id, "http"), indication=indication, explain=explain
     )
     _count_flags(state, outcome)
     return draft_out(outcome)
@@ -105,13 +106,14 @@ async def stream_draft(
     explain: Annotated[bool, Form(description=EXPLAIN)] = False,
     principal: Principal = Depends(require("draft")),
     state: ServiceState = Depends(get_state),
+    cases: UseCases = Depends(get_use_cases),
 ) -> StreamingResponse:
     """The draft as server-sent events: ``text`` events carry whole sentences as soon as they are complete
     (each scanned for PHI first, so nothing unchecked leaves), then one ``done`` event with the parsed draft.
     Errors before the stream starts are ordinary JSON errors."""
     study = await _study(file, study_uid, view)
     session = await run_in_threadpool(
-        start_draft_stream,
+        cases.start_draft_stream,
         state.runtime,
         study,
         Caller(principal.key_id, "http"),
