@@ -93,7 +93,7 @@ def nearest_neighbour_by_indication(
     Returns:
         ``(rows, counts)`` with ``counts = {"retrieved", "fallback_most_common_normal"}``.
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415 - scikit-learn: only when the retrieval baseline runs
 
     pool = [r for r in train_rows if report_reference(r) and _indication(r)]
     if not pool:

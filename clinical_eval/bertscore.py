@@ -21,7 +21,7 @@ __all__ = ["bertscore"]
 
 
 def _embed(texts: Sequence[str], tokenizer: Any, model: Any, layer: int, batch_size: int, max_length: int) -> list:
-    import torch
+    import torch  # noqa: PLC0415 - torch: only when BERTScore runs
 
     out = []
     for start in range(0, len(texts), batch_size):
@@ -76,7 +76,7 @@ def bertscore(
     if not path.is_dir():
         raise EvaluationInputError(f"{path}: BERTScore encoder folder not found")
     try:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 - transformers: only when BERTScore runs
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).eval()

@@ -6,11 +6,14 @@ import io
 from importlib import resources
 from typing import Any
 
+from jinja2 import Environment, select_autoescape
+from markupsafe import Markup
+
 __all__ = ["render_report"]
 
 
 def _svg(fig: Any) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib: only when a plot is drawn
 
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
@@ -20,10 +23,10 @@ def _svg(fig: Any) -> str:
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib: only when a plot is drawn
 
     matplotlib.use("Agg")  # headless: no display on a hospital server
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib: loaded after the Agg backend is chosen
 
     plt.rcParams["svg.fonttype"] = "none"  # keep text as text: smaller and searchable
     return plt
@@ -89,8 +92,6 @@ def _calibration_plot(calibration: dict[str, Any]) -> str:
 
 def render_report(result: dict[str, Any]) -> str:
     """Render the HTML report of a study result (as :func:`run_validation_study` builds it)."""
-    from jinja2 import Environment, select_autoescape
-
     metrics = result["metrics"]
     plots: dict[str, str] = {}
     if result["task"] == "report":
@@ -107,8 +108,6 @@ def render_report(result: dict[str, Any]) -> str:
             plots["complex_confusion"] = _confusion_plot(cm["labels"], cm["matrix"])
     template = resources.files("radlvlm.clinical_eval").joinpath("templates/report.html.j2").read_text("utf-8")
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    from markupsafe import Markup
-
     return env.from_string(template).render(
         task=result["task"],
         stamp=result["stamp"],

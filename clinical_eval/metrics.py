@@ -50,7 +50,7 @@ def prf_from_counts(tp: float, fp: float, fn: float) -> tuple[float, float, floa
 def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """sacrebleu's per-study n-gram statistics (lower-cased, 13a tokens): ``[sys_len, ref_len, correct_1..4,
     total_1..4]`` per row, so any subset's corpus BLEU is a sum away."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # noqa: PLC0415 - sacrebleu: only when BLEU is scored, not at `radlvlm` start-up
 
     _check_aligned(predictions, references)
     bleu = BLEU(lowercase=True, max_ngram_order=4)
@@ -60,7 +60,7 @@ def bleu_statistics(predictions: Sequence[str], references: Sequence[str]) -> np
 def bleu_from_statistics(stats: np.ndarray, order: int) -> Callable[[np.ndarray], float]:
     """A statistic for :func:`~radlvlm.clinical_eval.stats.bootstrap`: corpus BLEU-``order`` (0-1) of the
     studies an index array selects."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # noqa: PLC0415 - sacrebleu: only when BLEU is scored, not at `radlvlm` start-up
 
     def statistic(idx: np.ndarray) -> float:
         s = stats[idx].sum(0)
@@ -83,7 +83,7 @@ def nlg_metrics(
 
     BLEU is resampled from per-study n-gram statistics, so each bootstrap replicate is a true corpus BLEU.
     """
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # noqa: PLC0415 - rouge-score: only when ROUGE is scored, not at `radlvlm` start-up
 
     n = _check_aligned(predictions, references)
     stats = bleu_statistics(predictions, references)

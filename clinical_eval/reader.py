@@ -16,10 +16,12 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, select_autoescape
 
 from radlvlm.clinical_eval.judges import REXVAL, Judge
 from radlvlm.clinical_eval.predictions import match_rows, report_reference
@@ -74,10 +76,6 @@ def _codes(rng: random.Random, n: int) -> list[str]:
 
 
 def _packet_html(reader: str, cases: list[dict[str, Any]]) -> str:
-    from importlib import resources
-
-    from jinja2 import Environment, select_autoescape
-
     template = resources.files("radlvlm.clinical_eval").joinpath("templates/reader_packet.html.j2").read_text("utf-8")
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     categories = [c.value.replace("_", " ") for c in REXVAL]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 import radlvlm
+from radlvlm.clinical_eval.bertscore import bertscore
 from radlvlm.clinical_eval.judges import Judge, JudgeResult, StructuredJudge
 from radlvlm.clinical_eval.metrics import (
     bleu_from_statistics,
@@ -145,8 +146,6 @@ def _score_report(
         "judges": {},
     }
     if bertscore_encoder is not None:
-        from radlvlm.clinical_eval.bertscore import bertscore
-
         out["bertscore"] = bertscore(
             predictions, references, bertscore_encoder, layer=bertscore_layer, n_boot=n_boot, seed=seed
         )
@@ -209,7 +208,7 @@ def _compare(
             ),
             "mcnemar": mcnemar(list(ca), list(cb)),
         }
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # noqa: PLC0415 - rouge-score: only when ROUGE is compared, not at `radlvlm` start-up
 
     refs = [report_reference(r) for r in a.references]
     scorer = rouge_scorer.RougeScorer(["rougeL"])
@@ -412,7 +411,7 @@ def _write_study(out_dir: Path, result: dict[str, Any], per_study: list[dict[str
     with (out_dir / "per_study.jsonl").open("w") as handle:
         for row in per_study:
             handle.write(json.dumps(row, default=_json_default) + "\n")
-    from radlvlm.clinical_eval.html_report import render_report
+    from radlvlm.clinical_eval.html_report import render_report  # noqa: PLC0415 - Jinja2 and matplotlib: only when report.html is written, not at `radlvlm` start-up
 
     (out_dir / "report.html").write_text(render_report(result), encoding="utf-8")
 

@@ -165,7 +165,7 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, f
     Returns:
         ``{"a_only", "b_only", "p_value"}``: studies only A got right, only B got right, and the p-value.
     """
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # noqa: PLC0415 - scipy: only when a McNemar test runs, not at `radlvlm` start-up
 
     if len(correct_a) != len(correct_b):
         raise ValueError(f"McNemar needs paired outcomes, got {len(correct_a)} and {len(correct_b)}")
@@ -178,7 +178,7 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, f
 def auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve (scikit-learn); NaN when only one class is present (a bootstrap resample can
     draw one), where scikit-learn would raise."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - scikit-learn: only when an AUROC is computed, not at `radlvlm` start-up
 
     y = np.asarray(labels, dtype=bool)
     if y.all() or not y.any():
@@ -196,7 +196,7 @@ def cohen_kappa(a: Sequence[object], b: Sequence[object], *, weights: str | None
 
     Returns 1.0 when both raters use one identical label throughout (perfect, no variance), NaN for no items.
     """
-    from sklearn.metrics import cohen_kappa_score
+    from sklearn.metrics import cohen_kappa_score  # noqa: PLC0415 - scikit-learn: only when a kappa is computed, not at `radlvlm` start-up
 
     if len(a) != len(b):
         raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
@@ -231,7 +231,7 @@ def fleiss_kappa(ratings: Sequence[Sequence[object]]) -> float:
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Kendall's tau-b between two score lists (scipy), with its p-value."""
-    from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # noqa: PLC0415 - scipy: only when a Kendall tau is computed, not at `radlvlm` start-up
 
     if len(x) != len(y):
         raise ValueError(f"Kendall tau needs paired scores, got {len(x)} and {len(y)}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 
 from radlvlm.errors import InputError
 
@@ -151,8 +151,6 @@ class StudyIdentifiers:
 
 def device_uid(model_id: str) -> UID:
     """A UID for the observer device, the same for the same model id (SR device UID, FHIR Device identifier)."""
-    from pydicom.uid import generate_uid
-
     return generate_uid(entropy_srcs=[MANUFACTURER, model_id])
 
 

@@ -22,11 +22,16 @@ from pathlib import Path
 from typing import Protocol
 
 import requests
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from radlvlm.errors import EngineError, GuardrailViolation, ModelTimeout, RadlvlmError
 from radlvlm.integrations.dicomweb import DicomWebSource, PacsError
+from radlvlm.integrations.fhir import build_diagnostic_report, diagnostic_report_to_json
+from radlvlm.integrations.hl7 import build_oru_r01, send_mllp
 from radlvlm.integrations.ledger import StudyLedger
+from radlvlm.integrations.report import DraftReport, StudyIdentifiers
+from radlvlm.integrations.sr import build_draft_sr
 from radlvlm.pipeline import Caller, Runtime, StudyInput, draft_study
 from radlvlm.pipeline.ingest import RADIOGRAPH_MODALITIES
 
@@ -117,8 +122,6 @@ class SpoolDiscovery:
 
     def fetch(self, study_uid: str) -> list[Dataset]:
         """The spooled instances of a study (the worker's ``fetch`` for spool-fed studies)."""
-        from pydicom import dcmread
-
         folder = self.spool / study_uid
         if not folder.is_dir():
             raise PacsError("the study is no longer in the spool")
@@ -244,11 +247,6 @@ class PacsPublisher:
     mllp: tuple[str, int] | None = None
 
     def __call__(self, datasets: Sequence[Dataset], findings: str, impression: str, model_id: str) -> str:
-        from radlvlm.integrations.fhir import build_diagnostic_report, diagnostic_report_to_json
-        from radlvlm.integrations.hl7 import build_oru_r01, send_mllp
-        from radlvlm.integrations.report import DraftReport, StudyIdentifiers
-        from radlvlm.integrations.sr import build_draft_sr
-
         evidence = [ds for ds in datasets if str(ds.get("Modality", "")) in RADIOGRAPH_MODALITIES]
         study_uid = str(evidence[0].StudyInstanceUID)
         sop_uid = draft_sop_instance_uid(study_uid, model_id)

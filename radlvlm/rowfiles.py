@@ -28,7 +28,7 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # noqa: PLC0415 - pyarrow: only for Parquet row files
 
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow raises several types for a damaged file

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radlvlm.errors import InputError
@@ -177,10 +177,6 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """The ``RADLVLM_*`` settings with a command's options on top (None means "not given"); a bad value is an
     ``InputError`` of one line naming each field, so every door refuses it the same way."""
-    from pydantic import ValidationError
-
-    from radlvlm.errors import InputError
-
     try:
         return Settings(**{name: value for name, value in overrides.items() if value is not None})  # type: ignore[arg-type]
     except ValidationError as e:

@@ -11,6 +11,7 @@ Importing this package loads neither Presidio nor pydicom's pixel handlers until
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
@@ -49,7 +50,5 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # Lazy: `radlvlm --help` must not pay for importing spaCy/Presidio (about a second).
     if name in _LOCATIONS:
-        import importlib
-
         return getattr(importlib.import_module(_LOCATIONS[name]), name)
     raise AttributeError(f"module 'radlvlm.safety' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from pydicom.dataset import Dataset
 
 from radlvlm.errors import DeidentificationError, RadlvlmError
+from radlvlm.imaging.dicom import dataset_to_image
 
 __all__ = ["BurnedInPolicy", "find_text_boxes", "handle_burned_in", "tesseract_available"]
 
@@ -46,7 +47,7 @@ def find_text_boxes(image: np.ndarray, min_confidence: float = 80.0) -> list[tup
             85-96 here; lung and bone texture yields "words" of 2 letters at up to 85, and of 3 at up to 62
             (RG1 chest, the cat radiograph), hence this floor and the 3-character minimum.
     """
-    import pytesseract
+    import pytesseract  # noqa: PLC0415 - pytesseract: optional OCR, only when burned-in text is looked for
 
     rows, columns = image.shape
     scale = max(1, int(np.ceil(max(rows, columns) / _MAX_OCR_SIDE)))
@@ -96,8 +97,6 @@ def handle_burned_in(ds: Dataset, policy: BurnedInPolicy, name: str) -> str:
 
 
 def _display_uint8(ds: Dataset, name: str) -> np.ndarray:
-    from radlvlm.imaging.dicom import dataset_to_image
-
     try:
         image = dataset_to_image(ds, name=name)
     except RadlvlmError as e:

@@ -41,6 +41,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 import radlvlm
 from radlvlm.errors import DeidentificationError, NotDicomError
+from radlvlm.imaging.dicom import parse_dicom_bytes
 from radlvlm.safety.burned_in import BurnedInPolicy, handle_burned_in
 from radlvlm.safety.profile import OPTION_COLUMNS, DeidOptions, lookup_row, resolve_action
 from radlvlm.safety.pseudonyms import PseudonymMap
@@ -117,7 +118,7 @@ class DicomDeidentifier:
         if self._text is None:
             # Imported here: Presidio's import loads transformers and torch (seconds), which de-identifying
             # DICOM without free-text cleaning never needs.
-            from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig
+            from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig  # noqa: PLC0415 - Presidio: loaded only when text is de-identified or scanned
 
             self._text = ReportDeidentifier(TextDeidConfig())
         return self._text
@@ -371,8 +372,6 @@ class DicomDeidentifier:
         than its header declares, or without its SOP UIDs is refused, and so is an output that cannot be
         encoded. Raises ``DeidentificationError`` naming the input and the reason, never a value.
         """
-        from radlvlm.imaging.dicom import parse_dicom_bytes
-
         try:
             ds = parse_dicom_bytes(data, name=name)
         except NotDicomError as e:

@@ -16,14 +16,15 @@ offset when one is given.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
-from presidio_analyzer.nlp_engine import NlpArtifacts, NoOpNlpEngine
-from presidio_analyzer.predefined_recognizers import IpRecognizer, PhoneRecognizer
+from presidio_analyzer.nlp_engine import NlpArtifacts, NoOpNlpEngine, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import IpRecognizer, PhoneRecognizer, SpacyRecognizer
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 
@@ -415,8 +416,6 @@ class ReportDeidentifier:
         if self.config.allowlist:
             registry.add_recognizer(self._allowlist)
         if self.config.spacy_model is not None:
-            from presidio_analyzer.predefined_recognizers import SpacyRecognizer
-
             # NER from the installed pipeline, for names and places with no cue; organisations count as places.
             registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON", "LOCATION", "ORGANIZATION"]))
         self._analyzer = AnalyzerEngine(
@@ -429,13 +428,11 @@ class ReportDeidentifier:
             engine = NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}])
             engine.load()
             return engine
-        import importlib.util
 
         if importlib.util.find_spec(self.config.spacy_model) is None:
             raise InputError(
                 f"spaCy model package {self.config.spacy_model!r} is not installed (nothing is downloaded at run time)"
             )
-        from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
         spacy_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": self.config.spacy_model}])
         spacy_engine.load()

@@ -19,12 +19,15 @@ from typing import Any
 
 from radlvlm.errors import InputError
 from radlvlm.reports.sections import with_comparison
+from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations, fit_calibration
+from radlvlm.tasks.errorcheck import build_errorcheck_training_set
+from radlvlm.tasks.image_checks import image_check_reports
 
 __all__ = ["calibrate_checks"]
 
 
 def _log_odds(engine: Any, reports: list[str], images: list[Any]) -> tuple[list[str], list[bool], list[float], int]:
-    from radlvlm.tasks.checking import CheckRequest
+    from radlvlm.tasks.checking import CheckRequest  # noqa: PLC0415 - torch (tasks.checking): only when a model is calibrated
 
     results = engine.run_all([CheckRequest(report=r, image=i) for r, i in zip(reports, images, strict=True)])
     kept = [(k, res.model_log_odds) for k, res in enumerate(results) if res.model_log_odds is not None]
@@ -44,8 +47,6 @@ def _choose(
     """The best of the three fits by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule
     checker's findings may win (the model can then add to the rules but never replace them); with
     ``rule_floor`` the verdict also flags every report the rule checker flags."""
-    from radlvlm.tasks.calibration import fit_calibration
-
     common: dict[str, Any] = {"source": source, "seed": seed, "rule_floor": rule_floor}
     candidates = {
         "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, **common),
@@ -62,13 +63,10 @@ def calibrate_checks(
     data: Path, model_dir: Path, adapter: Path | None, *, seed: int = 0, limit: int | None = None
 ) -> dict[str, Any]:
     """Fit and save ``check_calibration.json`` for the model at ``model_dir`` (+ ``adapter``); returns a summary."""
-    from radlvlm.engine.torch_engine import TorchEngine
-    from radlvlm.model.pretrained import load_pretrained
-    from radlvlm.pipeline.task_engine import TaskEngine
-    from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations
-    from radlvlm.tasks.errorcheck import build_errorcheck_training_set
-    from radlvlm.tasks.image_checks import image_check_reports
-    from radlvlm.training.sources import IUXraySource, NIHSource, Record
+    from radlvlm.engine.torch_engine import TorchEngine  # noqa: PLC0415 - torch, transformers: only when a model is calibrated
+    from radlvlm.model.pretrained import load_pretrained  # noqa: PLC0415 - torch, transformers: only when a model is calibrated
+    from radlvlm.pipeline.task_engine import TaskEngine  # noqa: PLC0415 - torch (pipeline.task_engine): only when a model is calibrated
+    from radlvlm.training.sources import IUXraySource, NIHSource, Record  # noqa: PLC0415 - torch, MONAI (training.sources): only when a model is calibrated
 
     for folder in ("iu_xray", "nih_cxr14"):
         if not (data / folder).is_dir():

@@ -52,6 +52,9 @@ import torch
 from torch.utils.data import Dataset
 
 from radlvlm.errors import InputError
+from radlvlm.tasks import build_errorcheck_set, build_errorcheck_training_set, errorcheck_prompt
+from radlvlm.tasks.drafting import draft_prompt, draft_target
+from radlvlm.tasks.image_checks import image_check_reports
 from radlvlm.training.sources import SPLITS, TASKS, Drop, ImageRef, Note, Record, Source
 
 __all__ = [
@@ -473,8 +476,6 @@ def _read_records(sources: list[Source], split: str, report: DatasetReport) -> l
 def _draft_entries(draft_pool: list[Record], wanted: int, mixture: TaskMixture, split: str, seed: int) -> list[_Entry]:
     """``wanted`` drafting examples: the first studies of the pool in a seeded order (a hash, so a study keeps its
     place whatever else the pool holds)."""
-    from radlvlm.tasks.drafting import draft_prompt, draft_target
-
     entries: list[_Entry] = []
     chosen = sorted(draft_pool, key=lambda r: _rank(seed, "draft", r.source, r.study_id))[:wanted]
     for record in chosen:
@@ -506,8 +507,6 @@ def _check_entries(
     seed: int,
 ) -> list[_Entry]:
     """``wanted`` examples of error-check ``task`` (SIMPLE or COMPLEX ``kind``), in the order of their rows."""
-    from radlvlm.tasks import errorcheck_prompt
-
     pool = [r for r in check_pool if task in r.tasks]
     ranked = sorted(pool, key=lambda r: _rank(seed, task, r.source, r.study_id))
     chosen, rows = _check_rows(ranked, task, wanted, variants, mixture.error_fraction, split, seed)
@@ -544,8 +543,6 @@ def _check_rows(
     (:func:`build_errorcheck_training_set`); the rows are then down-sampled to the plan by a seeded hash, so
     shares stay shares of examples.
     """
-    from radlvlm.tasks import build_errorcheck_set, build_errorcheck_training_set
-
     task_seed = _rank(seed, task) % (2**31)
     if variants == 1:
         chosen = ranked[:wanted]
@@ -570,9 +567,6 @@ def _report_rows(records: list[Record], split: str) -> list[dict[str, Any]]:
 def _image_check_entries(image_pool: list[Record], wanted: int, split: str, seed: int) -> list[_Entry]:
     """``wanted`` SIMPLE checks against the image: per labelled image (seeded order) one report faithful to its
     labels and one wrong about a finding; an odd ``wanted`` leaves out the last image's second report."""
-    from radlvlm.tasks import errorcheck_prompt
-    from radlvlm.tasks.image_checks import image_check_reports
-
     ranked = sorted(image_pool, key=lambda r: _rank(seed, "check_image", r.source, r.study_id))
     image_entries: list[_Entry] = []
     for record in ranked[: math.ceil(wanted / 2)]:

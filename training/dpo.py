@@ -31,9 +31,11 @@ Only the adapter (MoLE experts and routers, or LoRA) trains, plus the projector 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,11 +45,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from radlvlm.errors import InputError
+from radlvlm.model.pretrained import load_pretrained
 from radlvlm.model.processor import RadProcessor
 from radlvlm.training.preferences import (
     COUNTS_FILE,
@@ -61,6 +65,7 @@ from radlvlm.training.preferences import (
     write_preferences,
 )
 from radlvlm.training.recipe import Recipe
+from radlvlm.training.sources import sources_from_config
 from radlvlm.training.trainer import JsonlMetrics, RadTrainer, prepare_model, save_outputs
 
 __all__ = [
@@ -260,15 +265,9 @@ def preference_logps(
     progress: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """``{pair_id: (log p(chosen), log p(rejected))}`` under ``model`` (eval mode, no gradient)."""
-    import contextlib
-
     collator = PreferenceCollator(processor)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda x: x)
     if progress:
-        import sys
-
-        from tqdm.auto import tqdm
-
         loader = tqdm(loader, desc="reference log-probabilities", file=sys.stderr)  # type: ignore[assignment]
     was_training = model.training
     model.eval()
@@ -386,13 +385,10 @@ def prepare_preferences(recipe: Recipe, *, progress: bool = True, dry_run: bool 
         pairs = {split: read_preferences(directory, split) for split in settings.splits}
         check_no_leakage(pairs)
         return PreferenceSet(pairs, json.loads((directory / COUNTS_FILE).read_text()))
-    from radlvlm.training.sources import sources_from_config
 
     sources = sources_from_config(recipe.data.sources)
     sampler = None
     if not dry_run and settings.model_samples is not None:
-        from radlvlm.model.pretrained import load_pretrained
-
         args = recipe.training
         dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
         model, processor = load_pretrained(recipe.model.base, adapter=recipe.model.adapter_init, dtype=dtype)

@@ -33,9 +33,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from radlvlm.clinical_eval.judges import StructuredJudge
+from radlvlm.clinical_eval.metrics import prf_from_counts
+from radlvlm.clinical_eval.stats import bootstrap, mcnemar, paired_bootstrap
 from radlvlm.errors import InputError
+from radlvlm.model.generation import GenerationSettings, generate
+from radlvlm.model.pretrained import load_pretrained
+from radlvlm.reports.labeler import CHEXPERT_14, label_report
+from radlvlm.safety.guardrails import output_findings
+from radlvlm.tasks import parse_simple_answer
+from radlvlm.tasks.checking import COMPLEX_ANSWER_TOKENS
+from radlvlm.tasks.drafting import draft_prompt, draft_target, parse_draft
+from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
+from radlvlm.tasks.taxonomy import ErrorCategory
+from radlvlm.training.data import TaskMixture, build_examples
+from radlvlm.training.preferences import _rank, collect_drafting_records, out_of_scope_views
 from radlvlm.training.recipe import Recipe
+from radlvlm.training.sources import sources_from_config
 
 __all__ = ["evaluate_alignment", "markdown_table"]
 
@@ -58,13 +74,9 @@ def _generate(
     progress: str | None,
 ) -> list[str]:
     """Greedy answers to ``(instruction, image or None)`` items, batched."""
-    from radlvlm.model.generation import GenerationSettings, generate
-
     settings = GenerationSettings(strategy="greedy", max_new_tokens=max_new_tokens)
     chunks: Any = _batches(items, batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc=progress, file=sys.stderr)
     texts: list[str] = []
     for chunk in chunks:
@@ -75,8 +87,6 @@ def _generate(
 
 
 def _estimate(values: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float], n_boot: int, seed: int) -> Any:
-    from radlvlm.clinical_eval.stats import bootstrap
-
     return bootstrap(lambda idx: statistic(values, idx), len(values), n_boot=n_boot, seed=seed).as_dict()
 
 
@@ -85,20 +95,12 @@ def _mean(values: np.ndarray, idx: np.ndarray) -> float:
 
 
 def _micro_f1(values: np.ndarray, idx: np.ndarray) -> float:
-    from radlvlm.clinical_eval.metrics import prf_from_counts
-
     tp, fp, fn = values[idx].sum(axis=0)
     return prf_from_counts(tp, fp, fn)[2]
 
 
 def _per_study(drafts: Sequence[str], references: Sequence[str], deidentifier: Any) -> dict[str, np.ndarray]:
     """Per-study outcome arrays of one model's drafts (the rows line up with ``references``)."""
-    from radlvlm.clinical_eval.judges import StructuredJudge
-    from radlvlm.reports.labeler import CHEXPERT_14, label_report
-    from radlvlm.safety.guardrails import output_findings
-    from radlvlm.tasks.drafting import parse_draft
-    from radlvlm.tasks.taxonomy import ErrorCategory
-
     judge = StructuredJudge()
     rows: dict[str, list[Any]] = {k: [] for k in ("false", "omitted", "comparison", "identifier", "abstained", "f1")}
     for draft, reference in zip(drafts, references, strict=True):
@@ -158,8 +160,7 @@ def evaluate_alignment(
     Raises:
         InputError: a model directory is missing, or the split has no drafting study.
     """
-    from radlvlm.safety.text_deid import ReportDeidentifier
-    from radlvlm.training.sources import sources_from_config
+    from radlvlm.safety.text_deid import ReportDeidentifier  # noqa: PLC0415 - Presidio: loaded only when drafts are de-identified, not by markdown_table's users (ship)
 
     split = split or recipe.data.validation_split
     out = Path(out)
@@ -237,9 +238,6 @@ class _EvaluationItems:
 
 def _evaluation_items(sources: list[Any], split: str, seed: int, limit: int | None) -> _EvaluationItems:
     """The split's items, in a seeded order (the first ``limit`` drafting studies and checks)."""
-    from radlvlm.tasks.drafting import draft_prompt, draft_target
-    from radlvlm.training.preferences import _rank, collect_drafting_records, out_of_scope_views
-
     records, _ = collect_drafting_records(sources, [split])
     studies = sorted(records[split], key=lambda r: _rank(seed, "eval", r.source, r.study_id))[:limit]
     if not studies:
@@ -260,9 +258,6 @@ def _error_checks(
 ) -> tuple[list[tuple[str, Any]], list[bool]]:
     """The split's SIMPLE (or COMPLEX) error-check prompts with their images, and whether each report has an
     error; none (logged) when the sources give no such set, so the drafting figures are still measured."""
-    from radlvlm.tasks.errorcheck import parse_complex_answer
-    from radlvlm.training.data import TaskMixture, build_examples
-
     try:
         if complex_task:
             mixture = TaskMixture(draft=0.0, check_simple=0.0, check_complex=1.0, max_examples=limit)
@@ -302,10 +297,6 @@ def _model_outcomes(
 ) -> dict[str, np.ndarray]:
     """One model's answers to every item, its drafts written to ``predictions_<name>.jsonl``, scored per study.
     The model is let go before scoring, so two models are never held in memory together."""
-    from radlvlm.model.pretrained import load_pretrained
-    from radlvlm.tasks.checking import COMPLEX_ANSWER_TOKENS
-    from radlvlm.tasks.drafting import parse_draft
-
     model, processor = load_pretrained(base, adapter=adapter)
     model.to(generation.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     batch_size, max_new_tokens = generation.batch_size, generation.max_new_tokens
@@ -339,9 +330,6 @@ def _model_outcomes(
 def _verdicts_correct(answers: Sequence[str], truth: Sequence[bool], *, complex_task: bool) -> np.ndarray:
     """1 where an error-check answer gives the right verdict; an answer off the format (unparseable) is no verdict
     and counts as wrong."""
-    from radlvlm.tasks import parse_simple_answer
-    from radlvlm.tasks.errorcheck import AnswerParseError, parse_complex_answer
-
     correct = []
     for answer, expected in zip(answers, truth, strict=True):
         try:
@@ -357,8 +345,6 @@ def _metrics(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each model's figures with bootstrap CIs (None where the population is empty), and with two models the
     paired ``after - before`` differences (plus McNemar for binary outcomes)."""
-    from radlvlm.clinical_eval.stats import mcnemar, paired_bootstrap
-
     metrics: dict[str, Any] = {name: {} for name in names}
     comparisons: dict[str, Any] = {}
     for metric, (key, population, statistic, binary) in _METRICS.items():

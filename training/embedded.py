@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.metrics import roc_auc_score
 from transformers import (
     AutoModel,
     Dinov2Config,
@@ -48,7 +49,24 @@ from transformers import (
 
 from radlvlm.errors import InputError
 from radlvlm.imaging import ImageTransformConfig
+from radlvlm.model import load_pretrained
 from radlvlm.model.tokenizer import train_tokenizer
+from radlvlm.training.calibrate import calibrate_checks
+from radlvlm.training.cli import build_datasets
+from radlvlm.training.embedded_eval import evaluate
+from radlvlm.training.pretrain import (
+    VisionSettings,
+    assemble,
+    embed_texts,
+    label_scores,
+    load_image_tensors,
+    pretrain_language_model,
+    train_vision_encoder,
+)
+from radlvlm.training.pseudo_pairs import NIH_TO_CHEXPERT, LabelMatchedPairs
+from radlvlm.training.recipe import recipe_from_dict
+from radlvlm.training.sources import NIH_LABELS, CovidSource, IUXraySource, NIHSource, Record
+from radlvlm.training.trainer import train
 
 STEPS = ("tokenizer", "lm", "vision", "assembled", "stage1", "stage2", "calibrate", "eval")
 
@@ -94,9 +112,6 @@ def _finish(step_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sources(data: Path, scale: Scale) -> dict[str, Any]:
-    from radlvlm.training.pseudo_pairs import LabelMatchedPairs
-    from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource
-
     iu = IUXraySource(data / "iu_xray", limit=scale.limit)
     nih = NIHSource(data / "nih_cxr14" / "manifest.jsonl", limit=scale.limit)
     covid = CovidSource(data / "covid_chestxray" / "manifest.jsonl", limit=scale.limit)
@@ -176,7 +191,6 @@ def _tokenizer_step(step: Path, sources: dict[str, Any], scale: Scale) -> dict[s
         return info
     started = time.perf_counter()
     texts = list(sources["iu"].report_texts("train"))
-    from radlvlm.training.pseudo_pairs import NIH_TO_CHEXPERT
 
     texts += [f"IMPRESSION: {label}." for label in NIH_TO_CHEXPERT]
     tokenizer = train_tokenizer(texts, vocab_size=scale.vocab_size, min_frequency=2)
@@ -191,7 +205,6 @@ def _language_model_step(
     Trainer checkpoints); skipped when done."""
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.pretrain import pretrain_language_model
 
     started = time.perf_counter()
     config = LlamaConfig(
@@ -240,7 +253,6 @@ def _vision_step(
     embedding of their text, with its per-label AUROC on held-out NIH images; skipped when done."""
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.pretrain import VisionSettings, embed_texts, load_image_tensors, train_vision_encoder
 
     started = time.perf_counter()
     examples = vision_examples(sources)
@@ -292,7 +304,6 @@ def _assembly_step(
     when done."""
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.pretrain import assemble
 
     image_config = ImageTransformConfig(size=scale.image_size, resize_mode="pad", channels=3, mean=(0.5,), std=(0.5,))
     assemble(vision, lm, tokenizer, step / "model", image_config=image_config, visual_token_pool=scale.pool, seed=seed)
@@ -370,8 +381,6 @@ _COVID_PNEUMONIA = (
 def vision_examples(sources: dict[str, Any]) -> list[VisionExample]:
     """NIH images of every split (labels known for all 14 findings) and COVID-19 training radiographs (only the
     Pneumonia label known, from the diagnosis; "No Finding" images known negative for all)."""
-    from radlvlm.training.sources import NIH_LABELS, Record
-
     out = []
     for item in sources["nih"].records():
         if isinstance(item, Record) and item.image is not None:
@@ -398,11 +407,6 @@ def label_auroc(encoder: Any, heads: Any, examples: list[VisionExample], scale: 
     """Per-label AUROC of the encoder's label read-out on held-out NIH images (labels with >= 1 positive and
     >= 1 negative), with positives counted so a reader can ignore the thin ones; the mean over labels with
     >= 10 positives is the figure the model card quotes."""
-    from sklearn.metrics import roc_auc_score
-
-    from radlvlm.training.pretrain import label_scores, load_image_tensors
-    from radlvlm.training.sources import NIH_LABELS
-
     if not examples:
         return {"n": 0}
     scores = label_scores(encoder, heads, load_image_tensors([e.image for e in examples], scale.image_size))
@@ -435,7 +439,6 @@ def _reuse_language_model(model_dir: Path, work: Path) -> None:
     """
     if _done(work / "tokenizer") is not None and _done(work / "lm") is not None:
         return
-    from radlvlm.model import load_pretrained
 
     if not (model_dir / "config.json").is_file():
         raise InputError(f"{model_dir}: not a model directory (no config.json) to take the tokenizer and LM from")
@@ -470,7 +473,6 @@ def _calibrate(work: Path, name: str, run_name: str, data: Path, scale: Scale, s
     step = work / name
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.calibrate import calibrate_checks
 
     started = time.perf_counter()
     run = work / run_name / "run"
@@ -482,7 +484,6 @@ def _evaluate(work: Path, name: str, run_name: str, data: Path, scale: Scale, se
     step = work / name
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.embedded_eval import evaluate
 
     started = time.perf_counter()
     run = work / run_name / "run"
@@ -516,9 +517,6 @@ def _stage(
     step = work / name
     if (info := _done(step)) is not None:
         return info
-    from radlvlm.training.cli import build_datasets
-    from radlvlm.training.recipe import recipe_from_dict
-    from radlvlm.training.trainer import train
 
     sources = [
         {"type": "nih_cxr14", "manifest": str(data / "nih_cxr14" / "manifest.jsonl"), "name": "nih_cxr14"},

@@ -30,8 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from radlvlm.clinical_eval import baselines
+from radlvlm.clinical_eval.runner import headline, run_validation_study
+from radlvlm.engine.torch_engine import TorchEngine
 from radlvlm.errors import InputError
+from radlvlm.model.generation import GenerationSettings
+from radlvlm.model.pretrained import load_pretrained
+from radlvlm.pipeline.task_engine import TaskEngine
+from radlvlm.tasks.calibration import find_calibrations
+from radlvlm.tasks.checking import CheckRequest
+from radlvlm.tasks.drafting import DraftRequest
+from radlvlm.tasks.errorcheck import ErrorCheckTask, build_errorcheck_set
+from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource, Record
 
 DRAFT_SETS = ("nih_cxr14", "covid")
 
@@ -45,8 +57,6 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
 
 def _records(source: Any, split: str) -> list[Any]:
-    from radlvlm.training.sources import Record
-
     return [r for r in source.records() if isinstance(r, Record) and r.split == split and r.image is not None]
 
 
@@ -55,15 +65,11 @@ def _reference_row(record: Any) -> dict[str, Any]:
 
 
 def _progress(items: Sequence[Any], what: str) -> Iterator[Any]:
-    from tqdm.auto import tqdm
-
     yield from tqdm(items, desc=what, unit="study", file=sys.stderr)
 
 
 def draft_predictions(engine: Any, records: Sequence[Any], model_name: str) -> list[dict[str, Any]]:
     """One drafting request per record, submitted together so the engine batches them."""
-    from radlvlm.tasks.drafting import DraftRequest
-
     futures = [
         engine.submit(DraftRequest(image=r.image.load(), indication=r.indication or None))
         for r in _progress(records, "draft")
@@ -85,9 +91,6 @@ def draft_predictions(engine: Any, records: Sequence[Any], model_name: str) -> l
 
 def check_predictions(engine: Any, rows: Sequence[dict[str, Any]], mode: str, model_name: str) -> list[dict[str, Any]]:
     """Text-only error checks of ``make-errorcheck`` rows; SIMPLE rows carry the probability of an error."""
-    from radlvlm.tasks.checking import CheckRequest
-    from radlvlm.tasks.errorcheck import ErrorCheckTask
-
     futures = [engine.submit(CheckRequest(report=r["text"], mode=ErrorCheckTask(mode))) for r in rows]
     out = []
     for row, future in zip(_progress(rows, f"check ({mode})"), futures, strict=True):
@@ -129,9 +132,6 @@ def evaluate(
     """Score the model at ``model_dir`` (+ ``adapter``) on ``split`` of the public sets; write ``summary.json``.
 
     ``limit`` keeps the first studies of each evaluated set (the recipe's tiny scale, for tests)."""
-    from radlvlm.model.pretrained import load_pretrained
-    from radlvlm.training.sources import CovidSource, IUXraySource, NIHSource
-
     for folder in ("iu_xray", "nih_cxr14", "covid_chestxray"):
         if not (data / folder).is_dir():
             raise InputError(f"{data / folder}: missing (the evaluation needs the IU-Xray, NIH and COVID-19 folders)")
@@ -179,11 +179,6 @@ def _task_engine(
     max_new_tokens: int,
 ) -> Any:
     """The engine the service runs, over the loaded model: its batching, and the calibrated check verdicts."""
-    from radlvlm.engine.torch_engine import TorchEngine
-    from radlvlm.model.generation import GenerationSettings
-    from radlvlm.pipeline.task_engine import TaskEngine
-    from radlvlm.tasks.calibration import find_calibrations
-
     return TaskEngine(
         TorchEngine(
             model,
@@ -220,9 +215,6 @@ def _score_draft_set(
 ) -> dict[str, Any]:
     """Drafting on the images of ``source``'s split against its references, next to the most common normal IU
     report and the text of the nearest training image (by the model's own vision-tower embedding)."""
-    from radlvlm.clinical_eval import baselines
-    from radlvlm.clinical_eval.runner import run_validation_study
-
     train, target = _records(source, "train"), _records(source, split)[:limit]
     folder = scoring.out / f"draft_{name}"
     references = _write_jsonl(folder / "references.jsonl", [_reference_row(r) for r in target])
@@ -247,10 +239,6 @@ def _score_draft_set(
 def _score_check_sets(scoring: _Scoring, iu: Any, split: str, limit: int | None) -> dict[str, dict[str, Any]]:
     """SIMPLE and COMPLEX text-only checks of the IU split's ``make-errorcheck`` set (same seed), next to the
     majority class (of the training split) and the labeler-based consistency checker."""
-    from radlvlm.clinical_eval import baselines
-    from radlvlm.clinical_eval.runner import run_validation_study
-    from radlvlm.tasks.errorcheck import build_errorcheck_set
-
     rows, _ = build_errorcheck_set(iu.rows(), seed=scoring.seed)
     goal = [r for r in rows if r.get("split") == split]
     goal = goal[:: max(1, len(goal) // limit)][:limit] if limit else goal  # both classes when limited
@@ -292,8 +280,6 @@ def _score_with_baselines(
     seed: int,
 ) -> dict[str, Any]:
     """The model's headline metrics, each baseline's, and paired comparisons (model minus baseline)."""
-    from radlvlm.clinical_eval.runner import headline
-
     scored: dict[str, Any] = {}
     for name, rows in candidates.items():
         path = _write_jsonl(folder / f"baseline_{name}.jsonl", rows)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,8 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
+from sklearn.model_selection import GroupKFold
 
 from radlvlm.errors import InputError
+from radlvlm.imaging import read_image_file
+from radlvlm.model.default import FINDINGS_DIR
 from radlvlm.model.findings import (
     ABNORMAL,
     FINDING_LABELS,
@@ -43,6 +49,8 @@ from radlvlm.model.findings import (
     FindingClassifierConfig,
     ImageFindings,
 )
+from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
+from radlvlm.training.pretrain import VisionSettings, augment_batch, load_image_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -204,8 +212,6 @@ class FindingRecipe:
 
 def _fold_of_patients(examples: Sequence[ClassifierExample], folds: int, seed: int) -> list[int]:
     """Patient-grouped fold index per training example (sklearn's GroupKFold over a seeded patient order)."""
-    from sklearn.model_selection import GroupKFold
-
     patients = sorted({e.patient for e in examples})
     order = np.random.default_rng(seed).permutation(len(patients))
     rank = {patients[i]: r for r, i in enumerate(order)}
@@ -227,8 +233,6 @@ def _train_fold(
     fold: int,
 ) -> FindingClassifier:
     """Train one model on the given rows; resumes from ``out/checkpoint.pt``."""
-    from radlvlm.training.pretrain import VisionSettings, augment_batch
-
     torch.manual_seed(recipe.seed + fold)
     model = FindingClassifier(recipe.model_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
@@ -292,8 +296,6 @@ def _logits(model: FindingClassifier, pixels: torch.Tensor, batch_size: int = 12
 
 
 def _auroc(truth: np.ndarray, score: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
     if truth.min() == truth.max():
         return None
     return float(roc_auc_score(truth, score))
@@ -301,9 +303,6 @@ def _auroc(truth: np.ndarray, score: np.ndarray) -> float | None:
 
 def fit_calibration(recipe: FindingRecipe, examples: Sequence[ClassifierExample], oof: torch.Tensor) -> dict[str, Any]:
     """Platt scaling, thresholds and the validated labels, all from out-of-fold logits over train."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_curve
-
     labels = np.array([e.labels for e in examples])
     known = np.array([e.known for e in examples])
     is_nih = np.array([e.source == "nih" for e in examples])
@@ -372,8 +371,6 @@ def abnormal_threshold_on_validation(
     more specific (and less sensitive) on unseen patients than it was chosen to be. None when validation has too
     few normal or abnormal NIH radiographs (fewer than 10 of either) to choose on.
     """
-    from sklearn.metrics import roc_curve
-
     rows = [i for i, e in enumerate(examples) if e.source == "nih"]
     y = np.array([examples[i].labels[0] for i in rows])
     if min(int(y.sum()), int((1 - y).sum())) < 10:
@@ -396,8 +393,6 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """AUROC of Abnormal and each label (overall and per stored size), with positives, and the Brier score (the
     evaluation study reports the expected calibration error per stored size)."""
-    from sklearn.metrics import brier_score_loss
-
     probabilities = model.probabilities(_logits(model, pixels)).numpy()
     labels = np.array([e.labels for e in examples])
     known = np.array([e.known for e in examples])
@@ -426,8 +421,6 @@ def evaluate_split(
 
 def train_finding_classifier(data: Path, work: Path, recipe: FindingRecipe) -> dict[str, Any]:
     """Train the folds, fit calibration out of fold, assemble the ensemble into ``work/classifier``."""
-    from radlvlm.training.pretrain import load_image_tensors
-
     work.mkdir(parents=True, exist_ok=True)
     examples = classifier_examples(data, covid=recipe.covid)
     train = [e for e in examples if e.split == "train"]
@@ -514,8 +507,6 @@ def out_of_fold_findings(work: Path) -> dict[str, ImageFindings]:
 
 def _loader(path: str) -> Any:
     def load() -> torch.Tensor:
-        from radlvlm.imaging import read_image_file
-
         return torch.from_numpy(read_image_file(path).array)
 
     return load
@@ -524,11 +515,6 @@ def _loader(path: str) -> Any:
 def install_classifier(classifier: Path, model_root: Path) -> Path:
     """Install a trained classifier (``WORK/classifier``) beside a model as ``MODEL_ROOT/findings``, in float16
     (half the bytes; the runtime reads it back in float32), with its image-check fusion when fitted."""
-    import shutil
-
-    from radlvlm.model.default import FINDINGS_DIR
-    from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
-
     model = FindingClassifier.from_pretrained(classifier, dtype=torch.float32)
     target = model_root / FINDINGS_DIR
     staging = model_root / f".{FINDINGS_DIR}.staging"

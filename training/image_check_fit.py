@@ -21,6 +21,11 @@ from typing import Any
 import numpy as np
 
 from radlvlm.errors import InputError
+from radlvlm.model.default import FINDINGS_DIR, choose_model, embedded_model
+from radlvlm.tasks import compose_report
+from radlvlm.tasks.calibration import find_calibrations
+from radlvlm.tasks.image_check import FEATURES, ImageCheckFusion, compare_report
+from radlvlm.tasks.image_pairs import image_report_pairs, pair_image, pair_report
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +34,6 @@ __all__ = ["fit_image_check", "iu_pair_reports", "nih_pair_images"]
 
 def nih_pair_images(data: Path, split: str) -> dict[str, Any]:
     """NIH radiographs of ``split`` as pairing candidates, keyed by file path."""
-    from radlvlm.tasks.image_pairs import pair_image
-
     manifest = data / "nih_cxr14" / "manifest.jsonl"
     out = {}
     for line in manifest.read_text("utf-8").splitlines():
@@ -46,9 +49,6 @@ def nih_pair_images(data: Path, split: str) -> dict[str, Any]:
 
 def iu_pair_reports(data: Path, split: str) -> list[Any]:
     """IU reports of ``split`` (findings and impression) as pairing candidates."""
-    from radlvlm.tasks import compose_report
-    from radlvlm.tasks.image_pairs import pair_report
-
     out = []
     for line in (data / "iu_xray" / f"{split}.jsonl").read_text("utf-8").splitlines():
         row = json.loads(line)
@@ -62,8 +62,8 @@ def iu_pair_reports(data: Path, split: str) -> list[Any]:
 
 
 def _fit(features: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - scikit-learn: only when the fusion is fitted
+    from sklearn.metrics import roc_auc_score, roc_curve  # noqa: PLC0415 - scikit-learn: only when the fusion is fitted
 
     model = LogisticRegression(C=1.0, max_iter=1000).fit(features, labels)
     p = model.predict_proba(features)[:, 1]
@@ -81,10 +81,7 @@ def _fit(features: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str
 
 def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = None, seed: int = 0) -> dict[str, Any]:
     """Fit and save ``classifier_work/classifier/image_check.json``; returns the fit's figures."""
-    from radlvlm.model.default import FINDINGS_DIR
-    from radlvlm.tasks.image_check import FEATURES, ImageCheckFusion, compare_report
-    from radlvlm.tasks.image_pairs import image_report_pairs
-    from radlvlm.training.findings import out_of_fold_findings
+    from radlvlm.training.findings import out_of_fold_findings  # noqa: PLC0415 - torch, MONAI (training.findings): only when the fusion is fitted
 
     oof = out_of_fold_findings(classifier_work)
     images = {path: image for path, image in nih_pair_images(data, "train").items() if path in oof}
@@ -139,11 +136,9 @@ def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = N
 
 def _text_probabilities(model: Path, reports: list[str]) -> tuple[dict[str, float | None], str]:
     """The model's calibrated text-check probability of each report (None where it cannot check one)."""
-    from radlvlm.engine.loading import load_engine
-    from radlvlm.model.default import choose_model
-    from radlvlm.pipeline.task_engine import TaskEngine
-    from radlvlm.tasks.calibration import find_calibrations
-    from radlvlm.tasks.checking import CheckRequest
+    from radlvlm.engine.loading import load_engine  # noqa: PLC0415 - torch, transformers: only when a model scores the reports
+    from radlvlm.pipeline.task_engine import TaskEngine  # noqa: PLC0415 - torch (pipeline.task_engine): only when a model scores the reports
+    from radlvlm.tasks.checking import CheckRequest  # noqa: PLC0415 - torch (tasks.checking): only when a model scores the reports
 
     choice = choose_model(model, None) if (model / "config.json").is_file() else _shipped_layout(model)
     loaded, _ = load_engine("torch", choice.base, adapter_dir=choice.adapter, model_id=choice.model_id, max_queue=10**6)
@@ -157,6 +152,4 @@ def _text_probabilities(model: Path, reports: list[str]) -> tuple[dict[str, floa
 
 
 def _shipped_layout(root: Path) -> Any:
-    from radlvlm.model.default import embedded_model
-
     return embedded_model(root)

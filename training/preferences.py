@@ -36,19 +36,33 @@ in should name a ``work_dir``, whose copies are named by their new UIDs and outl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
 import sys
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import sklearn.datasets
 import torch
+from pydicom.data import get_testdata_file
+from tqdm.auto import tqdm
 
+from radlvlm.clinical_eval.judges import StructuredJudge
 from radlvlm.errors import InputError
+from radlvlm.imaging import read_image_file
+from radlvlm.model.generation import GenerationSettings, generate
+from radlvlm.reports.labeler import label_report
+from radlvlm.safety.guardrails import claims_prior
+from radlvlm.tasks import applicable_edits, inject_error, sentence_spans
+from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, draft_prompt, draft_target
+from radlvlm.tasks.errorcheck import build_errorcheck_training_set, errorcheck_prompt
+from radlvlm.tasks.taxonomy import ErrorCategory
 from radlvlm.training.data import SplitRegistry
 from radlvlm.training.sources import SPLITS, Drop, Note, Record, Source
 
@@ -117,11 +131,6 @@ class ImageView:
 
     def load(self) -> torch.Tensor:
         """Display pixels ``(rows, columns)``, float32 in [0, 1]."""
-        import io
-        import zipfile
-
-        from radlvlm.imaging import read_image_file
-
         try:
             if self.member is None:
                 pixels = read_image_file(self.path, name=self.image_id, frame=self.frame).pixels
@@ -196,9 +205,6 @@ class PreferencePair:
     @property
     def instruction(self) -> str:
         """The user instruction (no chat template, no ``<image>``), exactly as stage 2 asked it."""
-        from radlvlm.tasks.drafting import draft_prompt
-        from radlvlm.tasks.errorcheck import errorcheck_prompt
-
         if self.task in ("check_simple", "check_complex"):
             return errorcheck_prompt(self.task.removeprefix("check_"), self.report)
         if self.task != "draft":
@@ -389,11 +395,8 @@ OUT_OF_SCOPE_IMAGES: tuple[OutOfScopeImage, ...] = (
 def _locate(name: str) -> Path | None:
     """The local path of a pydicom test file or a scikit-learn sample image; None when not installed."""
     if name.startswith("sklearn:"):
-        import sklearn.datasets
-
         path = Path(sklearn.datasets.__file__).parent / "images" / name.split(":", 1)[1]
         return path if path.is_file() else None
-    from pydicom.data import get_testdata_file
 
     try:
         found = get_testdata_file(name, download=False)
@@ -490,8 +493,6 @@ def _fake_values(rng: random.Random) -> dict[str, str]:
 
 def _insert_sentence(text: str, sentence: str, rng: random.Random) -> str:
     """``sentence`` after a seeded sentence end of ``text`` (never inside a sentence or a header)."""
-    from radlvlm.tasks import sentence_spans
-
     ends = [end for _, end in sentence_spans(text)] or [len(text)]
     point = rng.choice(ends)
     return f"{text[:point]} {sentence}{text[point:]}"
@@ -506,9 +507,6 @@ def identifier_reject(reference: str, *, seed: int) -> tuple[str, dict[str, str]
 
 def reference_compares(reference: str) -> bool:
     """True when the reference itself compares with a prior (then an added comparison is not unsupported)."""
-    from radlvlm.reports.labeler import label_report
-    from radlvlm.safety.guardrails import claims_prior
-
     return claims_prior(reference) or bool(label_report(reference).comparison_sentences)
 
 
@@ -519,8 +517,6 @@ def comparison_reject(reference: str, *, seed: int) -> str:
 
 def injected_error_reject(reference: str, *, seed: int, judge: Any) -> tuple[str, dict[str, Any]] | None:
     """The reference with one clinically significant injected error (per ``judge``), or None if none fits."""
-    from radlvlm.tasks import applicable_edits, inject_error
-
     options = applicable_edits(reference)
     _rng(seed, "order").shuffle(options)
     for category, edit in options:
@@ -616,8 +612,6 @@ def build_preferences(
     Raises:
         InputError: a source problem, a patient or study in two splits, or no drafting study in a split.
     """
-    from radlvlm.clinical_eval.judges import StructuredJudge
-
     check_records: dict[str, list[Record]] = {split: [] for split in settings.splits}
     records, source_counts = collect_drafting_records(sources, settings.splits, checks=check_records)
     judge = StructuredJudge()
@@ -679,8 +673,6 @@ def _split_pairs(
     sampling: _Sampling,
 ) -> _SplitPairs:
     """Every kind of pair of one split, in the order the kinds are built (the caller sorts them by a hash)."""
-    from radlvlm.tasks.drafting import draft_target
-
     kinds = set(settings.kinds)
     built = _SplitPairs(split, settings.with_indication)
     references = {r.study_id: draft_target(r.findings, r.impression) for r in studies}
@@ -752,8 +744,6 @@ def _model_sample_pairs(
 def _out_of_scope_pairs(built: _SplitPairs, pool: list[Record], settings: PreferenceSettings, seed: int) -> int:
     """Abstention (chosen) against a report (rejected) for each view of this split's out-of-scope images; returns
     how many pairs were added (families whose files are absent are counted as left out)."""
-    from radlvlm.tasks.drafting import ABSTENTION_MESSAGE, draft_target
-
     views, missing = out_of_scope_views(
         built.split, settings.out_of_scope_per_image, seed=seed, augment=built.split == "train"
     )
@@ -787,8 +777,6 @@ def _false_abstention_pairs(
 ) -> None:
     """The reference (chosen) against the abstention message (rejected) for ``wanted`` studies (seeded choice), so
     that learning to abstain does not turn into abstaining on chest radiographs."""
-    from radlvlm.tasks.drafting import ABSTENTION_MESSAGE
-
     ranked = sorted(studies, key=lambda r: _rank(seed, "false-abstention", r.study_id))
     for record in ranked[:wanted]:
         built.add(record, "false_abstention", references[record.study_id], ABSTENTION_MESSAGE)
@@ -797,9 +785,6 @@ def _false_abstention_pairs(
 def error_check_pairs(records: Sequence[Record], split: str, studies: int | None, seed: int) -> list[PreferencePair]:
     """Four pairs per study: SIMPLE and COMPLEX, for the report as written and with one injected error; the
     right answer is chosen, the opposite verdict (COMPLEX: a wrong verdict in the same JSON form) rejected."""
-    from radlvlm.tasks.errorcheck import build_errorcheck_training_set
-    from radlvlm.tasks.taxonomy import ErrorCategory
-
     ranked = sorted(records, key=lambda r: _rank(seed, "error-check", r.source, r.study_id))[:studies]
     by_id = {r.study_id: r for r in ranked}
     rows, _ = build_errorcheck_training_set(
@@ -894,8 +879,6 @@ def _sample_all(
     progress: bool,
 ) -> list[str]:
     """Drafts for ``records`` in fixed, seeded batches; finished batches are kept in ``cache_dir``."""
-    from radlvlm.tasks.drafting import draft_prompt
-
     assert settings.model_samples is not None
     size = settings.model_samples.batch_size
     batches = [list(records[i : i + size]) for i in range(0, len(records), size)]
@@ -914,8 +897,6 @@ def _sample_all(
         cache.write_text("", encoding="utf-8")  # a stale cache (other settings) is not mixed with this one
     iterator: Iterable[tuple[int, list[Record]]] = enumerate(batches)
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(iterator, total=len(batches), desc=f"model samples ({split})", file=sys.stderr)
     drafts: list[str] = []
     for index, batch in iterator:
@@ -936,7 +917,6 @@ def _sample_all(
 
 def model_sampler(model: torch.nn.Module, processor: Any, settings: ModelSampleSettings) -> SampleFn:
     """A sampler drawing drafts from ``model`` (the stage-2 model) with ``settings``' sampling parameters."""
-    from radlvlm.model.generation import GenerationSettings, generate
 
     def sample(split: str, items: list[tuple[str, str, Any]], batch_seed: int) -> list[str]:
         prompts = [processor.chat_prompt(instruction, image=image is not None) for _, instruction, image in items]

@@ -35,8 +35,10 @@ from functools import cached_property
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.reports.labeler import Label, label_report
 from radlvlm.tasks.image_findings import CLASSIFIER_TO_REPORT
 from radlvlm.training.sources import IUXraySource, NIHSource, Note, Record, Source
+from radlvlm.training.sources.base import _text
 
 __all__ = ["NIH_TO_CHEXPERT", "NIH_TO_MESH", "LabelMatchedPairs", "nih_key", "report_key"]
 
@@ -77,8 +79,6 @@ def nih_key(labels: tuple[str, ...] | list[str]) -> frozenset[str]:
 
 def report_key(findings: str, impression: str, problems: list[str] | tuple[str, ...] = ()) -> frozenset[str] | None:
     """The match key of an IU report, or None when the report cannot be paired (uncertain or unlabelled)."""
-    from radlvlm.reports.labeler import Label, label_report
-
     labelled = label_report(f"{findings} {impression}".strip())
     if any(value is Label.UNCERTAIN for value in labelled.labels.values()):
         return None
@@ -138,8 +138,6 @@ class LabelMatchedPairs(Source):
         return pool
 
     def records(self) -> Iterator[Record | Note]:
-        from radlvlm.training.sources.base import _text
-
         for item in self.nih.records():
             if not isinstance(item, Record):
                 continue  # the NIH source's own drops are counted under its own name

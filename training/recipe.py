@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transformers import TrainingArguments
 
 from radlvlm.errors import InputError
+from radlvlm.model.mole import ADAPTER_CONFIG
+from radlvlm.training.preferences import PreferenceSettings
 
 Stage = Literal["align", "instruct", "dpo"]
 AdapterKind = Literal["mole", "lora", "none"]
@@ -166,9 +168,6 @@ class Recipe(_Spec):
         return bool(directory) and (Path(str(directory)) / "train.jsonl").is_file()
 
     def _validate_dpo(self) -> None:
-        from radlvlm.model.mole import ADAPTER_CONFIG
-        from radlvlm.training.preferences import PreferenceSettings
-
         spec = self.model
         if spec.adapter not in ("mole", "lora"):
             raise InputError("stage 'dpo' trains the stage-2 adapter: set model.adapter to 'mole' or 'lora'")

@@ -20,8 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from radlvlm.errors import InputError
 from radlvlm.model.default import MODEL_CARD, MODEL_INFO
+from radlvlm.model.modeling import load_model, save_model
 from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.calibration import CALIBRATION_FILE
+from radlvlm.training.dpo_eval import markdown_table
 
 MAX_SHIPPED_BYTES = 40 * 1024 * 1024
 CHECK_MAX_DROP = 0.02  # accuracy points an error check may lose to DPO before stage 2 ships instead
@@ -81,9 +84,6 @@ def _final_model(work: Path) -> tuple[Path, Path, str, str]:
 
 
 def _half_base(source: Path, target: Path) -> None:
-    from radlvlm.model.modeling import load_model, save_model
-    from radlvlm.model.processor import RadProcessor
-
     model = load_model(source, dtype=torch.float16)
     # The sub-configs remember the local folders they were built from; a shipped config names none.
     for config in (model.config, model.config.text_config, model.config.vision_config):
@@ -510,8 +510,6 @@ def _comparison_sections(info: dict[str, Any]) -> list[str]:
             *_comparison_rows(info["stage2_evaluation"], info["lora_baseline_evaluation"]),
         ]
     if info.get("alignment"):
-        from radlvlm.training.dpo_eval import markdown_table
-
         lines += [
             "",
             "## DPO safety alignment (before = stage 2, after = DPO; validation split)",

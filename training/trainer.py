@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -182,8 +183,6 @@ def prepare_model(
                 ),
             )
     elif spec.adapter == "lora" and spec.adapter_init:
-        from peft import PeftModel
-
         try:
             model = PeftModel.from_pretrained(model, spec.adapter_init, is_trainable=True)
         except (ValueError, RuntimeError, KeyError, OSError) as e:

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import re
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,11 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import InputError
+from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO
 from radlvlm.model.findings import NIH_LABELS
 from radlvlm.reports import normalize_text, split_sentences
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.unsupported import unsupported_kinds
+from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
+from radlvlm.tasks.drafting import draft_prompt, draft_target
+from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
 from radlvlm.tasks.image_findings import WRITER_LABELS, report_labels
+from radlvlm.training.data import ExampleDataset, _Entry
+from radlvlm.training.findings import classifier_examples, install_classifier, out_of_fold_findings
+from radlvlm.training.recipe import recipe_from_dict
+from radlvlm.training.ship import MAX_SHIPPED_BYTES, _half_adapter, _half_base, _size
+from radlvlm.training.sources import ImageRef, IUXraySource
+from radlvlm.training.trainer import train
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +102,6 @@ class WriterTarget:
     observations: frozenset[str]
 
     def text(self) -> str:
-        from radlvlm.tasks.drafting import draft_target
-
         return draft_target(" ".join(self.findings), " ".join(self.impression))
 
 
@@ -238,9 +247,6 @@ def build_writer_examples(
 
     One random stream runs through the steps in this order (cleaning, report examples, image examples, the
     checks' shuffle, the final shuffle), so a seed gives one example set."""
-    from radlvlm.tasks.drafting import draft_prompt
-    from radlvlm.training.sources import IUXraySource
-
     rng = random.Random(seed)
     rows = [r for r in IUXraySource(data / "iu_xray").rows() if r["split"] == "train"]
     reports = [(str(r.get("findings") or ""), str(r.get("impression") or "")) for r in rows]
@@ -276,8 +282,6 @@ def _cleaned_targets(
 def _classifier_findings(data: Path, classifier_work: Path) -> tuple[list[str], dict[str, set[str]], ErrorRates]:
     """The train radiographs with out-of-fold findings, what the classifier stated for each, and the rates at
     which it errs against NIH's labels (what the report examples' inputs are perturbed with)."""
-    from radlvlm.training.findings import classifier_examples, out_of_fold_findings
-
     oof = out_of_fold_findings(classifier_work)
     images = [e for e in classifier_examples(data) if e.split == "train" and e.path in oof]
     truth = {
@@ -362,8 +366,6 @@ def _check_examples(
 ) -> list[WriterExample]:
     """Text-only error checks over the train reports, SIMPLE and COMPLEX in the stage-2 proportion (4:1), so the
     experts keep both answers' formats while they learn to write."""
-    from radlvlm.tasks import build_errorcheck_training_set, errorcheck_prompt
-
     built, _ = build_errorcheck_training_set(
         [
             {"uid": f"iu-{r['uid']}", "split": "train", "findings": f, "impression": i}
@@ -411,11 +413,6 @@ def train_writer(
     data: Path, classifier_work: Path, model: Path, work: Path, *, steps: int = 1500, seed: int = 0, lr: float = 3e-4
 ) -> dict[str, Any]:
     """Continue the model's MoLE experts (and projector) on writer + check examples; the result in ``work/run``."""
-    from radlvlm.training.data import ExampleDataset, _Entry
-    from radlvlm.training.recipe import recipe_from_dict
-    from radlvlm.training.sources import ImageRef
-    from radlvlm.training.trainer import train
-
     work.mkdir(parents=True, exist_ok=True)
     if (work / "done.json").is_file():
         return json.loads((work / "done.json").read_text())
@@ -479,13 +476,6 @@ def install_embedded(
     """Install the writer (its base and calibrated adapter, float16) and the finding classifier (``findings/``)
     as the embedded model at ``target``, keeping the earlier training record in ``model.json``; the model card
     gets this release's section first (with the studies in ``results`` measured on this model, when present)."""
-    import shutil
-
-    from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO
-    from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
-    from radlvlm.training.findings import install_classifier
-    from radlvlm.training.ship import MAX_SHIPPED_BYTES, _half_adapter, _half_base, _size
-
     run = writer_work / "run"
     for path in (run / "base" / "config.json", run / "adapter", target / MODEL_INFO):
         if not path.exists():

@@ -10,11 +10,15 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import psutil
 import torch
 
 from radlvlm.engine.batching import BatchingEngine
+from radlvlm.engine.torch_engine import TorchEngine
+from radlvlm.engine.vllm_engine import load_vllm_engine
 from radlvlm.errors import InputError, ModelError
 from radlvlm.model.generation import GenerationSettings
+from radlvlm.model.pretrained import load_pretrained
 
 Backend = Literal["torch", "vllm"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -62,7 +66,6 @@ def free_memory_bytes(device: torch.device) -> int:
     """Memory free on ``device`` now: the GPU's (after the weights were loaded) or the machine's available RAM."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
 
     return int(psutil.virtual_memory().available)
 
@@ -145,8 +148,6 @@ def _load_vllm(
     generation: GenerationSettings | None,
 ) -> tuple[BatchingEngine, dict[str, Any]]:
     """vLLM's engine on an HF Llava export; the model's description comes from the export's own config."""
-    from radlvlm.engine.vllm_engine import load_vllm_engine
-
     engine, spec = load_vllm_engine(
         model_dir,
         adapter_dir=adapter_dir,
@@ -180,9 +181,6 @@ def _load_torch(
     generation: GenerationSettings | None,
 ) -> tuple[BatchingEngine, dict[str, Any]]:
     """The torch engine on a radlvlm model directory, its batch size capped by the memory free after loading."""
-    from radlvlm.engine.torch_engine import TorchEngine
-    from radlvlm.model.pretrained import load_pretrained
-
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     target = _torch_device(device)

@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from transformers import AutoTokenizer
 
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
+from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
 from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
 from radlvlm.settings import VLLMOptions
@@ -221,9 +223,6 @@ def processor_for(model_dir: Path) -> RadProcessor:
     """radlvlm's processor for an export (its ``radlvlm_processor.json``), else one read from the HF files."""
     if (model_dir / PROCESSOR_FILE).is_file():
         return RadProcessor.from_pretrained(model_dir)
-    from transformers import AutoTokenizer
-
-    from radlvlm.imaging import ImageTransformConfig
 
     hf = _read_json(model_dir / "processor_config.json") if (model_dir / "processor_config.json").is_file() else {}
     image = hf.get("image_processor") or (
@@ -355,8 +354,8 @@ class VLLMBindings:
     @classmethod
     def from_vllm(cls) -> VLLMBindings:
         try:
-            import vllm
-            from vllm.lora.request import LoRARequest
+            import vllm  # noqa: PLC0415 - vLLM: the optional GPU extra
+            from vllm.lora.request import LoRARequest  # noqa: PLC0415 - vLLM: the optional GPU extra
         except ImportError as e:
             raise ModelError(f"the vLLM backend needs vLLM, which is not installed here: {INSTALL_HINT}") from e
         return cls(make_llm=vllm.LLM, sampling_params=vllm.SamplingParams, lora_request=LoRARequest)

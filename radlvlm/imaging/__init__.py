@@ -16,7 +16,7 @@ _TRANSFORMS = ("ImageTransformConfig", "ToModelInput", "ToModelInputd")
 
 def __getattr__(name: str) -> Any:
     if name in _TRANSFORMS:
-        from radlvlm.imaging import transforms
+        from radlvlm.imaging import transforms  # noqa: PLC0415 - MONAI: seconds to import, only when a model-input transform is used
 
         return getattr(transforms, name)
     raise AttributeError(f"module 'radlvlm.imaging' has no attribute {name!r}")

@@ -26,7 +26,7 @@ def normalised_heat(scores: np.ndarray) -> np.ndarray:
 
 def heatmap_png(heat: np.ndarray, *, longest_side: int = 256) -> bytes:
     """(rows, columns) heat in [0, 1] → an RGBA PNG, its longest side ``longest_side`` pixels (aspect kept)."""
-    from matplotlib import colormaps  # half a second to import: only when a map is asked for
+    from matplotlib import colormaps  # noqa: PLC0415 - matplotlib: half a second to import, only when a map is asked for
 
     heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
     if heat.ndim != 2 or not heat.size:

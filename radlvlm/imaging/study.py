@@ -106,7 +106,7 @@ class Image:
     @property
     def pixels(self) -> torch.Tensor:
         """The pixels as a float32 torch tensor sharing ``array``'s memory (what the model's transforms take)."""
-        import torch
+        import torch  # noqa: PLC0415 - torch: reading a DICOM must not load it
 
         return torch.from_numpy(self.array)
 

@@ -25,6 +25,7 @@ from monai.transforms import (
     SpatialPad,
     Transform,
 )
+from PIL import Image as PILImage
 
 from radlvlm.errors import InputError
 from radlvlm.imaging.study import Image
@@ -103,8 +104,6 @@ def pil_preprocess(pixels: np.ndarray, config: ImageTransformConfig) -> torch.Te
     image centred on a square of the mean colour) before that resize. PIL resamples with anti-aliasing, which
     an interpolating resize does not: on a 2-3k-pixel radiograph the difference is not small.
     """
-    from PIL import Image as PILImage
-
     resample = {"bicubic": PILImage.BICUBIC, "bilinear": PILImage.BILINEAR, "nearest": PILImage.NEAREST}
     gray = PILImage.fromarray(np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
     picture = gray.convert("RGB")

@@ -24,6 +24,7 @@ or a target weight that nothing fills, stops the conversion with their names.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoTokenizer,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     Dinov2Config,
     LlamaConfig,
@@ -308,7 +310,6 @@ def _image_config(llava_config: dict[str, Any], size: int) -> ImageTransformConf
 def _prepare_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     if (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file():
         # A sentencepiece-only tokenizer (Vicuna v1.5): transformers needs both packages to read and convert it.
-        import importlib.util
 
         absent = [name for name in ("sentencepiece", "google.protobuf") if importlib.util.find_spec(name) is None]
         if absent:
@@ -537,8 +538,6 @@ def export_hf_llava(model: torch.nn.Module, processor: RadProcessor, out: str | 
 
 
 def _hf_image_processor(processor: RadProcessor) -> Callable[..., Any]:
-    from transformers import CLIPImageProcessorPil  # the PIL backend: no torchvision needed
-
     config = processor.image_config
     size = config.size
     return CLIPImageProcessorPil(

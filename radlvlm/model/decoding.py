@@ -57,7 +57,7 @@ class GenerationSettings:
             raise InputError("sampling needs temperature > 0 and 0 < top_p <= 1")
 
     def to_generation_config(self, processor: RadProcessor) -> GenerationConfig:
-        from transformers import GenerationConfig  # heavy: only where a model decodes
+        from transformers import GenerationConfig  # noqa: PLC0415 - transformers: only where a model decodes
 
         tokenizer = processor.tokenizer
         values: dict[str, object] = {

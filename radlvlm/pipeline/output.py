@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from radlvlm.pipeline.flags import Flag, flag_of
 from radlvlm.safety.dicom_deid import DicomDeidentifier
 from radlvlm.safety.guardrails import output_findings
+from radlvlm.tasks.drafting import find_repetition
 
 # Every door shows it beside a draft or a check verdict (the API's answers, the CLI's JSON, the page).
 DISCLAIMER = "AI-generated preliminary draft for radiologist review; not a diagnosis and not for clinical use."
@@ -67,8 +68,6 @@ def release_sentences(pieces: Iterator[str], deidentifier: DicomDeidentifier) ->
     Release stops at the first sentence that would make the released text a repetition loop
     (:func:`radlvlm.tasks.drafting.find_repetition`); the final parsed draft says ``repetition`` then.
     """
-    from radlvlm.tasks.drafting import find_repetition
-
     buffer, released = "", ""
     for piece in pieces:
         buffer += piece

@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
+
 from radlvlm.engine.base import Engine
 from radlvlm.errors import ModelError, ModelTimeout
+from radlvlm.model.default import choose_model, classifier_beside
 from radlvlm.pipeline.task_engine import TaskEngine, TaskRequest, TaskResult
+from radlvlm.safety.audit import AuditTrail
+from radlvlm.safety.dicom_deid import DicomDeidentifier
+from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
+from radlvlm.tasks.calibration import find_calibrations
+from radlvlm.tasks.image_check import ImageCheckFusion
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -92,7 +100,7 @@ class Runtime:
         # their imports.
         with self._build_lock:
             if self._report_deidentifier is None:
-                from radlvlm.safety.text_deid import ReportDeidentifier
+                from radlvlm.safety.text_deid import ReportDeidentifier  # noqa: PLC0415 - Presidio: loaded only when text is de-identified or scanned
 
                 self._report_deidentifier = ReportDeidentifier()
         return self._report_deidentifier
@@ -104,9 +112,7 @@ class Runtime:
             return None
         with self._build_lock:
             if self._classifier is None:
-                import torch
-
-                from radlvlm.model.findings import FindingClassifier
+                from radlvlm.model.findings import FindingClassifier  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
 
                 try:
                     # Stored in float16 (the package stays small); read in float32, which CPUs convolve fast.
@@ -115,7 +121,6 @@ class Runtime:
                     ).eval()
                 except (OSError, ValueError) as e:
                     raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
-                from radlvlm.tasks.image_check import ImageCheckFusion
 
                 # Read with the classifier, once: the image check's fusion belongs to this classifier.
                 self._fusion = ImageCheckFusion.load(self.classifier_dir)
@@ -128,9 +133,6 @@ class Runtime:
 
     def deidentifier(self) -> DicomDeidentifier:
         """A DICOM de-identifier with a pseudonym context of its own: one per study or request, dropped after."""
-        from radlvlm.safety.dicom_deid import DicomDeidentifier
-        from radlvlm.safety.pseudonyms import PseudonymMap
-
         return DicomDeidentifier(PseudonymMap(self.key, record=False), self.deid_options, self.report_deidentifier)
 
     def digest(self, *parts: bytes | str) -> str:
@@ -163,8 +165,6 @@ class Runtime:
     def content_uid(self, kind: str, content: bytes | str) -> str:
         """A pseudonymous ``2.25.`` study UID for content that has none (a report checked on its own text, a
         de-identified text): keyed, so the same content is the same study in the trail and nothing is guessable."""
-        from radlvlm.safety.pseudonyms import PseudonymMap
-
         return PseudonymMap(self.key, record=False).uid(f"{kind}:{self.digest(content)}")
 
     def answer_digest(self, answer: dict[str, Any]) -> str:
@@ -193,10 +193,8 @@ class Runtime:
 def build_engine(settings: Settings) -> tuple[TaskEngine, dict[str, Any]]:
     """The configured backend started on the configured model (the embedded model when none is named), with the
     tasks (and the model's check calibration) paired with it."""
-    from radlvlm.engine.loading import load_engine
-    from radlvlm.model.default import choose_model
-    from radlvlm.model.generation import GenerationSettings
-    from radlvlm.tasks.calibration import find_calibrations
+    from radlvlm.engine.loading import load_engine  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
+    from radlvlm.model.generation import GenerationSettings  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
 
     choice = choose_model(settings.model_dir, settings.adapter_dir)
     engine, info = load_engine(
@@ -219,11 +217,9 @@ def build_engine(settings: Settings) -> tuple[TaskEngine, dict[str, Any]]:
 def check_before_loading(settings: Settings) -> None:
     """What can be checked of the configured model without loading it (paths; for vLLM the export and the GPU),
     so that a wrong configuration stops a start at once, before a background load."""
-    from radlvlm.model.default import choose_model
-
     choice = choose_model(settings.model_dir, settings.adapter_dir)
     if settings.backend == "vllm":
-        from radlvlm.engine.vllm_engine import check_vllm_can_start
+        from radlvlm.engine.vllm_engine import check_vllm_can_start  # noqa: PLC0415 - vLLM: the optional GPU extra
 
         check_vllm_can_start(choice.base, choice.adapter)
         return
@@ -260,8 +256,6 @@ class LazyEngine:
 
 def classifier_dir(settings: Settings) -> Path | None:
     """The finding classifier the settings name, or the one that travels with the model, or None."""
-    from radlvlm.model.default import choose_model, classifier_beside
-
     if settings.findings_disabled:
         return None
     if settings.findings_model is not None:
@@ -286,9 +280,6 @@ def build_runtime(
     the archive drafts may name studies in (a door builds it: the use cases import no archive client). With
     ``lazy`` the model and the report de-identifier are built on first use (or by whoever warms them up), so
     the runtime itself is ready in well under a second."""
-    from radlvlm.safety.audit import AuditTrail
-    from radlvlm.safety.pseudonyms import load_or_create_key
-
     key, created = load_or_create_key(settings.deid_key_path)
     if created:
         logger.warning("created a new project key at %s; keep it secret and back it up", settings.deid_key_path)

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from radlvlm.errors import InputError, ModelError
 from radlvlm.reports.consistency import RULE_CHECKER_THRESHOLD, ConsistencyFinding, check_consistency
 from radlvlm.tasks.taxonomy import ErrorCategory
@@ -231,10 +233,9 @@ def fit_calibration(
     final weights are then fitted on the whole set. With ``rule_floor`` every report the rule checker flags is
     flagged (see :class:`CheckCalibration`) and the threshold is chosen for the rest.
     """
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
 
     features = ((MODEL_FEATURE,) if model_log_odds is not None else ()) + (RULE_FEATURES if use_rules else ())
     if not features:
@@ -280,8 +281,6 @@ def fit_calibration(
 def _youden_threshold(y: Any, probability: Any, always: Any) -> float:
     """The P(error) threshold with the best sensitivity + specificity, the rows in ``always`` being flagged
     whatever their probability (the rule floor)."""
-    import numpy as np
-
     candidates = np.unique(probability)
     positives, negatives = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
     best, best_j = 0.5, -np.inf

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from radlvlm.errors import InputError
+from radlvlm.imaging import read_image_file
 from radlvlm.reports import normalize_text
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ class ImageRef:
 
     def load(self) -> torch.Tensor:
         """Display pixels ``(rows, columns)``, float32 in [0, 1], through :func:`radlvlm.imaging.read_image_file`."""
-        from radlvlm.imaging import read_image_file
-
         try:
             if self.member is None:
                 image = read_image_file(self.path, name=self.image_id)

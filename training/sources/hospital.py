@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from radlvlm.safety.pseudonyms import PseudonymMap
     from radlvlm.safety.text_deid import ReportDeidentifier
 
-from radlvlm.safety.dicom_deid import identifying_values, leaked_value
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from radlvlm.imaging import read_image_file
+from radlvlm.imaging.dicom import is_plain_image
+from radlvlm.safety.dicom_deid import identifying_values, leaked_value, quiet_pydicom
 from radlvlm.training.sources.base import (
     SPLITS,
     Drop,
@@ -130,7 +135,7 @@ class HospitalSource(Source):
         if self.deidentifier is not None:
             return self.deidentifier.text
         if self._report_deidentifier is None:
-            from radlvlm.safety.text_deid import ReportDeidentifier
+            from radlvlm.safety.text_deid import ReportDeidentifier  # noqa: PLC0415 - Presidio: loaded only when report text is de-identified
 
             self._report_deidentifier = ReportDeidentifier()
         return self._report_deidentifier
@@ -190,13 +195,6 @@ class HospitalSource(Source):
                 yield f"{self.images}!{member}", _zip_reader(self.images, member), member
 
     def _scan(self) -> tuple[dict[str, _Study], list[Drop]]:
-        from pydicom import dcmread
-        from pydicom.errors import InvalidDicomError
-
-        from radlvlm.imaging import read_image_file
-        from radlvlm.imaging.dicom import is_plain_image
-        from radlvlm.safety.dicom_deid import quiet_pydicom
-
         studies: dict[str, _Study] = {}
         drops: list[Drop] = []
         work = self._work_dir() if self.deidentifier is not None else None

@@ -11,6 +11,7 @@ from radlvlm.errors import InputError
 if TYPE_CHECKING:
     pass
 
+from radlvlm.tasks import compose_report
 from radlvlm.training.sources.base import (
     _CHECK,
     _DRAFT,
@@ -161,8 +162,6 @@ class IUXraySource(Source):
 
     def report_texts(self, split: str | None = None) -> Iterator[str]:
         """Every non-empty report (findings then impression) of ``split`` (all splits when None): LM text."""
-        from radlvlm.tasks import compose_report
-
         for _, _, row in self._iter_rows():
             if split is None or row["split"] == split:
                 text = compose_report(str(row.get("findings") or ""), str(row.get("impression") or ""))

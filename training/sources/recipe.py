@@ -12,6 +12,8 @@ from radlvlm.errors import InputError
 if TYPE_CHECKING:
     pass
 
+from radlvlm.safety.dicom_deid import DicomDeidentifier
+from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
 from radlvlm.training.sources.base import Source
 from radlvlm.training.sources.covid import CovidSource
 from radlvlm.training.sources.hospital import HospitalSource
@@ -61,7 +63,7 @@ def sources_from_config(specs: Iterable[Mapping[str, Any]], *, base: str | Path 
         InputError: an unknown type or key, a missing key, or a pseudo-pair naming no earlier source, naming
             the entry's position.
     """
-    from radlvlm.training.pseudo_pairs import LabelMatchedPairs
+    from radlvlm.training.pseudo_pairs import LabelMatchedPairs  # noqa: PLC0415 - import cycle: pseudo_pairs imports radlvlm.training.sources, whose __init__ imports this module
 
     root = Path(base) if base is not None else None
 
@@ -111,14 +113,12 @@ def _hospital_from_config(options: Mapping[str, Any], path: Callable[[object], P
     report_deidentifier = None
     spacy_model = options.get("spacy_model")
     if spacy_model is not None:
-        from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig
+        from radlvlm.safety.text_deid import ReportDeidentifier, TextDeidConfig  # noqa: PLC0415 - Presidio: loaded only when a spaCy model is named for report de-identification
 
         report_deidentifier = ReportDeidentifier(TextDeidConfig(spacy_model=str(spacy_model)))
     if options.get("deidentify"):
         if not options.get("key_file"):
             raise InputError(f"data source {position} (hospital): 'deidentify' needs a 'key_file' (the project key)")
-        from radlvlm.safety.dicom_deid import DicomDeidentifier
-        from radlvlm.safety.pseudonyms import PseudonymMap, load_or_create_key
 
         key, _ = load_or_create_key(path(options["key_file"]))
         deidentifier = DicomDeidentifier(PseudonymMap(key, record=False), text=report_deidentifier)
