@@ -34,26 +34,38 @@ class ModelChoice:
     embedded: bool
 
 
+def is_release(root: Path) -> bool:
+    """Whether ``root`` is a model release in the embedded model's layout (``base/``, ``model.json``)."""
+    return (root / "base" / "config.json").is_file() and (root / MODEL_INFO).is_file()
+
+
+def _release(root: Path, *, embedded: bool) -> ModelChoice:
+    info: dict[str, Any] = json.loads((root / MODEL_INFO).read_text())
+    adapter = root / "adapter"
+    return ModelChoice(root / "base", adapter if adapter.is_dir() else None, str(info["id"]), embedded)
+
+
 def embedded_model(root: Path = DEFAULT_MODEL_ROOT) -> ModelChoice:
     """The shipped model; a clear error when this installation carries no weights."""
-    info_path = root / MODEL_INFO
-    if not (root / "base" / "config.json").is_file() or not info_path.is_file():
+    if not is_release(root):
         raise ModelError(
             f"the embedded default model is not installed ({root} has no weights): pass --model DIR "
             "(or set RADLVLM_MODEL_DIR) to a radlvlm model directory"
         )
-    info: dict[str, Any] = json.loads(info_path.read_text())
-    adapter = root / "adapter"
-    return ModelChoice(root / "base", adapter if adapter.is_dir() else None, str(info["id"]), True)
+    return _release(root, embedded=True)
 
 
 def choose_model(model: Path | None, adapter: Path | None) -> ModelChoice:
     """``model``/``adapter`` as given, or the embedded model when no model is given (an adapter alone is refused:
-    it would silently land on a base it may not have been trained for)."""
+    it would silently land on a base it may not have been trained for). A ``model`` folder in the embedded
+    model's layout (a release: ``base/``, ``adapter/``, ``findings/``, ``model.json``, as ``radlvlm embedded
+    install`` writes it) is loaded as that release, under its own id."""
     if model is None:
         if adapter is not None:
             raise ModelError("--adapter needs --model: an adapter belongs to the base model it was trained on")
         return embedded_model()
+    if adapter is None and not (Path(model) / "config.json").is_file() and is_release(Path(model)):
+        return _release(Path(model), embedded=False)
     model_id = Path(model).name + (f"+{Path(adapter).name}" if adapter else "")
     return ModelChoice(Path(model), Path(adapter) if adapter else None, model_id, False)
 

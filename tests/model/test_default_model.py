@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from radlvlm.errors import ModelError
 from radlvlm.model import load_pretrained
-from radlvlm.model.default import DEFAULT_MODEL_ROOT, choose_model, embedded_model, model_card
+from radlvlm.model.default import DEFAULT_MODEL_ROOT, choose_model, classifier_beside, embedded_model, model_card
 from radlvlm.training.ship import MAX_SHIPPED_BYTES, dpo_is_better
 
 
@@ -28,6 +29,17 @@ def test_explicit_model_wins_and_an_adapter_alone_is_refused(tmp_path: Path) -> 
     assert not choice.embedded and choice.model_id == "mine" and choice.adapter is None
     with pytest.raises(ModelError, match="--adapter needs --model"):
         choose_model(None, tmp_path / "adapter")
+
+
+def test_a_release_folder_given_as_the_model_loads_as_that_release(tmp_path: Path) -> None:
+    """A copy of a release (the embedded layout: base/, adapter/, findings/, model.json) works as --model, with
+    its own id and its classifier beside it."""
+    release = tmp_path / "release"
+    shutil.copytree(DEFAULT_MODEL_ROOT, release)
+    choice = choose_model(release, None)
+    assert not choice.embedded and choice.base == release / "base" and choice.adapter == release / "adapter"
+    assert choice.model_id == embedded_model().model_id
+    assert classifier_beside(choice) == release / "findings"
 
 
 def test_missing_weights_say_how_to_give_a_model(tmp_path: Path) -> None:
