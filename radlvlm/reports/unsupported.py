@@ -1,5 +1,5 @@
 """Statements a draft written from a finding list cannot support: side, location, size, devices, comparisons,
-incidentals.
+incidentals, views it was not given.
 
 A writer that is given only *which* findings the image shows (:mod:`radlvlm.tasks.image_findings`) has no
 evidence for which side or where in the chest they are, how large, what hardware is in the chest, how the study
@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.normalize import normalize_text, split_sentences
 
-__all__ = ["UNSUPPORTED_KINDS", "supported_sentences", "unsupported_kinds", "unsupported_sentences"]
+__all__ = ["LATERAL_VIEW", "UNSUPPORTED_KINDS", "supported_sentences", "unsupported_kinds", "unsupported_sentences"]
 
-UNSUPPORTED_KINDS = ("side", "location", "size", "device", "comparison", "incidental", "advice", "redacted")
+UNSUPPORTED_KINDS = ("side", "location", "size", "device", "comparison", "incidental", "advice", "redacted", "view")
 
 _SIDE = re.compile(
     r"\b(right|left|bilateral(?:ly)?|unilateral|bibasilar|bibasal|biapical|dextro\w*|levo\w*)\b", re.IGNORECASE
@@ -69,6 +69,14 @@ _ADVICE = re.compile(
     r"further evaluation|if clinically|exclud\w*|difficult|suggestive|suspicious|questionabl\w*|versus|vs)\b",
     re.IGNORECASE,
 )
+# Views a draft of one frontal radiograph was not given: a lateral (or decubitus, oblique) film, or "PA and lateral
+# views were obtained". Anatomy ("left lateral chest wall", "lateral right 8th rib") is not a view.
+LATERAL_VIEW = re.compile(
+    r"\b(?:lateral\s+(?:views?|projections?|images?|radiographs?|films?|exam\w*|examinations?)|"
+    r"lateral\s+chest\s+(?:exam\w*|radiographs?|films?|x-?rays?)|(?:pa|ap|frontal)\s+and\s+lateral|"
+    r"on\s+(?:the\s+)?lateral|decubitus|oblique\s+(?:views?|radiographs?)|swimmers?)\b",
+    re.IGNORECASE,
+)
 _NEGATION = re.compile(r"^\W*(no|not|without|negative for|there is no|there are no|absent)\b", re.IGNORECASE)
 _REDACTED = re.compile(r"\bxxxx\b", re.IGNORECASE)
 # Observations a finding list can carry are the writer's; these others are always unsupported when asserted.
@@ -89,6 +97,8 @@ def unsupported_kinds(sentence: str) -> frozenset[str]:
         kinds.add("comparison")
     if _REDACTED.search(text):
         kinds.add("redacted")
+    if LATERAL_VIEW.search(text):
+        kinds.add("view")
     statuses = {m.status for m in labeled.mentions}
     negation = bool(_NEGATION.match(text)) or (bool(statuses) and statuses == {Label.NEGATIVE})
     if negation:

@@ -1,5 +1,5 @@
 """What a finding list cannot support: side, location, size, devices, comparisons, incidentals, advice,
-redactions."""
+redactions, views not given."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ from radlvlm.reports.unsupported import unsupported_kinds, unsupported_sentences
         ("No pleural effusion or large pneumothorax.", set()),  # a pure negation asserts no size
         ("Heart size is normal.", set()),
         ("No change from prior study.", {"comparison"}),
+        # A draft of one frontal film was given no lateral: a statement about one is unsupported, anatomy is not.
+        ("Streaky airspace disease is demonstrated on the lateral examination.", {"view"}),
+        ("PA and lateral views of the chest were obtained.", {"view"}),
+        ("No effusion on the lateral view.", {"view"}),
+        ("Subcutaneous emphysema of the left lateral chest wall.", {"incidental", "side"}),
     ],
 )
 def test_kinds_of_one_sentence(sentence: str, kinds: set[str]) -> None:

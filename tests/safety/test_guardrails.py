@@ -73,3 +73,7 @@ def test_lateral_and_communication_claims_are_flagged() -> None:
     text = "On the lateral view there is a small effusion. Results were discussed with the team."
     found = {f.code for f in output_findings(text, has_prior=True, has_lateral=False)}
     assert found == {"claims_lateral", "claims_communication"}
+    examination = "Streaky airspace disease is demonstrated on the lateral examination."
+    assert {f.code for f in output_findings(examination, has_prior=True, has_lateral=False)} == {"claims_lateral"}
+    anatomy = "Subcutaneous emphysema of the left lateral chest wall."
+    assert not output_findings(anatomy, has_prior=True, has_lateral=False)
