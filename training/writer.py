@@ -105,6 +105,9 @@ class WriterTarget:
         return draft_target(" ".join(self.findings), " ".join(self.impression))
 
 
+MIN_BANK_SENTENCES = 2
+
+
 class SentenceBank:
     """Clean sentences from train reports: for each observation, sentences stating it alone; and normal ones."""
 
@@ -125,8 +128,12 @@ class SentenceBank:
                 elif not positive and negative:
                     self.normal.append(sentence)
         for label in WRITER_LABELS:
-            if not self.positive[label]:  # a label no clean train sentence states: its impression phrase
-                self.positive[label].append(_IMPRESSION_PHRASES[label])
+            # A label fewer than two clean train sentences state alone gets its impression phrase: one sentence is
+            # too little to know it is a plain statement of the finding (IU's only such opacity sentence was
+            # "Peribronchial cuffing also noted.", its only consolidation one "The lungs focal airspace
+            # consolidation.").
+            if len(self.positive[label]) < MIN_BANK_SENTENCES:
+                self.positive[label] = [_IMPRESSION_PHRASES[label]]
 
     def sentence(self, label: str, rng: random.Random) -> str:
         return rng.choice(self.positive[label])

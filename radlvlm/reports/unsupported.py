@@ -58,7 +58,8 @@ _INCIDENTAL = re.compile(
     r"osteopeni\w*|deformit\w*|fractures?|atherosclero\w*|aneurysm\w*|nipple|artifact|cholecystectomy|"
     r"thoracotomy|mastectomy|lobectomy|pneumonectomy|azygos|cervical rib|pectus|bullae?|bullous|cyst\w*|"
     r"eventration|low lung volumes?|hypoinflat\w*|poor inspiration|"
-    r"elevat\w* (?:right |left )?hemidiaphragm|flattened|flattening|thickened|interstitial markings)\b",
+    r"elevat\w* (?:right |left )?hemidiaphragm|flattened|flattening|thickened|interstitial markings|"
+    r"peribronchial|cuffing|bronchial wall|bronchitis|bronchiectasis|airway disease)\b",
     re.IGNORECASE,
 )
 # Advice, hedges and communication: a finding list gives no grounds to recommend, speculate ("cannot exclude",

@@ -34,6 +34,9 @@ P, N, U = Label.POSITIVE, Label.NEGATIVE, Label.UNCERTAIN
         # IU's "clear airspace disease" (4 reports) drops the "of": still a negation, not an opacity.
         ("Lungs are expanded and clear airspace disease.", {"Lung Opacity": N, "No Finding": P}),
         ("The lungs are clear. Airspace disease at the left base.", {"Lung Opacity": P}),
+        # "... appear within limits of normal" after a finding denies it (17 IU reports say this of engorgement).
+        ("Heart size and pulmonary vascular engorgement appear within limits of normal.", {"Edema": N}),
+        ("Small effusion, heart size within normal limits.", {"Pleural Effusion": P}),
     ],
 )
 def test_hand_made_sentences(text: str, expected: dict[str, Label]) -> None:

@@ -31,6 +31,8 @@ from radlvlm.reports.unsupported import unsupported_kinds, unsupported_sentences
         ("PA and lateral views of the chest were obtained.", {"view"}),
         ("No effusion on the lateral view.", {"view"}),
         ("Subcutaneous emphysema of the left lateral chest wall.", {"incidental", "side"}),
+        # Airway findings are outside the classifier's labels, though the labeler reads cuffing as an opacity.
+        ("Peribronchial cuffing also noted.", {"incidental"}),
     ],
 )
 def test_kinds_of_one_sentence(sentence: str, kinds: set[str]) -> None:

@@ -60,3 +60,12 @@ def test_the_release_section_goes_first_and_replaces_an_earlier_one() -> None:
     twice = card_with_section(once, f"{CARD_MARK}\n## Release B\n\n{tail}")
     assert twice.count(CARD_MARK) == 1 and "Release A" not in twice and "Release B" in twice
     assert twice.startswith("# Model card: m\n") and twice.rstrip().endswith("## What it is\nstuff")
+
+
+def test_a_finding_stated_alone_by_fewer_than_two_clean_sentences_is_banked_as_its_plain_phrase() -> None:
+    """The bank is what the writer learns to say for a finding: a single odd sentence (IU's only opacity one was
+    "Peribronchial cuffing also noted.") must not become the way every opacity is written."""
+    bank = SentenceBank(TRAIN)
+    assert set(bank.positive["Cardiomegaly"]) == {"The heart is enlarged.", "There is cardiomegaly."}
+    assert bank.positive["Pleural Effusion"] == ["Pleural effusion."]  # one clean sentence: the phrase instead
+    assert bank.positive["Lung Opacity"] == ["Airspace opacity."]  # none at all
