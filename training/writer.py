@@ -580,9 +580,9 @@ def _card_training_lines(info: dict[str, Any]) -> list[str]:
         f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
         f"- Writer: {writer['steps']} steps in its last run on {sum(writer['data']['examples'].values())} examples "
         f"({', '.join(f'{k} {v}' for k, v in sorted(writer['data']['examples'].items()))}): IU train reports with "
-        "every sentence stating a side, a location, size, device, comparison, incidental finding or advice removed, "
-        "the "
-        "labeler's findings as input (perturbed at the classifier's out-of-fold error rates, the target edited to "
+        "every sentence stating a side, a location, size, device, comparison, incidental finding, advice or a view "
+        "it was not given removed, the labeler's findings as input (perturbed at the classifier's out-of-fold "
+        "error rates, the target edited to "
         "match), and train radiographs with the classifier's out-of-fold findings; the indication is dropped from "
         "half the prompts.",
         "- Training time on 2 CPU cores: classifier "
