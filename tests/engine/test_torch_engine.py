@@ -316,10 +316,15 @@ def test_a_batch_waits_only_for_requests_already_at_the_door(parts) -> None:  # 
         assert lone.timings.batch_size == 1 and lone.timings.queued_ms < 500  # not max_wait, nor a share of it
         prepare = bare.prepare_image
         calls = itertools.count()
+        # All four are at the door before the first is ready (on a loaded CPU a thread can start late, and one
+        # that has not reached the door is rightly not waited for); then the others take their time there.
+        everyone_at_the_door = threading.Barrier(4, timeout=30)
 
         def slow_after_the_first(request):  # type: ignore[no-untyped-def]
-            if next(calls):
-                time.sleep(1.5)  # the others take their time at the door (a big image, a busy CPU)
+            first = next(calls) == 0
+            everyone_at_the_door.wait()
+            if not first:
+                time.sleep(1.5)  # a big image, a busy CPU
             return prepare(request)
 
         bare.prepare_image = slow_after_the_first  # type: ignore[method-assign]
