@@ -106,6 +106,14 @@ class WriterTarget:
 
 
 MIN_BANK_SENTENCES = 2
+# Findings in the lung itself: a sentence calling the lungs clear ("The lungs are clear.", which the labeler reads
+# as no lung opacity) contradicts any of them, not only an opacity.
+PARENCHYMAL = frozenset({"Lung Opacity", "Pneumonia", "Consolidation", "Edema", "Atelectasis", "Lung Lesion"})
+
+
+def denies(negative: set[str], wanted: set[str] | frozenset[str]) -> bool:
+    """Whether a sentence whose negated observations are ``negative`` contradicts the ``wanted`` findings."""
+    return bool(negative & wanted) or ("Lung Opacity" in negative and bool(wanted & PARENCHYMAL))
 
 
 class SentenceBank:
@@ -159,7 +167,7 @@ def clean_report(findings: str, impression: str, bank: SentenceBank, rng: random
             if unsupported_kinds(sentence):
                 continue
             _positive, uncertain, negative = _reading(sentence)
-            if uncertain or (negative & wanted):
+            if uncertain or denies(negative, wanted):
                 continue
             kept[part].append(sentence)
     return edit_to(WriterTarget(tuple(kept["findings"]), tuple(kept["impression"]), frozenset()), wanted, bank, rng)
@@ -178,7 +186,7 @@ def edit_to(
         out = []
         for sentence in sentences:
             positive, _, negative = _reading(sentence)
-            if positive - wanted or negative & wanted:
+            if positive - wanted or denies(negative, wanted):
                 continue
             if wanted and part == "impression" and _WHOLE_NORMAL.search(sentence):
                 continue

@@ -8,7 +8,7 @@ import random
 from radlvlm.reports.labeler import label_report
 from radlvlm.reports.unsupported import unsupported_kinds
 from radlvlm.tasks.image_findings import WRITER_LABELS
-from radlvlm.training.writer import SentenceBank, clean_report, edit_to
+from radlvlm.training.writer import SentenceBank, WriterTarget, clean_report, edit_to
 
 TRAIN = [
     ("The heart is enlarged. No pleural effusion. The lungs are clear.", "Cardiomegaly."),
@@ -69,3 +69,20 @@ def test_a_finding_stated_alone_by_fewer_than_two_clean_sentences_is_banked_as_i
     assert set(bank.positive["Cardiomegaly"]) == {"The heart is enlarged.", "There is cardiomegaly."}
     assert bank.positive["Pleural Effusion"] == ["Pleural effusion."]  # one clean sentence: the phrase instead
     assert bank.positive["Lung Opacity"] == ["Airspace opacity."]  # none at all
+
+
+def test_a_target_for_a_lung_finding_does_not_call_the_lungs_clear() -> None:
+    """0.5 still wrote "The lungs are clear. Pneumonia." (3 of 94 validation drafts): its targets kept such a
+    sentence, as the labeler reads it as no opacity, not as no pneumonia."""
+    bank = SentenceBank(TRAIN)
+    findings = "The heart is normal in size. The lungs are clear. Right lower lobe pneumonia."
+    target = clean_report(findings, "Pneumonia.", bank, random.Random(0))
+    assert target is not None and target.observations == {"Pneumonia"}
+    assert "The lungs are clear." not in target.findings and "The heart is normal in size." in target.findings
+    edited = edit_to(WriterTarget(("The lungs are clear.", "No pneumothorax."), (), frozenset()), {"Edema"}, bank,
+                     random.Random(0))  # fmt: skip
+    assert (
+        edited is not None and "The lungs are clear." not in edited.findings and "No pneumothorax." in edited.findings
+    )
+    normal = edit_to(WriterTarget(("The lungs are clear.",), (), frozenset()), {"Cardiomegaly"}, bank, random.Random(0))
+    assert normal is not None and "The lungs are clear." in normal.findings  # not a lung finding: it stays
