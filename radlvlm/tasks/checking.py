@@ -10,6 +10,7 @@ model's score are :mod:`radlvlm.tasks.calibration`'s.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -177,7 +178,7 @@ def unanswerable_check(request: CheckRequest, reason: str, model_id: str) -> Che
     )
 
 
-class _CheckTask:
+class _CheckTask(ABC):
     """What the SIMPLE and COMPLEX checks share: the prompt, and the reasons a report cannot be checked."""
 
     mode: ErrorCheckTask
@@ -219,8 +220,9 @@ class _CheckTask:
         """The engine's request for this check, whether or not it can be done (:meth:`ask` says)."""
         return self._engine_request(request, self.prompt_ids(request))
 
+    @abstractmethod
     def _engine_request(self, request: CheckRequest, ids: tuple[int, ...]) -> ScoreRequest | GenerateRequest:
-        raise NotImplementedError
+        """The engine request of a check that can be done, from its tokenised prompt."""
 
 
 class SimpleCheckTask(_CheckTask):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from testsupport import pydicom_file
 from radlvlm.pipeline import build_runtime, check_report, draft_study
 from radlvlm.pipeline.checking import NO_CLASSIFIER
 from radlvlm.pipeline.ingest import StudyInput
-from radlvlm.pipeline.runtime import Caller
+from radlvlm.pipeline.runtime import Caller, Runtime
 
 CALLER = Caller("test", "test")
 REPORT = "FINDINGS: Large left pleural effusion. IMPRESSION: Pleural effusion."
@@ -35,6 +37,16 @@ def model_with_classifier(plain_model: Path, tmp_path_factory: pytest.TempPathFa
     return folder
 
 
+@contextmanager
+def _runtime(tmp_path: Path, model: Path) -> Iterator[Runtime]:
+    settings, _, _ = make_settings(tmp_path, model)
+    runtime = build_runtime(settings, audit=False)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
 def _study() -> StudyInput:
     return StudyInput(data=pydicom_file("RG1_UNCR.dcm").read_bytes())
 
@@ -42,9 +54,7 @@ def _study() -> StudyInput:
 def test_a_draft_is_given_the_classifier_findings_and_answers_with_them(
     model_with_classifier: Path, tmp_path: Path
 ) -> None:
-    settings, _, _ = make_settings(tmp_path, model_with_classifier)
-    runtime = build_runtime(settings, audit=False)
-    try:
+    with _runtime(tmp_path, model_with_classifier) as runtime:
         outcome = draft_study(runtime, _study(), CALLER)
         found = outcome.answer()["image_findings"]
         assert found["classifier"] == "radlvlm-findings" and found["abnormal"]["present"]
@@ -53,16 +63,12 @@ def test_a_draft_is_given_the_classifier_findings_and_answers_with_them(
         # The prompt the engine ran with named those findings in the labeler's words.
         prompt = runtime.engine.drafts.prompt(None, ("Pleural Effusion",))
         assert "Image findings: pleural effusion." in prompt
-    finally:
-        runtime.close()
 
 
 def test_asked_to_explain_a_draft_shows_where_each_stated_finding_was_seen(
     model_with_classifier: Path, tmp_path: Path
 ) -> None:
-    settings, _, _ = make_settings(tmp_path, model_with_classifier)
-    runtime = build_runtime(settings, audit=False)
-    try:
+    with _runtime(tmp_path, model_with_classifier) as runtime:
         assert draft_study(runtime, _study(), CALLER).activation_maps is None  # not asked: nothing extra
         outcome = draft_study(runtime, _study(), CALLER, explain=True)
         maps = outcome.answer()["activation_maps"]
@@ -76,16 +82,12 @@ def test_asked_to_explain_a_draft_shows_where_each_stated_finding_was_seen(
         reading = {row["label"]: row for row in outcome.image_findings["labels"]}
         assert maps[0]["probability"] == reading[maps[0]["label"]]["probability"]
         assert maps[0]["threshold"] == reading[maps[0]["label"]]["threshold"]
-    finally:
-        runtime.close()
 
 
 def test_a_model_without_a_classifier_drafts_as_before_and_refuses_an_image_check(
     plain_model: Path, tmp_path: Path
 ) -> None:
-    settings, _, _ = make_settings(tmp_path, plain_model)
-    runtime = build_runtime(settings, audit=False)
-    try:
+    with _runtime(tmp_path, plain_model) as runtime:
         assert draft_study(runtime, _study(), CALLER).image_findings is None
         assert draft_study(runtime, _study(), CALLER, explain=True).activation_maps == []  # nothing to show
         outcome = check_report(runtime, REPORT, CALLER, image=_study())
@@ -93,14 +95,10 @@ def test_a_model_without_a_classifier_drafts_as_before_and_refuses_an_image_chec
         assert outcome.text_only is False and outcome.answer()["image_comparison"] is None
         text = check_report(runtime, REPORT, CALLER)  # the text-only check is unaffected
         assert text.text_only and text.answer_valid
-    finally:
-        runtime.close()
 
 
 def test_an_image_check_compares_the_report_with_the_image(model_with_classifier: Path, tmp_path: Path) -> None:
-    settings, _, _ = make_settings(tmp_path, model_with_classifier)
-    runtime = build_runtime(settings, audit=False)
-    try:
+    with _runtime(tmp_path, model_with_classifier) as runtime:
         outcome = check_report(runtime, REPORT, CALLER, image=_study())
         assert outcome.answer_valid and outcome.calibrated and outcome.error_probability is not None
         comparison = outcome.answer()["image_comparison"]
@@ -109,21 +107,15 @@ def test_an_image_check_compares_the_report_with_the_image(model_with_classifier
         assert outcome.has_error == (outcome.error_probability >= 0.5)
         if outcome.has_error:
             assert {e.category for e in outcome.errors} <= {"false_finding", "omitted_finding"}
-    finally:
-        runtime.close()
 
 
 def test_an_image_check_of_a_report_the_labeler_cannot_read_is_refused(
     model_with_classifier: Path, tmp_path: Path
 ) -> None:
-    settings, _, _ = make_settings(tmp_path, model_with_classifier)
-    runtime = build_runtime(settings, audit=False)
-    try:
+    with _runtime(tmp_path, model_with_classifier) as runtime:
         german = "BEFUND: Kein Pleuraerguss. Herz normal groß. BEURTEILUNG: Unauffälliger Befund."
         outcome = check_report(runtime, german, CALLER, image=_study())
         assert outcome.answer_valid is False and "English" in (outcome.reason or "")
-    finally:
-        runtime.close()
 
 
 def test_the_classifier_can_be_switched_off_or_named(model_with_classifier: Path, tmp_path: Path) -> None:
