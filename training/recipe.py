@@ -36,7 +36,7 @@ class ModelSpec(_Spec):
     """Where training starts and what it may change.
 
     Args:
-        base (str): a radlvlm model directory (weights, tokenizer, ``radlvlm_processor.json``).
+        base (str): a radlvlm model directory (weights, config, tokenizer, processor config).
         adapter ("mole" | "lora" | "none", default "mole"): the sparse experts of stage 2, or plain peft LoRA.
         num_experts, r, alpha, dropout, balance_loss_weight: MoLE / LoRA settings (``num_experts`` is MoLE's).
         target_modules (list[str]): LM MLP projections to adapt.

@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from radlvlm.errors import InputError
 from radlvlm.model.default import MODEL_CARD, MODEL_INFO
-from radlvlm.model.modeling import load_model, save_model
+from radlvlm.model.modeling import load_model
 from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from radlvlm.model.pretrained import save_pretrained
 from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.calibration import CALIBRATION_FILE
 from radlvlm.training.dpo_eval import markdown_table
@@ -88,8 +89,7 @@ def _half_base(source: Path, target: Path) -> None:
     # The sub-configs remember the local folders they were built from; a shipped config names none.
     for config in (model.config, model.config.text_config, model.config.vision_config):
         config._name_or_path = ""
-    save_model(model, target)
-    RadProcessor.from_pretrained(source).save_pretrained(target)
+    save_pretrained(model, RadProcessor.from_pretrained(source), target)
 
 
 def _half_adapter(source: Path, target: Path) -> None:

@@ -299,6 +299,12 @@ def _classifier_findings(data: Path, classifier_work: Path) -> tuple[list[str], 
     which it errs against NIH's labels (what the report examples' inputs are perturbed with)."""
     oof = out_of_fold_findings(classifier_work)
     images = [e for e in classifier_examples(data) if e.split == "train" and e.path in oof]
+    if not images:
+        # The out-of-fold findings are keyed by the image paths the classifier was trained with.
+        raise InputError(
+            f"the classifier's out-of-fold findings ({classifier_work}) name none of the train radiographs under "
+            f"{data}: give --data as it was given when the classifier was trained"
+        )
     truth = {
         e.path: set(report_labels([label for label, y in zip(NIH_LABELS, e.labels[1:], strict=True) if y]))
         for e in images

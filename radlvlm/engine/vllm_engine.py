@@ -11,9 +11,10 @@ vLLM's engine does not run.
 Requests go through the same dynamic-batching queue as the torch backend; each group is one ``LLM.generate``
 call, inside which vLLM batches continuously. ``run_all`` hands a whole offline validation run to one
 ``LLM.generate`` per group of requests decoded alike. The model's inputs are built exactly as the torch backend
-builds them: the same prompt token ids (so vLLM adds no second BOS), and the image preprocessed by radlvlm's own
-transform (pad or crop) into a square RGB image of the encoder's size, which vLLM's LlavaProcessor then only
-normalises. Outputs are decoded by the same function as the torch backend's.
+builds them: the same prompt token ids (so vLLM adds no second BOS), and the radiograph's own pixels, which vLLM's
+LlavaProcessor prepares with the image processor exported with the model: radlvlm's ``RadImageProcessor``, the
+torch backend's transform (registered in vLLM's processes by radlvlm's ``vllm.general_plugins`` entry point).
+Outputs are decoded by the same function as the torch backend's.
 
 The mapping in both directions is pure functions over plain data (token ids, PIL images, dicts of sampling
 arguments, duck-typed ``RequestOutput``), tested on CPU without vLLM; vLLM is imported only when an engine starts.
@@ -36,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from transformers import AutoTokenizer
 
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
-from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
-from radlvlm.model.processor import PROCESSOR_FILE, RadProcessor
+from radlvlm.model.configuration import PooledRadLlavaConfig
+from radlvlm.model.image_processing import RadImageProcessor
+from radlvlm.model.processor import PROCESSOR_CONFIG, RadProcessor
 from radlvlm.settings import VLLMOptions
 
 logger = logging.getLogger(__name__)
@@ -81,17 +82,19 @@ class VLLMModelSpec:
     image_tokens: int | None
     adapter_dir: Path | None = None
     lora_rank: int | None = None
+    radlvlm_images: bool = True  # the export's image processor is radlvlm's (it takes float pixels)
 
 
 def check_vllm_config(config: Mapping[str, Any], where: str) -> None:
     """Refuse a model config vLLM's Llava cannot run as radlvlm means it, saying what to do instead."""
-    if config.get("model_type") != "llava":
-        raise ModelError(f"{where}: model_type is {config.get('model_type')!r}, not an HF Llava model")
     architectures = list(config.get("architectures") or [])
-    if config.get("visual_token_pool") or "RadLlavaForConditionalGeneration" in architectures:
+    pooled = config.get("model_type") == PooledRadLlavaConfig.model_type or config.get("visual_token_pool")
+    if pooled or "RadLlavaForConditionalGeneration" in architectures:
         raise ModelError(
             f"{where}: visual-token pooling is a radlvlm extension that vLLM's Llava does not run; {TORCH_BACKEND}"
         )
+    if config.get("model_type") != "llava":
+        raise ModelError(f"{where}: model_type is {config.get('model_type')!r}, not an HF Llava model")
     vision = config.get("vision_config") or {}
     tower = vision.get("model_type")
     if tower not in VLLM_VISION_TOWERS:
@@ -151,11 +154,13 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
         raise ModelError(f"{model_dir}: no config.json; not a model directory")
     config = _read_json(model_dir / "config.json")
     check_vllm_config(config, str(model_dir))
+    export_hint = f"vLLM needs an HF Llava export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
     if not any((model_dir / name).is_file() for name in HF_PROCESSOR_FILES):
-        raise ModelError(
-            f"{model_dir}: no HF processor files ({' or '.join(HF_PROCESSOR_FILES)}); vLLM needs an HF Llava "
-            f"export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
-        )
+        raise ModelError(f"{model_dir}: no HF processor files ({' or '.join(HF_PROCESSOR_FILES)}); {export_hint}")
+    if (model_dir / PROCESSOR_CONFIG).is_file():
+        kind = _read_json(model_dir / PROCESSOR_CONFIG).get("processor_class")
+        if kind != "LlavaProcessor":
+            raise ModelError(f"{model_dir}: its processor is a {kind!r}, not HF's LlavaProcessor; {export_hint}")
     vision, text = config["vision_config"], config.get("text_config") or {}
     image_tokens = None
     if vision.get("image_size") and vision.get("patch_size"):
@@ -165,6 +170,7 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
     adapter = Path(adapter_dir) if adapter_dir is not None else None
     rank = check_adapter(adapter) if adapter is not None else None
     return VLLMModelSpec(
+        radlvlm_images=image_processor_type(model_dir) == RadImageProcessor.__name__,
         model_dir=model_dir,
         vision_model=str(vision["model_type"]),
         text_model=str(text.get("model_type", "llama")),
@@ -172,6 +178,17 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
         adapter_dir=adapter,
         lora_rank=rank,
     )
+
+
+def image_processor_type(model_dir: Path) -> str | None:
+    """The class an export's image processor names (nested in ``processor_config.json`` or on its own)."""
+    processor = _read_json(model_dir / PROCESSOR_CONFIG) if (model_dir / PROCESSOR_CONFIG).is_file() else {}
+    image = processor.get("image_processor")
+    if not isinstance(image, dict):
+        path = model_dir / "preprocessor_config.json"
+        image = _read_json(path) if path.is_file() else {}
+    kind = image.get("image_processor_type")
+    return str(kind) if kind else None
 
 
 def check_gpu(capability: tuple[int, int] | None, name: str = "this GPU") -> None:
@@ -220,58 +237,37 @@ def engine_kwargs(spec: VLLMModelSpec, options: VLLMOptions) -> dict[str, Any]:
 
 
 def processor_for(model_dir: Path) -> RadProcessor:
-    """radlvlm's processor for an export (its ``radlvlm_processor.json``), else one read from the HF files."""
-    if (model_dir / PROCESSOR_FILE).is_file():
-        return RadProcessor.from_pretrained(model_dir)
-
-    hf = _read_json(model_dir / "processor_config.json") if (model_dir / "processor_config.json").is_file() else {}
-    image = hf.get("image_processor") or (
-        _read_json(model_dir / "preprocessor_config.json") if (model_dir / "preprocessor_config.json").is_file() else {}
-    )
-    crop = image.get("crop_size") or {}
-    size = int(crop.get("height") or (image.get("size") or {}).get("shortest_edge") or 0)
-    if size < 1:
-        raise ModelError(f"{model_dir}: the HF image processor names no crop size")
-    config = ImageTransformConfig(
-        size=size,
-        resize_mode="crop",  # what CLIPImageProcessor does: shortest side to size, centre crop
-        mean=tuple(image.get("image_mean") or (0.5,)),
-        std=tuple(image.get("image_std") or (0.5,)),
-        interpolation="bicubic",
-    )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{model_dir}: tokenizer cannot be loaded ({type(e).__name__})") from e
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return RadProcessor(tokenizer, config, num_image_tokens=1, image_token=hf.get("image_token", "<image>"))
+    """radlvlm's processor for an export (an HF ``LlavaProcessor`` directory; see ``RadProcessor.from_pretrained``)."""
+    return RadProcessor.from_pretrained(model_dir)
 
 
 # -- our requests → vLLM inputs ------------------------------------------------------------------
 
 
-def vllm_image(image: EngineImage, processor: RadProcessor) -> PILImage.Image:
-    """The image as vLLM's LlavaProcessor should see it: radlvlm's resize/pad/crop already applied.
+def vllm_image(image: EngineImage, *, float_pixels: bool = True) -> PILImage.Image:
+    """The image as vLLM's processor should receive it: the radiograph itself, not a prepared tensor.
 
-    radlvlm's transform gives the normalised (channels, size, size) tensor the torch backend feeds the model;
-    undoing the normalisation gives a square RGB image of the encoder's size, which the HF processor (same
-    mean/std, exported with the model) resizes and crops by nothing and normalises back. 8-bit rounding is
-    the only difference from the torch backend's input.
+    A radlvlm export names radlvlm's image processor (``RadImageProcessor``), which vLLM's ``LlavaProcessor``
+    runs (radlvlm registers it in every vLLM process through its plugin), so vLLM prepares the image exactly as
+    the torch backend does: it gets the display pixels in [0, 1] as a 32-bit float image (mode ``F``), no 8-bit
+    rounding. A llava-hf checkpoint's CLIP image processor takes 8-bit RGB (``float_pixels=False``), as it was
+    trained on.
     """
-    config = processor.image_config
-    pixels = processor.pixel_values([image])[0].float()
-    channels = pixels.shape[0]
-    mean = torch.tensor(config.per_channel(config.mean), dtype=torch.float32).view(channels, 1, 1)
-    std = torch.tensor(config.per_channel(config.std), dtype=torch.float32).view(channels, 1, 1)
-    unit = (pixels * std + mean).clamp(0.0, 1.0)
-    if channels == 1:
-        unit = unit.expand(3, -1, -1)
-    rgb = (unit * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return PILImage.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim != 2:
+            raise InputError(f"the vLLM backend takes grayscale pixels (rows, columns), got {tuple(image.shape)}")
+        pixels = image.float().clamp(0.0, 1.0).numpy()
+    else:
+        pixels = image.array
+    if float_pixels:
+        return PILImage.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    gray = PILImage.fromarray(np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return gray.convert("RGB")
 
 
-def prompt_input(processor: RadProcessor, prompt_ids: Sequence[int], image: EngineImage | None) -> dict[str, Any]:
+def prompt_input(prompt_ids: Sequence[int], image: EngineImage | None, *, float_pixels: bool = True) -> dict[str, Any]:
     """One vLLM prompt: the prompt's token ids (one ``<image>``, which vLLM expands) and the image.
 
     Token ids, not text: they are the ones the model's family was trained on (``processor.prompt_ids``: the
@@ -279,7 +275,7 @@ def prompt_input(processor: RadProcessor, prompt_ids: Sequence[int], image: Engi
     """
     prompt: dict[str, Any] = {"prompt_token_ids": [int(t) for t in prompt_ids]}
     if image is not None:
-        prompt["multi_modal_data"] = {"image": vllm_image(image, processor)}
+        prompt["multi_modal_data"] = {"image": vllm_image(image, float_pixels=float_pixels)}
     return prompt
 
 
@@ -372,6 +368,8 @@ class VLLMEngine(BatchingEngine):
         adapter_dir (Path | None): a peft LoRA adapter served through vLLM's multi-LoRA on every request.
         max_batch_size, max_wait_ms, max_queue: the dynamic batching of the service (see ``BatchingEngine``).
         generation (GenerationSettings): decode settings of a request that names none (greedy, 256 new tokens).
+        float_pixels (bool, default True): hand vLLM float images (the export's image processor is radlvlm's);
+            False for an HF image processor that takes 8-bit RGB.
     """
 
     def __init__(
@@ -386,6 +384,7 @@ class VLLMEngine(BatchingEngine):
         max_wait_ms: float = 25.0,
         max_queue: int = 64,
         generation: GenerationSettings | None = None,
+        float_pixels: bool = True,
     ) -> None:
         generation = generation or GenerationSettings()
         if generation.strategy == "beam":
@@ -402,6 +401,7 @@ class VLLMEngine(BatchingEngine):
             thread_name="radlvlm-vllm-engine",
         )
         self.llm = llm
+        self.float_pixels = float_pixels
         self.bindings = bindings
         self.lora = bindings.lora_request(adapter_dir.name, 1, str(adapter_dir)) if adapter_dir is not None else None
         self._generate_lock = threading.Lock()  # the worker and run_all never drive the LLM at once
@@ -420,6 +420,10 @@ class VLLMEngine(BatchingEngine):
         self._run_batch(pending)
         return [item.future.result() for item in pending]
 
+    def prepare_image(self, request: Request) -> Request:
+        """Unchanged: vLLM prepares the image itself, with the export's image processor (see ``vllm_image``)."""
+        return request
+
     # -- groups -----------------------------------------------------------------------------------
 
     def _completions(self, prompts: list[dict[str, Any]], sampling: dict[str, Any]) -> list[Completion]:
@@ -431,7 +435,9 @@ class VLLMEngine(BatchingEngine):
         return [completion_of(output) for output in outputs]
 
     def _prompts(self, items: list[Pending]) -> list[dict[str, Any]]:
-        return [prompt_input(self.processor, item.request.prompt_ids, item.request.image) for item in items]
+        return [
+            prompt_input(item.request.prompt_ids, item.request.image, float_pixels=self.float_pixels) for item in items
+        ]
 
     def _generate(self, items: list[Pending], settings: GenerationSettings) -> list[Generation]:
         completions = self._completions(self._prompts(items), generation_sampling(settings))
@@ -509,6 +515,7 @@ def load_vllm_engine(
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         generation=generation,
+        float_pixels=spec.radlvlm_images,
     )
     return engine, spec
 

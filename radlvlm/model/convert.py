@@ -13,10 +13,11 @@ In:
   which is Llava's ``vision_feature_layer=-2`` / ``"default"`` on ``Dinov2Model`` (1369 tokens at 518 px).
   The LoRA is merged into the LM with peft.
 
-Out: ``export_hf_llava`` writes a plain HF Llava directory (LoRA merged) with a ``LlavaProcessor``, which
-``LlavaForConditionalGeneration.from_pretrained`` and vLLM load as they are (and radlvlm's processor settings,
-so the same directory serves the torch backend too). A MoLE adapter cannot be
-merged (each token uses its own expert) and visual-token pooling is not part of HF Llava: both are refused.
+Out: ``export_hf_llava`` writes a plain HF Llava directory (LoRA merged) with an HF ``LlavaProcessor`` around
+radlvlm's image processor, which ``LlavaForConditionalGeneration.from_pretrained`` and vLLM load as they are once
+radlvlm is imported (vLLM imports it through its plugin entry point), and which the torch backend loads too. A MoLE
+adapter cannot be merged (each token uses its own expert) and visual-token pooling is not part of HF Llava: both are
+refused.
 
 Key maps are data (tables of renames), so every tensor is accounted for: a source key that no rule maps,
 or a target weight that nothing fills, stops the conversion with their names.
@@ -29,7 +30,6 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoTokenizer,
-    CLIPImageProcessorPil,
     CLIPVisionConfig,
     Dinov2Config,
     LlamaConfig,
@@ -355,6 +354,7 @@ def _assemble(
         vision_feature_layer=int(llava_config.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy=_select_strategy(llava_config),
         pad_token_id=tokenizer.pad_token_id,
+        prompt_profile=profile,
     )
     model = build_model(config)
     state = dict(language_state)
@@ -519,13 +519,12 @@ def export_hf_llava(model: torch.nn.Module, processor: RadProcessor, out: str | 
         raise ModelError(f"cannot export a {type(model).__name__}")
     if getattr(model.config, "visual_token_pool", None):
         raise ModelError("visual-token pooling is a radlvlm extension that HF Llava and vLLM do not run")
+    model.config.prompt_profile = processor.prompt_profile
     save_model(model, out)
-    # radlvlm's own preprocessing settings too (pad or crop): the vLLM backend prepares images with them, so
-    # vLLM's LlavaProcessor only normalises a square image of the right size, as the torch backend does.
-    processor.save_pretrained(out)
-    image_processor = _hf_image_processor(processor)
+    # HF's Llava processor (what vLLM and HF users call) around radlvlm's image processor: the image is prepared
+    # (pad or crop, MONAI or PIL resampling) exactly as the torch backend prepares it.
     hf_processor = LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=processor.image_processor,
         tokenizer=processor.tokenizer,
         patch_size=int(model.config.vision_config.patch_size),
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
@@ -535,16 +534,3 @@ def export_hf_llava(model: torch.nn.Module, processor: RadProcessor, out: str | 
     )
     hf_processor.save_pretrained(out)
     return out
-
-
-def _hf_image_processor(processor: RadProcessor) -> Callable[..., Any]:
-    config = processor.image_config
-    size = config.size
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        do_center_crop=True,
-        image_mean=list(config.per_channel(config.mean)),
-        image_std=list(config.per_channel(config.std)),
-        do_convert_rgb=True,
-    )

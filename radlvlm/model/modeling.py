@@ -9,7 +9,6 @@ a pooled model needs this class to run, and ``export_hf_llava`` refuses it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -17,15 +16,41 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PretrainedConfig,
+)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radlvlm.errors import ModelError
+from radlvlm.model.configuration import (
+    PooledRadLlavaConfig,
+    RadLlavaConfig,
+    has_cls_token,
+    image_token_count,
+    load_config,
+    make_config,
+    patch_grid_side,
+)
+
+__all__ = [
+    "PoolingProjector",
+    "RadLlavaForConditionalGeneration",
+    "build_config",
+    "build_model",
+    "check_loading_info",
+    "has_cls_token",
+    "image_token_count",
+    "load_model",
+    "parameter_counts",
+    "patch_grid_side",
+    "save_model",
+]
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model", "dinov2", "vit")
-SUPPORTED_TEXT = ("llama", "mistral", "qwen2", "phi", "phi3", "gemma", "gemma2")
 
 
 class PoolingProjector(LlavaMultiModalProjector):
@@ -52,6 +77,8 @@ class PoolingProjector(LlavaMultiModalProjector):
 class RadLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     """``LlavaForConditionalGeneration`` plus optional visual-token pooling (see the module docstring)."""
 
+    config_class = RadLlavaConfig
+
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
         pool = getattr(config, "visual_token_pool", None)
@@ -64,27 +91,6 @@ class RadLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return image_token_count(self.config)
 
 
-def has_cls_token(vision_config: PretrainedConfig) -> bool:
-    """SigLIP emits patch tokens only; CLIP, DINOv2 and ViT put a CLS token first."""
-    return vision_config.model_type != "siglip_vision_model"
-
-
-def patch_grid_side(config: LlavaConfig) -> int:
-    vision = config.vision_config
-    return int(vision.image_size) // int(vision.patch_size)
-
-
-def image_token_count(config: LlavaConfig) -> int:
-    """How many positions one image occupies in the LM's sequence."""
-    pool = getattr(config, "visual_token_pool", None)
-    if pool:
-        return int(pool) ** 2
-    tokens = patch_grid_side(config) ** 2
-    if config.vision_feature_select_strategy == "full" and has_cls_token(config.vision_config):
-        tokens += 1
-    return tokens
-
-
 def build_config(
     vision_config: PretrainedConfig | dict[str, Any],
     text_config: PretrainedConfig | dict[str, Any],
@@ -94,8 +100,9 @@ def build_config(
     vision_feature_select_strategy: str | None = None,
     visual_token_pool: int | None = None,
     pad_token_id: int | None = None,
-) -> LlavaConfig:
-    """A Llava config from any supported encoder and LM config.
+    prompt_profile: str | None = None,
+) -> RadLlavaConfig:
+    """A checked Llava config from any supported encoder and LM config (:mod:`radlvlm.model.configuration`).
 
     Args:
         vision_config: an HF vision config (CLIP/SigLIP vision, DINOv2, ViT) or its dict (with ``model_type``).
@@ -105,29 +112,13 @@ def build_config(
         vision_feature_select_strategy ("default" | "full" | None): "default" drops the CLS token, "full" keeps
             every token; None picks "default" for encoders with a CLS token and "full" for SigLIP (none).
         visual_token_pool (int | None, default None): pool the patch grid to this side length before projecting.
+        prompt_profile (str | None): the model family's prompt profile, stored with the config.
     """
     vision = _as_config(vision_config)
     text = _as_config(text_config)
-    if vision.model_type not in SUPPORTED_VISION:
-        raise ModelError(f"vision encoder {vision.model_type!r} is not supported; use one of {SUPPORTED_VISION}")
-    if text.model_type not in SUPPORTED_TEXT:
-        raise ModelError(f"language model {text.model_type!r} is not supported; use one of {SUPPORTED_TEXT}")
-    if not 0 <= image_token_id < text.vocab_size:
-        raise ModelError(f"image_token_id {image_token_id} is outside the LM vocabulary of {text.vocab_size}")
     if vision_feature_select_strategy is None:
         vision_feature_select_strategy = "default" if has_cls_token(vision) else "full"
-    if vision_feature_select_strategy == "default" and not has_cls_token(vision):
-        raise ModelError(f"{vision.model_type} has no CLS token to drop: use vision_feature_select_strategy='full'")
-    if vision_feature_select_strategy not in ("default", "full"):
-        raise ModelError(
-            f"vision_feature_select_strategy must be 'default' or 'full', got {vision_feature_select_strategy!r}"
-        )
-    side = int(vision.image_size) // int(vision.patch_size)
-    if visual_token_pool is not None and not 1 <= visual_token_pool <= side:
-        raise ModelError(f"visual_token_pool must be between 1 and the patch grid side {side}, got {visual_token_pool}")
-    if visual_token_pool is not None and vision_feature_select_strategy == "full" and has_cls_token(vision):
-        raise ModelError("visual_token_pool pools the patch grid and cannot keep the CLS token ('full')")
-    config = LlavaConfig(
+    config = make_config(
         vision_config=vision,
         text_config=text,
         image_token_id=image_token_id,
@@ -135,8 +126,9 @@ def build_config(
         vision_feature_select_strategy=vision_feature_select_strategy,
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
+        visual_token_pool=visual_token_pool,
+        prompt_profile=prompt_profile,
     )
-    config.visual_token_pool = visual_token_pool
     config.image_seq_length = image_token_count(config)
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id
@@ -182,16 +174,9 @@ def load_model(
     load would produce a model that runs and reports nonsense.
     """
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ModelError(f"{directory}: no config.json; not a saved model directory")
+    config = load_config(directory)
     if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
         raise ModelError(f"{directory}: no weight files (*.safetensors or *.bin)")
-    try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ModelError(f"{directory}: config.json cannot be read ({type(e).__name__}: {e})") from e
-    if config.model_type != "llava":
-        raise ModelError(f"{directory}: model_type is {config.model_type!r}, expected 'llava' (use `radlvlm convert`)")
     try:
         model, info = RadLlavaForConditionalGeneration.from_pretrained(
             directory,
@@ -254,3 +239,13 @@ def _preview(keys: list[Any], n: int = 3) -> str:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
+
+
+class PooledRadLlavaForConditionalGeneration(RadLlavaForConditionalGeneration):
+    """What ``AutoModelForImageTextToText`` builds for a pooled model's directory (transformers pairs one config
+    class with one model class; the model is the same)."""
+
+    config_class = PooledRadLlavaConfig
+
+
+AutoModelForImageTextToText.register(PooledRadLlavaConfig, PooledRadLlavaForConditionalGeneration, exist_ok=True)

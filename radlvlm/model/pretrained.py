@@ -1,4 +1,4 @@
-"""A radlvlm model directory: HF Llava weights + config, tokenizer, and ``radlvlm_processor.json``.
+"""A radlvlm model directory: HF Llava weights + config, and the processor (``processor_config.json``, tokenizer).
 
 ``load_pretrained`` returns the model and its processor; an optional MoLE adapter directory or peft LoRA
 adapter directory is attached on top of the base (adapters are never merged into saved base weights).
@@ -21,6 +21,12 @@ def save_pretrained(model: RadLlavaForConditionalGeneration, processor: RadProce
     directory = Path(directory)
     if getattr(model, "_mole_adapter", None) is not None:
         raise ModelError("save the MoLE adapter with adapter.save() and the base before injecting it")
+    stated = getattr(model.config, "prompt_profile", None)
+    if stated is not None and stated != processor.prompt_profile:
+        raise ModelError(
+            f"the processor's prompt profile {processor.prompt_profile!r} differs from the model's {stated!r}"
+        )
+    model.config.prompt_profile = processor.prompt_profile
     save_model(model, directory)
     processor.save_pretrained(directory)
     return directory
@@ -36,6 +42,12 @@ def load_pretrained(
         raise ModelError(
             f"{directory}: tokenizer's image token id {processor.image_token_id} differs from the model's "
             f"{model.config.image_token_id}"
+        )
+    stated = getattr(model.config, "prompt_profile", None)
+    if stated is not None and stated != processor.prompt_profile:
+        raise ModelError(
+            f"{directory}: the processor's prompt profile {processor.prompt_profile!r} differs from the model "
+            f"config's {stated!r}"
         )
     if adapter is None:
         return model, processor

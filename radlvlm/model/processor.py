@@ -1,69 +1,94 @@
 """The processor: images and prompts → one model batch (the model never sees text or PIL images).
 
-It owns the image preprocessing that matches the encoder (``ImageTransformConfig``), the tokenizer and its
-chat template, and the expansion of each ``<image>`` into the number of visual tokens the model uses.
-Batches are left-padded so that generation continues every row from its last prompt token.
+A transformers ``ProcessorMixin`` (tokenizer + :class:`~radlvlm.model.image_processing.RadImageProcessor` + the
+prompt profile), so ``AutoProcessor.from_pretrained(directory)`` works once radlvlm is imported, and trl or any HF
+tool that takes a processor takes ours. It owns the image preprocessing that matches the encoder, the tokenizer
+and its chat template, the family's prompt format, and the expansion of each ``<image>`` into the number of
+visual tokens the model uses. Batches are left-padded so that generation continues every row from its last
+prompt token.
+
+Saved as transformers saves a processor (``processor_config.json``, the tokenizer's files). Three older layouts
+still load (:meth:`RadProcessor.from_pretrained`): radlvlm's own ``radlvlm_processor.json`` (models saved before
+0.6 and converted LLaVA-Rad / LLaVA-1.5 directories of that time), and an HF ``LlavaProcessor`` directory (an
+export, or a llava-hf checkpoint), whose image processor is mapped onto radlvlm's transforms.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image as PILImage
-from transformers import AutoTokenizer, BatchFeature, LlavaConfig, PreTrainedTokenizerBase
+from transformers import AutoProcessor, AutoTokenizer, BatchFeature, LlavaConfig, PreTrainedTokenizerBase
+from transformers.processing_utils import ProcessorMixin
 
 from radlvlm.errors import InputError, ModelError
-from radlvlm.imaging import Image, ImageTransformConfig, ToModelInput
-from radlvlm.model.modeling import image_token_count
-from radlvlm.model.profile import get_profile
+from radlvlm.imaging import ImageTransformConfig
+from radlvlm.model.configuration import PooledRadLlavaConfig, image_token_count, load_config
+from radlvlm.model.image_processing import RadImageInput, RadImageProcessor
+from radlvlm.model.profile import PromptProfile, get_profile
 from radlvlm.model.tokenizer import IMAGE, VICUNA_CHAT_TEMPLATE
 
-PROCESSOR_FILE = "radlvlm_processor.json"
-ImageInput = Image | torch.Tensor | PILImage.Image
+__all__ = ["LEGACY_PROCESSOR_FILE", "PROCESSOR_CONFIG", "ImageInput", "RadProcessor"]
+
+PROCESSOR_CONFIG = "processor_config.json"
+LEGACY_PROCESSOR_FILE = "radlvlm_processor.json"
+ImageInput = RadImageInput
 
 
-class RadProcessor:
-    """Tokenizer + image transform + ``<image>`` expansion.
+class RadProcessor(ProcessorMixin):
+    """Tokenizer + image processor + prompt profile + ``<image>`` expansion.
 
     Args:
-        tokenizer: any HF tokenizer that has ``image_token`` in its vocabulary.
-        image_config: preprocessing matching the vision encoder (size, crop/pad, mean/std).
+        image_processor (RadImageProcessor): preprocessing matching the vision encoder (size, pad/crop, mean/std).
+        tokenizer: any HF tokenizer that has ``image_token`` in its vocabulary and a pad token.
         num_image_tokens (int): positions one image occupies (``image_token_count(model.config)``).
         image_token (str, default "<image>"): the placeholder in prompts.
         max_length (int | None): the LM's context; longer prompts are refused, not truncated.
-        profile (str | None): the model family's prompt profile (:mod:`radlvlm.model.profile`; radlvlm's own
-            when None): template, drafting request, what it writes, whether it checks, how it tokenises.
+        prompt_profile (str | None): the model family's prompt profile (:mod:`radlvlm.model.profile`; radlvlm's
+            own when None): template, drafting request, what it writes, whether it checks, how it tokenises.
     """
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
-        image_config: ImageTransformConfig,
-        num_image_tokens: int,
-        *,
+        image_processor: RadImageProcessor | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        num_image_tokens: int | None = None,
         image_token: str = IMAGE,
         max_length: int | None = None,
-        profile: str | None = None,
+        prompt_profile: str | None = None,
+        chat_template: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.profile = get_profile(profile)
-        self.image_config = image_config
-        self.num_image_tokens = num_image_tokens
-        self.image_token = image_token
-        self.max_length = max_length
+        if not isinstance(image_processor, RadImageProcessor):
+            raise ModelError(f"RadProcessor needs a RadImageProcessor, got {type(image_processor).__name__}")
+        if tokenizer is None:
+            raise ModelError("RadProcessor needs a tokenizer")
+        if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
+            raise ModelError(f"num_image_tokens must be a positive number, got {num_image_tokens!r}")
+        profile = get_profile(prompt_profile)
         image_id = tokenizer.convert_tokens_to_ids(image_token)
         if image_id is None or image_id == tokenizer.unk_token_id:
             raise ModelError(f"the tokenizer has no {image_token!r} token")
-        self.image_token_id = int(image_id)
         if tokenizer.pad_token_id is None:
             raise ModelError("the tokenizer needs a pad token for batching")
-        self.transform = ToModelInput(image_config)
+        self.num_image_tokens = num_image_tokens
+        self.image_token = image_token
+        self.image_token_id = int(image_id)
+        self.max_length = max_length
+        self.prompt_profile = profile.name
+        # The tokenizer keeps the chat template (it is saved with it); the processor does not hold a second copy.
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    @property
+    def profile(self) -> PromptProfile:
+        return get_profile(self.prompt_profile)
+
+    @property
+    def image_config(self) -> ImageTransformConfig:
+        return self.image_processor.transform_config
 
     @classmethod
     def for_model(
@@ -74,18 +99,21 @@ class RadProcessor:
         *,
         profile: str | None = None,
     ) -> RadProcessor:
-        """A processor consistent with ``config`` (image size, token count, context length)."""
+        """A processor consistent with ``config`` (image size, token count, context length, profile)."""
         image_config = image_config or ImageTransformConfig(size=int(config.vision_config.image_size))
         if image_config.size != int(config.vision_config.image_size):
             raise ModelError(
                 f"image size {image_config.size} does not match the encoder's {config.vision_config.image_size}"
             )
+        stated = getattr(config, "prompt_profile", None)
+        if profile is not None and stated is not None and profile != stated:
+            raise ModelError(f"prompt profile {profile!r} differs from the model config's {stated!r}")
         processor = cls(
+            RadImageProcessor.from_transform_config(image_config),
             tokenizer,
-            image_config,
-            image_token_count(config),
-            max_length=int(getattr(config.text_config, "max_position_embeddings", 0) or 0) or None,
-            profile=profile,
+            num_image_tokens=image_token_count(config),
+            max_length=_context_length(config),
+            prompt_profile=profile or stated,
         )
         if processor.image_token_id != config.image_token_id:
             raise ModelError(
@@ -130,41 +158,31 @@ class RadProcessor:
         return ids
 
     def pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        tensors = []
-        for index, image in enumerate(images):
-            if isinstance(image, PILImage.Image):
-                pixels = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
-                tensors.append(self.transform(pixels))
-            elif isinstance(image, Image):
-                tensors.append(self.transform(image))
-            elif isinstance(image, torch.Tensor):
-                expected = (self.image_config.channels, self.image_config.size, self.image_config.size)
-                if image.ndim == 3 and tuple(image.shape) == expected:
-                    tensors.append(image.float())  # already preprocessed
-                elif image.ndim == 2 or (image.ndim == 3 and image.shape[0] == 1):
-                    tensors.append(self.transform(image))
-                else:
-                    raise InputError(
-                        f"image {index}: tensor of shape {tuple(image.shape)} is neither pixels (rows, columns) "
-                        f"nor preprocessed {expected}"
-                    )
-            else:
-                raise InputError(f"image {index}: unsupported type {type(image).__name__}")
-        return torch.stack(tensors)
+        """(n, channels, size, size) model input for ``images`` (see ``RadImageProcessor.preprocess``)."""
+        return self.image_processor(list(images))["pixel_values"]
 
-    def __call__(
+    def __call__(  # type: ignore[override]
         self,
-        texts: str | Sequence[str] | Sequence[Sequence[int]],
-        images: Sequence[ImageInput | None] | None = None,
+        text: str | Sequence[str] | Sequence[Sequence[int]] | None = None,
+        images: ImageInput | Sequence[ImageInput | None] | None = None,
         *,
         padding_side: str = "left",
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
     ) -> BatchFeature:
-        """Tokenise ``texts`` (already formatted, e.g. by ``chat_prompt``; or their ``prompt_ids``) with one image
-        per ``<image>``.
+        """Tokenise ``text`` (prompts already formatted, e.g. by ``chat_prompt``; or their ``prompt_ids``) with one
+        image per ``<image>``.
 
-        ``images[i]`` belongs to ``texts[i]`` (None for a text-only row).
+        ``images[i]`` belongs to ``text[i]`` (None for a text-only row). Keyword arguments HF callers add
+        (``padding``, ``truncation``) are accepted; radlvlm pads to the longest row and never truncates.
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        if return_tensors not in (None, "pt"):
+            raise InputError(f"RadProcessor returns torch tensors, not {return_tensors!r}")
+        if text is None:
+            raise InputError("no prompts given")
+        texts = [text] if isinstance(text, str) else list(text)
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
         if not texts:
             raise InputError("no prompts given")
         images = list(images) if images is not None else [None] * len(texts)
@@ -204,41 +222,108 @@ class RadProcessor:
             data["pixel_values"] = self.pixel_values(batch_images)
         return BatchFeature(data=data)
 
-    def decode(self, token_ids: torch.Tensor | Sequence[int]) -> str:
+    def decode(self, token_ids: torch.Tensor | Sequence[int], **kwargs: Any) -> str:  # type: ignore[override]
         return self.tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        settings = {
-            "image_config": asdict(self.image_config),
-            "num_image_tokens": self.num_image_tokens,
-            "image_token": self.image_token,
-            "max_length": self.max_length,
-            "prompt_profile": self.profile.name,
-        }
-        (directory / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-        return directory
-
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> RadProcessor:
-        directory = Path(directory)
-        path = directory / PROCESSOR_FILE
-        if not path.is_file():
-            raise ModelError(f"{directory}: no {PROCESSOR_FILE}; not a radlvlm processor directory")
-        settings = json.loads(path.read_text())
-        image_values = settings["image_config"]
-        image_values["mean"], image_values["std"] = tuple(image_values["mean"]), tuple(image_values["std"])
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{directory}: tokenizer cannot be loaded ({type(e).__name__})") from e
-        return cls(
-            tokenizer,
-            ImageTransformConfig(**image_values),
-            int(settings["num_image_tokens"]),
-            image_token=settings.get("image_token", IMAGE),
-            max_length=settings.get("max_length"),
-            profile=settings.get("prompt_profile"),
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> RadProcessor:  # type: ignore[override]
+        """Load from a local directory: radlvlm's processor, an HF ``LlavaProcessor`` directory, or the pre-0.6
+        ``radlvlm_processor.json`` layout (local files only; a refusal names what is missing)."""
+        directory = Path(pretrained_model_name_or_path)
+        config_path = directory / PROCESSOR_CONFIG
+        if config_path.is_file():
+            values = _read_json(config_path)
+            kind = values.get("processor_class")
+            if kind == cls.__name__:
+                try:
+                    return super().from_pretrained(directory, local_files_only=True, **kwargs)
+                except (OSError, ValueError, TypeError, KeyError) as e:
+                    raise ModelError(f"{directory}: the processor cannot be loaded ({type(e).__name__}: {e})") from e
+            if kind == "LlavaProcessor":
+                return _from_llava_processor(cls, directory, values)
+            raise ModelError(f"{directory}: {PROCESSOR_CONFIG} holds a {kind!r}, not a radlvlm or Llava processor")
+        if (directory / LEGACY_PROCESSOR_FILE).is_file():
+            return _from_legacy(cls, directory)
+        raise ModelError(
+            f"{directory}: no {PROCESSOR_CONFIG} (nor the older {LEGACY_PROCESSOR_FILE}); not a processor directory"
         )
+
+
+def _context_length(config: LlavaConfig) -> int | None:
+    return int(getattr(config.text_config, "max_position_embeddings", 0) or 0) or None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(values, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return values
+
+
+def _tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{directory}: tokenizer cannot be loaded ({type(e).__name__})") from e
+
+
+def _from_legacy(cls: type[RadProcessor], directory: Path) -> RadProcessor:
+    """The pre-0.6 layout: ``radlvlm_processor.json`` beside the tokenizer's files."""
+    settings = _read_json(directory / LEGACY_PROCESSOR_FILE)
+    try:
+        values = dict(settings["image_config"])
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        image_config = ImageTransformConfig(**values)
+        num_image_tokens = int(settings["num_image_tokens"])
+    except (KeyError, TypeError, ValueError, InputError) as e:
+        raise ModelError(f"{directory}: {LEGACY_PROCESSOR_FILE} is not a radlvlm processor ({e})") from e
+    return cls(
+        RadImageProcessor.from_transform_config(image_config),
+        _tokenizer(directory),
+        num_image_tokens=num_image_tokens,
+        image_token=settings.get("image_token", IMAGE),
+        max_length=settings.get("max_length"),
+        prompt_profile=settings.get("prompt_profile"),
+    )
+
+
+def _from_llava_processor(cls: type[RadProcessor], directory: Path, values: dict[str, Any]) -> RadProcessor:
+    """An HF ``LlavaProcessor`` directory: a radlvlm export (its image processor is ours) or a llava-hf checkpoint
+    (CLIP's: shortest side to the crop size, then a centre crop), with the model's config beside it."""
+    image = values.get("image_processor")
+    if not isinstance(image, dict):
+        preprocessor = directory / "preprocessor_config.json"
+        image = _read_json(preprocessor) if preprocessor.is_file() else {}
+    if image.get("image_processor_type") == RadImageProcessor.__name__:
+        image_processor = RadImageProcessor(**image)
+    else:
+        crop = image.get("crop_size") or {}
+        size = int(crop.get("height") or (image.get("size") or {}).get("shortest_edge") or 0)
+        if size < 1:
+            raise ModelError(f"{directory}: the HF image processor names no crop size")
+        image_processor = RadImageProcessor(
+            size=size,
+            resize_mode="crop",
+            image_mean=tuple(image.get("image_mean") or (0.5,)),
+            image_std=tuple(image.get("image_std") or (0.5,)),
+            interpolation="bicubic",
+        )
+    tokenizer = _tokenizer(directory)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    config = load_config(directory)
+    return cls(
+        image_processor,
+        tokenizer,
+        num_image_tokens=image_token_count(config),
+        image_token=values.get("image_token", IMAGE),
+        max_length=_context_length(config),
+        prompt_profile=getattr(config, "prompt_profile", None),
+    )
+
+
+# ``AutoProcessor`` finds the class by the ``processor_class`` saved with it.
+AutoProcessor.register(PooledRadLlavaConfig, RadProcessor, exist_ok=True)

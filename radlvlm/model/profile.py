@@ -1,7 +1,7 @@
 """Prompt profiles: how a model family was trained to be asked, so a converted model is asked the same way.
 
 A model drafts as well as it can only when it sees the prompt, the token ids and the pixels it was trained on.
-A profile is stored with the model (``prompt_profile`` in ``radlvlm_processor.json``), chosen by
+A profile is stored with the model (``prompt_profile`` in its config and processor config), chosen by
 ``radlvlm convert``, and read by the processor, the engines, the drafting task and the checks:
 
 - ``radlvlm``: radlvlm's own models: its chat template, "findings and impression", error checks.

@@ -46,6 +46,7 @@ from radlvlm.imaging import ImageTransformConfig
 from radlvlm.model import GenerationSettings, MoLEConfig, RadProcessor, build_config, build_model, train_tokenizer
 from radlvlm.model.convert import export_hf_llava
 from radlvlm.model.generation import decode_generation
+from radlvlm.model.image_processing import RadImageProcessor
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
 from radlvlm.pipeline.runtime import build_engine
 from radlvlm.pipeline.task_engine import TaskEngine
@@ -103,9 +104,13 @@ def test_a_clip_export_passes_the_load_checks(clip_export: Path) -> None:
     spec = inspect_model_dir(clip_export)
     assert spec.vision_model == "clip_vision_model" and spec.text_model == "llama"
     assert spec.image_tokens == 4 and spec.adapter_dir is None and spec.lora_rank is None
-    # The export also carries radlvlm's processor settings, so the torch backend loads the same directory.
-    assert (clip_export / "radlvlm_processor.json").is_file()
-    load_pretrained(clip_export)
+    # The export's processor is HF's Llava processor around radlvlm's image processor (what vLLM calls), and the
+    # torch backend loads the same directory.
+    saved = json.loads((clip_export / "processor_config.json").read_text())
+    assert saved["processor_class"] == "LlavaProcessor"
+    assert spec.radlvlm_images
+    _, processor = load_pretrained(clip_export)
+    assert processor.num_image_tokens == 4 and processor.image_config.resize_mode == "pad"
 
 
 def test_refusals_say_why_and_point_to_the_torch_backend(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +123,7 @@ def test_refusals_say_why_and_point_to_the_torch_backend(tmp_path: Path, tokeniz
         inspect_model_dir(save_pretrained(pooled, pooled_processor, tmp_path / "pooled"))
 
     plain, plain_processor = _model(tokenizer, "clip")
-    with pytest.raises(ModelError, match=r"no HF processor files.*radlvlm convert export-hf"):
+    with pytest.raises(ModelError, match=r"RadProcessor.*not HF.s LlavaProcessor.*radlvlm convert export-hf"):
         inspect_model_dir(save_pretrained(plain, plain_processor, tmp_path / "ours"))
 
     export = export_hf_llava(plain, plain_processor, tmp_path / "clip-hf")
@@ -195,20 +200,23 @@ def test_engine_arguments_follow_the_options(clip_export: Path) -> None:
 def test_prompts_are_the_torch_backends_token_ids_with_one_image_placeholder(processor: RadProcessor) -> None:
     image = _pixels(40, 30)
     draft = DraftTask(processor, GenerationSettings()).engine_request(DraftRequest(image=image, indication="cough"))
-    prompt = prompt_input(processor, draft.prompt_ids, draft.image)
+    prompt = prompt_input(draft.prompt_ids, draft.image)
     expected = processor.tokenizer(processor.chat_prompt(draft_prompt("cough")), add_special_tokens=False)["input_ids"]
     assert prompt["prompt_token_ids"] == expected
     assert prompt["prompt_token_ids"].count(processor.image_token_id) == 1  # vLLM expands it
     assert prompt["prompt_token_ids"].count(processor.tokenizer.bos_token_id) == 1  # no second BOS
-    picture = prompt["multi_modal_data"]["image"]
-    assert picture.mode == "RGB" and picture.size == (28, 28)
+    picture = prompt["multi_modal_data"]["image"]  # the radiograph itself, at full depth: vLLM prepares it
+    assert picture.mode == "F" and picture.size == (30, 40)
+    assert np.array_equal(np.asarray(picture), image.numpy())
+    eight_bit = prompt_input(draft.prompt_ids, draft.image, float_pixels=False)["multi_modal_data"]["image"]
+    assert eight_bit.mode == "RGB" and eight_bit.size == (30, 40)  # for a llava-hf checkpoint's CLIP processor
 
     answer = simple_answer_tokens(processor.tokenizer)
     assert answer is not None and answer.shared  # this byte-level BPE spells " yes"/" no" after a lone space
     report = "FINDINGS: Lungs clear."
     scoring = SimpleCheckTask(processor).engine_request(CheckRequest(report=report))
     assert isinstance(scoring, ScoreRequest) and scoring.candidates == (answer.yes, answer.no)
-    simple = prompt_input(processor, scoring.prompt_ids, scoring.image)
+    simple = prompt_input(scoring.prompt_ids, scoring.image)
     text = processor.chat_prompt(errorcheck_prompt(ErrorCheckTask.SIMPLE, report), image=False)
     assert simple["prompt_token_ids"] == processor.tokenizer(text, add_special_tokens=False)["input_ids"] + list(
         answer.shared
@@ -225,21 +233,23 @@ def test_prompts_are_the_torch_backends_token_ids_with_one_image_placeholder(pro
 
 @pytest.mark.parametrize("resize_mode", ["pad", "crop"])
 def test_images_reach_the_model_as_the_torch_backend_prepares_them(
-    clip_export: Path, processor: RadProcessor, resize_mode: str
+    tmp_path: Path, tokenizer, resize_mode: str  # type: ignore[no-untyped-def]
 ) -> None:
-    """vLLM's LlavaProcessor (the exported HF image processor) turns our image into the torch backend's pixels."""
+    """The export's HF LlavaProcessor (what vLLM calls) prepares the image vLLM is given exactly as the torch
+    backend does: same transform, same float pixels, same number of image tokens."""
     from transformers import AutoProcessor
 
+    model, processor = _model(tokenizer, "clip")
     config = ImageTransformConfig(size=28, resize_mode=resize_mode, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
-    ours = RadProcessor(processor.tokenizer, config, processor.num_image_tokens)
-    hf = AutoProcessor.from_pretrained(clip_export).image_processor
-    hf.image_mean, hf.image_std = list(config.mean), list(config.std)
-    image = _pixels(40, 30, seed=1)
-    expected = ours.pixel_values([image])[0]
-    got = torch.as_tensor(np.asarray(hf(vllm_image(image, ours), return_tensors="np")["pixel_values"][0]))
-    assert got.shape == expected.shape
-    # 8-bit transport is the only loss: half a level, divided by the std.
-    assert torch.allclose(got.float(), expected, atol=0.5 / 255 / min(config.std) + 1e-4)
+    ours = RadProcessor(
+        RadImageProcessor.from_transform_config(config), processor.tokenizer, num_image_tokens=processor.num_image_tokens
+    )
+    hf = AutoProcessor.from_pretrained(export_hf_llava(model, ours, tmp_path / "export"))
+    assert type(hf).__name__ == "LlavaProcessor" and isinstance(hf.image_processor, RadImageProcessor)
+    image = torch.rand(40, 30, generator=torch.Generator().manual_seed(1))  # not 8-bit levels: nothing is rounded
+    batch = hf(text=["<image> Describe."], images=[vllm_image(image)], return_tensors="pt")
+    assert torch.equal(batch["pixel_values"][0], ours.pixel_values([image])[0])
+    assert int((batch["input_ids"][0] == ours.image_token_id).sum()) == ours.num_image_tokens
 
 
 def test_sampling_arguments() -> None:

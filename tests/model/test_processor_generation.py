@@ -81,7 +81,7 @@ def test_processor_and_model_round_trip(tmp_path: Path, tiny) -> None:  # type: 
         reloaded([prompt], [torch.ones(28, 28)])["input_ids"], processor([prompt], [torch.ones(28, 28)])["input_ids"]
     )
     assert reloaded.image_config == processor.image_config
-    with pytest.raises(ModelError, match=r"no radlvlm_processor\.json"):
+    with pytest.raises(ModelError, match=r"no processor_config\.json \(nor the older radlvlm_processor\.json\)"):
         RadProcessor.from_pretrained(tmp_path)
 
 
