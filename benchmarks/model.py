@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from transformers import Dinov2Config, LlamaConfig
 
 from radlvlm.model import (
     GenerationSettings,
+    MoLEAdapter,
     MoLEConfig,
     RadProcessor,
     build_config,
@@ -66,14 +68,16 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
 
 
 def training_step(
-    model: torch.nn.Module, params: list[torch.nn.Parameter], batch: dict, extra_loss: Callable[[], torch.Tensor] | None
+    model: torch.nn.Module, params: list[torch.nn.Parameter], batch: dict, adapter: MoLEAdapter | None
 ) -> Callable[[], None]:
+    """One optimiser step; with a MoLE ``adapter``, its balance loss is added as training adds it."""
     optimiser = torch.optim.AdamW(params, lr=1e-4)
     model.train()
 
     def step() -> None:
-        out = model(**batch, labels=batch["input_ids"])
-        loss = out.loss + (extra_loss() if extra_loss else 0.0)
+        with adapter.collect_balance_loss() if adapter is not None else nullcontext() as balance:
+            out = model(**batch, labels=batch["input_ids"])
+        loss = out.loss + (balance.auxiliary_loss() if balance is not None else 0.0)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -153,7 +157,7 @@ def main() -> None:
     steps = alternated_seconds(
         {
             "lora": training_step(lora_model, lora_params, train_batch, None),
-            "mole": training_step(mole_model, list(adapter.parameters()), train_batch, adapter.auxiliary_loss),
+            "mole": training_step(mole_model, list(adapter.parameters()), train_batch, adapter),
         },
         args.train_repeats,
         device,

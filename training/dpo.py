@@ -39,6 +39,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,9 @@ class DPOTrainer(RadTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if "ref_chosen_logps" not in inputs:
             raise InputError("a DPO batch without reference log-probabilities (they are computed before training)")
-        logps, outputs = _forward_logps(model, inputs)
+        collecting = self.mole.collect_balance_loss() if self.mole is not None and model.training else nullcontext()
+        with collecting as balance:
+            logps, outputs = _forward_logps(model, inputs)
         chosen, rejected = logps.chunk(2)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen,
@@ -227,8 +230,8 @@ class DPOTrainer(RadTrainer):
             nll = (-chosen / tokens).mean()
             loss = loss + self.rpo_alpha * nll
             self._metrics[mode]["nll_loss"].append(nll.item())
-        if self.mole is not None and model.training:
-            loss = loss + self.mole.auxiliary_loss()
+        if balance is not None:
+            loss = loss + balance.auxiliary_loss()
         metrics = self._metrics[mode]
         metrics["rewards/chosen"].append(chosen_rewards.mean().item())
         metrics["rewards/rejected"].append(rejected_rewards.mean().item())

@@ -110,10 +110,12 @@ class RadTrainer(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if self.mole is not None and model.training:
-            loss = loss + self.mole.auxiliary_loss()
+        if self.mole is None or not model.training:
+            outputs = model(**inputs)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        with self.mole.collect_balance_loss() as balance:
+            outputs = model(**inputs)
+        loss = outputs.loss + balance.auxiliary_loss()
         return (loss, outputs) if return_outputs else loss
 
 
@@ -227,7 +229,8 @@ def dense_model(model: torch.nn.Module) -> RadLlavaForConditionalGeneration:
     for key, tensor in inner.state_dict().items():
         if any(part in key for part in (".lora_", ".router.", ".original_module.")):
             continue
-        key = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        # peft's wrappers and MoLE's (an MLP's ``base_mlp``, a projection's ``base_layer``) hold the base weights.
+        key = key.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".").replace(".base_mlp.", ".")
         state[key] = tensor
     dense = RadLlavaForConditionalGeneration(inner.config)
     dense.load_state_dict(state, strict=True)

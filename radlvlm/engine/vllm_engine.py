@@ -41,8 +41,8 @@ from PIL import Image as PILImage
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
-from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
 from radlvlm.model.configuration import PooledRadLlavaConfig
+from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
 from radlvlm.model.image_processing import RadImageProcessor
 from radlvlm.model.processor import PROCESSOR_CONFIG, RadProcessor
 from radlvlm.settings import VLLMOptions
@@ -154,7 +154,9 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
         raise ModelError(f"{model_dir}: no config.json; not a model directory")
     config = _read_json(model_dir / "config.json")
     check_vllm_config(config, str(model_dir))
-    export_hint = f"vLLM needs an HF Llava export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
+    export_hint = (
+        f"vLLM needs an HF Llava export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
+    )
     if not any((model_dir / name).is_file() for name in HF_PROCESSOR_FILES):
         raise ModelError(f"{model_dir}: no HF processor files ({' or '.join(HF_PROCESSOR_FILES)}); {export_hint}")
     if (model_dir / PROCESSOR_CONFIG).is_file():

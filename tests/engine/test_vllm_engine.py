@@ -233,7 +233,9 @@ def test_prompts_are_the_torch_backends_token_ids_with_one_image_placeholder(pro
 
 @pytest.mark.parametrize("resize_mode", ["pad", "crop"])
 def test_images_reach_the_model_as_the_torch_backend_prepares_them(
-    tmp_path: Path, tokenizer, resize_mode: str  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    tokenizer,
+    resize_mode: str,  # type: ignore[no-untyped-def]
 ) -> None:
     """The export's HF LlavaProcessor (what vLLM calls) prepares the image vLLM is given exactly as the torch
     backend does: same transform, same float pixels, same number of image tokens."""
@@ -242,7 +244,9 @@ def test_images_reach_the_model_as_the_torch_backend_prepares_them(
     model, processor = _model(tokenizer, "clip")
     config = ImageTransformConfig(size=28, resize_mode=resize_mode, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
     ours = RadProcessor(
-        RadImageProcessor.from_transform_config(config), processor.tokenizer, num_image_tokens=processor.num_image_tokens
+        RadImageProcessor.from_transform_config(config),
+        processor.tokenizer,
+        num_image_tokens=processor.num_image_tokens,
     )
     hf = AutoProcessor.from_pretrained(export_hf_llava(model, ours, tmp_path / "export"))
     assert type(hf).__name__ == "LlavaProcessor" and isinstance(hf.image_processor, RadImageProcessor)

@@ -83,7 +83,10 @@ def test_visual_token_pooling_keeps_weights_and_shrinks_the_sequence(tmp_path: P
     [
         ({"image_token_id": 500}, "outside the LM vocabulary"),
         ({"image_token_id": 3, "visual_token_pool": 9}, "visual_token_pool must be between"),
-        ({"image_token_id": 3, "vision_feature_select_strategy": "cls"}, "vision_feature_select_strategy.*'default', 'full'"),
+        (
+            {"image_token_id": 3, "vision_feature_select_strategy": "cls"},
+            "vision_feature_select_strategy.*'default', 'full'",
+        ),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, object], message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from tinymodels import tiny_text_config, tiny_vision_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from radlvlm.errors import ModelError
-from radlvlm.model import MoLEConfig, build_config, build_model, inject_mole, load_mole_adapter
+from radlvlm.model import MoLEConfig, build_config, build_model, inject_mole, load_mole_adapter, mole_adapter_of
 from radlvlm.model.mole import MoLELinear
 
 IDS = torch.tensor([[1, 3, 3, 3, 3, 10, 11, 12, 13, 14, 15, 16]])
@@ -47,26 +48,51 @@ def test_each_token_goes_to_exactly_one_expert() -> None:
     adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
     with torch.no_grad(), adapter.routing_statistics("draft"):
         model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
-    for name, router in adapter.routers.items():
-        assert router.expert_index.shape == (IDS.numel(),)
-        assert int(router.expert_index.min()) >= 0 and int(router.expert_index.max()) < 4
-        assert sum(adapter.statistics()["draft"][name]) == IDS.numel()
+    counts = adapter.statistics()["draft"]
+    assert set(counts) == set(adapter.routers)
+    assert all(len(per_expert) == 4 and sum(per_expert) == IDS.numel() for per_expert in counts.values())
+
+
+def _routing_state(model) -> dict[str, set[str]]:  # type: ignore[no-untyped-def]
+    """Every MoLE module's attributes that are not parameters, buffers or submodules."""
+    return {
+        name: {k for k, v in vars(module).items() if isinstance(v, torch.Tensor)}
+        for name, module in model.named_modules()
+        if type(module).__module__ == "radlvlm.model.mole"
+    }
+
+
+def test_routing_lives_for_one_call_and_leaves_nothing_on_the_modules() -> None:
+    """peft's contract: a layer's forward computes what it needs; no routing decision is kept on a module for a
+    later call (a recomputed checkpoint, another thread, a compiled graph would read a stale one)."""
+    model = _model()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+    _randomise_experts(adapter)
+    before = _routing_state(model)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            model(input_ids=IDS)
+            model(input_ids=torch.randint(5, 128, (1, 80)))  # a grouped pass
+        assert _routing_state(model) == before == {name: set() for name in before}
+    mlp = next(iter(adapter.mlps.values()))
+    with pytest.raises(ModelError, match="outside its MLP's routing"):
+        mlp.base_mlp.gate_proj(torch.rand(1, 2, 64))  # a projection alone has no routing to read
 
 
 def test_gradient_reaches_the_router_and_the_chosen_experts_only() -> None:
     model = _model()
     adapter = inject_mole(model, MoLEConfig(num_experts=6, r=4))
     _randomise_experts(adapter)
-    out = model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
+    with adapter.routing_statistics("train"):
+        out = model(input_ids=IDS, pixel_values=torch.rand(1, 3, 28, 28))
     out.logits.sum().backward()
     for name, router in adapter.routers.items():
         assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
-        chosen = set(router.expert_index.tolist())
-        mlp = model.get_submodule(name)
+        chosen = {expert for expert, n in enumerate(adapter.statistics()["train"][name]) if n}
         for proj in ("gate_proj", "up_proj", "down_proj"):
-            layer: MoLELinear = getattr(mlp, proj)
+            layer: MoLELinear = adapter.mlps[name].projection(proj)
             for expert in range(6):
-                touched = bool(layer.lora_A.grad[expert].abs().sum() > 0)
+                touched = bool(layer.expert_A.grad[expert].abs().sum() > 0)
                 assert touched == (expert in chosen), (name, proj, expert)
     assert all(p.grad is None for n, p in model.named_parameters() if "base_layer" in n)
 
@@ -100,18 +126,15 @@ def test_balance_loss_decreases_under_training() -> None:
     optimiser = torch.optim.Adam(list(adapter.parameters()), lr=0.05)
     ids = torch.randint(5, 128, (4, 16))
 
-    def spread() -> int:  # the most crowded expert's excess over the emptiest, summed over the routers
-        total = 0
-        for router in adapter.routers.values():
-            counts = router.expert_index.bincount(minlength=4)
-            total += int(counts.max() - counts.min())
-        return total
+    def spread(step: int) -> int:  # the most crowded expert's excess over the emptiest, summed over the routers
+        return sum(max(counts) - min(counts) for counts in adapter.statistics()[f"step {step}"].values())
 
     losses, spreads = [], []
-    for _ in range(40):
-        model(input_ids=ids)
-        spreads.append(spread())
-        loss = adapter.balance_loss()
+    for step in range(40):
+        with adapter.routing_statistics(f"step {step}"), adapter.collect_balance_loss() as balance:
+            model(input_ids=ids)
+        spreads.append(spread(step))
+        loss = balance.value()
         losses.append(float(loss.detach()))
         optimiser.zero_grad()
         loss.backward()
@@ -146,8 +169,9 @@ def test_adapter_saves_alone_and_loads_on_its_base(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="was made for base"):
         load_mole_adapter(other, tmp_path / "adapter")
-    with pytest.raises(ModelError, match="cannot be merged"):
-        adapter.merge()
+    with pytest.raises(ModelError, match="3 experts cannot be merged"):
+        adapter.merge_and_unload()
+    assert mole_adapter_of(model) is adapter  # refused before anything changed
 
 
 def test_remove_restores_the_base_model() -> None:
@@ -191,15 +215,14 @@ def test_inference_applies_the_same_experts_without_a_dispatch_plan() -> None:
     adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8))
     _randomise_experts(adapter)
     ids = torch.randint(5, 128, (3, 11))
-    with torch.enable_grad():
+    with torch.enable_grad(), adapter.collect_balance_loss() as balance:
         grouped = model(input_ids=ids).logits.detach()
-    router = next(iter(adapter.routers.values()))
-    assert router.order is not None and router.balance_loss is not None
-    with torch.no_grad():
+    assert len(balance.terms) == len(adapter.routers)
+    with torch.no_grad(), adapter.collect_balance_loss() as balance, adapter.routing_statistics("decode"):
         gathered = model(input_ids=ids).logits
-    assert router.order is None and router.balance_loss is None
+    assert not balance.terms
     assert torch.allclose(gathered, grouped, atol=1e-5)
-    assert len(set(router.expert_index.tolist())) > 1  # more than one expert was used
+    assert all(sum(1 for n in counts if n) > 1 for counts in adapter.statistics()["decode"].values())
 
 
 def _step_logits(model, ids: torch.Tensor, grad: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -246,7 +269,7 @@ def test_decoding_follows_expert_weights_that_change_in_place() -> None:
     with torch.no_grad():
         for name, layer in model.named_modules():
             if isinstance(layer, MoLELinear) and name.endswith("up_proj"):
-                layer.lora_A.mul_(-2.0)
+                layer.expert_A.mul_(-2.0)
     after = _step_logits(model, ids, grad=False)
     assert not torch.allclose(before, after, atol=1e-4)
     assert torch.allclose(after, _step_logits(model, ids, grad=True), atol=1e-5)
@@ -254,7 +277,9 @@ def test_decoding_follows_expert_weights_that_change_in_place() -> None:
 
 def _loss_and_grads(model, adapter, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:  # type: ignore[no-untyped-def]
     model.zero_grad(set_to_none=True)
-    loss = model(input_ids=ids, labels=ids).loss + adapter.auxiliary_loss()
+    with adapter.collect_balance_loss() as balance:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss = loss + balance.auxiliary_loss()
     loss.backward()
     return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in adapter.parameters()]
 
@@ -301,11 +326,105 @@ def test_a_prefill_without_grad_is_grouped_but_computes_no_balance_loss() -> Non
     model = _model().eval()
     adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
     ids = torch.randint(5, 128, (1, GATHER_TOKENS + 8))
-    with torch.no_grad():
+    with torch.no_grad(), adapter.collect_balance_loss() as balance:
         model(input_ids=ids)
-    router = next(iter(adapter.routers.values()))
-    assert router.order is not None and router.balance_loss is None
     with pytest.raises(ModelError, match="no MoLE balance loss"):
-        adapter.balance_loss()
-    model(input_ids=ids)
-    assert torch.isfinite(adapter.balance_loss())  # with grad (training) it is there again
+        balance.value()
+    with adapter.collect_balance_loss() as balance:
+        model(input_ids=ids)
+    assert torch.isfinite(balance.value())  # with grad (training) it is there again
+    model(input_ids=ids)  # outside the block: nothing is collected, nothing kept
+
+
+def test_named_adapters_switch_save_load_and_delete_as_peft_adapters_do(tmp_path: Path) -> None:
+    torch.manual_seed(6)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=3, r=4, alpha=8))
+    _randomise_experts(adapter)
+    with torch.no_grad():
+        first = model(input_ids=IDS).logits
+    adapter.add_adapter("second", MoLEConfig(num_experts=2, r=4, alpha=8))
+    assert adapter.adapters == ["default", "second"] and adapter.active_adapter == "default"
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=IDS).logits, first)  # a new adapter is not made active
+        adapter.set_adapter("second")
+        for parameter in adapter.parameters():
+            if parameter.dim() == 3 and parameter.shape[-1] != parameter.shape[-2]:
+                parameter.normal_(std=0.3)
+        second = model(input_ids=IDS).logits
+    assert not torch.allclose(first, second, atol=1e-3)
+    adapter.save_pretrained(tmp_path / "second")
+    adapter.save_pretrained(tmp_path / "first", adapter_name="default")
+
+    fresh = _model().eval()
+    loaded = load_mole_adapter(fresh, tmp_path / "first")
+    load_mole_adapter(fresh, tmp_path / "second", adapter_name="second")  # beside the first, made active
+    assert loaded.adapters == ["default", "second"] and loaded.active_adapter == "second"
+    with torch.no_grad():
+        assert torch.allclose(fresh(input_ids=IDS).logits, second, atol=1e-6)
+        loaded.set_adapter("default")
+        assert torch.allclose(fresh(input_ids=IDS).logits, first, atol=1e-6)
+    loaded.delete_adapter("default")
+    assert loaded.adapters == ["second"] and loaded.active_adapter == "second"
+    assert not any(n.endswith(".default") for n, _ in fresh.named_parameters())
+    with pytest.raises(ModelError, match="no MoLE adapter named 'third'"):
+        loaded.set_adapter("third")
+    with pytest.raises(ModelError, match="already has a MoLE adapter named 'second'"):
+        loaded.load_adapter(tmp_path / "second", "second")
+    with pytest.raises(ModelError, match=r"last MoLE adapter is removed with unload\(\)"):
+        loaded.delete_adapter("second")
+
+
+def test_a_one_expert_adapter_merges_into_the_base_weights() -> None:
+    """With one expert the router's probability is always 1, so the adapter is a LoRA and folds into the base."""
+    torch.manual_seed(7)
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=1, r=4, alpha=8))
+    _randomise_experts(adapter)
+    with torch.no_grad():
+        expected = model(input_ids=IDS).logits
+        merged = adapter.merge_and_unload()
+        assert merged is model and mole_adapter_of(model) is None
+        assert not any("lora_" in n or "router" in n for n, _ in model.named_parameters())
+        assert torch.allclose(model(input_ids=IDS).logits, expected, atol=1e-5)
+
+
+def test_activation_checkpointing_recomputes_routing_and_counts_the_balance_loss_once() -> None:
+    """Under gradient checkpointing the MLPs run again in backward: the routing is recomputed there (none was
+    kept), gradients equal those without checkpointing, and the balance loss is not collected twice."""
+    torch.manual_seed(8)
+    ids = torch.randint(5, 128, (2, 21))
+    results = []
+    for checkpointing in (False, True):
+        model = _model().train()
+        adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, alpha=8))
+        torch.manual_seed(9)
+        _randomise_experts(adapter)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loss, grads = _loss_and_grads(model, adapter, ids)
+        with adapter.collect_balance_loss() as balance:
+            again = model(input_ids=ids, labels=ids).loss
+        again.backward()  # as the Trainer does: backward (and the recomputation) after compute_loss
+        results.append((loss, grads, len(balance.terms)))
+    (loss, grads, terms), (loss_ckpt, grads_ckpt, terms_ckpt) = results
+    assert terms == terms_ckpt == 2  # one per decoder layer, recomputation not counted
+    assert torch.allclose(loss, loss_ckpt, atol=1e-6)
+    assert all(torch.allclose(g, c, atol=1e-6) for g, c in zip(grads, grads_ckpt, strict=True))
+
+
+def test_routing_statistics_count_the_passes_of_another_thread() -> None:
+    """The engine runs the model in its worker thread; the caller labels what it counts."""
+    model = _model().eval()
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4))
+
+    def run() -> None:
+        with torch.no_grad():
+            model(input_ids=IDS)
+
+    with adapter.routing_statistics("draft"):
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+    run()  # outside the block: not counted
+    assert all(sum(counts) == IDS.numel() for counts in adapter.statistics()["draft"].values())

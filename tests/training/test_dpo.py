@@ -36,10 +36,11 @@ def stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model = load_model(base)
     adapter = inject_mole(model, MoLEConfig(num_experts=2, r=4, alpha=8))
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in adapter.state_dict().items():
-            if name.endswith("lora_B"):
-                model.get_parameter(name).copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    state = {
+        name: torch.randn(tensor.shape, generator=generator) * 0.05 if name.endswith("lora_B") else tensor
+        for name, tensor in adapter.state_dict().items()
+    }
+    adapter.load_state_dict(state, "default")
     adapter.save(root / "adapter")
     return base, root / "adapter"
 
