@@ -96,6 +96,10 @@ def test_llava15_original_layout(tmp_path: Path, base_tokenizer) -> None:  # typ
     assert processor.image_token_id == len(base_tokenizer)  # <image> appended to the vocabulary
     assert processor.profile.name == "llava-1.5" and processor.profile.tokenization == "chunked"
     assert processor.image_config.resize_mode == "pad" and processor.image_config.pad_fill == "mean"
+    # Written in today's layout: the family is in the config too, and the processor is transformers'.
+    assert json.loads((out / "config.json").read_text())["prompt_profile"] == "llava-1.5"
+    assert json.loads((out / "processor_config.json").read_text())["processor_class"] == "RadProcessor"
+    assert not (out / "radlvlm_processor.json").exists()
 
     pixels = torch.randn(1, 3, 28, 28)
     before, after = torch.tensor([[1, 10, 11]]), torch.tensor([[12, 13, 14]])
