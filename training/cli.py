@@ -47,7 +47,7 @@ def train_command(
 ) -> None:
     """Run one training stage (align, instruct or dpo) from a recipe."""
     from radlvlm.training.recipe import load_recipe
-    from radlvlm.training.trainer import train
+    from radlvlm.training.trainer import is_main_process, train
 
     loaded = run_guarded(lambda: load_recipe(recipe))
     if loaded.stage == "dpo":
@@ -73,7 +73,8 @@ def train_command(
         )
         return
     summary = run_guarded(lambda: train(loaded, train_set, validation, resume=resume))
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    if is_main_process():  # under torchrun / accelerate launch, rank 0 answers for the run
+        typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 def _dpo(recipe: Any, *, resume: bool, dry_run: bool, preferences_only: bool) -> None:

@@ -10,8 +10,10 @@ precision, gradient accumulation and DDP/FSDP/DeepSpeed are the Trainer's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,8 +80,14 @@ class RadTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, mole: MoLEAdapter | None = None, **kwargs: Any) -> None:
+        training_args = kwargs.get("args")
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # Under DDP every trainable weight is given a (zero) gradient on every step (compute_loss), so DDP need
+            # not search the graph for unused ones, with or without activation checkpointing.
+            training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
         self.mole = mole
+        self.balance_history: list[torch.Tensor] = []
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         directory = Path(output_dir or self.args.output_dir)
@@ -110,13 +118,80 @@ class RadTrainer(Trainer):
             )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-        if self.mole is None or not model.training:
-            outputs = model(**inputs)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-        with self.mole.collect_balance_loss() as balance:
-            outputs = model(**inputs)
-        loss = outputs.loss + balance.auxiliary_loss()
+        """The Trainer's own loss (a mean over the global batch's tokens: ``num_items_in_batch`` counted over every
+        rank and the loss scaled by their number, so it does not grow with world size) plus, with MoLE while
+        training, the balance loss of this pass over its real tokens (padding left out)."""
+        if self.mole is not None and model.training:
+            loss, outputs = self._loss_with_balance(model, inputs, num_items_in_batch)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training and self.args.world_size > 1 and not self.args.ddp_find_unused_parameters:
+            # Every trainable weight in the graph, with a zero weight. One rank's batch routes to some experts
+            # only, and a text-only batch leaves the projector out; DDP must still find a gradient for each on
+            # every rank. Asking DDP to search for unused parameters instead is what the Trainer turns off with
+            # activation checkpointing, and a static graph is wrong when routing changes every step.
+            loss = loss + self._every_trainable_weight_times_zero()
         return (loss, outputs) if return_outputs else loss
+
+    def _loss_with_balance(self, model, inputs, num_items_in_batch):  # type: ignore[no-untyped-def]
+        with self.mole.collect_balance_loss(inputs.get("attention_mask")) as balance:  # type: ignore[union-attr]
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if not balance.terms:
+            # Reentrant activation checkpointing runs the forward without grad (and the recomputation outside
+            # this block): no pass can give the balance term. The Trainer's default is non-reentrant.
+            raise InputError(
+                "MoLE's balance loss needs non-reentrant activation checkpointing: set "
+                "training.gradient_checkpointing_kwargs: {use_reentrant: false}"
+            )
+        auxiliary = balance.auxiliary_loss()
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # training_step then leaves the loss as it is (already a share of the accumulated batch's tokens);
+            # the balance term is a mean per pass, so it takes its share of the accumulation here.
+            auxiliary = auxiliary / self.current_gradient_accumulation_steps
+        self.balance_history.append(balance.value().detach())
+        return loss + auxiliary, outputs
+
+    def _every_trainable_weight_times_zero(self) -> torch.Tensor:
+        total = torch.zeros((), device=self.args.device)
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                total = total + parameter.sum()
+        return total * 0.0
+
+    def balance_loss_over_ranks(self) -> float | None:
+        """The mean balance loss of this run's training passes, over every rank (None without MoLE)."""
+        if not self.balance_history:
+            return None
+        mean = torch.stack(self.balance_history).float().mean().reshape(1).to(self.args.device)
+        return float(self.accelerator.reduce(mean, reduction="mean").item())
+
+    def expert_usage_over_ranks(self) -> dict[str, dict[str, list[int]]]:
+        """Tokens per expert counted while training, summed over every rank (each rank counts its own batch)."""
+        if self.mole is None:
+            return {}
+        usage = self.mole.usage.counts
+        summed: dict[str, dict[str, list[int]]] = {}
+        for task in sorted(usage):  # the same order on every rank: each reduce is a collective
+            summed[task] = {
+                layer: self.accelerator.reduce(usage[task][layer].to(self.args.device), reduction="sum").tolist()
+                for layer in sorted(usage[task])
+            }
+        return summed
+
+    def trainable_checksums_by_rank(self) -> list[str]:
+        """A fingerprint of the trained weights from each rank: DDP keeps them equal, and this shows it."""
+        sums = torch.zeros(2, dtype=torch.float64)
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                values = parameter.detach().double().cpu()
+                sums += torch.stack([values.sum(), values.square().sum()])
+        gathered = self.accelerator.gather(sums.to(self.args.device).reshape(1, 2)).reshape(-1, 2).cpu()
+        return [f"{row[0].item():.15e}/{row[1].item():.15e}" for row in gathered]
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` / ``accelerate launch`` run, or the only process: the one that writes and answers."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class JsonlMetrics(TrainerCallback):
@@ -290,22 +365,28 @@ def train(
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with mole.routing_statistics("train") if mole is not None else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
-    written = save_outputs(trainer.model, processor, mole, out)
-    summary = {
+    summary: dict[str, Any] = {
         "recipe": recipe.name,
         "stage": recipe.stage,
         "resumed_from": checkpoint,
+        "world_size": trainer.accelerator.num_processes,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "seconds": seconds,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "trainable_checksums_by_rank": trainer.trainable_checksums_by_rank(),
         "examples": len(train_dataset),  # type: ignore[arg-type]
         "examples_left_out_too_long": too_long,
-        **written,
     }
     if mole is not None:
-        summary["expert_usage"] = mole.statistics()
+        # Over every rank, from this run's passes (a resumed run counts the steps it ran).
+        summary["expert_usage"] = trainer.expert_usage_over_ranks()
+        summary["balance_loss"] = trainer.balance_loss_over_ranks()
+    if not is_main_process():
+        return summary  # rank 0 writes the outputs and the summary; the others have taken part in the reductions
+    summary.update(save_outputs(trainer.model, processor, mole, out))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -141,8 +141,11 @@ class MoLERouter(nn.Module):
         logits = nn.functional.linear(flat, _as_dtype(self.weight, flat.dtype))
         return _as_dtype(logits, torch.float32).softmax(dim=-1)
 
-    def forward(self, flat: torch.Tensor) -> tuple[Routing, torch.Tensor | None]:
-        """Route ``flat`` (tokens, hidden): the routing, and the Switch balance loss when grad is on."""
+    def forward(
+        self, flat: torch.Tensor, token_mask: torch.Tensor | None = None
+    ) -> tuple[Routing, torch.Tensor | None]:
+        """Route ``flat`` (tokens, hidden): the routing, and the Switch balance loss when grad is on, over the
+        tokens ``token_mask`` keeps (padding routes too, but a balance measured on it would be meaningless)."""
         if _decoding(flat):
             # No dispatch plan (its bincount is a host sync every step) and no balance loss: each projection
             # gathers its tokens' own experts, constant compute, no loop.
@@ -160,8 +163,11 @@ class MoLERouter(nn.Module):
         if torch.is_grad_enabled():  # training: a prompt's prefill at inference has no use for it
             # Switch Transformer balance loss: num_experts * sum_i (token fraction_i * mean probability_i);
             # equals 1 when routing is uniform and grows as tokens crowd onto few experts.
-            fraction = counts.float() / max(index.numel(), 1)
-            balance = self.num_experts * torch.sum(fraction * probs.mean(dim=0))
+            weights = torch.ones_like(gate) if token_mask is None else token_mask.reshape(-1).to(gate.dtype)
+            kept = weights.sum().clamp(min=1.0)
+            fraction = gate.new_zeros(self.num_experts).scatter_add_(0, index, weights) / kept
+            mean_probability = (probs * weights.unsqueeze(-1)).sum(dim=0) / kept
+            balance = self.num_experts * torch.sum(fraction * mean_probability)
         return routing, balance
 
 
@@ -173,8 +179,8 @@ def _decoding(flat: torch.Tensor) -> bool:
 # path). Set by MoLEMLP.forward for the length of its call and reset after it: nothing outlives the call, and
 # another thread's call has its own.
 _CURRENT_ROUTING: ContextVar[Routing | None] = ContextVar("radlvlm_mole_routing", default=None)
-# Where balance losses of the forward passes inside ``MoLEAdapter.collect_balance_loss`` go (None: nowhere).
-_BALANCE_LOSSES: ContextVar[list[torch.Tensor] | None] = ContextVar("radlvlm_mole_balance", default=None)
+# The collector of the forward passes inside ``MoLEAdapter.collect_balance_loss`` (None: nothing is collected).
+_BALANCE_LOSSES: ContextVar[BalanceLoss | None] = ContextVar("radlvlm_mole_balance", default=None)
 
 
 class MoLELinear(nn.Module):
@@ -198,7 +204,9 @@ class MoLELinear(nn.Module):
             nn.init.kaiming_uniform_(a[expert], a=math.sqrt(5))
         self.lora_A[name] = nn.Parameter(a)
         self.lora_B[name] = nn.Parameter(torch.zeros(n, self.out_features, r, device=weight.device))
-        self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = (nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()).train(
+            self.training
+        )
         self.scaling[name] = config.scaling
 
     def delete_adapter(self, name: str) -> None:
@@ -329,10 +337,16 @@ class UsageLog:
         self.task: str | None = None
         self.counts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
 
-    def add(self, layer: str, routing: Routing, num_experts: int) -> None:
-        counts = routing.counts if routing.counts is not None else torch.bincount(routing.index, minlength=num_experts)
+    def add(self, layer: str, routing: Routing, num_experts: int, token_mask: torch.Tensor | None = None) -> None:
+        """Count ``routing``'s tokens (those ``token_mask`` keeps) on their own device: no host sync per step."""
+        index = routing.index.detach()
+        weights = torch.ones_like(index) if token_mask is None else token_mask.reshape(-1).to(index.dtype)
+        counts = index.new_zeros(num_experts).scatter_add_(0, index, weights)
         table = self.counts[self.task or "unlabelled"]
-        table[layer] = table.get(layer, torch.zeros(num_experts, dtype=torch.long)) + counts.detach().cpu()
+        table[layer] = table[layer] + counts if layer in table else counts
+
+    def tables(self) -> dict[str, dict[str, list[int]]]:
+        return {task: {layer: c.tolist() for layer, c in table.items()} for task, table in self.counts.items()}
 
 
 class MoLEMLP(nn.Module):
@@ -358,6 +372,7 @@ class MoLEMLP(nn.Module):
             setattr(mlp, proj, MoLELinear(getattr(mlp, proj)))
         object.__setattr__(self, "_usage", usage)  # shared with the adapter, not a submodule
         self._decode_weights: tuple[tuple[Any, ...], _DecodeWeights] | None = None
+        self.train(mlp.training)  # the wrappers take the mode of the model they join (eval: no dropout)
 
     def projection(self, name: str) -> MoLELinear:
         layer = getattr(self.base_mlp, name)
@@ -366,7 +381,8 @@ class MoLEMLP(nn.Module):
 
     def add_adapter(self, name: str, config: MoLEConfig) -> None:
         first = self.projection(self.targets[0])
-        self.router[name] = MoLERouter(first.in_features, config.num_experts).to(first.weight.device)
+        router = MoLERouter(first.in_features, config.num_experts).to(first.weight.device)
+        self.router[name] = router.train(self.training)
         for proj in self.targets:
             self.projection(proj).add_adapter(name, config)
 
@@ -389,12 +405,16 @@ class MoLEMLP(nn.Module):
     def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         router: MoLERouter = self.router[self.active_adapter]  # type: ignore[assignment]
         flat = hidden.reshape(-1, hidden.shape[-1])
-        routing, balance = router(flat)
-        if balance is not None and (collected := _BALANCE_LOSSES.get()) is not None:
-            collected.append(balance)
+        collector = _BALANCE_LOSSES.get()
+        token_mask = collector.mask_for(flat.shape[0]) if collector is not None else None
+        routing, balance = router(flat, token_mask)
+        if balance is not None and collector is not None:
+            collector.terms.append(balance)
         usage: UsageLog = self._usage  # type: ignore[assignment]
-        if usage.task is not None:
-            usage.add(self.layer_name, routing, router.num_experts)
+        # In training, the pass inside collect_balance_loss is counted, not its recomputation by activation
+        # checkpointing during backward (which would count every token twice, padding included).
+        if usage.task is not None and (collector is not None or not self.training):
+            usage.add(self.layer_name, routing, router.num_experts, token_mask)
         if self.fused and not args and not kwargs and flat.shape[0]:
             out = self.decode(flat, routing) if routing.order is None else self.grouped(flat, routing)
             return out.view(*hidden.shape[:-1], -1)
@@ -468,11 +488,18 @@ class _DecodeWeights:
 
 
 class BalanceLoss:
-    """The Switch balance losses of the forward passes run inside ``MoLEAdapter.collect_balance_loss``."""
+    """The Switch balance losses of the forward passes run inside ``MoLEAdapter.collect_balance_loss``, measured
+    over the tokens ``token_mask`` keeps (the batch's attention mask: padding is routed but not balanced)."""
 
-    def __init__(self, weight: float) -> None:
+    def __init__(self, weight: float, token_mask: torch.Tensor | None = None) -> None:
         self.weight = weight
+        self.token_mask = token_mask
         self.terms: list[torch.Tensor] = []
+
+    def mask_for(self, tokens: int) -> torch.Tensor | None:
+        """The mask when it covers this pass's tokens (a pass over the batch), else None."""
+        mask = self.token_mask
+        return mask if mask is not None and mask.numel() == tokens else None
 
     def value(self) -> torch.Tensor:
         """Mean over the MLPs (and passes) collected, unweighted."""
@@ -600,17 +627,18 @@ class MoLEAdapter:
     # -- training ------------------------------------------------------------------------------------
 
     @contextmanager
-    def collect_balance_loss(self) -> Iterator[BalanceLoss]:
+    def collect_balance_loss(self, token_mask: torch.Tensor | None = None) -> Iterator[BalanceLoss]:
         """The balance losses of the forward passes run inside the block (this thread), for the training loss::
 
-            with adapter.collect_balance_loss() as balance:
+            with adapter.collect_balance_loss(batch["attention_mask"]) as balance:
                 loss = model(**batch).loss
             loss = loss + balance.auxiliary_loss()
 
+        ``token_mask`` (the batch's attention mask) keeps padding out of the balance and the routing statistics.
         A pass recomputed by activation checkpointing during ``backward`` runs outside the block and adds nothing.
         """
-        collected = BalanceLoss(self.config.balance_loss_weight)
-        token = _BALANCE_LOSSES.set(collected.terms)
+        collected = BalanceLoss(self.config.balance_loss_weight, token_mask)
+        token = _BALANCE_LOSSES.set(collected)
         try:
             yield collected
         finally:
@@ -627,7 +655,7 @@ class MoLEAdapter:
 
     def statistics(self) -> dict[str, dict[str, list[int]]]:
         """Tokens per expert: ``{task: {layer: [count per expert]}}``."""
-        return {task: {layer: c.tolist() for layer, c in table.items()} for task, table in self.usage.counts.items()}
+        return self.usage.tables()
 
     # -- files and unloading -------------------------------------------------------------------------
 

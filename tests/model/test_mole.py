@@ -428,3 +428,21 @@ def test_routing_statistics_count_the_passes_of_another_thread() -> None:
         worker.join()
     run()  # outside the block: not counted
     assert all(sum(counts) == IDS.numel() for counts in adapter.statistics()["draft"].values())
+
+
+def test_experts_join_a_model_in_its_mode_and_balance_only_real_tokens() -> None:
+    """Injected into a model in eval mode, the experts are in eval mode too (no dropout at inference); the
+    balance loss and the counts leave padding out when given the batch's attention mask."""
+    model = _model()  # eval mode
+    adapter = inject_mole(model, MoLEConfig(num_experts=4, r=4, dropout=0.5))
+    assert not any(module.training for module in model.modules())
+    _randomise_experts(adapter)
+    ids = torch.randint(5, 128, (1, 70))
+    padded = torch.cat([ids, torch.zeros(1, 30, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 70, dtype=torch.long), torch.zeros(1, 30, dtype=torch.long)], dim=1)
+    with adapter.collect_balance_loss() as plain, adapter.routing_statistics("plain"):
+        model(input_ids=ids)
+    with adapter.collect_balance_loss(mask) as masked, adapter.routing_statistics("masked"):
+        model(input_ids=padded, attention_mask=mask)
+    assert torch.allclose(plain.value(), masked.value(), atol=1e-6)
+    assert adapter.statistics()["plain"] == adapter.statistics()["masked"]
