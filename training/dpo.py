@@ -1,19 +1,17 @@
 """Stage ``dpo``: Direct Preference Optimization of the stage-2 adapter on clinical-safety preference pairs.
 
-Why our own loss and not trl's ``DPOTrainer`` (trl 1.16, the release pip resolves here; it installs without
-touching torch): read in trl's ``trainer/dpo_trainer.py``,
+Why our own loss and not trl's ``DPOTrainer`` (trl 1.16): tried with ``RadProcessor`` as a ``ProcessorMixin`` on
+the tiny stage-2 MoLE fixture of the tests (the README gives the figures). trl trains our model and follows our run
+once given an explicit reference and a subclass overriding ``compute_loss``, ``_save`` and
+``_load_from_checkpoint``, which are what this module already owns. Measured reasons that remain:
 
-* its vision path requires a transformers ``ProcessorMixin`` (``TypeError`` otherwise) and calls it as
-  ``processor(images=…, text=…, padding=…, add_special_tokens=False)`` on chat messages; ``RadProcessor``
-  expands ``<image>`` itself, takes display tensors and DICOM-derived images, and is not a ``ProcessorMixin``;
-* ``precompute_ref_log_probs=True`` is refused for vision datasets, so the reference must stay in memory; with
-  no ``ref_model`` it either reloads the model from its config name (our stage-2 base *without* its MoLE
-  adapter: the wrong reference) or, for a ``PeftModel``, copies the adapter — MoLE is not a peft adapter, so
-  the reference would have to be a second full copy of the model;
-* MoE balancing is only read from ``output_router_logits`` in the model config; MoLE's Switch loss would be
-  dropped;
-* checkpoints would bypass ``RadTrainer``'s strict ``radlvlm_state.safetensors`` files, without which a resumed
-  run silently restarted from fresh weights under transformers 5.
+* the reference: with no ``ref_model`` trl reloads the base *without* its MoLE adapter (step-1 rewards not 0), and
+  ``precompute_ref_log_probs=True`` is refused for vision datasets, so it holds a second full model and runs a
+  reference forward every step; here the reference is computed once per pair and cached;
+* resume: trl's checkpoints come back with every MoLE tensor skipped under a warning, so a resumed run silently
+  restarts the experts; ``RadTrainer``'s strict ``radlvlm_state.safetensors`` resumes exactly;
+* MoE balancing is only read from ``output_router_logits`` in the model config and refuses our model; MoLE's Switch
+  loss would be dropped.
 
 So the loss is trl's sigmoid DPO (Rafailov et al. 2023; ``label_smoothing`` gives cDPO, ``rpo_alpha`` adds the
 chosen answers' NLL as in RPO), inside :class:`~radlvlm.training.trainer.RadTrainer` (same checkpoints, same
@@ -211,7 +209,11 @@ class DPOTrainer(RadTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if "ref_chosen_logps" not in inputs:
             raise InputError("a DPO batch without reference log-probabilities (they are computed before training)")
-        collecting = self.mole.collect_balance_loss() if self.mole is not None and model.training else nullcontext()
+        collecting = (
+            self.mole.collect_balance_loss(inputs.get("attention_mask"))
+            if self.mole is not None and model.training
+            else nullcontext()
+        )
         with collecting as balance:
             logps, outputs = _forward_logps(model, inputs)
         chosen, rejected = logps.chunk(2)

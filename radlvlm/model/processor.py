@@ -183,6 +183,9 @@ class RadProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if images is not None and not isinstance(images, (list, tuple)):
             images = [images]
+        if images is not None and any(isinstance(item, (list, tuple)) for item in images):
+            # HF's nested form (one list of images per prompt, as trl sends it); radlvlm prompts take one image.
+            images = [_one_image(item, row) for row, item in enumerate(images)]
         if not texts:
             raise InputError("no prompts given")
         images = list(images) if images is not None else [None] * len(texts)
@@ -247,6 +250,14 @@ class RadProcessor(ProcessorMixin):
         raise ModelError(
             f"{directory}: no {PROCESSOR_CONFIG} (nor the older {LEGACY_PROCESSOR_FILE}); not a processor directory"
         )
+
+
+def _one_image(item: Any, row: int) -> Any:
+    if not isinstance(item, (list, tuple)):
+        return item
+    if len(item) > 1:
+        raise InputError(f"prompt {row}: {len(item)} images; a radlvlm prompt takes one image (a frontal radiograph)")
+    return item[0] if item else None
 
 
 def _context_length(config: LlavaConfig) -> int | None:

@@ -17,12 +17,21 @@ PAD, BOS, EOS, IMAGE, UNK = "<pad>", "<s>", "</s>", "<image>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IMAGE, UNK]  # ids 0..4, in this order
 
 # Vicuna v1 conversation format, as LLaVA-1.5 and LLaVA-Rad were trained with ("SYSTEM USER: … ASSISTANT: …</s>").
+# A message's content is a string, or transformers' structured content (a list of {"type": "image"} and
+# {"type": "text", "text": …} parts, what trl and HF chat pipelines send): an image part is "<image>" on a line of its
+# own, as ``RadProcessor.chat_prompt`` puts it.
 VICUNA_CHAT_TEMPLATE = (
+    "{% macro render(content) %}"
+    "{% if content is string %}{{ content }}"
+    "{% else %}{% for part in content %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endmacro %}"
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }} "
-    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: {{ message['content'] }}{{ eos_token }}"
+    "{% if message['role'] == 'system' %}{{ render(message['content']) }} "
+    "{% elif message['role'] == 'user' %}USER: {{ render(message['content']) }} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: {{ render(message['content']) }}{{ eos_token }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"

@@ -191,3 +191,19 @@ def test_vllm_finds_radlvlm_through_its_plugin_entry_point() -> None:
     register = plugin.load()
     register()
     assert get_image_processor_class_from_name("RadImageProcessor") is RadImageProcessor
+
+
+def test_hf_style_chat_content_and_nested_image_lists_are_taken_as_radlvlm_prompts() -> None:
+    """What trl and HF chat pipelines send: structured message content (an image part, a text part) and one list of
+    images per prompt. The shipped model's template renders them as ``chat_prompt`` writes its prompts."""
+    shipped = embedded_model()
+    processor = RadProcessor.from_pretrained(shipped.base)
+    structured = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Write the findings."}]}]
+    text = processor.tokenizer.apply_chat_template(structured, tokenize=False, add_generation_prompt=True)
+    assert text == processor.chat_prompt("Write the findings.")
+    image = torch.rand(40, 40)
+    nested = processor(text=[text], images=[[image]])
+    flat = processor([text], [image])
+    assert all(torch.equal(nested[k], flat[k]) for k in flat)
+    with pytest.raises(InputError, match="2 images; a radlvlm prompt takes one image"):
+        processor(text=[text], images=[[image, image]])
