@@ -6,6 +6,7 @@ stderr with exit code 2; counts in/scored/dropped are always printed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -121,22 +122,36 @@ def predict(
     ] = 0,
     gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory it takes.")] = 0.9,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[
+        bool, typer.Option(help="Keep the studies OUT already holds (a killed run) and predict the others.")
+    ] = True,
 ) -> None:
     """Run a model over a manifest of studies and write a predictions file (offline validation runs).
 
     Each study takes the path it takes at every door (de-identification, guardrails, engine, audit); the engine,
-    the project key and the audit trail come from the RADLVLM_* settings, with these options on top."""
+    the project key and the audit trail come from the RADLVLM_* settings, with these options on top. Predictions
+    are written chunk by chunk, so a killed run resumes where it stopped. Under ``torchrun`` or ``accelerate
+    launch`` each process predicts its share of the studies (by a hash of the study id) into OUT.part-R-of-N.jsonl,
+    and when every process is done the first merges the parts into OUT, in manifest order
+    (``radlvlm eval merge-predictions OUT`` does it by hand)."""
     from radlvlm.pipeline import build_runtime
-    from radlvlm.pipeline.batch import read_manifest
+    from radlvlm.pipeline.batch import PredictionsFile, Shard, merge_parts, read_manifest
     from radlvlm.settings import load_settings
 
     def job() -> dict[str, Any]:
+        shard = Shard.from_environment()
         rows = read_manifest(manifest, task=task, image_root=image_root, split=split, limit=limit)
+        target = shard.part(out)
+        store = PredictionsFile(target, positions=shard.world > 1)
+        if not resume:
+            store.discard()
+        mine = shard.rows(rows)
+        todo = store.remaining(mine)
         settings = load_settings(
             model_dir=model,
             adapter_dir=adapter,
             backend=backend,
-            device=device,
+            device=_device_of_this_process(device),
             dtype=dtype,
             max_new_tokens=max_new_tokens,
             max_batch_size=batch_size,
@@ -147,19 +162,76 @@ def predict(
         )
         runtime = build_runtime(settings)
         try:
-            predictions, summary = _predict_with_progress(
-                runtime, rows, task, chunk_size=chunk_size, show_progress=progress and sys.stderr.isatty()
+            store.check_model(runtime.model_id)
+            _, summary = _predict_with_progress(
+                runtime,
+                todo,
+                task,
+                chunk_size=chunk_size,
+                show_progress=progress and sys.stderr.isatty(),
+                on_chunk=store.append,
             )
         finally:
             runtime.close()  # the engine is stopped even when a study fails
-        _write_jsonl(out, predictions)
-        return {**summary, "backend": backend, "out": str(out)}
+        summary = {
+            **summary,
+            "studies": len(store.done),
+            "predicted_now": summary["studies"],
+            "resumed_with": len(mine) - len(todo),
+            "refused": dict(store.refused),
+            "backend": backend,
+            "out": str(target),
+        }
+        if shard.world > 1:
+            summary["shard"] = {"rank": shard.rank, "of": shard.world, "studies_in_manifest": len(rows)}
+            _wait_for_every_process()
+            if shard.rank == 0:
+                summary["merged"] = merge_parts(out)
+        return summary
 
     _print_prediction_summary(run_guarded(job))
 
 
+@eval_app.command("merge-predictions")
+def merge_predictions(
+    out: Annotated[Path, typer.Argument(help="The predictions file a split run was given (its parts are beside it).")],
+) -> None:
+    """Join the parts of a split ``eval predict`` run (OUT.part-R-of-N.jsonl) into OUT, in manifest order."""
+    from radlvlm.pipeline.batch import merge_parts
+
+    typer.echo(json.dumps(run_guarded(lambda: merge_parts(out)), indent=2))
+
+
+def _device_of_this_process(device: str) -> str:
+    """``cuda`` under torchrun / accelerate launch is this process's GPU (LOCAL_RANK), not every process's first."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None and local_rank.isdigit():
+        return f"cuda:{local_rank}"
+    return device
+
+
+def _wait_for_every_process() -> None:
+    """A barrier over the processes torchrun / accelerate launch started (gloo: CPU or GPU alike), so the first
+    merges only complete parts. The wait is long: one process may hold more of the slow studies."""
+    import torch.distributed as dist
+
+    if not os.environ.get("MASTER_ADDR"):
+        return  # WORLD_SIZE set by hand, without a launcher: merge later with `radlvlm eval merge-predictions`
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _predict_with_progress(
-    runtime: Any, rows: list[dict[str, Any]], task: str, *, chunk_size: int, show_progress: bool
+    runtime: Any,
+    rows: list[Any],
+    task: str,
+    *,
+    chunk_size: int,
+    show_progress: bool,
+    on_chunk: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The predictions and their summary, with a progress bar on stderr counting studies done."""
     from radlvlm.cli_support import progress_bar
@@ -173,13 +245,17 @@ def _predict_with_progress(
             task,
             chunk_size=chunk_size,
             on_progress=lambda done, _total: bar.update(bar_task, completed=done),
+            on_chunk=on_chunk,
         )
 
 
 def _print_prediction_summary(summary: dict[str, Any]) -> None:
     """One line for a person on stderr (with any guardrail refusals), the full summary as JSON on stdout."""
     refused = f", {len(summary['refused'])} refused by the guardrails" if summary["refused"] else ""
-    stderr.print(f"studies predicted: {summary['studies']}{refused} in {summary['seconds']} s", highlight=False)
+    resumed = f" ({summary['resumed_with']} kept from before)" if summary.get("resumed_with") else ""
+    stderr.print(
+        f"studies predicted: {summary['studies']}{resumed}{refused} in {summary['seconds']} s", highlight=False
+    )
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -16,7 +16,11 @@ the reason, in the summary.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ class ManifestRow:
     indication: str | None
     report: str | None
     view: str | None = None
+    position: int = 0  # the row's place among the manifest rows selected (a merged file keeps this order)
 
 
 def read_manifest(
@@ -104,6 +109,7 @@ def read_manifest(
                 indication=str(indication) if indication else None,
                 report=report if isinstance(report, str) else None,
                 view=view,
+                position=len(rows),
             )
         )
         if limit is not None and len(rows) >= limit:
@@ -180,22 +186,29 @@ def predict(
     *,
     chunk_size: int = 256,
     on_progress: Callable[[int, int], None] | None = None,
+    on_chunk: Callable[[list[tuple[ManifestRow, dict[str, Any]]], dict[str, str]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predictions-file rows for ``rows`` (in order) and a summary (counts, refusals, seconds, studies per second)."""
+    """Predictions-file rows for ``rows`` (in order) and a summary (counts, refusals, seconds, studies per second).
+
+    With ``on_chunk``, each chunk's predictions (beside their manifest rows) and refusals go to it as soon as the
+    chunk is done, and none is kept here (the list returned is empty): a long run holds one chunk in memory.
+    """
     if chunk_size < 1:
         raise InputError(f"chunk_size must be positive, got {chunk_size}")
     caller = Caller("eval-predict", "eval")
     out: list[dict[str, Any]] = []
     refused: dict[str, str] = {}
+    done = 0
     model_seconds = 0.0
     start = time.perf_counter()
     for begin in range(0, len(rows), chunk_size):
         ready: list[tuple[ManifestRow, PreparedDraft | PreparedCheck]] = []
+        chunk_refused: dict[str, str] = {}
         for row in rows[begin : begin + chunk_size]:
             try:
                 ready.append((row, _prepare(runtime, row, task)))
             except GuardrailViolation as e:
-                refused[row.id] = str(e)
+                chunk_refused[row.id] = str(e)
             except (EngineError, ModelError):  # radlvlm's or the chosen model's fault, not the row's
                 raise
             except RadlvlmError as e:
@@ -203,6 +216,7 @@ def predict(
         began = time.perf_counter()
         results = runtime.engine.run_all([prepared.request for _, prepared in ready])
         model_seconds += time.perf_counter() - began
+        chunk: list[tuple[ManifestRow, dict[str, Any]]] = []
         for (row, prepared), result in zip(ready, results, strict=True):
             if isinstance(prepared, PreparedDraft) and isinstance(result, DraftResult):
                 outcome: DraftOutcome | CheckOutcome = finish_draft(runtime, prepared, result, caller)
@@ -210,20 +224,186 @@ def predict(
                 outcome = finish_check(runtime, prepared, result, caller)
             else:
                 raise EngineError(f"study {row.id}: the engine returned a {type(result).__name__}")
-            out.append(prediction_row(row, outcome))
+            chunk.append((row, prediction_row(row, outcome)))
+        refused.update(chunk_refused)
+        done += len(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk, chunk_refused)
+        else:
+            out.extend(prediction for _, prediction in chunk)
         if on_progress is not None:
-            on_progress(len(out) + len(refused), len(rows))
+            on_progress(done + len(refused), len(rows))
     seconds = time.perf_counter() - start
     summary = {
         "task": task,
         "model": runtime.model_id,
-        "studies": len(out),
+        "studies": done,
         "refused": refused,
         "seconds": round(seconds, 2),
         "model_seconds": round(model_seconds, 2),
-        "studies_per_s": round(len(out) / model_seconds, 3) if model_seconds > 0 else None,
+        "studies_per_s": round(done / model_seconds, 3) if model_seconds > 0 else None,
     }
     return out, summary
+
+
+# -- long runs: streamed, resumed, split between processes ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a run split between ``world`` processes (``torchrun`` / ``accelerate launch``)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_environment(cls) -> Shard:
+        """RANK and WORLD_SIZE as torchrun and accelerate launch set them; one process otherwise."""
+        try:
+            rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        except ValueError as e:
+            raise InputError(f"RANK / WORLD_SIZE are not numbers ({e})") from e
+        if world < 1 or not 0 <= rank < world:
+            raise InputError(f"rank {rank} is not within a world of {world} processes")
+        return cls(rank, world)
+
+    def takes(self, study_id: str) -> bool:
+        """Whether this process predicts ``study_id``: by a hash of the id, so a patient's or a site's studies,
+        often neighbours in a manifest, are spread over the processes instead of landing on one."""
+        digest = hashlib.sha256(study_id.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.world == self.rank
+
+    def rows(self, rows: Sequence[ManifestRow]) -> list[ManifestRow]:
+        return [row for row in rows if self.takes(row.id)] if self.world > 1 else list(rows)
+
+    def part(self, out: Path) -> Path:
+        """Where this process writes: ``out`` itself alone, else ``out.part-R-of-N.jsonl``."""
+        return out if self.world == 1 else out.with_name(f"{out.name}.part-{self.rank}-of-{self.world}.jsonl")
+
+
+class PredictionsFile:
+    """A predictions file written as studies are predicted, so a killed run keeps what it did and resumes.
+
+    Each chunk is appended and flushed to disk before the next starts. On opening, the rows already there are
+    read (a last line cut by a kill is dropped from the file) and their studies are skipped. Studies the
+    guardrails refused go to a file beside it (``…refused.jsonl``: id and reason), so a resumed run neither
+    retries them nor forgets them. A part of a split run also records each row's place in the manifest, which
+    the merge puts them back in.
+    """
+
+    def __init__(self, path: Path, *, positions: bool = False) -> None:
+        self.path = path
+        self.refused_path = path.with_name(path.name.removesuffix(".jsonl") + ".refused.jsonl")
+        self.positions = positions
+        self.done: set[str] = set(row["id"] for row in _read_complete_rows(path))
+        self.refused: dict[str, str] = {row["id"]: row["reason"] for row in _read_complete_rows(self.refused_path)}
+
+    def discard(self) -> None:
+        """Start again: what the file and its refusals hold is removed."""
+        for path in (self.path, self.refused_path):
+            path.unlink(missing_ok=True)
+        self.done, self.refused = set(), {}
+
+    def check_model(self, model_id: str) -> None:
+        """Refuse to add one model's predictions to a file holding another's."""
+        others = {row.get("model") for row in _read_complete_rows(self.path)} - {model_id}
+        if others:
+            raise InputError(
+                f"{self.path} holds predictions of {', '.join(sorted(map(str, others)))}, not {model_id}: give another "
+                "--out, or --no-resume to start it again"
+            )
+
+    def remaining(self, rows: Sequence[ManifestRow]) -> list[ManifestRow]:
+        return [row for row in rows if row.id not in self.done and row.id not in self.refused]
+
+    def append(self, chunk: list[tuple[ManifestRow, dict[str, Any]]], refused: dict[str, str]) -> None:
+        lines = []
+        for row, prediction in chunk:
+            record = {**prediction, "_position": row.position} if self.positions else prediction
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+            self.done.add(row.id)
+        _append_durably(self.path, lines)
+        if refused:
+            _append_durably(
+                self.refused_path,
+                [json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n" for k, v in refused.items()],
+            )
+            self.refused.update(refused)
+
+
+def merge_parts(out: Path) -> dict[str, Any]:
+    """Join the parts of a split run (``out.part-R-of-N.jsonl``) into ``out``, rows in manifest order, refusals
+    beside it; refuses a missing part, parts of different splits, and a study predicted twice."""
+    parts = sorted(out.parent.glob(f"{glob.escape(out.name)}.part-*-of-*.jsonl"))
+    parts = [p for p in parts if not p.name.endswith(".refused.jsonl")]
+    if not parts:
+        raise InputError(f"{out}: no parts ({out.name}.part-R-of-N.jsonl) to merge")
+    found: dict[int, set[int]] = {}
+    for part in parts:
+        match = re.fullmatch(re.escape(out.name) + r"\.part-(\d+)-of-(\d+)\.jsonl", part.name)
+        if match is None:
+            raise InputError(f"{part}: not a part file name")
+        found.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    if len(found) != 1:
+        raise InputError(f"{out}: parts of runs split {len(found)} ways ({sorted(found)}); keep one run's parts")
+    ((world, ranks),) = found.items()
+    missing = sorted(set(range(world)) - ranks)
+    if missing:
+        raise InputError(f"{out}: part(s) {missing} of {world} are missing (a process has not finished)")
+    rows: list[dict[str, Any]] = []
+    refused: dict[str, str] = {}
+    for part in parts:
+        rows.extend(_read_complete_rows(part))
+        store = PredictionsFile(part)
+        refused.update(store.refused)
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{out}: a study is in two parts; the parts are not from one split run")
+    rows.sort(key=lambda row: int(row["_position"]))
+    temporary = out.with_name(out.name + ".merging")
+    temporary.write_text(
+        "".join(
+            json.dumps({k: v for k, v in row.items() if k != "_position"}, ensure_ascii=False) + "\n" for row in rows
+        ),
+        encoding="utf-8",
+    )
+    temporary.replace(out)
+    if refused:
+        PredictionsFile(out).refused_path.write_text(
+            "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n" for k, v in sorted(refused.items())),
+            encoding="utf-8",
+        )
+    return {"out": str(out), "parts": world, "studies": len(rows), "refused": refused}
+
+
+def _append_durably(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.writelines(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_complete_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file written by :class:`PredictionsFile`; a last line cut short by a kill is removed
+    from the file (its study is predicted again), and any other unreadable line is an error."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete, _, torn = data.rpartition(b"\n")
+    if torn:
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete) + 1 if complete else 0)
+    rows = []
+    for number, line in enumerate(complete.decode("utf-8").splitlines() if complete else [], start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {number} is not JSON; not a predictions file this run wrote") from e
+        if not isinstance(row, dict) or "id" not in row:
+            raise InputError(f"{path}: line {number} has no 'id'; not a predictions file this run wrote")
+        rows.append(row)
+    return rows
 
 
 def _first(items: Sequence[str], what: str) -> str:

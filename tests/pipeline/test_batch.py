@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +134,92 @@ def test_bad_manifests_and_backends_exit_2_in_one_line(tmp_path: Path, model_dir
     assert result.exit_code == 2 and "torch backend" in result.stderr and "Traceback" not in result.output
     result = runner.invoke(app, ["eval", "predict", str(good), "--model", str(model_dir), "-o", out, "--backend", "x"])
     assert result.exit_code == 2 and "backend: Input should be" in result.stderr and result.stderr.count("\n") == 1
+
+
+def _draft_manifest(tmp_path: Path, studies: int) -> Path:
+    (tmp_path / "images").mkdir(exist_ok=True)
+    rows = [
+        {"id": f"study-{i:02d}", "image": str(_png(tmp_path / "images" / f"{i}.png", i)), "view": "PA"}
+        for i in range(studies)
+    ]
+    return _manifest(tmp_path / "studies.jsonl", rows)
+
+
+def _predict_args(manifest: Path, model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *("eval", "predict", str(manifest), "--model", str(model_dir), "-o", str(out)),
+        *("--max-new-tokens", "4", "--batch-size", "1", "--chunk-size", "2", "--no-progress", *extra),
+    ]
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, model_dir: Path) -> None:
+    """Predictions are written chunk by chunk; a rerun keeps the complete rows, drops a line cut by the kill,
+    predicts the rest, and ends with the file an uninterrupted run writes."""
+    manifest = _draft_manifest(tmp_path, 7)
+    whole = tmp_path / "whole.jsonl"
+    assert runner.invoke(app, _predict_args(manifest, model_dir, whole)).exit_code == 0
+    expected = whole.read_text()
+
+    killed = tmp_path / "killed.jsonl"
+    lines = expected.splitlines(keepends=True)
+    killed.write_text("".join(lines[:3]) + lines[3][:17])  # three rows written, the fourth cut mid-line
+    resumed = runner.invoke(app, _predict_args(manifest, model_dir, killed))
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_with"] == 3 and summary["predicted_now"] == 4 and summary["studies"] == 7
+    assert killed.read_text() == expected
+
+    again = json.loads(runner.invoke(app, _predict_args(manifest, model_dir, killed)).stdout)
+    assert again["predicted_now"] == 0 and killed.read_text() == expected  # nothing left to do
+    fresh = json.loads(runner.invoke(app, _predict_args(manifest, model_dir, killed, "--no-resume")).stdout)
+    assert fresh["predicted_now"] == 7 and killed.read_text() == expected
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"id": "study-00", "prediction": "x", "model": "another-model"}) + "\n")
+    refused = runner.invoke(app, _predict_args(manifest, model_dir, other))
+    assert refused.exit_code == 2 and "holds predictions of another-model, not tiny" in refused.stderr
+
+
+def test_two_processes_split_the_studies_by_hash_and_merge_into_the_one_process_file(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Under torchrun each process predicts its share (by a hash of the study id) into a part; when both are done
+    the first merges them, in manifest order, into the file one process writes."""
+    manifest = _draft_manifest(tmp_path, 9)
+    single = tmp_path / "single.jsonl"
+    assert runner.invoke(app, _predict_args(manifest, model_dir, single)).exit_code == 0
+
+    split = tmp_path / "split.jsonl"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"),
+        *("--master_port", str(port), "-m", "radlvlm", *_predict_args(manifest, model_dir, split)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(chunk) for chunk in _json_documents(result.stdout)]
+    shares = sorted(summary["studies"] for summary in summaries)
+    assert len(summaries) == 2 and sum(shares) == 9 and shares[0] > 0  # both took part
+    first = next(summary for summary in summaries if summary["shard"]["rank"] == 0)
+    assert first["merged"]["studies"] == 9 and first["merged"]["parts"] == 2
+    assert split.read_text() == single.read_text()
+
+    (tmp_path / "split.jsonl.part-1-of-2.jsonl").unlink()
+    missing = runner.invoke(app, ["eval", "merge-predictions", str(split)])
+    assert missing.exit_code == 2 and "part(s) [1] of 2 are missing" in missing.stderr
+
+
+def _json_documents(text: str) -> list[str]:
+    """The pretty-printed JSON objects one after another on a stream (one per process)."""
+    decoder, documents, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        _, end = decoder.raw_decode(text, index)
+        documents.append(text[index:end])
+        index = end
+    return documents
