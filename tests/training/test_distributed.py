@@ -192,3 +192,87 @@ def test_a_two_rank_run_stopped_part_way_resumes_to_the_same_weights(tmp_path: P
     resumed = json.loads(_train(resumed_recipe, 2).stdout)
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
     assert _difference(_adapter_weights(resumed), _adapter_weights(whole)) < 1e-6  # the same ranks, the same steps
+
+
+# -- accelerate launch: the command the README gives, and the shipped configs --------------------------------
+
+SCALE = Path(__file__).resolve().parents[2] / "recipes" / "scale"
+
+
+def _accelerate(config: Path, recipe: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)),
+        *("--main_process_port", str(_free_port()), "-m", "radlvlm", "train", str(recipe)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_accelerate_launch_with_the_shipped_cpu_config_trains_as_torchrun_does(
+    tmp_path: Path, tiny: tuple[Path, Path]
+) -> None:
+    launched = json.loads(_accelerate(SCALE / "cpu-2proc.yaml", _recipe(tmp_path / "accelerate", tiny, batch=2)).stdout)
+    torchrun = json.loads(_train(_recipe(tmp_path / "torchrun", tiny, batch=2), 2).stdout)
+    assert launched["world_size"] == 2 and len(set(launched["trainable_checksums_by_rank"])) == 1
+    assert _difference(_adapter_weights(launched), _adapter_weights(torchrun)) < 1e-6
+
+
+def test_fsdp_from_the_shipped_config_trains_and_resumes_on_cpu(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    """The shipped 8-GPU FSDP config, on 2 CPU processes: only what gloo cannot do is changed (module-state sync and
+    RAM-efficient loading, which FSDP refuses on CPU: "FSDP parameter initialization with `sync_module_states=True`
+    is not supported on cpu"). Its sharded checkpoints resume to the weights of an uninterrupted run, and FSDP
+    trains to DDP's weights."""
+    config = yaml.safe_load((SCALE / "fsdp-8gpu.yaml").read_text())
+    config.update(num_processes=2, use_cpu=True, mixed_precision="no")
+    config["fsdp_config"].update(fsdp_sync_module_states=False, fsdp_cpu_ram_efficient_loading=False)
+    cpu_config = tmp_path / "fsdp-cpu.yaml"
+    cpu_config.write_text(yaml.safe_dump(config))
+    assert config["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+
+    whole = json.loads(_accelerate(cpu_config, _recipe(tmp_path / "whole", tiny, batch=2)).stdout)
+    _accelerate(cpu_config, _recipe(tmp_path / "stopped", tiny, batch=2, steps=2))
+    resumed = json.loads(_accelerate(cpu_config, _recipe(tmp_path / "stopped", tiny, batch=2, steps=4)).stdout)
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 4
+    assert _difference(_adapter_weights(resumed), _adapter_weights(whole)) < 1e-6
+    ddp = json.loads(_train(_recipe(tmp_path / "ddp", tiny, batch=2), 2).stdout)
+    assert _difference(_adapter_weights(whole), _adapter_weights(ddp)) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["cpu-2proc.yaml", "fsdp-8gpu.yaml", "deepspeed-zero2-8gpu.yaml"])
+def test_the_shipped_accelerate_configs_are_ones_accelerate_reads_whole(name: str) -> None:
+    """accelerate refuses unknown top-level keys itself; the nested FSDP and DeepSpeed sections it passes on
+    unchecked, so each of their keys must be one of accelerate launch's own options."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = SCALE / name
+    config = load_config_from_file(str(path))  # unknown top-level keys: ValueError
+    options = {action.dest for action in launch_command_parser()._actions}
+    raw = yaml.safe_load(path.read_text())
+    for section in ("fsdp_config", "deepspeed_config"):
+        unknown = sorted(set(raw.get(section) or {}) - options)
+        assert not unknown, f"{name}: {section} has keys accelerate launch does not know: {unknown}"
+    if "deepspeed_config_file" in (raw.get("deepspeed_config") or {}):
+        assert (path.parents[2] / raw["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    assert config.num_processes >= 2
+
+
+def test_the_shipped_deepspeed_json_is_filled_by_transformers(tmp_path: Path) -> None:
+    """DeepSpeed's "auto" values are transformers' to fill from the recipe's training arguments."""
+    pytest.importorskip(
+        "deepspeed",
+        reason="DeepSpeed is not installed: PyPI has it as a source package only, built against the installed torch "
+        "(pip install --no-build-isolation deepspeed)",
+    )
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    ds = HfTrainerDeepSpeedConfig(str(SCALE / "deepspeed-zero2.json"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, use_cpu=True
+    )
+    ds.trainer_config_process(args)
+    assert ds.get_value("train_micro_batch_size_per_gpu") == 4 and ds.get_value("gradient_accumulation_steps") == 2
+    assert ds.get_value("zero_optimization.stage") == 2 and not ds.is_auto("gradient_clipping")
