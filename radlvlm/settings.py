@@ -90,10 +90,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RADLVLM_", env_file=None, extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address the service listens on")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port the service listens on")
     model_dir: Path | None = Field(default=None, description="A radlvlm model directory; default: the embedded model")
-    adapter_dir: Path | None = None
+    adapter_dir: Path | None = Field(
+        default=None, description="A MoLE or peft LoRA adapter on top of the model (vllm: peft LoRA only)"
+    )
     findings_model: Path | None = Field(
         default=None,
         description="A finding classifier directory (radlvlm embedded findings); default: the one that travels with "
@@ -111,26 +113,38 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="The torch backend's precision (float16 on V100, which has no bfloat16)"
     )
-    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
-    vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    vllm_max_model_len: int | None = Field(default=None, ge=1)
-    vllm_max_num_seqs: int | None = Field(default=None, ge=1)
+    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="vLLM's precision"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of the GPU's memory vLLM takes (weights and KV cache)"
+    )
+    vllm_max_model_len: int | None = Field(
+        default=None, ge=1, description="vLLM's context length; default: the model's"
+    )
+    vllm_max_num_seqs: int | None = Field(
+        default=None, ge=1, description="Sequences vLLM decodes at once; default: vLLM's"
+    )
     vllm_prefix_caching: bool = Field(default=True, description="Reuse the KV cache of a shared prompt prefix")
     vllm_ngram_speculative_tokens: int = Field(
         default=0, ge=0, le=16, description="n-gram speculative decoding: draft tokens per step (0: off)"
     )
-    vllm_ngram_lookup_min: int = Field(default=2, ge=1)
-    vllm_ngram_lookup_max: int = Field(default=4, ge=1)
+    vllm_ngram_lookup_min: int = Field(default=2, ge=1, description="n-gram speculative decoding: shortest match")
+    vllm_ngram_lookup_max: int = Field(default=4, ge=1, description="n-gram speculative decoding: longest match")
     api_keys: str = Field(default="", description="';'-separated sha256:<digest>:<scopes> entries")
     auth_disabled: bool = Field(default=False, description="Only for local demos: every request gets every scope")
-    max_body_bytes: int = Field(default=64 * 2**20, ge=1024)
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    rate_limit_per_minute: int = Field(default=120, ge=1)
+    max_body_bytes: int = Field(default=64 * 2**20, ge=1024, description="Largest request body accepted (413 above it)")
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="A request still waiting for the model after this answers 504"
+    )
+    rate_limit_per_minute: int = Field(default=120, ge=1, description="Requests per API key per minute (429 above)")
     cors_origins: str = Field(default="", description="','-separated origins; empty keeps CORS off")
-    max_batch_size: int = Field(default=8, ge=1)
-    max_wait_ms: float = Field(default=25.0, ge=0)
-    max_queue: int = Field(default=64, ge=1)
-    max_new_tokens: int = Field(default=256, ge=1, le=4096)
+    max_batch_size: int = Field(default=8, ge=1, description="Requests the engine runs together")
+    max_wait_ms: float = Field(
+        default=25.0, ge=0, description="How long the engine waits for a batch to fill before it runs"
+    )
+    max_queue: int = Field(default=64, ge=1, description="Requests waiting for the engine; beyond it, 503 busy")
+    max_new_tokens: int = Field(default=256, ge=1, le=4096, description="Token budget of a draft")
     dicomweb_url: str | None = Field(default=None, description="The archive drafts may name studies in (DICOMweb root)")
     dicomweb_authorization: str | None = Field(default=None, description="Authorization header for the archive")
     audit_path: Path = Field(

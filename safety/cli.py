@@ -349,7 +349,7 @@ def deid_command(
     actor: Annotated[str, typer.Option(help="Who runs the export (a short code) for the audit trail.")] = "radlvlm",
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """De-identify DICOM files and text reports (PS3.15 Annex E; see the README for what is not covered)."""
+    """De-identify DICOM files and text reports (PS3.15 Annex E; docs/deidentification.md says what is not covered)."""
     options = run_guarded(
         lambda: _deid_options(
             safe_private,

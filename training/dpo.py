@@ -1,8 +1,8 @@
 """Stage ``dpo``: Direct Preference Optimization of the stage-2 adapter on clinical-safety preference pairs.
 
 Why our own loss and not trl's ``DPOTrainer`` (trl 1.16): tried with ``RadProcessor`` as a ``ProcessorMixin`` on
-the tiny stage-2 MoLE fixture of the tests (the README gives the figures). trl trains our model and follows our run
-once given an explicit reference and a subclass overriding ``compute_loss``, ``_save`` and
+the tiny stage-2 MoLE fixture of the tests (docs/training.md gives the figures). trl trains our model and follows our
+run once given an explicit reference and a subclass overriding ``compute_loss``, ``_save`` and
 ``_load_from_checkpoint``, which are what this module already owns. Measured reasons that remain:
 
 * the reference: with no ``ref_model`` trl reloads the base *without* its MoLE adapter (step-1 rewards not 0), and
