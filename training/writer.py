@@ -106,6 +106,21 @@ class WriterTarget:
 
 
 MIN_BANK_SENTENCES = 2
+# A plain findings sentence for each observation, as a radiologist states it alone (no side, size or location, no
+# hedge): what the bank holds for a finding that fewer than MIN_BANK_SENTENCES clean train sentences state. Each
+# is checked against the labeler when a bank is built (it must read exactly its observation).
+_FINDINGS_SENTENCES = {
+    "Cardiomegaly": "The heart is enlarged.",
+    "Pleural Effusion": "There is a pleural effusion.",
+    "Pneumothorax": "There is a pneumothorax.",
+    "Edema": "There is pulmonary edema.",
+    "Consolidation": "There is focal consolidation.",
+    "Pneumonia": "Findings are consistent with pneumonia.",
+    "Atelectasis": "There is atelectasis.",
+    "Lung Opacity": "There is an airspace opacity.",
+    "Lung Lesion": "There is a pulmonary nodule.",
+    "Pleural Other": "There is pleural thickening.",
+}
 # Findings in the lung itself: a sentence calling the lungs clear ("The lungs are clear.", which the labeler reads
 # as no lung opacity) contradicts any of them, not only an opacity.
 PARENCHYMAL = frozenset({"Lung Opacity", "Pneumonia", "Consolidation", "Edema", "Atelectasis", "Lung Lesion"})
@@ -136,12 +151,16 @@ class SentenceBank:
                 elif not positive and negative:
                     self.normal.append(sentence)
         for label in WRITER_LABELS:
-            # A label fewer than two clean train sentences state alone gets its impression phrase: one sentence is
-            # too little to know it is a plain statement of the finding (IU's only such opacity sentence was
+            # A label fewer than two clean train sentences state alone gets a plain findings sentence: one sentence
+            # is too little to know it is a plain statement of the finding (IU's only such opacity sentence was
             # "Peribronchial cuffing also noted.", its only consolidation one "The lungs focal airspace
-            # consolidation.").
+            # consolidation."). Until 0.6 it got the impression's bare phrase ("Airspace opacity."), which made
+            # the drafts' findings read as a list.
             if len(self.positive[label]) < MIN_BANK_SENTENCES:
-                self.positive[label] = [_IMPRESSION_PHRASES[label]]
+                plain = _FINDINGS_SENTENCES.get(label, "")
+                positive, uncertain, negative = _reading(plain)
+                usable = positive == {label} and not uncertain and not negative and not unsupported_kinds(plain)
+                self.positive[label] = [plain if usable else _IMPRESSION_PHRASES[label]]
 
     def sentence(self, label: str, rng: random.Random) -> str:
         return rng.choice(self.positive[label])

@@ -62,13 +62,17 @@ def test_the_release_section_goes_first_and_replaces_an_earlier_one() -> None:
     assert twice.startswith("# Model card: m\n") and twice.rstrip().endswith("## What it is\nstuff")
 
 
-def test_a_finding_stated_alone_by_fewer_than_two_clean_sentences_is_banked_as_its_plain_phrase() -> None:
+def test_a_finding_stated_alone_by_fewer_than_two_clean_sentences_is_banked_as_a_plain_findings_sentence() -> None:
     """The bank is what the writer learns to say for a finding: a single odd sentence (IU's only opacity one was
-    "Peribronchial cuffing also noted.") must not become the way every opacity is written."""
+    "Peribronchial cuffing also noted.") must not become the way every opacity is written, and a bare phrase
+    ("Airspace opacity.") reads as a list, not a report."""
     bank = SentenceBank(TRAIN)
     assert set(bank.positive["Cardiomegaly"]) == {"The heart is enlarged.", "There is cardiomegaly."}
-    assert bank.positive["Pleural Effusion"] == ["Pleural effusion."]  # one clean sentence: the phrase instead
-    assert bank.positive["Lung Opacity"] == ["Airspace opacity."]  # none at all
+    assert bank.positive["Pleural Effusion"] == ["There is a pleural effusion."]  # one clean sentence: too few
+    assert bank.positive["Lung Opacity"] == ["There is an airspace opacity."]  # none at all
+    for label in WRITER_LABELS:  # every banked sentence states its finding alone, plainly
+        (sentence,) = bank.positive[label][:1]
+        assert _observations(sentence) == {label} and not unsupported_kinds(sentence), sentence
 
 
 def test_a_target_for_a_lung_finding_does_not_call_the_lungs_clear() -> None:
