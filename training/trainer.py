@@ -385,8 +385,13 @@ def train(
         # Over every rank, from this run's passes (a resumed run counts the steps it ran).
         summary["expert_usage"] = trainer.expert_usage_over_ranks()
         summary["balance_loss"] = trainer.balance_loss_over_ranks()
-    if not is_main_process():
-        return summary  # rank 0 writes the outputs and the summary; the others have taken part in the reductions
-    summary.update(save_outputs(trainer.model, processor, mole, out))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if is_main_process():  # rank 0 writes the outputs and the summary; the others took part in the reductions
+        summary.update(save_outputs(trainer.model, processor, mole, out))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Every rank leaves together, after rank 0 has written, and with the process group torn down: a rank that
+    # exits while another still holds the group can die in gloo's threads (SIGABRT, "terminate called without an
+    # active exception"), failing a run that had finished.
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return summary
