@@ -388,10 +388,9 @@ def train(
     if is_main_process():  # rank 0 writes the outputs and the summary; the others took part in the reductions
         summary.update(save_outputs(trainer.model, processor, mole, out))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    # Every rank leaves together, after rank 0 has written, and with the process group torn down: a rank that
-    # exits while another still holds the group can die in gloo's threads (SIGABRT, "terminate called without an
-    # active exception"), failing a run that had finished.
+    # Every rank leaves together, after rank 0 has written: a rank that exited while another still used the group
+    # once died in gloo's threads (SIGABRT, "terminate called without an active exception") after a finished run.
+    # The group is not destroyed here: in torch 2.13 ProcessGroupGloo's destructor joins a thread that waits for
+    # the GIL the destroying thread holds, and hangs.
     trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return summary
