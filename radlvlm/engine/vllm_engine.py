@@ -22,7 +22,6 @@ arguments, duck-typed ``RequestOutput``), tested on CPU without vLLM; vLLM is im
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -41,7 +40,7 @@ from PIL import Image as PILImage
 from radlvlm.engine.base import EngineImage, Generated, GenerateRequest, GenerationStream, Request, Result
 from radlvlm.engine.batching import BatchingEngine, Pending, validate_request
 from radlvlm.errors import InputError, ModelError
-from radlvlm.model.configuration import PooledRadLlavaConfig
+from radlvlm.model.configuration import PooledRadLlavaConfig, read_json_object
 from radlvlm.model.generation import Generation, GenerationSettings, decode_generation
 from radlvlm.model.image_processing import RadImageProcessor
 from radlvlm.model.processor import PROCESSOR_CONFIG, RadProcessor
@@ -124,7 +123,7 @@ def check_adapter(adapter_dir: Path) -> int:
         raise ModelError(
             f"{adapter_dir}: neither a MoLE adapter ({MOLE_CONFIG}) nor a peft LoRA adapter ({PEFT_CONFIG})"
         )
-    config = _read_json(path)
+    config = read_json_object(path)
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise ModelError(f"{adapter_dir}: peft adapter type {config.get('peft_type')!r}; vLLM serves LoRA only")
     if config.get("modules_to_save"):
@@ -152,7 +151,7 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: no config.json; not a model directory")
-    config = _read_json(model_dir / "config.json")
+    config = read_json_object(model_dir / "config.json")
     check_vllm_config(config, str(model_dir))
     export_hint = (
         f"vLLM needs an HF Llava export: radlvlm convert export-hf --model {model_dir} --out {model_dir.name}-hf"
@@ -160,7 +159,7 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
     if not any((model_dir / name).is_file() for name in HF_PROCESSOR_FILES):
         raise ModelError(f"{model_dir}: no HF processor files ({' or '.join(HF_PROCESSOR_FILES)}); {export_hint}")
     if (model_dir / PROCESSOR_CONFIG).is_file():
-        kind = _read_json(model_dir / PROCESSOR_CONFIG).get("processor_class")
+        kind = read_json_object(model_dir / PROCESSOR_CONFIG).get("processor_class")
         if kind != "LlavaProcessor":
             raise ModelError(f"{model_dir}: its processor is a {kind!r}, not HF's LlavaProcessor; {export_hint}")
     vision, text = config["vision_config"], config.get("text_config") or {}
@@ -184,11 +183,11 @@ def inspect_model_dir(model_dir: str | Path, adapter_dir: str | Path | None = No
 
 def image_processor_type(model_dir: Path) -> str | None:
     """The class an export's image processor names (nested in ``processor_config.json`` or on its own)."""
-    processor = _read_json(model_dir / PROCESSOR_CONFIG) if (model_dir / PROCESSOR_CONFIG).is_file() else {}
+    processor = read_json_object(model_dir / PROCESSOR_CONFIG) if (model_dir / PROCESSOR_CONFIG).is_file() else {}
     image = processor.get("image_processor")
     if not isinstance(image, dict):
         path = model_dir / "preprocessor_config.json"
-        image = _read_json(path) if path.is_file() else {}
+        image = read_json_object(path) if path.is_file() else {}
     kind = image.get("image_processor_type")
     return str(kind) if kind else None
 
@@ -528,16 +527,6 @@ def detect_gpu() -> tuple[tuple[int, int] | None, str]:
         return None, "this machine"
     major, minor = torch.cuda.get_device_capability(0)
     return (int(major), int(minor)), torch.cuda.get_device_name(0)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: cannot be read as JSON ({type(e).__name__})") from e
-    if not isinstance(value, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return value
 
 
 def _first_line(error: Exception) -> str:

@@ -124,18 +124,24 @@ def validate(config: LlavaConfig) -> None:
         raise ModelError(f"unknown prompt profile {profile!r}; known: {', '.join(PROFILES)}")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model directory's JSON file (config, processor, adapter settings) as a dict, or a ModelError naming it."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot be read as JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(values, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return values
+
+
 def load_config(directory: str | Path) -> RadLlavaConfig:
     """Read and check ``config.json`` of a radlvlm model, an HF Llava export, or a converted LLaVA-Rad/LLaVA-1.5."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"{directory}: no {CONFIG_FILE}; not a saved model directory")
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{directory}: {CONFIG_FILE} cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(values, dict):
-        raise ModelError(f"{directory}: {CONFIG_FILE} is not a JSON object")
+    values = read_json_object(path)
     model_type = values.get("model_type")
     if model_type not in LLAVA_MODEL_TYPES:
         raise ModelError(f"{directory}: model_type is {model_type!r}, expected 'llava' (use `radlvlm convert`)")

@@ -709,9 +709,6 @@ class MoLEAdapter:
                 base.weight.copy_(weight)
         return model
 
-    def merge(self) -> None:
-        self.merge_and_unload()
-
 
 def language_model_fingerprint(model: nn.Module) -> dict[str, Any]:
     config = getattr(model.config, "text_config", model.config)

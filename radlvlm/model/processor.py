@@ -15,7 +15,6 @@ export, or a llava-hf checkpoint), whose image processor is mapped onto radlvlm'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import ImageTransformConfig
-from radlvlm.model.configuration import PooledRadLlavaConfig, image_token_count, load_config
+from radlvlm.model.configuration import PooledRadLlavaConfig, image_token_count, load_config, read_json_object
 from radlvlm.model.image_processing import RadImageInput, RadImageProcessor
 from radlvlm.model.profile import PromptProfile, get_profile
 from radlvlm.model.tokenizer import IMAGE, VICUNA_CHAT_TEMPLATE
@@ -235,7 +234,7 @@ class RadProcessor(ProcessorMixin):
         directory = Path(pretrained_model_name_or_path)
         config_path = directory / PROCESSOR_CONFIG
         if config_path.is_file():
-            values = _read_json(config_path)
+            values = read_json_object(config_path)
             kind = values.get("processor_class")
             if kind == cls.__name__:
                 try:
@@ -264,16 +263,6 @@ def _context_length(config: LlavaConfig) -> int | None:
     return int(getattr(config.text_config, "max_position_embeddings", 0) or 0) or None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-    if not isinstance(values, dict):
-        raise ModelError(f"{path}: not a JSON object")
-    return values
-
-
 def _tokenizer(directory: Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
@@ -283,7 +272,7 @@ def _tokenizer(directory: Path) -> PreTrainedTokenizerBase:
 
 def _from_legacy(cls: type[RadProcessor], directory: Path) -> RadProcessor:
     """The pre-0.6 layout: ``radlvlm_processor.json`` beside the tokenizer's files."""
-    settings = _read_json(directory / LEGACY_PROCESSOR_FILE)
+    settings = read_json_object(directory / LEGACY_PROCESSOR_FILE)
     try:
         values = dict(settings["image_config"])
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
@@ -307,7 +296,7 @@ def _from_llava_processor(cls: type[RadProcessor], directory: Path, values: dict
     image = values.get("image_processor")
     if not isinstance(image, dict):
         preprocessor = directory / "preprocessor_config.json"
-        image = _read_json(preprocessor) if preprocessor.is_file() else {}
+        image = read_json_object(preprocessor) if preprocessor.is_file() else {}
     if image.get("image_processor_type") == RadImageProcessor.__name__:
         image_processor = RadImageProcessor(**image)
     else:

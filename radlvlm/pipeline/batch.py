@@ -293,20 +293,22 @@ class PredictionsFile:
 
     def __init__(self, path: Path, *, positions: bool = False) -> None:
         self.path = path
-        self.refused_path = path.with_name(path.name.removesuffix(".jsonl") + ".refused.jsonl")
+        self.refused_path = refused_path_of(path)
         self.positions = positions
-        self.done: set[str] = set(row["id"] for row in _read_complete_rows(path))
+        rows = _read_complete_rows(path)
+        self.done: set[str] = {row["id"] for row in rows}
+        self.models: set[str] = {str(row.get("model")) for row in rows}
         self.refused: dict[str, str] = {row["id"]: row["reason"] for row in _read_complete_rows(self.refused_path)}
 
     def discard(self) -> None:
         """Start again: what the file and its refusals hold is removed."""
         for path in (self.path, self.refused_path):
             path.unlink(missing_ok=True)
-        self.done, self.refused = set(), {}
+        self.done, self.models, self.refused = set(), set(), {}
 
     def check_model(self, model_id: str) -> None:
         """Refuse to add one model's predictions to a file holding another's."""
-        others = {row.get("model") for row in _read_complete_rows(self.path)} - {model_id}
+        others = self.models - {model_id}
         if others:
             raise InputError(
                 f"{self.path} holds predictions of {', '.join(sorted(map(str, others)))}, not {model_id}: give another "
@@ -322,6 +324,7 @@ class PredictionsFile:
             record = {**prediction, "_position": row.position} if self.positions else prediction
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
             self.done.add(row.id)
+            self.models.add(str(prediction.get("model")))
         _append_durably(self.path, lines)
         if refused:
             _append_durably(
@@ -354,8 +357,7 @@ def merge_parts(out: Path) -> dict[str, Any]:
     refused: dict[str, str] = {}
     for part in parts:
         rows.extend(_read_complete_rows(part))
-        store = PredictionsFile(part)
-        refused.update(store.refused)
+        refused.update({row["id"]: row["reason"] for row in _read_complete_rows(refused_path_of(part))})
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
         raise InputError(f"{out}: a study is in two parts; the parts are not from one split run")
@@ -369,11 +371,16 @@ def merge_parts(out: Path) -> dict[str, Any]:
     )
     temporary.replace(out)
     if refused:
-        PredictionsFile(out).refused_path.write_text(
+        refused_path_of(out).write_text(
             "".join(json.dumps({"id": k, "reason": v}, ensure_ascii=False) + "\n" for k, v in sorted(refused.items())),
             encoding="utf-8",
         )
     return {"out": str(out), "parts": world, "studies": len(rows), "refused": refused}
+
+
+def refused_path_of(path: Path) -> Path:
+    """Where the studies the guardrails refused are kept beside a predictions file."""
+    return path.with_name(path.name.removesuffix(".jsonl") + ".refused.jsonl")
 
 
 def _append_durably(path: Path, lines: list[str]) -> None:
