@@ -3,11 +3,13 @@
 Text-only checks: the IU-Xray validation split, each study twice, as written and with one error of the
 training injector's families (:func:`radlvlm.tasks.build_errorcheck_training_set`). Checks against the
 image: NIH validation images with a report faithful to their labels and one with an error relative to them
-(:func:`radlvlm.tasks.image_checks.image_check_reports`). For each, three logistic models are fitted — the
+(:func:`radlvlm.tasks.image_checks.image_check_reports`). For each, logistic models are fitted — the
 model's yes/no log-odds alone, the rule checker's findings alone, both — and the one with the best
-out-of-fold AUROC is kept (for text-only checks, one of the two with the rule findings), with its operating
-point (:func:`radlvlm.tasks.calibration.fit_calibration`). The result is written next to the adapter, where
-the engines find it.
+out-of-fold AUROC is kept (for text-only checks, one of those with the rule findings), with its operating
+point (:func:`radlvlm.tasks.calibration.fit_calibration`). Text-only checks also weigh the learned
+consistency scorer (:mod:`radlvlm.tasks.consistency_model`), fitted first on the IU-Xray TRAIN split with the
+training injector, so the validation split it is calibrated on stays unseen by it. The result is written next
+to the adapter, where the engines find it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from radlvlm.errors import InputError
 from radlvlm.reports.sections import with_comparison
 from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations, fit_calibration
+from radlvlm.tasks.consistency_model import CONSISTENCY_MODEL_FILE, ConsistencyModel, fit_consistency_model
 from radlvlm.tasks.errorcheck import build_errorcheck_training_set
 from radlvlm.tasks.image_checks import image_check_reports
 
@@ -43,20 +46,38 @@ def _choose(
     *,
     keep_rules: bool,
     rule_floor: bool = False,
+    consistency: ConsistencyModel | None = None,
 ) -> tuple[Any, dict]:
-    """The best of the three fits by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule
-    checker's findings may win (the model can then add to the rules but never replace them); with
-    ``rule_floor`` the verdict also flags every report the rule checker flags."""
+    """The best fit by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule checker's findings
+    may win (the model can then add to the rules but never replace them); with ``rule_floor`` the verdict also
+    flags every report the rule checker flags; with ``consistency`` the learned scorer joins two more fits."""
     common: dict[str, Any] = {"source": source, "seed": seed, "rule_floor": rule_floor}
     candidates = {
         "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, **common),
         "rules": fit_calibration(reports, labels, use_rules=True, **common),
         "model+rules": fit_calibration(reports, labels, model_log_odds=odds, use_rules=True, **common),
     }
+    if consistency is not None:
+        candidates["consistency+rules"] = fit_calibration(reports, labels, consistency=consistency, **common)
+        candidates["model+consistency+rules"] = fit_calibration(
+            reports, labels, model_log_odds=odds, consistency=consistency, **common
+        )
     scores = {name: c.fitted_on for name, c in candidates.items()}
     eligible = [name for name in candidates if not keep_rules or "rules" in name]
     best = max(eligible, key=lambda name: candidates[name].fitted_on["out_of_fold_auroc"])
     return candidates[best], {"chosen": best, "candidates": scores}
+
+
+def _fit_consistency(train_studies: list[dict[str, Any]], *, seed: int, limit: int | None) -> ConsistencyModel:
+    """The learned consistency scorer, fitted on IU-Xray train reports: eight variants of each study, half with one
+    error of the training injector's families, each with its COMPARISON section as written."""
+    rows, _ = build_errorcheck_training_set(train_studies, seed=seed, variants_per_report=8)
+    rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
+    comparison = {str(r["uid"]): r.get("comparison") for r in train_studies}
+    texts = [with_comparison(r["text"], comparison[str(r["uid"])]) for r in rows]
+    return fit_consistency_model(
+        texts, [bool(r["has_error"]) for r in rows], source="IU-Xray train, training injector, 8 variants", seed=seed
+    )
 
 
 def calibrate_checks(
@@ -75,9 +96,14 @@ def calibrate_checks(
     # No calibration is loaded here: what is fitted is the model's raw score.
     engine = TaskEngine(TorchEngine(model, processor, model_id=model_dir.name, max_queue=100_000))
     summary: dict[str, Any] = {"seed": seed}
+    target = (adapter or model_dir) / CALIBRATION_FILE
     try:
+        iu_rows = list(IUXraySource(data / "iu_xray").rows())
+        consistency = _fit_consistency([r for r in iu_rows if r.get("split") == "train"], seed=seed, limit=limit)
+        consistency.save(target.parent / CONSISTENCY_MODEL_FILE)
+        summary["consistency_model"] = consistency.fitted_on
         # Each validation study as written and once more with one error of the training injector's families.
-        studies = [r for r in IUXraySource(data / "iu_xray").rows() if r.get("split") == "validation"]
+        studies = [r for r in iu_rows if r.get("split") == "validation"]
         rows, _ = build_errorcheck_training_set(studies, seed=seed, variants_per_report=2)
         rows = rows[:: max(1, len(rows) // limit)][:limit] if limit else rows
         # Each report as a radiologist writes it: with its study's COMPARISON section, when it has one.
@@ -88,7 +114,14 @@ def calibrate_checks(
         # A text-only check never drops the rule checker's findings, and flags whatever the rule checker flags
         # (the rule floor): the served check must not miss what the rules catch.
         text_only, summary["text_only"] = _choose(
-            reports, labels, odds, "IU-Xray validation, training injector", seed, keep_rules=True, rule_floor=True
+            reports,
+            labels,
+            odds,
+            "IU-Xray validation, training injector",
+            seed,
+            keep_rules=True,
+            rule_floor=True,
+            consistency=consistency,
         )
         summary["text_only"]["unanswerable"] = skipped
 
@@ -113,7 +146,6 @@ def calibrate_checks(
         summary["image"]["unanswerable"] = skipped
     finally:
         engine.close()
-    target = (adapter or model_dir) / CALIBRATION_FILE
     CheckCalibrations(text_only=text_only, image=image).save(target)
     summary["file"] = str(target)
     return json.loads(json.dumps(summary, default=str))

@@ -25,6 +25,7 @@ from radlvlm.model.mole import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from radlvlm.model.pretrained import save_pretrained
 from radlvlm.model.processor import RadProcessor
 from radlvlm.tasks.calibration import CALIBRATION_FILE
+from radlvlm.tasks.consistency_model import CONSISTENCY_MODEL_FILE
 from radlvlm.training.dpo_eval import markdown_table
 
 MAX_SHIPPED_BYTES = 40 * 1024 * 1024
@@ -97,8 +98,11 @@ def _half_adapter(source: Path, target: Path) -> None:
     shutil.copy2(source / ADAPTER_CONFIG, target / ADAPTER_CONFIG)
     state = {k: v.to(torch.float16) for k, v in load_file(str(source / ADAPTER_WEIGHTS)).items()}
     save_file(state, str(target / ADAPTER_WEIGHTS), metadata={"format": "pt", "adapter": "mole"})
-    if (source / CALIBRATION_FILE).is_file():  # the SIMPLE-check calibration fitted on this adapter
-        shutil.copy2(source / CALIBRATION_FILE, target / CALIBRATION_FILE)
+    # The SIMPLE-check calibration fitted on this adapter, and the consistency scorer it weighs (and its record).
+    consistency = Path(CONSISTENCY_MODEL_FILE)
+    for name in (CALIBRATION_FILE, consistency.name, consistency.with_suffix(".json").name):
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 TRAINING_STEPS = ("tokenizer", "lm", "vision", "stage1", "stage2", "calibrate")

@@ -14,6 +14,7 @@ from radlvlm.reports.sections import ReportSections, parse_report
 
 __all__ = [
     "RULE_CHECKER_THRESHOLD",
+    "RULE_KINDS",
     "ConsistencyFinding",
     "check_consistency",
     "comparison_without_prior",
@@ -24,6 +25,15 @@ __all__ = [
 # The rule checker flags a report when its inconsistencies' weights add up to this: one weight-1 finding, or two
 # of the lighter ones (see check_consistency).
 RULE_CHECKER_THRESHOLD = 1.0
+# The kinds of inconsistency the rule checker reports (see check_consistency).
+RULE_KINDS: tuple[str, ...] = (
+    "comparison_without_prior",
+    "contradiction",
+    "laterality",
+    "severity",
+    "impression_only",
+    "findings_only",
+)
 
 
 class ConsistencyFinding(dict):

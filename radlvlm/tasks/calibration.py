@@ -5,9 +5,11 @@ The model's answer to "does this report contain an error?" is one forward pass: 
 " no". Read at 0.5 it is neither calibrated nor a good operating point (a small model trained on balanced data
 can rank errors above chance and still say "no" to everything). A :class:`CheckCalibration` turns it into a
 probability with a scikit-learn logistic regression fitted on a held-out validation set, optionally together
-with the rule consistency checker's findings (:func:`radlvlm.reports.consistency.check_consistency`), and
-holds the threshold chosen on that set. It is stored as JSON next to the weights (``check_calibration.json``):
-a handful of numbers that anyone can read and that load without unpickling code.
+with the rule consistency checker's findings (:func:`radlvlm.reports.consistency.check_consistency`) and the
+learned text-consistency scorer's log-odds (:mod:`radlvlm.tasks.consistency_model`), and holds the threshold
+chosen on that set. It is stored as JSON next to the weights (``check_calibration.json``): a handful of numbers
+that anyone can read and that load without unpickling code; the scorer, when a calibration uses it, is the
+skops file beside it.
 
 The engines apply it to every SIMPLE check, whichever door the check came through.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +27,12 @@ import numpy as np
 
 from radlvlm.errors import InputError, ModelError
 from radlvlm.reports.consistency import RULE_CHECKER_THRESHOLD, ConsistencyFinding, check_consistency
+from radlvlm.tasks.consistency_model import CONSISTENCY_MODEL_FILE, ConsistencyModel
 from radlvlm.tasks.taxonomy import ErrorCategory
 
 __all__ = [
     "CALIBRATION_FILE",
+    "CONSISTENCY_FEATURE",
     "MODEL_FEATURE",
     "RULE_FEATURES",
     "RULE_KIND_CATEGORY",
@@ -43,6 +47,7 @@ __all__ = [
 
 CALIBRATION_FILE = "check_calibration.json"
 MODEL_FEATURE = "model_log_odds"
+CONSISTENCY_FEATURE = "consistency_log_odds"  # the learned text-consistency scorer's log-odds
 # The rule checker's findings, by kind; "findings_only" splits by weight: an acute finding under an impression
 # that calls the study normal (weight 1) is a contradiction, other findings left out of the impression (0.5)
 # are common in correct reports.
@@ -86,11 +91,18 @@ def rule_checker_flags(found: Sequence[ConsistencyFinding]) -> bool:
 
 
 def _row(
-    features: Sequence[str], model_log_odds: float | None, report: str | Sequence[ConsistencyFinding]
+    features: Sequence[str],
+    model_log_odds: float | None,
+    report: str | Sequence[ConsistencyFinding],
+    consistency_log_odds: float | None = None,
 ) -> list[float]:
     values: dict[str, float] = {}
     if any(name in RULE_FEATURES for name in features):
         values.update(rule_features(report))
+    if CONSISTENCY_FEATURE in features:
+        if consistency_log_odds is None:
+            raise InputError("this calibration needs the consistency scorer's log-odds")
+        values[CONSISTENCY_FEATURE] = float(consistency_log_odds)
     if MODEL_FEATURE in features:
         if model_log_odds is None:
             raise InputError("this calibration needs the model's yes/no log-odds")
@@ -113,13 +125,15 @@ class CheckCalibration:
     """A fitted logistic model of P(error) and the threshold at which a verdict says "error".
 
     Args:
-        features: the inputs, in order (:data:`MODEL_FEATURE` and/or names of :data:`RULE_FEATURES`).
+        features: the inputs, in order (:data:`MODEL_FEATURE`, :data:`CONSISTENCY_FEATURE` and/or names of
+            :data:`RULE_FEATURES`).
         coefficients, intercept: the logistic regression's weights.
         threshold: P(error) at or above which the verdict is "error" (chosen on the validation set).
         fitted_on: what it was fitted on (counts, source, the validation figures), for the model card.
         rule_floor: when set, the verdict is also "error" wherever the rule checker alone flags the report
             (:func:`rule_checker_flags`), so the fused check never misses what the shipped rules catch; P(error)
             is then at least ``rule_floor`` (the share of errors among the validation reports the rules flag).
+        consistency: the learned scorer behind :data:`CONSISTENCY_FEATURE` (stored beside the JSON, not in it).
     """
 
     features: tuple[str, ...]
@@ -128,12 +142,18 @@ class CheckCalibration:
     threshold: float
     fitted_on: dict[str, Any] = field(default_factory=dict)
     rule_floor: float | None = None
+    consistency: ConsistencyModel | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.features if name != MODEL_FEATURE and name not in RULE_FEATURES]
+        known = (MODEL_FEATURE, CONSISTENCY_FEATURE, *RULE_FEATURES)
+        unknown = [name for name in self.features if name not in known]
         if unknown or len(self.features) != len(self.coefficients) or not self.features:
             raise ModelError(
                 f"check calibration: bad features {list(self.features)} for {len(self.coefficients)} weights"
+            )
+        if CONSISTENCY_FEATURE in self.features and self.consistency is None:
+            raise ModelError(
+                f"check calibration: uses {CONSISTENCY_FEATURE} but no {CONSISTENCY_MODEL_FILE} came with it"
             )
         if not 0.0 < self.threshold < 1.0:
             raise ModelError(f"check calibration: threshold must be in (0, 1), got {self.threshold}")
@@ -144,10 +164,11 @@ class CheckCalibration:
     def uses_model(self) -> bool:
         return MODEL_FEATURE in self.features
 
-    def _probability(self, model_log_odds: float | None, found: Sequence[ConsistencyFinding]) -> float:
-        z = self.intercept + sum(
-            w * x for w, x in zip(self.coefficients, _row(self.features, model_log_odds, found), strict=True)
-        )
+    def _probability(self, model_log_odds: float | None, found: Sequence[ConsistencyFinding], report: str) -> float:
+        uses_scorer = self.consistency is not None and CONSISTENCY_FEATURE in self.features
+        scored = self.consistency.log_odds(report) if uses_scorer else None
+        row = _row(self.features, model_log_odds, found, scored)
+        z = self.intercept + sum(w * x for w, x in zip(self.coefficients, row, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
     def probability(self, model_log_odds: float | None, report: str) -> float:
@@ -157,16 +178,23 @@ class CheckCalibration:
     def assess(self, model_log_odds: float | None, report: str) -> Assessment:
         """P(error) and the verdict of one report (the rule checker reads it once)."""
         found = tuple(check_consistency(report))
-        fitted = self._probability(model_log_odds, found)
+        fitted = self._probability(model_log_odds, found, report)
         if self.rule_floor is None or not rule_checker_flags(found):
             return Assessment(fitted, fitted >= self.threshold, found, rules_decided=False)
         return Assessment(max(fitted, self.rule_floor), True, found, rules_decided=fitted < self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "features": list(self.features),
+            "coefficients": list(self.coefficients),
+            "intercept": self.intercept,
+            "threshold": self.threshold,
+            "fitted_on": self.fitted_on,
+            "rule_floor": self.rule_floor,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CheckCalibration:
+    def from_dict(cls, data: dict[str, Any], consistency: ConsistencyModel | None = None) -> CheckCalibration:
         try:
             return cls(
                 features=tuple(data["features"]),
@@ -175,6 +203,7 @@ class CheckCalibration:
                 threshold=float(data["threshold"]),
                 fitted_on=dict(data.get("fitted_on", {})),
                 rule_floor=None if data.get("rule_floor") is None else float(data["rule_floor"]),
+                consistency=consistency if CONSISTENCY_FEATURE in data["features"] else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"check calibration: malformed entry ({type(e).__name__}: {e})") from e
@@ -203,7 +232,10 @@ class CheckCalibrations:
             raise ModelError(f"{path}: unreadable check calibration ({type(e).__name__})") from e
         if not isinstance(data, dict) or not set(data) <= {"text_only", "image"}:
             raise ModelError(f"{path}: a check calibration has 'text_only' and/or 'image' entries only")
-        return cls(**{kind: CheckCalibration.from_dict(entry) for kind, entry in data.items()})
+        scorer = path.parent / CONSISTENCY_MODEL_FILE
+        uses_scorer = any(CONSISTENCY_FEATURE in (entry or {}).get("features", ()) for entry in data.values())
+        consistency = ConsistencyModel.load(scorer) if uses_scorer and scorer.is_file() else None
+        return cls(**{kind: CheckCalibration.from_dict(entry, consistency) for kind, entry in data.items()})
 
 
 def find_calibrations(model_dir: str | Path, adapter_dir: str | Path | None = None) -> CheckCalibrations | None:
@@ -220,6 +252,7 @@ def fit_calibration(
     labels: Sequence[bool],
     *,
     model_log_odds: Sequence[float] | None = None,
+    consistency: ConsistencyModel | None = None,
     use_rules: bool = True,
     source: str = "",
     folds: int = 5,
@@ -237,9 +270,13 @@ def fit_calibration(
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
     from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
 
-    features = ((MODEL_FEATURE,) if model_log_odds is not None else ()) + (RULE_FEATURES if use_rules else ())
+    features = (
+        ((MODEL_FEATURE,) if model_log_odds is not None else ())
+        + ((CONSISTENCY_FEATURE,) if consistency is not None else ())
+        + (RULE_FEATURES if use_rules else ())
+    )
     if not features:
-        raise InputError("a calibration needs the model's log-odds, the rule features, or both")
+        raise InputError("a calibration needs the model's log-odds, the consistency scorer, the rule features, or more")
     if len(reports) != len(labels) or (model_log_odds is not None and len(model_log_odds) != len(reports)):
         raise InputError("reports, labels and log-odds must have the same length")
     y = np.array([bool(v) for v in labels], dtype=int)
@@ -247,7 +284,8 @@ def fit_calibration(
         raise InputError(f"need at least {folds} reports with and {folds} without an error to calibrate")
     odds = list(model_log_odds) if model_log_odds is not None else [None] * len(reports)
     found = [tuple(check_consistency(r)) for r in reports]
-    x = np.array([_row(features, o, f) for o, f in zip(odds, found, strict=True)], dtype=float)
+    scored = consistency.log_odds_many(reports) if consistency is not None else [None] * len(reports)
+    x = np.array([_row(features, o, f, c) for o, f, c in zip(odds, found, scored, strict=True)], dtype=float)
     model = LogisticRegression(C=1.0, max_iter=1000)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     out_of_fold = cross_val_predict(model, x, y, cv=splitter, method="predict_proba")[:, 1]
@@ -264,6 +302,7 @@ def fit_calibration(
         intercept=float(model.intercept_[0]),
         threshold=threshold,
         rule_floor=None if floor is None else round(floor, 4),
+        consistency=consistency,
         fitted_on={
             "source": source,
             "n": len(y),

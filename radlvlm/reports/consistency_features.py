@@ -1,0 +1,104 @@
+"""What a learned text check reads from a report: per observation and per section, what the labeler found
+(stated, denied, hedged; side; severity), what the rule checker flags, measurements, and whether sentences lean
+on a prior study the COMPARISON section may deny.
+
+The rule checker (:mod:`radlvlm.reports.consistency`) fixes by hand which disagreements between findings and
+impression count; these features give a model fitted on injected errors (:mod:`radlvlm.tasks.consistency_model`)
+the same readings to weigh together, so it can learn, say, that a new large effusion in the findings under a
+normal impression is an error while a granuloma left out of the impression is not. They are built from the
+labeler, never from words, so a model fitted on one injector's phrasing does not learn that phrasing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from radlvlm.reports.consistency import RULE_KINDS, check_consistency, comparison_without_prior, says_no_prior
+from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
+from radlvlm.reports.sections import parse_report
+
+__all__ = ["CONSISTENCY_FEATURE_NAMES", "consistency_features"]
+
+_OBSERVATIONS = tuple(name for name in CHEXPERT_14 if name != "No Finding")
+_SIDES = ("left", "right", "bilateral")
+# A size as radiologists write it ("4 mm", "2.1 x 1.9 cm"): each number before the unit's first use counts.
+_MEASUREMENT = re.compile(r"(\d+(?:\.\d+)?)\s*(cm|mm)\b")
+
+
+def _section_names(prefix: str) -> list[str]:
+    names = []
+    for name in _OBSERVATIONS:
+        names += [f"{prefix}{name}:{what}" for what in ("positive", "negative", "uncertain", *_SIDES)]
+        names += [f"{prefix}{name}:severity_max", f"{prefix}{name}:severity_min"]
+    names += [f"{prefix}{what}" for what in ("normal", "positives", "comparisons", "changes", "measurements")]
+    return [*names, f"{prefix}largest_cm", f"{prefix}words"]
+
+
+def _cross_names() -> list[str]:
+    kinds = ("stated_and_denied", "side_differs", "severity_gap")
+    return [f"{name}:{what}" for name in _OBSERVATIONS for what in kinds]
+
+
+CONSISTENCY_FEATURE_NAMES: tuple[str, ...] = (
+    *(f"rule:{kind}" for kind in RULE_KINDS),
+    *_section_names("findings:"),
+    *_section_names("impression:"),
+    "has_findings",
+    "has_impression",
+    "comparison:says_none",
+    "comparison:empty",
+    "comparison:presupposed_without_prior",
+    *_cross_names(),
+)
+
+
+def _section(text: str, prefix: str) -> dict[str, float]:
+    read: LabeledReport | None = label_report(text) if text.strip() else None
+    out: dict[str, float] = {}
+    for name in _OBSERVATIONS:
+        status = read.labels[name] if read else Label.BLANK
+        out[f"{prefix}{name}:positive"] = float(status is Label.POSITIVE)
+        out[f"{prefix}{name}:negative"] = float(status is Label.NEGATIVE)
+        out[f"{prefix}{name}:uncertain"] = float(status is Label.UNCERTAIN)
+        stated = [m for m in (read.mentions if read else ()) if m.label == name and m.status is Label.POSITIVE]
+        sides = frozenset().union(*(m.laterality for m in stated))
+        for side in _SIDES:
+            out[f"{prefix}{name}:{side}"] = float(side in sides)
+        grades = [m.severity for m in stated if m.severity]
+        out[f"{prefix}{name}:severity_max"] = float(max(grades)) if grades else 0.0
+        out[f"{prefix}{name}:severity_min"] = float(min(grades)) if grades else 0.0
+    out[f"{prefix}normal"] = float(read is not None and read.labels["No Finding"] is Label.POSITIVE)
+    out[f"{prefix}positives"] = float(len(read.positive())) if read else 0.0
+    out[f"{prefix}comparisons"] = float(len(read.comparison_sentences)) if read else 0.0
+    out[f"{prefix}changes"] = float(len(read.change_sentences)) if read else 0.0
+    sizes_cm = [float(v) * (1.0 if unit == "cm" else 0.1) for v, unit in _MEASUREMENT.findall(text.lower())]
+    out[f"{prefix}measurements"] = float(len(sizes_cm))
+    out[f"{prefix}largest_cm"] = max(sizes_cm, default=0.0)
+    out[f"{prefix}words"] = float(len(text.split()))
+    return out
+
+
+def consistency_features(report: str) -> dict[str, float]:
+    """The features of one report (FINDINGS, IMPRESSION and COMPARISON as :func:`parse_report` reads them), keyed by
+    :data:`CONSISTENCY_FEATURE_NAMES` in that order."""
+    sections = parse_report(report)
+    out: dict[str, float] = dict.fromkeys((f"rule:{kind}" for kind in RULE_KINDS), 0.0)
+    for found in check_consistency(report):
+        out[f"rule:{found['kind']}"] += float(found["weight"])
+    out.update(_section(sections.findings, "findings:"))
+    out.update(_section(sections.impression, "impression:"))
+    out["has_findings"] = float(bool(sections.findings.strip()))
+    out["has_impression"] = float(bool(sections.impression.strip()))
+    out["comparison:says_none"] = float(says_no_prior(sections.comparison))
+    out["comparison:empty"] = float(not sections.comparison.strip())
+    out["comparison:presupposed_without_prior"] = float(comparison_without_prior(sections))
+    for name in _OBSERVATIONS:
+        f, i = f"findings:{name}:", f"impression:{name}:"
+        out[f"{name}:stated_and_denied"] = float(
+            (out[f + "positive"] and out[i + "negative"]) or (out[f + "negative"] and out[i + "positive"])
+        )
+        both = out[f + "positive"] and out[i + "positive"]
+        out[f"{name}:side_differs"] = float(both and any(out[f + s] != out[i + s] for s in _SIDES))
+        graded = out[f + "severity_max"] and out[i + "severity_max"]
+        out[f"{name}:severity_gap"] = abs(out[f + "severity_max"] - out[i + "severity_max"]) if graded else 0.0
+    return {name: out[name] for name in CONSISTENCY_FEATURE_NAMES}
