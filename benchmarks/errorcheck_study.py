@@ -46,7 +46,8 @@ def _iu_rows(data: Path, split: str) -> list[dict[str, Any]]:
 
 def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[str, Any]]]:
     """Every evaluation set as rows of ``text``, ``has_error`` (and ``image``/``view`` for image checks)."""
-    from radlvlm.clinical_eval.independent_injection import build_independent_set
+    from radlvlm.clinical_eval.independent_injection import build_independent_set, compose_text
+    from radlvlm.clinical_eval.text_evidence import text_reveals_error
     from radlvlm.reports.consistency import says_no_prior
     from radlvlm.reports.sections import with_comparison
     from radlvlm.tasks.errorcheck import build_errorcheck_training_set
@@ -58,12 +59,16 @@ def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[
         # Each report with its study's COMPARISON section, as a radiologist's report carries it.
         comparison = {str(r["uid"]): r.get("comparison") or "" for r in rows}
         independent, _ = build_independent_set(rows, seed=seed)
+        original = {str(r["uid"]): compose_text(r.get("findings") or "", r.get("impression") or "") for r in rows}
         sets[f"independent_{split}"] = [
             {
                 "text": with_comparison(r["text"], comparison[str(r["uid"])]),
                 "has_error": r["has_error"],
                 "family": r["family"],
                 "no_prior": says_no_prior(comparison[str(r["uid"])]),
+                # Whether the error leaves evidence in the text (clinical_eval.text_evidence): the text-only ceiling.
+                "revealed": r["has_error"]
+                and text_reveals_error(original[str(r["uid"])], r["text"], r["family"], comparison[str(r["uid"])]),
             }
             for r in independent
         ]
@@ -131,17 +136,26 @@ def by_family(rows: list[dict[str, Any]], model: list[bool], rules: list[bool]) 
     for row, flagged, ruled in zip(rows, model, rules, strict=True):
         if not row["has_error"]:
             continue
-        entry = families.setdefault(row["family"], {"n": 0, "model": 0, "rule_checker": 0, "no_prior": 0})
+        entry = families.setdefault(
+            row["family"], {"n": 0, "model": 0, "rule_checker": 0, "no_prior": 0, "revealed": 0, "model_revealed": 0}
+        )
         entry["n"] += 1
         entry["model"] += bool(flagged)
         entry["rule_checker"] += bool(ruled)
         entry["no_prior"] += bool(row.get("no_prior"))
+        entry["revealed"] += bool(row.get("revealed"))
+        entry["model_revealed"] += bool(row.get("revealed") and flagged)
     out = {}
     for name, e in sorted(families.items()):
         out[name] = {
             "n": e["n"],
             "model_sensitivity": round(e["model"] / e["n"], 3),
             "rule_checker_sensitivity": round(e["rule_checker"] / e["n"], 3),
+            # The ceiling: the share whose error leaves evidence in the text; and the model's catch among those.
+            "text_reveals_share": round(e["revealed"] / e["n"], 3),
+            "model_sensitivity_where_revealed": round(e["model_revealed"] / e["revealed"], 3)
+            if e["revealed"]
+            else None,
         }
         if name == "unsupported_comparison":
             # What the text can prove: a made-up change is certain only where COMPARISON says there is no prior;
@@ -203,6 +217,25 @@ def main() -> None:
                         entry["by_family"] = by_family(
                             [row for row, _ in answered], [a["has_error"] for _, a in answered], rules[0]
                         )
+                        # The target's set: clean reports and the errors their text reveals.
+                        keep = [k for k, (row, _) in enumerate(answered) if not row["has_error"] or row["revealed"]]
+                        entry["text_revealed_errors"] = {
+                            system: score(
+                                [truth[k] for k in keep],
+                                [verdicts[k] for k in keep],
+                                [scores[k] for k in keep],
+                                args.n_boot,
+                                args.seed,
+                            )
+                            for system, verdicts, scores in (
+                                (
+                                    "model",
+                                    [a["has_error"] for _, a in answered],
+                                    [a["error_probability"] for _, a in answered],
+                                ),
+                                ("rule_checker", rules[0], rules[1]),
+                            )
+                        }
                     if name == "blatant":
                         entry["missed_contradictions"] = [
                             row["id"] for row, a in answered if row["has_error"] and not a["has_error"]

@@ -294,8 +294,9 @@ def _calibration_rows(calibration: dict[str, Any] | None) -> list[str]:
         )
     rows += [
         "",
-        '"model" is the LM\'s yes/no log-odds alone, "rules" the rule consistency checker\'s findings alone; the',
-        "threshold maximises Youden's J over out-of-fold probabilities (5-fold).",
+        '"model" is the LM\'s yes/no log-odds alone, "rules" the rule consistency checker\'s findings alone,',
+        '"consistency" the learned text check (trees over the labeler\'s per-section readings, fitted on IU-Xray train);',
+        "the threshold maximises Youden's J over out-of-fold probabilities (5-fold).",
     ]
     return rows
 

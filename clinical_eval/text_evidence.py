@@ -1,0 +1,89 @@
+"""What the text of a report can reveal of an injected error: the ceiling of any text-only check.
+
+A text-only check sees one report, never the image or the report as first written. An error leaves evidence in the
+text only where what was changed disagrees with something left standing: an edited, added or removed statement
+about an observation that another sentence of the report still mentions (a side, a grade, a finding stated or
+denied), a finding asserted where the rest of the report calls the study normal, or a change from a prior study
+under a COMPARISON section that says there is none. An added device on a normal study, a finding quietly removed
+from a report that mentions it nowhere else, or a side swapped on a finding named once leave none: no reader of
+the text alone could find them. This module decides, per errored report, whether such evidence exists, using the
+product's labeler on the sentences that differ from the original; the share per error family is the ceiling that
+text-only results are reported beside (``benchmarks/errorcheck_study.py``).
+
+It is an estimate bounded by the labeler: an observation the labeler does not name (a hiatal hernia, an aortic
+aneurysm) counts as leaving no evidence, and a mention elsewhere counts as evidence even where a reader might
+accept both statements, so it errs towards calling errors revealable.
+"""
+
+from __future__ import annotations
+
+from radlvlm.reports.consistency import says_no_prior
+from radlvlm.reports.labeler import Label, label_report
+from radlvlm.reports.normalize import normalize_text, split_sentences
+from radlvlm.reports.sections import parse_report
+
+__all__ = ["text_reveals_error"]
+
+
+# Observations a report may name for one finding ("right upper lobe opacity" in the findings, "right upper lobe
+# pneumonia" in the impression): each counts as the others when looking for the same finding elsewhere.
+_SAME_FINDING = (
+    frozenset({"Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Edema", "Lung Lesion"}),
+    frozenset({"Cardiomegaly", "Enlarged Cardiomediastinum"}),
+)
+# Errors that change or drop what the report states: the finding must still be stated elsewhere to compare with.
+_CHANGED_STATEMENT = frozenset(
+    {"location_change", "severity_change", "measurement_change", "false_negation", "omitted_finding"}
+)
+_STATED = (Label.POSITIVE, Label.UNCERTAIN)
+
+
+def _sentences(report: str) -> list[str]:
+    sections = parse_report(report)
+    return [
+        sentence
+        for section in (sections.findings, sections.impression)
+        if section.strip()
+        for sentence in split_sentences(normalize_text(section, lowercase=True))
+    ]
+
+
+def _findings(sentences: list[str], *, stated_only: bool) -> set[str]:
+    """The observations mentioned (or only those stated), each widened to the observations naming the same
+    finding."""
+    if not sentences:
+        return set()
+    read = label_report(" ".join(sentences))
+    named = {m.label for m in read.mentions if m.label != "No Finding" and (not stated_only or m.status in _STATED)}
+    return named.union(*(group for group in _SAME_FINDING if group & named))
+
+
+def _calls_normal(sentences: list[str]) -> bool:
+    return bool(sentences) and label_report(" ".join(sentences)).labels["No Finding"] is Label.POSITIVE
+
+
+def text_reveals_error(original: str, errored: str, family: str, comparison: str = "") -> bool:
+    """Whether the error that turned ``original`` into ``errored`` leaves evidence in ``errored``'s own text.
+
+    ``comparison`` is the study's COMPARISON section. Sentences are compared after normalisation; those of
+    ``errored`` not in ``original`` are the added or edited ones, those of ``original`` not in ``errored`` the
+    removed or edited ones, the rest are left standing. A changed or dropped statement (side, grade, size, a
+    finding denied or left out) is revealed where the rest still states that finding; an added one where the
+    rest mentions the finding at all (denying it, or stating it otherwise), or asserts a finding other than a
+    device where the rest calls the study normal.
+    """
+    before, after = _sentences(original), _sentences(errored)
+    kept = [s for s in after if s in before]
+    added = [s for s in after if s not in before]
+    changed = added + [s for s in before if s not in after]
+    if family == "unsupported_comparison":
+        return says_no_prior(comparison)  # a change from a prior that the COMPARISON section denies
+    if family == "omitted_comparison":
+        return False  # a report need not describe a change; nothing left standing says one was dropped
+    touched = _findings(changed, stated_only=False)
+    if family in _CHANGED_STATEMENT:
+        return bool(touched & _findings(kept, stated_only=True))
+    if touched & _findings(kept, stated_only=False):
+        return True
+    asserted = _findings(added, stated_only=True) - {"Support Devices"}
+    return bool(asserted) and _calls_normal(kept)

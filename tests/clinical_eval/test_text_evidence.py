@@ -1,0 +1,57 @@
+"""The text-only ceiling: an injected error is revealed only where the rest of the report disagrees with it."""
+
+from __future__ import annotations
+
+import pytest
+
+from radlvlm.clinical_eval.text_evidence import text_reveals_error
+
+NORMAL = "FINDINGS: The lungs are clear. Heart size is normal.\nIMPRESSION: No acute cardiopulmonary abnormality."
+OPACITY = (
+    "FINDINGS: There is a right upper lobe opacity. Heart size is normal.\nIMPRESSION: Right upper lobe pneumonia."
+)
+
+
+@pytest.mark.parametrize(
+    ("errored", "family", "comparison", "revealed"),
+    [
+        # A side changed where the same finding is named again (opacity / pneumonia): revealed.
+        (OPACITY.replace("IMPRESSION: Right", "IMPRESSION: Left"), "location_change", "", True),
+        # A side changed on a finding named once: nothing to compare with.
+        (
+            "FINDINGS: Heart size is normal. Left apical granuloma.\nIMPRESSION: No acute abnormality.",
+            "location_change",
+            "",
+            False,
+        ),
+        # A significant finding added under an impression that calls the study normal: revealed.
+        (
+            NORMAL.replace("Heart size is normal.", "Heart size is normal. Large left pleural effusion."),
+            "false_prediction",
+            "",
+            True,
+        ),
+        # A device added to a normal study: invisible in text.
+        (
+            NORMAL.replace("Heart size is normal.", "Heart size is normal. Endotracheal tube in place."),
+            "device_change",
+            "",
+            False,
+        ),
+        # A change from a prior under a COMPARISON that says there is none, and one that cites a prior.
+        (NORMAL.replace("The lungs are clear.", "The effusion has resolved."), "unsupported_comparison", "None.", True),
+        (
+            NORMAL.replace("The lungs are clear.", "The effusion has resolved."),
+            "unsupported_comparison",
+            "PA 2019",
+            False,
+        ),
+    ],
+)
+def test_revealed_where_the_rest_of_the_report_disagrees(
+    errored: str, family: str, comparison: str, revealed: bool
+) -> None:
+    original = OPACITY if "opacity" in errored.lower() else NORMAL
+    if "granuloma" in errored:
+        original = errored.replace("Left apical", "Right apical")
+    assert text_reveals_error(original, errored, family, comparison) is revealed
