@@ -18,6 +18,7 @@ accept both statements, so it errs towards calling errors revealable.
 from __future__ import annotations
 
 from radlvlm.reports.consistency import says_no_prior
+from radlvlm.reports.consistency_features import SAME_FINDING_GROUPS
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.normalize import normalize_text, split_sentences
 from radlvlm.reports.sections import parse_report
@@ -25,12 +26,6 @@ from radlvlm.reports.sections import parse_report
 __all__ = ["text_reveals_error"]
 
 
-# Observations a report may name for one finding ("right upper lobe opacity" in the findings, "right upper lobe
-# pneumonia" in the impression): each counts as the others when looking for the same finding elsewhere.
-_SAME_FINDING = (
-    frozenset({"Lung Opacity", "Consolidation", "Pneumonia", "Atelectasis", "Edema", "Lung Lesion"}),
-    frozenset({"Cardiomegaly", "Enlarged Cardiomediastinum"}),
-)
 # Errors that change or drop what the report states: the finding must still be stated elsewhere to compare with.
 _CHANGED_STATEMENT = frozenset(
     {"location_change", "severity_change", "measurement_change", "false_negation", "omitted_finding"}
@@ -55,7 +50,7 @@ def _findings(sentences: list[str], *, stated_only: bool) -> set[str]:
         return set()
     read = label_report(" ".join(sentences))
     named = {m.label for m in read.mentions if m.label != "No Finding" and (not stated_only or m.status in _STATED)}
-    return named.union(*(group for group in _SAME_FINDING if group & named))
+    return named.union(*(group for group in SAME_FINDING_GROUPS.values() if group & named))
 
 
 def _calls_normal(sentences: list[str]) -> bool:
