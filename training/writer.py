@@ -585,6 +585,7 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
     lines = _card_training_lines(info)
     lines += _card_draft_lines(info, results)
     lines += _card_image_check_lines(info, results)
+    lines += _card_text_check_lines(info, results)
     lines += _card_limits_lines(info["finding_classifier"])
     return "\n".join(lines)
 
@@ -698,6 +699,40 @@ def _card_image_check_lines(info: dict[str, Any], results: Path | None) -> list[
                 + "; ".join(f"{k} {_ci(v)}" for k, v in (w.get("auroc_by_kind") or {}).items())
                 + ".",
             ]
+    return lines
+
+
+def _rates(entry: dict[str, Any]) -> str:
+    return " / ".join(
+        f"{entry[k]['value']:.3f}" for k in ("accuracy", "sensitivity", "specificity", "auroc") if k in entry
+    )
+
+
+def _card_text_check_lines(info: dict[str, Any], results: Path | None) -> list[str]:
+    """The text-only check through ``POST /v1/checks`` on IU test (``errorcheck.json``), when it measured this
+    release: both injectors, the errors the text reveals, the rule checker beside it."""
+    checks = results / "errorcheck.json" if results else None
+    if checks is None or not checks.is_file():
+        return []
+    report = json.loads(checks.read_text())
+    m = report["metrics"]
+    if report["model"]["models"][0]["id"] != info["id"] or "independent_test" not in m:
+        return []
+    independent, trained = m["independent_test"], m.get("training_injector_test")
+    lines = [
+        "",
+        "Text-only check through ``POST /v1/checks`` on IU test reports (accuracy / sensitivity / specificity / "
+        "AUROC; ``benchmarks/results/errorcheck.json``): independent injector "
+        f"{_rates(independent['model'])} (rule checker {_rates(independent['rule_checker'])})"
+        + (f"; training injector {_rates(trained['model'])}" if trained else "")
+        + ".",
+    ]
+    revealed = independent.get("text_revealed_errors")
+    if revealed:
+        lines[-1] += (
+            " On the correct reports and the errors their own text reveals (``clinical_eval.text_evidence``): "
+            f"{_rates(revealed['model'])} (rule checker {_rates(revealed['rule_checker'])})."
+        )
     return lines
 
 

@@ -3,7 +3,9 @@ edits to a perturbed input applied to the target."""
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 from radlvlm.reports.labeler import label_report
 from radlvlm.reports.unsupported import unsupported_kinds
@@ -90,3 +92,24 @@ def test_a_target_for_a_lung_finding_does_not_call_the_lungs_clear() -> None:
     )
     normal = edit_to(WriterTarget(("The lungs are clear.",), (), frozenset()), {"Cardiomegaly"}, bank, random.Random(0))
     assert normal is not None and "The lungs are clear." in normal.findings  # not a lung finding: it stays
+
+
+def test_the_card_states_the_text_check_measured_on_this_release_only(tmp_path: Path) -> None:
+    from radlvlm.training.writer import _card_text_check_lines
+
+    rate = {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    entry = {k: rate for k in ("accuracy", "sensitivity", "specificity", "auroc")}
+    metrics = {
+        "independent_test": {
+            "model": entry,
+            "rule_checker": entry,
+            "text_revealed_errors": {"model": entry, "rule_checker": entry},
+        },
+        "training_injector_test": {"model": entry, "rule_checker": entry},
+    }
+    report = {"model": {"models": [{"id": "release-b"}]}, "metrics": metrics}
+    (tmp_path / "errorcheck.json").write_text(json.dumps(report))
+    lines = _card_text_check_lines({"id": "release-b"}, tmp_path)
+    assert "independent injector 0.800 / 0.800 / 0.800 / 0.800" in lines[-1] and "text reveals" in lines[-1]
+    assert _card_text_check_lines({"id": "release-a"}, tmp_path) == []  # figures of another release are not claimed
+    assert _card_text_check_lines({"id": "release-b"}, None) == []
