@@ -68,7 +68,7 @@ def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[
                 "no_prior": says_no_prior(comparison[str(r["uid"])]),
                 # Whether the error leaves evidence in the text (clinical_eval.text_evidence): the text-only ceiling.
                 "revealed": r["has_error"]
-                and text_reveals_error(original[str(r["uid"])], r["text"], r["family"], comparison[str(r["uid"])]),
+                and text_reveals_error(original[str(r["uid"])], r["text"], r["category"], comparison[str(r["uid"])]),
             }
             for r in independent
         ]

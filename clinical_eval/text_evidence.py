@@ -27,9 +27,7 @@ __all__ = ["text_reveals_error"]
 
 
 # Errors that change or drop what the report states: the finding must still be stated elsewhere to compare with.
-_CHANGED_STATEMENT = frozenset(
-    {"location_change", "severity_change", "measurement_change", "false_negation", "omitted_finding"}
-)
+_CHANGED_STATEMENT = frozenset({"wrong_location", "wrong_severity", "omitted_finding"})
 _STATED = (Label.POSITIVE, Label.UNCERTAIN)
 
 
@@ -43,13 +41,19 @@ def _sentences(report: str) -> list[str]:
     ]
 
 
-def _findings(sentences: list[str], *, stated_only: bool) -> set[str]:
-    """The observations mentioned (or only those stated), each widened to the observations naming the same
-    finding."""
+def _findings(sentences: list[str], *, stated_only: bool = False, denied_only: bool = False) -> set[str]:
+    """The observations mentioned (or only those stated, or denied), each widened to the observations naming the
+    same finding."""
     if not sentences:
         return set()
     read = label_report(" ".join(sentences))
-    named = {m.label for m in read.mentions if m.label != "No Finding" and (not stated_only or m.status in _STATED)}
+    named = {
+        m.label
+        for m in read.mentions
+        if m.label != "No Finding"
+        and (not stated_only or m.status in _STATED)
+        and (not denied_only or m.status is Label.NEGATIVE)
+    }
     return named.union(*(group for group in SAME_FINDING_GROUPS.values() if group & named))
 
 
@@ -57,28 +61,29 @@ def _calls_normal(sentences: list[str]) -> bool:
     return bool(sentences) and label_report(" ".join(sentences)).labels["No Finding"] is Label.POSITIVE
 
 
-def text_reveals_error(original: str, errored: str, family: str, comparison: str = "") -> bool:
+def text_reveals_error(original: str, errored: str, category: str, comparison: str = "") -> bool:
     """Whether the error that turned ``original`` into ``errored`` leaves evidence in ``errored``'s own text.
 
-    ``comparison`` is the study's COMPARISON section. Sentences are compared after normalisation; those of
-    ``errored`` not in ``original`` are the added or edited ones, those of ``original`` not in ``errored`` the
-    removed or edited ones, the rest are left standing. A changed or dropped statement (side, grade, size, a
-    finding denied or left out) is revealed where the rest still states that finding; an added one where the
-    rest mentions the finding at all (denying it, or stating it otherwise), or asserts a finding other than a
-    device where the rest calls the study normal.
+    ``category`` is the error's taxonomy category (:class:`radlvlm.tasks.taxonomy.ErrorCategory` values, which both
+    injectors give); ``comparison`` the study's COMPARISON section. Sentences are compared after normalisation;
+    those of ``errored`` not in ``original`` are the added or edited ones, those of ``original`` not in ``errored``
+    the removed or edited ones, the rest are left standing. A changed or dropped statement (side, grade, size, a
+    finding left out or turned into a denial) is revealed where the rest still states that finding; an added one
+    where the rest mentions the finding at all (denying it, or stating it otherwise), or asserts a finding other
+    than a device where the rest calls the study normal.
     """
     before, after = _sentences(original), _sentences(errored)
     kept = [s for s in after if s in before]
     added = [s for s in after if s not in before]
-    changed = added + [s for s in before if s not in after]
-    if family == "unsupported_comparison":
+    touched = _findings(added + [s for s in before if s not in after])
+    if category == "unsupported_comparison":
         return says_no_prior(comparison)  # a change from a prior that the COMPARISON section denies
-    if family == "omitted_comparison":
+    if category == "omitted_comparison":
         return False  # a report need not describe a change; nothing left standing says one was dropped
-    touched = _findings(changed, stated_only=False)
-    if family in _CHANGED_STATEMENT:
+    turned_denial = category == "negation_flip" and bool(touched & _findings(added, denied_only=True))
+    if category in _CHANGED_STATEMENT or turned_denial:
         return bool(touched & _findings(kept, stated_only=True))
-    if touched & _findings(kept, stated_only=False):
+    if touched & _findings(kept):
         return True
     asserted = _findings(added, stated_only=True) - {"Support Devices"}
     return bool(asserted) and _calls_normal(kept)

@@ -8,8 +8,11 @@ model's yes/no log-odds alone, the rule checker's findings alone, both — and t
 out-of-fold AUROC is kept (for text-only checks, one of those with the rule findings), with its operating
 point (:func:`radlvlm.tasks.calibration.fit_calibration`). Text-only checks also weigh the learned
 consistency scorer (:mod:`radlvlm.tasks.consistency_model`), fitted first on the IU-Xray TRAIN split with the
-training injector, so the validation split it is calibrated on stays unseen by it. The result is written next
-to the adapter, where the engines find it.
+training injector, so the validation split it is calibrated on stays unseen by it. Their operating point is
+chosen on the correct reports and the errors their own text reveals
+(:func:`radlvlm.clinical_eval.text_evidence.text_reveals_error`): an error no reader of the text could find (a
+device added to a normal study) cannot be caught by any text-only threshold, and choosing it over such errors
+only lowers the bar for false alarms. The result is written next to the adapter, where the engines find it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from radlvlm.clinical_eval.text_evidence import text_reveals_error
 from radlvlm.errors import InputError
 from radlvlm.reports.sections import with_comparison
 from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations, fit_calibration
@@ -47,11 +51,14 @@ def _choose(
     keep_rules: bool,
     rule_floor: bool = False,
     consistency: ConsistencyModel | None = None,
+    operating_rows: list[bool] | None = None,
 ) -> tuple[Any, dict]:
     """The best fit by out-of-fold AUROC; with ``keep_rules`` only fits that include the rule checker's findings
     may win (the model can then add to the rules but never replace them); with ``rule_floor`` the verdict also
     flags every report the rule checker flags; with ``consistency`` the learned scorer joins two more fits."""
     common: dict[str, Any] = {"source": source, "seed": seed, "rule_floor": rule_floor}
+    if operating_rows is not None:
+        common |= {"operating_rows": operating_rows, "operating_rows_are": "correct reports and text-revealed errors"}
     candidates = {
         "model": fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, **common),
         "rules": fit_calibration(reports, labels, use_rules=True, **common),
@@ -66,6 +73,14 @@ def _choose(
     eligible = [name for name in candidates if not keep_rules or "rules" in name]
     best = max(eligible, key=lambda name: candidates[name].fitted_on["out_of_fold_auroc"])
     return candidates[best], {"chosen": best, "candidates": scores}
+
+
+def _revealed(row: dict[str, Any], comparison: str | None) -> bool:
+    """Whether an injected error of the training injector shows in its report's own text (the report before the
+    edit is rebuilt from the edit's span, original and replacement)."""
+    start, end = row["span"]
+    before = row["text"][:start] + (row["original"] or "") + row["text"][end:]
+    return text_reveals_error(before, row["text"], str(row["category"]), comparison or "")
 
 
 def _fit_consistency(train_studies: list[dict[str, Any]], *, seed: int, limit: int | None) -> ConsistencyModel:
@@ -111,6 +126,7 @@ def calibrate_checks(
         texts = [with_comparison(r["text"], comparison[str(r["uid"])]) for r in rows]
         reports, kept, odds, skipped = _log_odds(engine, texts, [None] * len(rows))
         labels = [bool(rows[k]["has_error"]) for k in kept]
+        revealed = [not rows[k]["has_error"] or _revealed(rows[k], comparison[str(rows[k]["uid"])]) for k in kept]
         # A text-only check never drops the rule checker's findings, and flags whatever the rule checker flags
         # (the rule floor): the served check must not miss what the rules catch.
         text_only, summary["text_only"] = _choose(
@@ -122,6 +138,7 @@ def calibrate_checks(
             keep_rules=True,
             rule_floor=True,
             consistency=consistency,
+            operating_rows=revealed,
         )
         summary["text_only"]["unanswerable"] = skipped
 

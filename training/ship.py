@@ -295,8 +295,9 @@ def _calibration_rows(calibration: dict[str, Any] | None) -> list[str]:
     rows += [
         "",
         '"model" is the LM\'s yes/no log-odds alone, "rules" the rule consistency checker\'s findings alone,',
-        '"consistency" the learned text check (trees over the labeler\'s per-section readings, fitted on IU-Xray train);',
-        "the threshold maximises Youden's J over out-of-fold probabilities (5-fold).",
+        '"consistency" the learned text check (trees over the labeler\'s per-section readings, fitted on IU-Xray',
+        "train); the threshold maximises Youden's J over out-of-fold probabilities (5-fold), of the correct reports",
+        "and the errors their own text reveals for text-only checks.",
     ]
     return rows
 

@@ -258,13 +258,17 @@ def fit_calibration(
     folds: int = 5,
     seed: int = 0,
     rule_floor: bool = False,
+    operating_rows: Sequence[bool] | None = None,
+    operating_rows_are: str = "",
 ) -> CheckCalibration:
     """Fit P(error) on a validation set and choose the operating point on it.
 
     The threshold maximises Youden's J (sensitivity + specificity - 1) over out-of-fold probabilities
     (``folds``-fold cross-validation), so it is not chosen on the very predictions it was fitted to; the
     final weights are then fitted on the whole set. With ``rule_floor`` every report the rule checker flags is
-    flagged (see :class:`CheckCalibration`) and the threshold is chosen for the rest.
+    flagged (see :class:`CheckCalibration`) and the threshold is chosen for the rest. With ``operating_rows`` the
+    threshold is chosen on those rows only (``operating_rows_are`` says which, for the record): the weights still
+    learn from every row, while the verdict is set for the errors a check can be asked to find.
     """
     from sklearn.linear_model import LogisticRegression  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
     from sklearn.metrics import roc_auc_score  # noqa: PLC0415 - scikit-learn: only when a calibration is fitted
@@ -293,9 +297,20 @@ def fit_calibration(
     floor = float(y[flagged].mean()) if flagged.any() else None
     if floor is not None:
         out_of_fold = np.where(flagged, np.maximum(out_of_fold, floor), out_of_fold)
-    threshold = _youden_threshold(y, out_of_fold, flagged)
+    rows = np.ones(len(y), dtype=bool) if operating_rows is None else np.array(operating_rows, dtype=bool)
+    if len(rows) != len(y) or y[rows].sum() < 1 or (1 - y[rows]).sum() < 1:
+        raise InputError("operating_rows must mark, row by row, a subset with reports with and without an error")
+    threshold = _youden_threshold(y[rows], out_of_fold[rows], flagged[rows])
     model.fit(x, y)
     verdicts = (out_of_fold >= threshold) | flagged
+    chosen_on: dict[str, Any] = {}
+    if operating_rows is not None:
+        chosen_on = {
+            "operating_rows": operating_rows_are,
+            "operating_rows_n": int(rows.sum()),
+            "operating_rows_sensitivity": round(float(verdicts[rows & (y == 1)].mean()), 4),
+            "operating_rows_specificity": round(float((~verdicts[rows & (y == 0)]).mean()), 4),
+        }
     return CheckCalibration(
         features=features,
         coefficients=tuple(float(w) for w in model.coef_[0]),
@@ -312,7 +327,9 @@ def fit_calibration(
             "out_of_fold_specificity": round(float((~verdicts[y == 0]).mean()), 4),
             "rule_checker_flags": int(flagged.sum()),
             "operating_point": "max Youden J over out-of-fold probabilities"
+            + (f" of {operating_rows_are or 'the marked rows'}" if operating_rows is not None else "")
             + (", every report the rule checker flags counted as flagged" if floor is not None else ""),
+            **chosen_on,
         },
     )
 

@@ -13,28 +13,28 @@ OPACITY = (
 
 
 @pytest.mark.parametrize(
-    ("errored", "family", "comparison", "revealed"),
+    ("errored", "category", "comparison", "revealed"),
     [
         # A side changed where the same finding is named again (opacity / pneumonia): revealed.
-        (OPACITY.replace("IMPRESSION: Right", "IMPRESSION: Left"), "location_change", "", True),
+        (OPACITY.replace("IMPRESSION: Right", "IMPRESSION: Left"), "wrong_location", "", True),
         # A side changed on a finding named once: nothing to compare with.
         (
             "FINDINGS: Heart size is normal. Left apical granuloma.\nIMPRESSION: No acute abnormality.",
-            "location_change",
+            "wrong_location",
             "",
             False,
         ),
         # A significant finding added under an impression that calls the study normal: revealed.
         (
             NORMAL.replace("Heart size is normal.", "Heart size is normal. Large left pleural effusion."),
-            "false_prediction",
+            "false_finding",
             "",
             True,
         ),
         # A device added to a normal study: invisible in text.
         (
             NORMAL.replace("Heart size is normal.", "Heart size is normal. Endotracheal tube in place."),
-            "device_change",
+            "false_finding",
             "",
             False,
         ),
@@ -49,9 +49,9 @@ OPACITY = (
     ],
 )
 def test_revealed_where_the_rest_of_the_report_disagrees(
-    errored: str, family: str, comparison: str, revealed: bool
+    errored: str, category: str, comparison: str, revealed: bool
 ) -> None:
     original = OPACITY if "opacity" in errored.lower() else NORMAL
     if "granuloma" in errored:
         original = errored.replace("Left apical", "Right apical")
-    assert text_reveals_error(original, errored, family, comparison) is revealed
+    assert text_reveals_error(original, errored, category, comparison) is revealed

@@ -116,3 +116,26 @@ def test_a_rule_floor_flags_whatever_the_rule_checker_flags(tmp_path: Path) -> N
     assert plain.rule_floor is None
     with pytest.raises(ModelError, match="rule_floor"):
         CheckCalibration((MODEL_FEATURE,), (1.0,), 0.0, 0.5, rule_floor=1.5)
+
+
+def test_the_operating_point_can_be_chosen_on_the_errors_a_check_can_find() -> None:
+    reports, labels, odds = _data(200, 3)
+    # Half the errors leave no trace the check can see: their model score looks like a correct report's.
+    hidden = [wrong and k % 4 == 1 for k, wrong in enumerate(labels)]
+    odds = [random.Random(k).gauss(-1.0, 1.5) if h else o for k, (h, o) in enumerate(zip(hidden, odds, strict=True))]
+    every = fit_calibration(reports, labels, model_log_odds=odds, use_rules=False, source="synthetic")
+    findable = fit_calibration(
+        reports,
+        labels,
+        model_log_odds=odds,
+        use_rules=False,
+        source="synthetic",
+        operating_rows=[not h for h in hidden],
+        operating_rows_are="correct reports and findable errors",
+    )
+    assert findable.coefficients == every.coefficients  # the weights learn from every row
+    assert findable.fitted_on["operating_rows_n"] == 200 - sum(hidden)
+    assert "findable errors" in findable.fitted_on["operating_point"]
+    assert findable.fitted_on["operating_rows_sensitivity"] >= findable.fitted_on["out_of_fold_sensitivity"]
+    with pytest.raises(InputError, match="operating_rows"):
+        fit_calibration(reports, labels, model_log_odds=odds, operating_rows=[not w for w in labels])
