@@ -11,7 +11,8 @@ labeler, never from words, so a model fitted on one injector's phrasing does not
 Devices are left out on purpose: IU-Xray reports rarely mention one, so a model fitted on injected device errors
 learns that any tube or line is an error (it flagged 70% of the correct IU validation reports naming a device,
 11% of the rest), which would flag most correct inpatient reports. Whether a device is there is a question for
-the image, not the text.
+the image, not the text. For the same reason sizes are read only from sentences that name no device: a tube's
+"4 cm above the carina" would otherwise teach the trees the same prior through the measurements.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 
 from radlvlm.reports.consistency import RULE_KINDS, check_consistency, comparison_without_prior, says_no_prior
 from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
+from radlvlm.reports.normalize import normalize_text, split_sentences
 from radlvlm.reports.sections import parse_report
 
 __all__ = ["CONSISTENCY_FEATURE_NAMES", "SAME_FINDING_GROUPS", "consistency_features"]
@@ -83,7 +85,14 @@ def _section(text: str, prefix: str) -> dict[str, float]:
     out[f"{prefix}positives"] = float(len(read.positive() & set(_OBSERVATIONS))) if read else 0.0
     out[f"{prefix}comparisons"] = float(len(read.comparison_sentences)) if read else 0.0
     out[f"{prefix}changes"] = float(len(read.change_sentences)) if read else 0.0
-    sizes_cm = [float(v) * (1.0 if unit == "cm" else 0.1) for v, unit in _MEASUREMENT.findall(text.lower())]
+    device_sentences = {m.sentence for m in (read.mentions if read else ()) if m.label == "Support Devices"}
+    sentences = split_sentences(normalize_text(text, lowercase=True)) if read else []
+    sizes_cm = [
+        float(v) * (1.0 if unit == "cm" else 0.1)
+        for k, sentence in enumerate(sentences)
+        if k not in device_sentences
+        for v, unit in _MEASUREMENT.findall(sentence)
+    ]
     out[f"{prefix}measurements"] = float(len(sizes_cm))
     out[f"{prefix}largest_cm"] = max(sizes_cm, default=0.0)
     out[f"{prefix}words"] = float(len(text.split()))

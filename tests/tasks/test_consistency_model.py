@@ -65,6 +65,8 @@ def test_features_are_named_and_read_each_section() -> None:
     sized = consistency_features("FINDINGS: A 4 mm nodule and a 2.5 cm mass.\nIMPRESSION: Mass.")
     assert sized["findings:measurements"] == 2.0 and sized["findings:largest_cm"] == pytest.approx(2.5)
     assert consistency_features("IMPRESSION: Normal chest.")["has_findings"] == 0.0
+    tube = consistency_features("FINDINGS: Endotracheal tube tip 4 cm above the carina.\nIMPRESSION: Tube in place.")
+    assert tube["findings:measurements"] == 0.0  # a device's position is not a finding's size
 
 
 def test_scorer_ranks_a_contradiction_above_the_consistent_report(fitted: ConsistencyModel) -> None:
