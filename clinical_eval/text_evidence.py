@@ -17,10 +17,9 @@ accept both statements, so it errs towards calling errors revealable.
 
 from __future__ import annotations
 
-from radlvlm.reports.consistency import says_no_prior
+from radlvlm.reports.consistency import report_sentences, says_no_prior
 from radlvlm.reports.consistency_features import SAME_FINDING_GROUPS
 from radlvlm.reports.labeler import Label, label_report
-from radlvlm.reports.normalize import normalize_text, split_sentences
 from radlvlm.reports.sections import parse_report
 
 __all__ = ["text_reveals_error"]
@@ -29,16 +28,6 @@ __all__ = ["text_reveals_error"]
 # Errors that change or drop what the report states: the finding must still be stated elsewhere to compare with.
 _CHANGED_STATEMENT = frozenset({"wrong_location", "wrong_severity", "omitted_finding"})
 _STATED = (Label.POSITIVE, Label.UNCERTAIN)
-
-
-def _sentences(report: str) -> list[str]:
-    sections = parse_report(report)
-    return [
-        sentence
-        for section in (sections.findings, sections.impression)
-        if section.strip()
-        for sentence in split_sentences(normalize_text(section, lowercase=True))
-    ]
 
 
 def _findings(sentences: list[str], *, stated_only: bool = False, denied_only: bool = False) -> set[str]:
@@ -72,7 +61,7 @@ def text_reveals_error(original: str, errored: str, category: str, comparison: s
     where the rest mentions the finding at all (denying it, or stating it otherwise), or asserts a finding other
     than a device where the rest calls the study normal.
     """
-    before, after = _sentences(original), _sentences(errored)
+    before, after = report_sentences(parse_report(original)), report_sentences(parse_report(errored))
     kept = [s for s in after if s in before]
     added = [s for s in after if s not in before]
     touched = _findings(added + [s for s in before if s not in after])

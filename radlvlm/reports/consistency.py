@@ -18,6 +18,7 @@ __all__ = [
     "ConsistencyFinding",
     "check_consistency",
     "comparison_without_prior",
+    "report_sentences",
     "says_no_prior",
 ]
 
@@ -66,17 +67,22 @@ def says_no_prior(comparison: str) -> bool:
     return bool(text) and any(p.search(text) for p in _comparison_cues()[0])
 
 
+def report_sentences(sections: ReportSections) -> list[str]:
+    """The sentences of the findings and then the impression, normalised and lower-cased."""
+    return [
+        sentence
+        for section in (sections.findings, sections.impression)
+        for sentence in split_sentences(normalize_text(section, lowercase=True))
+    ]
+
+
 def comparison_without_prior(sections: ReportSections) -> int:
     """How many sentences of the findings and impression presuppose a prior study ("interval resolution of",
     "unchanged", "again seen") when the COMPARISON section says there is none: 0 without such a section."""
     if not says_no_prior(sections.comparison):
         return 0
     prior_reference = _comparison_cues()[1]
-    sentences = [
-        sentence
-        for section in (sections.findings, sections.impression)
-        for sentence in split_sentences(normalize_text(section, lowercase=True))
-    ]
+    sentences = report_sentences(sections)
     return sum(any(p.search(sentence) for p in prior_reference) for sentence in sentences)
 
 

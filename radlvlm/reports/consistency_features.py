@@ -18,8 +18,15 @@ the image, not the text. For the same reason sizes are read only from sentences 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from radlvlm.reports.consistency import RULE_KINDS, check_consistency, comparison_without_prior, says_no_prior
+from radlvlm.reports.consistency import (
+    RULE_KINDS,
+    ConsistencyFinding,
+    check_consistency,
+    comparison_without_prior,
+    says_no_prior,
+)
 from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report
 from radlvlm.reports.normalize import normalize_text, split_sentences
 from radlvlm.reports.sections import parse_report
@@ -99,12 +106,13 @@ def _section(text: str, prefix: str) -> dict[str, float]:
     return out
 
 
-def consistency_features(report: str) -> dict[str, float]:
+def consistency_features(report: str, rule_findings: Sequence[ConsistencyFinding] | None = None) -> dict[str, float]:
     """The features of one report (FINDINGS, IMPRESSION and COMPARISON as :func:`parse_report` reads them), keyed by
-    :data:`CONSISTENCY_FEATURE_NAMES` in that order."""
+    :data:`CONSISTENCY_FEATURE_NAMES` in that order; ``rule_findings`` are the rule checker's on ``report`` when
+    the caller has them already (a served check reads the report once)."""
     sections = parse_report(report)
     out: dict[str, float] = dict.fromkeys((f"rule:{kind}" for kind in RULE_KINDS), 0.0)
-    for found in check_consistency(report):
+    for found in check_consistency(report) if rule_findings is None else rule_findings:
         out[f"rule:{found['kind']}"] += float(found["weight"])
     out.update(_section(sections.findings, "findings:"))
     out.update(_section(sections.impression, "impression:"))

@@ -166,7 +166,7 @@ class CheckCalibration:
 
     def _probability(self, model_log_odds: float | None, found: Sequence[ConsistencyFinding], report: str) -> float:
         uses_scorer = self.consistency is not None and CONSISTENCY_FEATURE in self.features
-        scored = self.consistency.log_odds(report) if uses_scorer else None
+        scored = self.consistency.log_odds(report, found) if uses_scorer else None
         row = _row(self.features, model_log_odds, found, scored)
         z = self.intercept + sum(w * x for w, x in zip(self.coefficients, row, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
@@ -288,7 +288,7 @@ def fit_calibration(
         raise InputError(f"need at least {folds} reports with and {folds} without an error to calibrate")
     odds = list(model_log_odds) if model_log_odds is not None else [None] * len(reports)
     found = [tuple(check_consistency(r)) for r in reports]
-    scored = consistency.log_odds_many(reports) if consistency is not None else [None] * len(reports)
+    scored = consistency.log_odds_many(reports, found) if consistency is not None else [None] * len(reports)
     x = np.array([_row(features, o, f, c) for o, f, c in zip(odds, found, scored, strict=True)], dtype=float)
     model = LogisticRegression(C=1.0, max_iter=1000)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

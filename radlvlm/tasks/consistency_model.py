@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import InputError, ModelError
+from radlvlm.reports.consistency import ConsistencyFinding
 from radlvlm.reports.consistency_features import CONSISTENCY_FEATURE_NAMES, consistency_features
 
 __all__ = ["CONSISTENCY_MODEL_FILE", "ConsistencyModel", "fit_consistency_model"]
@@ -52,14 +53,20 @@ class ConsistencyModel:
                 "(radlvlm embedded calibrate)"
             )
 
-    def log_odds(self, report: str) -> float:
-        """The model's log-odds that ``report`` holds an error, clipped to +-30."""
-        return self.log_odds_many([report])[0]
+    def log_odds(self, report: str, rule_findings: Sequence[ConsistencyFinding] | None = None) -> float:
+        """The model's log-odds that ``report`` holds an error, clipped to +-30 (``rule_findings``: the rule
+        checker's on it, when already read)."""
+        return self.log_odds_many([report], None if rule_findings is None else [rule_findings])[0]
 
-    def log_odds_many(self, reports: Sequence[str]) -> list[float]:
+    def log_odds_many(
+        self, reports: Sequence[str], rule_findings: Sequence[Sequence[ConsistencyFinding]] | None = None
+    ) -> list[float]:
         import numpy as np  # noqa: PLC0415 - numpy: scored only where a calibration uses this model
 
-        x = np.array([list(consistency_features(r).values()) for r in reports], dtype=float)
+        found = rule_findings if rule_findings is not None else [None] * len(reports)
+        x = np.array(
+            [list(consistency_features(r, f).values()) for r, f in zip(reports, found, strict=True)], dtype=float
+        )
         p = self.classifier.predict_proba(x)[:, 1]
         return [max(-_LOG_ODDS_CLIP, min(_LOG_ODDS_CLIP, math.log(max(v, 1e-13) / max(1 - v, 1e-13)))) for v in p]
 
