@@ -124,11 +124,17 @@ _FINDINGS_SENTENCES = {
 # Findings in the lung itself: a sentence calling the lungs clear ("The lungs are clear.", which the labeler reads
 # as no lung opacity) contradicts any of them, not only an opacity.
 PARENCHYMAL = frozenset({"Lung Opacity", "Pneumonia", "Consolidation", "Edema", "Atelectasis", "Lung Lesion"})
+# One airspace finding named three ways: "No focal consolidation." beside "Findings are consistent with pneumonia."
+# reads as a contradiction, and a writer trained on such pairs learnt to follow the denial with "There is focal
+# consolidation." (writer 14's drafts, NIH validation).
+AIRSPACE = frozenset({"Lung Opacity", "Pneumonia", "Consolidation"})
 
 
 def denies(negative: set[str], wanted: set[str] | frozenset[str]) -> bool:
     """Whether a sentence whose negated observations are ``negative`` contradicts the ``wanted`` findings."""
-    return bool(negative & wanted) or ("Lung Opacity" in negative and bool(wanted & PARENCHYMAL))
+    if negative & wanted or (negative & AIRSPACE and wanted & AIRSPACE):
+        return True
+    return "Lung Opacity" in negative and bool(wanted & PARENCHYMAL)
 
 
 class SentenceBank:

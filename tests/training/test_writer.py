@@ -94,6 +94,20 @@ def test_a_target_for_a_lung_finding_does_not_call_the_lungs_clear() -> None:
     assert normal is not None and "The lungs are clear." in normal.findings  # not a lung finding: it stays
 
 
+def test_a_target_for_pneumonia_does_not_deny_consolidation() -> None:
+    """Writer 14 wrote "No focal areas of pulmonary consolidation. ... There is focal consolidation. Findings are
+    consistent with pneumonia.": its targets paired a denied consolidation with a stated pneumonia (one airspace
+    finding, named two ways)."""
+    bank = SentenceBank(TRAIN)
+    sentences = ("No focal consolidation.", "The heart is normal in size.", "No pneumothorax.")
+    for wanted in ({"Pneumonia"}, {"Lung Opacity"}):
+        edited = edit_to(WriterTarget(sentences, (), frozenset()), wanted, bank, random.Random(0))
+        assert edited is not None and _observations(edited.text()) == wanted
+        assert "No focal consolidation." not in edited.findings and "No pneumothorax." in edited.findings
+    kept = edit_to(WriterTarget(sentences, (), frozenset()), {"Pleural Effusion"}, bank, random.Random(0))
+    assert kept is not None and "No focal consolidation." in kept.findings  # not an airspace finding: it stays
+
+
 def test_the_card_states_the_text_check_measured_on_this_release_only(tmp_path: Path) -> None:
     from radlvlm.training.writer import _card_text_check_lines
 
