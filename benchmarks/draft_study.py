@@ -142,12 +142,12 @@ def classifier_readings(model_dir: Path | None, rows: list[dict[str, Any]]) -> n
 
     from radlvlm.imaging import read_image_file
     from radlvlm.model.default import choose_model, classifier_beside
-    from radlvlm.model.findings import FindingClassifier
+    from radlvlm.model.findings import load_finding_classifier
 
     folder = classifier_beside(choose_model(model_dir, None))
     if folder is None:
         return np.zeros((len(rows), 1))
-    classifier = FindingClassifier.from_pretrained(folder, dtype=torch.float32)
+    classifier = load_finding_classifier(folder, dtype=torch.float32)
     out = []
     for start in range(0, len(rows), 64):
         images = [torch.from_numpy(read_image_file(r["path"]).array) for r in rows[start : start + 64]]

@@ -164,6 +164,21 @@ def findings_command(
     typer.echo(json.dumps({"validated": summary["validated"], "seconds": summary["seconds"]}, indent=2))
 
 
+@embedded_app.command("tower")
+def tower_command(
+    model: Annotated[Path, typer.Option(help="The model whose tower is replaced: a folder with base/ and adapter/.")],
+    classifier: Annotated[Path, typer.Option(help="A saved finding classifier (its folder, with config.json).")],
+    to: Annotated[Path, typer.Option(help="Where the model with the classifier as its tower is written.")],
+    pool: Annotated[int, typer.Option(help="Visual tokens per side: the feature map is pooled to pool x pool.")] = 3,
+) -> None:
+    """Make the finding classifier the model's vision tower (its features become visual tokens; the projector is
+    new, for the writer stage to train)."""
+    from radlvlm.training.finding_tower import with_finding_tower
+
+    summary = run_guarded(lambda: with_finding_tower(model, classifier, to, pool=pool))
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @embedded_app.command("writer")
 def writer_command(
     data: DataOption,

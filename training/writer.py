@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from radlvlm.errors import InputError
-from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO
+from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO, tower_config_of
 from radlvlm.model.findings import NIH_LABELS
 from radlvlm.reports import normalize_text, split_sentences
 from radlvlm.reports.labeler import Label, label_report
@@ -530,7 +530,16 @@ def install_embedded(
     shutil.rmtree(staging, ignore_errors=True)
     _half_base(run / "base", staging / "base")
     _half_adapter(run / "adapter", staging / "adapter")
-    install_classifier(classifier_work / "classifier", staging)
+    tower = tower_config_of(run / "base")
+    if tower is None:
+        install_classifier(classifier_work / "classifier", staging)
+        fusion_dir = FINDINGS_DIR
+    else:
+        # The classifier is the model's vision tower: one copy of it, in base/, with its image-check fusion beside.
+        _same_classifier(tower, classifier_work / "classifier")
+        fusion_dir = "base"
+        if (classifier_work / "classifier" / IMAGE_CHECK_FILE).is_file():
+            shutil.copy2(classifier_work / "classifier" / IMAGE_CHECK_FILE, staging / "base" / IMAGE_CHECK_FILE)
     info = json.loads((target / MODEL_INFO).read_text())
     # Installing again (e.g. with the studies' figures) keeps the release it continued from.
     previous = info.get("continued_from") if info.get("id") == model_id else info.get("id")
@@ -560,10 +569,8 @@ def install_embedded(
     title = re.sub(r"radlvlm-embedded-cxr-[0-9.]+", model_id, title)
     card = card_with_section(f"{title}\n{body}", findings_card_section(info, results))
     (staging / MODEL_CARD).write_text(card, encoding="utf-8")
-    if (target / FINDINGS_DIR / IMAGE_CHECK_FILE).is_file() and not (
-        staging / FINDINGS_DIR / IMAGE_CHECK_FILE
-    ).is_file():
-        shutil.copy2(target / FINDINGS_DIR / IMAGE_CHECK_FILE, staging / FINDINGS_DIR / IMAGE_CHECK_FILE)
+    if (target / fusion_dir / IMAGE_CHECK_FILE).is_file() and not (staging / fusion_dir / IMAGE_CHECK_FILE).is_file():
+        shutil.copy2(target / fusion_dir / IMAGE_CHECK_FILE, staging / fusion_dir / IMAGE_CHECK_FILE)
     size = _size(staging)
     if size > MAX_SHIPPED_BYTES:
         shutil.rmtree(staging)
@@ -574,6 +581,17 @@ def install_embedded(
     staging.rename(target)
     shutil.rmtree(backup)
     return {"target": str(target), "bytes": size, "id": model_id}
+
+
+def _same_classifier(tower: dict[str, Any], classifier: Path) -> None:
+    """Refuse a writer whose tower is not ``classifier``: the card and the image check would describe another one."""
+    saved = json.loads((classifier / "config.json").read_text())
+    keys = ("calibration", "thresholds", "image_size", "hidden_sizes", "ensemble")
+    if any(tower.get(k) != saved.get(k) for k in keys):
+        raise InputError(
+            f"the writer's vision tower is not the classifier {classifier} (its calibration or shape differs): "
+            "make the tower from this classifier (radlvlm embedded tower)"
+        )
 
 
 CARD_MARK = "<!-- findings-release -->"

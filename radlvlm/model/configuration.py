@@ -27,9 +27,13 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, LlavaConfig, PretrainedConfig
 
 from radlvlm.errors import ModelError
+from radlvlm.model.finding_config import FindingTowerConfig
 from radlvlm.model.profile import PROFILES
 
-SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model", "dinov2", "vit")
+# The finding classifier (a CNN) is a tower too: the embedded model reads a radiograph with it.
+SUPPORTED_VISION = ("clip_vision_model", "siglip_vision_model", "dinov2", "vit", FindingTowerConfig.model_type)
+# Towers whose output is patch tokens only: nothing to drop before the projector.
+_NO_CLS_TOKEN = ("siglip_vision_model", FindingTowerConfig.model_type)
 SUPPORTED_TEXT = ("llama", "mistral", "qwen2", "phi", "phi3", "gemma", "gemma2")
 LLAVA_MODEL_TYPES = ("llava", "radlvlm_llava")
 CONFIG_FILE = "config.json"
@@ -74,8 +78,8 @@ def make_config(**values: Any) -> RadLlavaConfig:
 
 
 def has_cls_token(vision_config: PretrainedConfig) -> bool:
-    """SigLIP emits patch tokens only; CLIP, DINOv2 and ViT put a CLS token first."""
-    return vision_config.model_type != "siglip_vision_model"
+    """SigLIP and the finding tower emit patch tokens only; CLIP, DINOv2 and ViT put a CLS token first."""
+    return vision_config.model_type not in _NO_CLS_TOKEN
 
 
 def patch_grid_side(config: LlavaConfig) -> int:

@@ -71,15 +71,32 @@ def choose_model(model: Path | None, adapter: Path | None) -> ModelChoice:
 
 
 FINDINGS_DIR = "findings"
+# The finding classifier as a vision tower (radlvlm.model.finding_config.FindingTowerConfig), named here so that
+# finding one in a directory reads JSON only.
+FINDING_TOWER_MODEL_TYPE = "radlvlm_finding_tower"
+
+
+def tower_config_of(directory: Path) -> dict[str, Any] | None:
+    """The finding tower's config (a dict) of the vision-language model saved in ``directory``; None when the
+    directory holds no such model (another tower, a classifier of its own, or no model at all)."""
+    try:
+        values = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    vision = values.get("vision_config") if isinstance(values, dict) else None
+    if isinstance(vision, dict) and vision.get("model_type") == FINDING_TOWER_MODEL_TYPE:
+        return vision
+    return None
 
 
 def classifier_beside(choice: ModelChoice) -> Path | None:
     """The finding classifier that travels with a model: a ``findings/`` folder in the model directory or next to
-    it (the embedded model's sits beside ``base/`` and ``adapter/``); None when the model has none."""
+    it (beside ``base/`` and ``adapter/``), or the model's own vision tower when that is the classifier (then the
+    base directory holds it); None when the model has none."""
     for folder in (choice.base / FINDINGS_DIR, choice.base.parent / FINDINGS_DIR):
         if (folder / "config.json").is_file():
             return folder
-    return None
+    return choice.base if tower_config_of(choice.base) is not None else None
 
 
 def model_card(root: Path = DEFAULT_MODEL_ROOT) -> str:

@@ -17,14 +17,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, ResNetConfig, ResNetModel
+from transformers import AutoModel, PreTrainedModel, ResNetModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from radlvlm.errors import InputError
-from radlvlm.imaging import Image, ImageTransformConfig, ToModelInput, View
+from radlvlm.imaging import Image, ToModelInput, View
+from radlvlm.model.default import tower_config_of
+from radlvlm.model.finding_config import (
+    ABNORMAL,
+    FINDING_LABELS,
+    NIH_LABELS,
+    FindingClassifierConfig,
+    FindingTowerConfig,
+)
 
 __all__ = [
     "ABNORMAL",
@@ -32,109 +43,17 @@ __all__ = [
     "NIH_LABELS",
     "FindingClassifier",
     "FindingClassifierConfig",
+    "FindingTower",
+    "FindingTowerConfig",
     "ImageFindings",
     "LabelFinding",
     "NotFrontalError",
+    "load_finding_classifier",
 ]
-
-ABNORMAL = "Abnormal"
-# NIH ChestX-ray14's fourteen findings, in the order of its label table.
-NIH_LABELS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-# What the classifier outputs: "Abnormal" (any finding: not "No Finding"), then the fourteen findings.
-FINDING_LABELS: tuple[str, ...] = (ABNORMAL, *NIH_LABELS)
 
 
 class NotFrontalError(InputError):
     """The classifier reads frontal (PA or AP) radiographs only."""
-
-
-class FindingClassifierConfig(PretrainedConfig):
-    """What the classifier is: its backbone, labels, input and how its scores become findings.
-
-    Args:
-        labels (list[str]): output labels, ``Abnormal`` first (any finding).
-        image_size (int, default 128): square input side; radiographs are letterboxed (aspect kept).
-        embedding_size, hidden_sizes, depths: the ResNet backbone (basic blocks).
-        ensemble (int, default 1): backbones whose logits are averaged.
-        dropout (float, default 0.3): before the label head, in training.
-        calibration (dict[str, list[float]]): per label ``[a, b]`` of Platt scaling, P = sigmoid(a * logit + b),
-            fitted on out-of-fold predictions; a label without one reports sigmoid(logit), uncalibrated.
-        thresholds (dict[str, float]): per label, the calibrated probability at which it is called present.
-        validated (dict[str, dict]): labels whose out-of-fold AUROC was measured with enough positive patients,
-            and those figures; only these are stated in drafts or used to check a report.
-        classifier_id (str): the name answers carry.
-    """
-
-    model_type = "radlvlm_finding_classifier"
-
-    def __init__(
-        self,
-        labels: Sequence[str] = FINDING_LABELS,
-        image_size: int = 128,
-        embedding_size: int = 32,
-        hidden_sizes: Sequence[int] = (32, 64, 128, 256),
-        depths: Sequence[int] = (2, 2, 2, 2),
-        ensemble: int = 1,
-        dropout: float = 0.3,
-        calibration: dict[str, list[float]] | None = None,
-        thresholds: dict[str, float] | None = None,
-        validated: dict[str, dict[str, Any]] | None = None,
-        classifier_id: str = "radlvlm-findings",
-        **kwargs: Any,
-    ) -> None:
-        labels = list(labels)
-        if not labels or labels[0] != ABNORMAL or len(set(labels)) != len(labels):
-            raise InputError(f"labels must be distinct and start with {ABNORMAL!r}")
-        if image_size < 32 or ensemble < 1 or not 0 <= dropout < 1:
-            raise InputError("image_size must be >= 32, ensemble >= 1 and dropout in [0, 1)")
-        if len(hidden_sizes) != len(depths) or not hidden_sizes:
-            raise InputError("hidden_sizes and depths must have the same, non-zero length")
-        for name, table in (("calibration", calibration or {}), ("thresholds", thresholds or {})):
-            unknown = set(table) - set(labels)
-            if unknown:
-                raise InputError(f"{name} names labels the classifier does not have: {sorted(unknown)}")
-        if any(not 0 < t < 1 for t in (thresholds or {}).values()):
-            raise InputError("thresholds are probabilities strictly between 0 and 1")
-        self.labels = labels
-        self.image_size = image_size
-        self.embedding_size = embedding_size
-        self.hidden_sizes = list(hidden_sizes)
-        self.depths = list(depths)
-        self.ensemble = ensemble
-        self.dropout = dropout
-        self.calibration = dict(calibration or {})
-        self.thresholds = dict(thresholds or {})
-        self.validated = dict(validated or {})
-        self.classifier_id = classifier_id
-        super().__init__(**kwargs)
-
-    def backbone_config(self) -> ResNetConfig:
-        return ResNetConfig(
-            num_channels=1,
-            embedding_size=self.embedding_size,
-            hidden_sizes=self.hidden_sizes,
-            depths=self.depths,
-            layer_type="basic",
-            downsample_in_first_stage=False,
-        )
-
-    def transform_config(self) -> ImageTransformConfig:
-        return ImageTransformConfig(size=self.image_size, channels=1, mean=(0.5,), std=(0.5,))
 
 
 @dataclass(frozen=True)
@@ -244,6 +163,9 @@ class FindingClassifier(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.logits(pixel_values)
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 1, S, S) normalised pixels → (B, labels) logits, averaged over the ensemble."""
         return torch.stack([member(pixel_values) for member in self.members]).mean(0)
 
@@ -314,7 +236,7 @@ class FindingClassifier(PreTrainedModel):
         self.eval()
         try:
             pixels = self.pixel_values(images).to(self.device, self.dtype)
-            probabilities = self.probabilities(self(pixels).cpu())
+            probabilities = self.probabilities(self.logits(pixels).cpu())
         finally:
             self.train(was_training)
         return self.read(probabilities, model_id=model_id)
@@ -339,3 +261,56 @@ class FindingClassifier(PreTrainedModel):
                 )
             out.append(ImageFindings(name, tuple(findings)))
         return out
+
+
+class FindingTower(FindingClassifier):
+    """The finding classifier as the vision tower of a vision-language model: its features reach the language model
+    as visual tokens through the projector (LLaVA's path), while its labels reach the writer as the prompt's
+    findings line. Same weights as :class:`FindingClassifier` (a classifier's ``model.safetensors`` loads as it is).
+
+    Called as a tower, it answers transformers' encoder output: the last stage's feature map of every ensemble
+    member, side by side, one token per cell (``hidden_states`` holds that one layer). It is a frozen reader inside
+    the LVLM: ``train()`` leaves it in eval mode, so its batch norms keep the statistics its own recipe fitted.
+    """
+
+    config_class = FindingTowerConfig
+
+    def forward(self, pixel_values: torch.Tensor, **_: Any) -> BaseModelOutput:  # type: ignore[override]
+        maps = [member.backbone(pixel_values).last_hidden_state for member in self.members]  # (B, C, h, w) each
+        tokens = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)
+        return BaseModelOutput(last_hidden_state=tokens, hidden_states=(tokens,))
+
+    def train(self, mode: bool = True) -> FindingTower:
+        return super().train(False)
+
+
+def load_finding_classifier(directory: Path, *, dtype: torch.dtype = torch.float32) -> FindingClassifier:
+    """The finding classifier saved in ``directory``: a classifier of its own (``save_pretrained``), or the vision
+    tower of a vision-language model (the embedded model keeps one copy of the network, in its base); in eval mode.
+
+    Stored in float16 (the package stays small), it is read in ``dtype``: float32 by default, which CPUs convolve
+    fast."""
+    tower = tower_config_of(directory)
+    if tower is None:
+        return FindingClassifier.from_pretrained(directory, dtype=dtype, local_files_only=True).eval()
+    values = {k: v for k, v in tower.items() if k not in ("model_type", "architectures", "dtype")}
+    model = FindingClassifier(FindingClassifierConfig(**values))
+    prefix = "model.vision_tower."
+    state: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as weights:
+            state.update({k[len(prefix) :]: weights.get_tensor(k) for k in weights.keys() if k.startswith(prefix)})  # noqa: SIM118 - safe_open is not a dict
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{directory}: the finding tower's weights do not fit its config ({_first_line(e)})") from e
+    return model.to(dtype).eval()
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
+# What an LVLM's config names as its tower is built by AutoModel (transformers' Llava does so).
+AutoModel.register(FindingTowerConfig, FindingTower, exist_ok=True)

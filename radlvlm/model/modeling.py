@@ -26,6 +26,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radlvlm.errors import ModelError
+from radlvlm.model import findings as _findings  # noqa: F401 - registers the finding tower with AutoModel
 from radlvlm.model.configuration import (
     PooledRadLlavaConfig,
     RadLlavaConfig,

@@ -112,13 +112,10 @@ class Runtime:
             return None
         with self._build_lock:
             if self._classifier is None:
-                from radlvlm.model.findings import FindingClassifier  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
+                from radlvlm.model.findings import load_finding_classifier  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
 
                 try:
-                    # Stored in float16 (the package stays small); read in float32, which CPUs convolve fast.
-                    self._classifier = FindingClassifier.from_pretrained(
-                        self.classifier_dir, dtype=torch.float32
-                    ).eval()
+                    self._classifier = load_finding_classifier(self.classifier_dir, dtype=torch.float32)
                 except (OSError, ValueError) as e:
                     raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
 

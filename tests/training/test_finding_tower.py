@@ -1,0 +1,100 @@
+"""The finding classifier as the model's vision tower: its features become a few visual tokens, its network is kept
+once (in base/), and every door still reads the image's findings from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from servicesupport import build_tiny_classifier, build_tiny_model_dir, make_settings
+from testsupport import pydicom_file
+
+from radlvlm.errors import InputError
+from radlvlm.model import MoLEConfig, inject_mole
+from radlvlm.model.default import ModelChoice, classifier_beside
+from radlvlm.model.finding_config import FindingTowerConfig
+from radlvlm.model.findings import FindingClassifier, load_finding_classifier
+from radlvlm.model.pretrained import load_pretrained
+from radlvlm.pipeline import build_runtime, check_report, draft_study
+from radlvlm.pipeline.ingest import StudyInput
+from radlvlm.pipeline.runtime import Caller
+from radlvlm.training.finding_tower import with_finding_tower
+
+
+@pytest.fixture(scope="module")
+def towered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(the model before, the classifier, the model with the classifier as its tower)."""
+    root = tmp_path_factory.mktemp("tower")
+    build_tiny_model_dir(root / "before" / "base")
+    model, _ = load_pretrained(root / "before" / "base")
+    inject_mole(model, MoLEConfig(num_experts=2, r=2)).save(root / "before" / "adapter")
+    classifier = build_tiny_classifier(root / "classifier", abnormal_threshold=0.01)  # reads "abnormal"
+    with_finding_tower(root / "before", classifier, root / "after", pool=1)
+    return root / "before", classifier, root / "after"
+
+
+def test_the_tower_is_the_classifier_and_the_language_model_is_unchanged(towered: tuple[Path, Path, Path]) -> None:
+    before, classifier, after = towered
+    old, _ = load_pretrained(before / "base")
+    new, processor = load_pretrained(after / "base")
+    load_pretrained(after / "base", adapter=after / "adapter")  # the experts still fit the language model
+    reader = FindingClassifier.from_pretrained(classifier)
+    tower = new.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in reader.state_dict().items())
+    old_lm, new_lm = old.model.language_model.state_dict(), new.model.language_model.state_dict()
+    assert all(torch.equal(old_lm[k], new_lm[k]) for k in old_lm)
+    # The processor prepares an image as the classifier does; one pooled cell is one visual token.
+    assert processor.image_config == reader.config.transform_config() and new.num_image_tokens == 1
+    pixels = torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        features = new.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1).pooler_output
+    assert features[0].shape == (1, new.config.text_config.hidden_size)
+    assert json.loads((after / "tower.json").read_text())["image_tokens"] == 1
+
+
+def test_the_tower_stays_a_frozen_reader_when_the_model_trains(towered: tuple[Path, Path, Path]) -> None:
+    model, _ = load_pretrained(towered[2] / "base")
+    model.train()
+    assert model.training and not model.model.vision_tower.training  # batch norms keep the classifier's statistics
+    assert not any(m.training for m in model.model.vision_tower.modules())
+
+
+def test_the_network_is_read_back_from_the_base_as_the_same_classifier(towered: tuple[Path, Path, Path]) -> None:
+    _, classifier, after = towered
+    alone = load_finding_classifier(classifier)
+    inside = load_finding_classifier(after / "base")
+    assert inside.config.thresholds == alone.config.thresholds and inside.config.validated == alone.config.validated
+    pixels = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(inside.logits(pixels), alone.logits(pixels))
+    assert classifier_beside(ModelChoice(after / "base", after / "adapter", "m", False)) == after / "base"
+
+
+def test_a_tower_whose_input_does_not_tile_into_its_stride_is_refused() -> None:
+    with pytest.raises(InputError, match="multiple of its stride 8"):
+        FindingTowerConfig(image_size=36, hidden_sizes=(8, 16), depths=(1, 1))
+
+
+def test_drafts_and_image_checks_read_the_findings_from_the_tower(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A release whose classifier is its tower has no findings/ folder: the doors find the classifier (and the
+    image check's fusion beside it) in base/."""
+    _, classifier, after = towered
+    release = tmp_path / "release"
+    shutil.copytree(after, release)
+    shutil.copy2(classifier / "image_check.json", release / "base" / "image_check.json")
+    settings, _, _ = make_settings(tmp_path, release / "base", adapter_dir=release / "adapter")
+    runtime = build_runtime(settings, audit=False)
+    try:
+        study = StudyInput(data=pydicom_file("RG1_UNCR.dcm").read_bytes())
+        found = draft_study(runtime, study, Caller("t", "t")).answer()["image_findings"]
+        assert found["abnormal"]["present"] and found["stated"] == ["Effusion"]
+        report = "FINDINGS: Large left pleural effusion. IMPRESSION: Pleural effusion."
+        checked = check_report(runtime, report, Caller("t", "t"), image=study).answer()
+        assert checked["image_comparison"]["compared"]  # compared with the image, not answered as text only
+    finally:
+        runtime.close()
