@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from radlvlm.errors import InputError
-from radlvlm.model.default import FINDINGS_DIR, choose_model, embedded_model
+from radlvlm.model.default import choose_model, classifier_beside, embedded_model
 from radlvlm.tasks import compose_report
 from radlvlm.tasks.calibration import find_calibrations
 from radlvlm.tasks.image_check import FEATURES, ImageCheckFusion, compare_report
@@ -128,8 +128,9 @@ def fit_image_check(data: Path, classifier_work: Path, *, model: Path | None = N
             fitted_on={**fitted_on, **{k: with_text[k] for k in ("auroc", "sensitivity", "specificity")}},
         )
     fusion.save(classifier_work / "classifier")
-    if model is not None and (model / FINDINGS_DIR / "config.json").is_file():
-        fusion.save(model / FINDINGS_DIR)  # the installed classifier beside the model whose text it fused
+    installed = classifier_beside(choose_model(model, None)) if model is not None else None
+    if installed is not None:
+        fusion.save(installed)  # the installed classifier (findings/, or base/ when it is the tower) of that model
     (classifier_work / "image_check_fit.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
