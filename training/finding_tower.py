@@ -45,8 +45,7 @@ def with_finding_tower(model: Path, classifier: Path, out: Path, *, pool: int = 
         raise InputError(f"{classifier}: not a saved finding classifier (no config.json)")
     old, processor = load_pretrained(base)
     reader = FindingClassifier.from_pretrained(classifier, local_files_only=True)
-    values = {k: v for k, v in reader.config.to_dict().items() if k not in ("model_type", "architectures")}
-    tower = FindingTowerConfig(**values)
+    tower = FindingTowerConfig.from_values(reader.config.to_dict())
     config = build_config(
         tower,
         old.config.text_config,

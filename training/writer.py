@@ -37,7 +37,7 @@ from typing import Any
 
 from radlvlm.errors import InputError
 from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO, tower_config_of
-from radlvlm.model.findings import NIH_LABELS
+from radlvlm.model.findings import NIH_LABELS, FindingTowerConfig
 from radlvlm.reports import normalize_text, split_sentences
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.unsupported import unsupported_kinds
@@ -526,17 +526,18 @@ def install_embedded(
     for path in (run / "base" / "config.json", run / "adapter", target / MODEL_INFO):
         if not path.exists():
             raise InputError(f"{path}: missing (train and calibrate the writer first)")
+    tower = tower_config_of(run / "base")
+    if tower is not None:
+        _same_classifier(tower, classifier_work / "classifier")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _half_base(run / "base", staging / "base")
     _half_adapter(run / "adapter", staging / "adapter")
-    tower = tower_config_of(run / "base")
     if tower is None:
         install_classifier(classifier_work / "classifier", staging)
         fusion_dir = FINDINGS_DIR
     else:
         # The classifier is the model's vision tower: one copy of it, in base/, with its image-check fusion beside.
-        _same_classifier(tower, classifier_work / "classifier")
         fusion_dir = "base"
         if (classifier_work / "classifier" / IMAGE_CHECK_FILE).is_file():
             shutil.copy2(classifier_work / "classifier" / IMAGE_CHECK_FILE, staging / "base" / IMAGE_CHECK_FILE)
@@ -554,6 +555,13 @@ def install_embedded(
                 "train_loss": done.get("train_loss"),
                 "seconds": done.get("seconds"),
                 "data": done.get("data"),
+            },
+            "vision_tower": None
+            if tower is None
+            else {
+                "kind": "finding classifier",
+                "image_tokens": json.loads((run / "base" / "config.json").read_text()).get("image_seq_length"),
+                "token_width": FindingTowerConfig.from_values(tower).hidden_size,
             },
             "finding_classifier": {
                 "recipe": classifier_summary["recipe"],
@@ -614,6 +622,25 @@ def findings_card_section(info: dict[str, Any], results: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _card_what_is_new(info: dict[str, Any]) -> list[str]:
+    tower = info.get("vision_tower")
+    if not tower:
+        return [
+            f"Continued from {info.get('continued_from')}: the language model, tokenizer and vision tower below are "
+            "that release's; what is new is a convolutional **finding classifier** (``findings/``), a **writer** (the "
+            "MoLE experts and projector, continued) that states the classifier's findings and nothing else, and an "
+            "**image check** that compares a report with the classifier's reading."
+        ]
+    return [
+        f"Continued from {info.get('continued_from')}: the language model and tokenizer below are that release's. "
+        "The convolutional **finding classifier** is the model's **vision tower** (one copy, in ``base/``): its last "
+        f"feature map, pooled to {tower['image_tokens']} cells, reaches the language model as {tower['image_tokens']} "
+        f"visual tokens ({tower['token_width']} wide) through a new projector, and its findings reach the **writer** "
+        "(the MoLE experts and that projector, trained together) as the prompt's findings line: the writer states "
+        "those findings and nothing else. The **image check** compares a report with the classifier's reading."
+    ]
+
+
 def _card_training_lines(info: dict[str, Any]) -> list[str]:
     """The release's training record (from ``model.json``): classifier, writer, time, out-of-fold AUROCs."""
     classifier = info["finding_classifier"]
@@ -624,10 +651,7 @@ def _card_training_lines(info: dict[str, Any]) -> list[str]:
         "",
         "**Intended use: demonstration and pipeline testing only. Not for clinical use, not a medical device.**",
         "",
-        f"Continued from {info.get('continued_from')}: the language model, tokenizer and vision tower below are that "
-        "release's; what is new is a convolutional **finding classifier** (``findings/``), a **writer** (the MoLE "
-        "experts and projector, continued) that states the classifier's findings and nothing else, and an **image "
-        "check** that compares a report with the classifier's reading.",
+        *_card_what_is_new(info),
         "",
         "- Classifier: an ensemble of 3 ResNets (transformers' ``ResNetModel``, basic blocks 32-64-128-256, "
         f"{classifier['recipe']['image_size']} px, one channel), one per patient-grouped fold of the NIH and COVID-19 "

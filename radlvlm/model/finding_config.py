@@ -44,6 +44,9 @@ NIH_LABELS: tuple[str, ...] = (
 FINDING_LABELS: tuple[str, ...] = (ABNORMAL, *NIH_LABELS)
 
 
+_BOOKKEEPING = ("model_type", "architectures", "dtype", "transformers_version")
+
+
 class FindingClassifierConfig(PretrainedConfig):
     """What the classifier is: its backbone, labels, input and how its scores become findings.
 
@@ -103,6 +106,12 @@ class FindingClassifierConfig(PretrainedConfig):
         self.validated = dict(validated or {})
         self.classifier_id = classifier_id
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> FindingClassifierConfig:
+        """A config from another one's saved values (``to_dict()``, or a tower's entry in a model's config), without
+        transformers' bookkeeping keys, which name the other class."""
+        return cls(**{k: v for k, v in values.items() if k not in _BOOKKEEPING})
 
     def backbone_config(self) -> ResNetConfig:
         return ResNetConfig(

@@ -293,8 +293,7 @@ def load_finding_classifier(directory: Path, *, dtype: torch.dtype = torch.float
     tower = tower_config_of(directory)
     if tower is None:
         return FindingClassifier.from_pretrained(directory, dtype=dtype, local_files_only=True).eval()
-    values = {k: v for k, v in tower.items() if k not in ("model_type", "architectures", "dtype")}
-    model = FindingClassifier(FindingClassifierConfig(**values))
+    model = FindingClassifier(FindingClassifierConfig.from_values(tower))
     prefix = "model.vision_tower."
     state: dict[str, torch.Tensor] = {}
     for path in sorted(directory.glob("*.safetensors")):

@@ -98,3 +98,54 @@ def test_drafts_and_image_checks_read_the_findings_from_the_tower(
         assert checked["image_comparison"]["compared"]  # compared with the image, not answered as text only
     finally:
         runtime.close()
+
+
+def _writer_and_classifier_work(towered: tuple[Path, Path, Path], root: Path) -> tuple[Path, Path, Path]:
+    """A writer's and a classifier's working folders as their recipes leave them, and an installed release."""
+    _, classifier, after = towered
+    writer, classifier_work, target = root / "writer", root / "classifier-work", root / "release"
+    shutil.copytree(after, writer / "run")
+    data = {"examples": {"draft_image": 2, "draft_report": 3}}
+    (writer / "done.json").write_text(json.dumps({"global_step": 2, "train_loss": 1.0, "seconds": 6.0, "data": data}))
+    shutil.copytree(classifier, classifier_work / "classifier")
+    summary = {
+        "recipe": {"image_size": 32},
+        "seconds": {"fold0": 60.0},
+        "validated": {"Abnormal": {}, "Effusion": {}},
+        "out_of_fold": {"Effusion": {"oof_auroc_nih": 0.7, "nih_positive_patients": 12}},
+    }
+    (classifier_work / "summary.json").write_text(json.dumps(summary))
+    target.mkdir()
+    (target / "model.json").write_text(json.dumps({"id": "release-a"}))
+    (target / "MODEL_CARD.md").write_text("# Model card: release-a\n\nIntro.\n")
+    (target / "findings").mkdir()  # the earlier release's classifier folder: the new one keeps none
+    return writer, classifier_work, target
+
+
+def test_an_installed_release_keeps_one_copy_of_the_classifier_and_says_it_is_the_tower(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from radlvlm.training.writer import install_embedded
+
+    writer, classifier_work, target = _writer_and_classifier_work(towered, tmp_path)
+    install_embedded(writer, classifier_work, target, model_id="release-b")
+    assert not (target / "findings").exists() and (target / "base" / "image_check.json").is_file()
+    info = json.loads((target / "model.json").read_text())
+    assert info["vision_tower"] == {"kind": "finding classifier", "image_tokens": 1, "token_width": 32}
+    assert "is the model's **vision tower**" in (target / "MODEL_CARD.md").read_text()
+    assert load_finding_classifier(target / "base").config.thresholds["Abnormal"] == 0.01
+
+
+def test_a_writer_whose_tower_is_another_classifier_is_not_installed(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from radlvlm.training.writer import install_embedded
+
+    writer, classifier_work, target = _writer_and_classifier_work(towered, tmp_path)
+    config = json.loads((classifier_work / "classifier" / "config.json").read_text())
+    config["thresholds"]["Abnormal"] = 0.3  # recalibrated since the tower was made
+    (classifier_work / "classifier" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="not the classifier"):
+        install_embedded(writer, classifier_work, target, model_id="release-b")
+    assert json.loads((target / "model.json").read_text())["id"] == "release-a"  # the release is untouched
+    assert not target.with_name("release.partial").exists()
