@@ -152,7 +152,7 @@ def findings_command(
     work: Annotated[Path, typer.Option(help="Working folder (fold checkpoints); a rerun resumes.")],
     folds: Annotated[int, typer.Option(help="Patient-grouped folds over train (one model each).")] = 3,
     steps: Annotated[int, typer.Option(help="Optimiser steps per fold.")] = 1000,
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
+    image_size: Annotated[int, typer.Option(help="Input side in pixels (a multiple of 32: the tower's stride).")] = 288,
     covid: Annotated[bool, typer.Option(help="Train on the COVID-19 collection's train split too.")] = True,
     seed: int = 0,
 ) -> None:
