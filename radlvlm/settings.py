@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     )
     findings_model: Path | None = Field(
         default=None,
-        description="A finding classifier directory (radlvlm embedded findings); default: the one that travels with "
-        "the model (its findings/ folder), if any. Drafts are given its findings and image checks compare with them",
+        description="A finding classifier directory (radlvlm embedded findings), or a model whose vision tower is "
+        "one; default: the one that travels with the model (its findings/ folder, or its own tower), if any. Drafts "
+        "are given its findings and image checks compare with them",
     )
     findings_disabled: bool = Field(
         default=False, description="Use no finding classifier, even one beside the model (image checks then refuse)"
