@@ -32,14 +32,14 @@ def test_explicit_model_wins_and_an_adapter_alone_is_refused(tmp_path: Path) -> 
 
 
 def test_a_release_folder_given_as_the_model_loads_as_that_release(tmp_path: Path) -> None:
-    """A copy of a release (the embedded layout: base/, adapter/, findings/, model.json) works as --model, with
-    its own id and its classifier beside it."""
+    """A copy of a release (the embedded layout: base/, adapter/, model.json; the classifier is the tower in base/)
+    works as --model, with its own id and its classifier."""
     release = tmp_path / "release"
     shutil.copytree(DEFAULT_MODEL_ROOT, release)
     choice = choose_model(release, None)
     assert not choice.embedded and choice.base == release / "base" and choice.adapter == release / "adapter"
     assert choice.model_id == embedded_model().model_id
-    assert classifier_beside(choice) == release / "findings"
+    assert classifier_beside(choice) == release / "base"
 
 
 def test_missing_weights_say_how_to_give_a_model(tmp_path: Path) -> None:

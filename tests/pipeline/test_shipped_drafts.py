@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from testsupport import shared_path
 
-from radlvlm.model.default import DEFAULT_MODEL_ROOT, FINDINGS_DIR
+from radlvlm.model.default import classifier_beside, embedded_model
 from radlvlm.pipeline import build_runtime, draft_study
 from radlvlm.pipeline.ingest import StudyInput
 from radlvlm.pipeline.runtime import Caller
@@ -27,7 +27,7 @@ def _drafted(runtime, path: Path) -> tuple[set[str], set[str]]:  # type: ignore[
 
 
 def test_swapping_two_radiographs_swaps_their_drafts_findings(tmp_path: Path) -> None:
-    if not (DEFAULT_MODEL_ROOT / FINDINGS_DIR / "config.json").is_file():
+    if classifier_beside(embedded_model()) is None:
         pytest.skip("the shipped model carries no finding classifier")
     manifest = shared_path("nih_cxr14", "manifest.jsonl")
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]

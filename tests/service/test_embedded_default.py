@@ -16,6 +16,8 @@ def test_no_model_configured_serves_the_embedded_default(tmp_path: Path) -> None
     try:
         described = ModelOut(**info)
         assert described.embedded_default and described.id.startswith("radlvlm-embedded")
-        assert described.architecture["vision"] == "dinov2" and described.adapter is not None
+        # The embedded model reads the radiograph with its finding classifier, as its vision tower (9 tokens).
+        assert described.architecture["vision"] == "radlvlm_finding_tower" and described.adapter is not None
+        assert described.architecture["image_tokens"] == 9
     finally:
         engine.close()
