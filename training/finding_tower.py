@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from radlvlm.errors import InputError
-from radlvlm.model.findings import FindingClassifier, FindingTowerConfig
+from radlvlm.model.findings import FindingTowerConfig, load_finding_classifier
 from radlvlm.model.modeling import build_config, build_model
 from radlvlm.model.pretrained import load_pretrained, save_pretrained
 from radlvlm.model.processor import RadProcessor
@@ -37,14 +37,15 @@ DEFAULT_POOL = 3
 
 def with_finding_tower(model: Path, classifier: Path, out: Path, *, pool: int = DEFAULT_POOL) -> dict[str, Any]:
     """Write ``out/base`` and ``out/adapter``: ``model`` with ``classifier`` (a saved
-    :class:`~radlvlm.model.findings.FindingClassifier`) as its tower, pooled to ``pool`` x ``pool`` tokens."""
+    :class:`~radlvlm.model.findings.FindingClassifier`, or a model's base whose tower is one) as its tower, pooled
+    to ``pool`` x ``pool`` tokens."""
     base, adapter = model / "base", model / "adapter"
     if not (base / "config.json").is_file() or not adapter.is_dir():
         raise InputError(f"{model}: expected a radlvlm model with base/ and adapter/")
     if not (classifier / "config.json").is_file():
-        raise InputError(f"{classifier}: not a saved finding classifier (no config.json)")
+        raise InputError(f"{classifier}: not a saved finding classifier or model (no config.json)")
     old, processor = load_pretrained(base)
-    reader = FindingClassifier.from_pretrained(classifier, local_files_only=True)
+    reader = load_finding_classifier(classifier)  # a classifier of its own, or another model's tower
     tower = FindingTowerConfig.from_values(reader.config.to_dict())
     config = build_config(
         tower,

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, ResNetModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from radlvlm.errors import InputError
+from radlvlm.errors import InputError, ModelError
 from radlvlm.imaging import Image, ToModelInput, View
 from radlvlm.model.default import tower_config_of
 from radlvlm.model.finding_config import (
@@ -302,7 +302,7 @@ def load_finding_classifier(directory: Path, *, dtype: torch.dtype = torch.float
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise InputError(f"{directory}: the finding tower's weights do not fit its config ({_first_line(e)})") from e
+        raise ModelError(f"{directory}: the finding tower's weights do not fit its config ({_first_line(e)})") from e
     return model.to(dtype).eval()
 
 

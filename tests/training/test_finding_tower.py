@@ -149,3 +149,15 @@ def test_a_writer_whose_tower_is_another_classifier_is_not_installed(
         install_embedded(writer, classifier_work, target, model_id="release-b")
     assert json.loads((target / "model.json").read_text())["id"] == "release-a"  # the release is untouched
     assert not target.with_name("release.partial").exists()
+
+
+def test_a_tower_can_be_taken_from_another_model_whose_tower_is_the_classifier(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    before, classifier, after = towered
+    with_finding_tower(before, after / "base", tmp_path / "again", pool=1)
+    again = load_finding_classifier(tmp_path / "again" / "base")
+    alone = load_finding_classifier(classifier)
+    pixels = torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(again.logits(pixels), alone.logits(pixels))
