@@ -85,11 +85,15 @@ def _final_model(work: Path) -> tuple[Path, Path, str, str]:
     return work / "stage2" / "run" / "base", work / "stage2" / "run" / "adapter", "stage2", "no DPO run"
 
 
-def _half_base(source: Path, target: Path) -> None:
+def _half_base(source: Path, target: Path, *, vision_reading: dict[str, Any] | None = None) -> None:
+    """``source`` saved in float16 as ``target``; ``vision_reading`` (calibration, thresholds, validated labels)
+    replaces a finding-classifier tower's own, as the classifier's recipe last fitted them."""
     model = load_model(source, dtype=torch.float16)
     # The sub-configs remember the local folders they were built from; a shipped config names none.
     for config in (model.config, model.config.text_config, model.config.vision_config):
         config._name_or_path = ""
+    for key, value in (vision_reading or {}).items():
+        setattr(model.config.vision_config, key, value)
     save_pretrained(model, RadProcessor.from_pretrained(source), target)
 
 

@@ -35,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from radlvlm.errors import InputError
 from radlvlm.model.default import FINDINGS_DIR, MODEL_CARD, MODEL_INFO, tower_config_of
-from radlvlm.model.findings import NIH_LABELS, FindingTowerConfig
+from radlvlm.model.findings import NIH_LABELS, FindingTowerConfig, load_finding_classifier
 from radlvlm.reports import normalize_text, split_sentences
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.unsupported import unsupported_kinds
@@ -527,11 +529,10 @@ def install_embedded(
         if not path.exists():
             raise InputError(f"{path}: missing (train and calibrate the writer first)")
     tower = tower_config_of(run / "base")
-    if tower is not None:
-        _same_classifier(tower, classifier_work / "classifier")
+    reading = None if tower is None else _same_network(run / "base", classifier_work / "classifier")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    _half_base(run / "base", staging / "base")
+    _half_base(run / "base", staging / "base", vision_reading=reading)
     _half_adapter(run / "adapter", staging / "adapter")
     if tower is None:
         install_classifier(classifier_work / "classifier", staging)
@@ -591,15 +592,25 @@ def install_embedded(
     return {"target": str(target), "bytes": size, "id": model_id}
 
 
-def _same_classifier(tower: dict[str, Any], classifier: Path) -> None:
-    """Refuse a writer whose tower is not ``classifier``: the card and the image check would describe another one."""
-    saved = json.loads((classifier / "config.json").read_text())
-    keys = ("calibration", "thresholds", "image_size", "hidden_sizes", "ensemble")
-    if any(tower.get(k) != saved.get(k) for k in keys):
+# How the classifier reads its logits; a recipe rerun refits these out of fold without touching the network.
+_READING_KEYS = ("calibration", "thresholds", "validated")
+
+
+def _same_network(base: Path, classifier: Path) -> dict[str, Any]:
+    """Refuse a writer whose tower is not ``classifier``'s network (the card and the image check would describe
+    another one); answer the classifier's reading (calibration, thresholds, validated labels), which the release
+    takes from the classifier as it is now: a refit of those changes no weight the writer was trained with."""
+    tower = load_finding_classifier(base)
+    saved = load_finding_classifier(classifier)
+    mine, theirs = tower.state_dict(), saved.state_dict()
+    if mine.keys() != theirs.keys() or any(
+        mine[k].shape != theirs[k].shape or not torch.equal(mine[k].half(), theirs[k].half()) for k in mine
+    ):
         raise InputError(
-            f"the writer's vision tower is not the classifier {classifier} (its calibration or shape differs): "
-            "make the tower from this classifier (radlvlm embedded tower)"
+            f"the writer's vision tower is not the classifier {classifier} (its network differs): make the tower "
+            "from this classifier (radlvlm embedded tower)"
         )
+    return {key: getattr(saved.config, key) for key in _READING_KEYS}
 
 
 CARD_MARK = "<!-- findings-release -->"

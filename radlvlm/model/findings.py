@@ -84,6 +84,8 @@ class ImageFindings:
     over their thresholds, and only when ``Abnormal`` is over its own (the gate that decides normal vs abnormal);
     if the gate is open and no single label clears its threshold, the validated label nearest to clearing its own
     (the largest log-odds of probability over threshold), so a draft of an image read as abnormal names a finding.
+    A label without a threshold (its recipe found none at which the classifier's calls were precise enough) is
+    read and reported but never stated.
     """
 
     model_id: str
@@ -103,7 +105,7 @@ class ImageFindings:
     def stated(self) -> tuple[str, ...]:
         if not self.abnormal.present:
             return ()
-        candidates = [f for f in self.findings if f.label != ABNORMAL and f.validated]
+        candidates = [f for f in self.findings if f.label != ABNORMAL and f.validated and f.threshold is not None]
         present = [f.label for f in candidates if f.present]
         if present or not candidates:
             return tuple(present)

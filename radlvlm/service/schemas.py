@@ -52,7 +52,9 @@ class ImageFacts(BaseModel):
 class LabelFindingOut(BaseModel):
     label: str = Field(description="An NIH ChestX-ray14 finding, or 'Abnormal' (any finding)")
     probability: float = Field(description="Calibrated probability that the finding is present")
-    threshold: float | None = Field(description="The probability at which it is called present")
+    threshold: float | None = Field(
+        description="The probability at which it is called present (null: never called, as no threshold was precise)"
+    )
     present: bool
     validated: bool = Field(
         description="Whether its accuracy was validated (out-of-fold AUROC with enough patients): only validated "
@@ -70,7 +72,9 @@ class ImageFindingsOut(BaseModel):
 class ActivationMapOut(BaseModel):
     label: str = Field(description="A finding the draft states (the classifier's label)")
     probability: float = Field(description="The classifier's calibrated probability of it")
-    threshold: float | None = Field(description="The probability at which it is called present")
+    threshold: float | None = Field(
+        description="The probability at which it is called present (null: never called, as no threshold was precise)"
+    )
     png_base64: str = Field(
         description="Where the classifier saw it: a class activation map as a transparent PNG (base64) with the "
         "image's aspect, to stretch over the displayed radiograph; brighter and more opaque where the evidence is"

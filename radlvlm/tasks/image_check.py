@@ -10,7 +10,7 @@ One calibrated error probability comes from a logistic fusion (:class:`ImageChec
 text check's own probability when the model has one; its weights are fitted out of fold over train radiographs
 paired with train reports that agree or disagree with them (``radlvlm embedded image-check``). What the check
 cannot see is listed in the answer: side, size, devices, comparisons with prior studies, and findings outside the
-validated labels.
+validated labels (or validated ones the classifier is never precise enough to call: they have no threshold).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def compare_report(report: str, findings: Any) -> ImageComparison:
     checked = set(by_observation) | {"No Finding"}
     for name, value in labeled.labels.items():
         if value is not Label.BLANK and name not in checked:
-            unchecked.append(f"{name.lower()} (not a validated finding of the classifier)")
+            unchecked.append(f"{name.lower()} (not a finding the classifier calls with validated accuracy)")
     for comparison in comparisons:
         if comparison.agrees is None:
             unchecked.append(f"{comparison.observation.lower()} (hedged in the report)")

@@ -102,6 +102,15 @@ def test_stated_findings_need_the_abnormal_gate_and_a_validated_label() -> None:
     assert _reading(0.8, Effusion=0.9, Cardiomegaly=0.1).stated == ("Effusion",)
     # Gate open, no label over its threshold: the most probable validated label.
     assert _reading(0.8, Effusion=0.3, Cardiomegaly=0.35, Hernia=0.39).stated == ("Cardiomegaly",)
+    # A validated label with no threshold (never precise enough to call) is never stated, not even as the fallback.
+    never_called = replace(
+        _reading(0.8, Effusion=0.3, Cardiomegaly=0.35),
+        findings=(
+            *_reading(0.8, Effusion=0.3, Cardiomegaly=0.35).findings,
+            LabelFinding("Pleural_Thickening", 0.39, None, False, True),
+        ),
+    )
+    assert never_called.stated == ("Cardiomegaly",)
     reading = _reading(0.8, Effusion=0.9)
     assert reading.as_dict()["stated"] == ["Effusion"]
     assert replace(reading.findings[1], present=False).as_dict()["present"] is False

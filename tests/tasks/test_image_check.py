@@ -54,7 +54,7 @@ def test_a_hedged_mention_is_a_band_not_checked_and_listed() -> None:
 
 def test_findings_outside_the_validated_labels_are_listed_as_not_checked() -> None:
     comparison = compare_report("FINDINGS: Small right pneumothorax. Sternotomy wires.", _reading(0.7, 0.05))
-    assert any(item.startswith("pneumothorax (not a validated") for item in comparison.not_checked)
+    assert any(item.startswith("pneumothorax (not a finding the classifier calls") for item in comparison.not_checked)
     assert "lines, tubes and devices" in comparison.not_checked
 
 
@@ -83,3 +83,13 @@ def test_a_draft_that_departs_from_its_findings_is_described() -> None:
     assert differs.stated_not_given == ("Lung Lesion",)
     assert differs.given_not_stated == ("Pneumonia", "Lung Opacity")
     assert "leaves out pneumonia, lung opacity" in differs.message()
+
+
+def test_a_validated_finding_the_classifier_never_calls_is_not_compared_and_is_listed() -> None:
+    reading = _reading(0.7, 0.05)
+    never_called = LabelFinding("Pleural_Thickening", 0.2, None, False, True)  # validated, no precise threshold
+    comparison = compare_report(
+        "FINDINGS: Pleural thickening at the right apex.", ImageFindings("test", (*reading.findings, never_called))
+    )
+    assert "Pleural Other" not in {c.observation for c in comparison.labels}
+    assert any(item.startswith("pleural other (not a finding the classifier calls") for item in comparison.not_checked)

@@ -142,13 +142,32 @@ def test_a_writer_whose_tower_is_another_classifier_is_not_installed(
     from radlvlm.training.writer import install_embedded
 
     writer, classifier_work, target = _writer_and_classifier_work(towered, tmp_path)
-    config = json.loads((classifier_work / "classifier" / "config.json").read_text())
-    config["thresholds"]["Abnormal"] = 0.3  # recalibrated since the tower was made
-    (classifier_work / "classifier" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="not the classifier"):
+    other = FindingClassifier.from_pretrained(classifier_work / "classifier")
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)  # another network, same shape and reading
+    other.save_pretrained(classifier_work / "classifier")
+    with pytest.raises(InputError, match="network differs"):
         install_embedded(writer, classifier_work, target, model_id="release-b")
     assert json.loads((target / "model.json").read_text())["id"] == "release-a"  # the release is untouched
     assert not target.with_name("release.partial").exists()
+
+
+def test_a_classifier_refit_since_the_tower_was_made_gives_the_release_its_new_reading(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Thresholds and calibration are refit out of fold by a recipe rerun without changing a weight: the release
+    reads the image with the classifier's rules as they are now, not as they were when the tower was made."""
+    from radlvlm.training.writer import install_embedded
+
+    writer, classifier_work, target = _writer_and_classifier_work(towered, tmp_path)
+    config = json.loads((classifier_work / "classifier" / "config.json").read_text())
+    config["thresholds"]["Abnormal"] = 0.3
+    del config["thresholds"]["Effusion"]  # never called present any more
+    (classifier_work / "classifier" / "config.json").write_text(json.dumps(config))
+    install_embedded(writer, classifier_work, target, model_id="release-b")
+    installed = load_finding_classifier(target / "base").config
+    assert installed.thresholds == config["thresholds"] and installed.calibration == config["calibration"]
+    assert installed.validated == config["validated"]
 
 
 def test_a_tower_can_be_taken_from_another_model_whose_tower_is_the_classifier(

@@ -4,6 +4,7 @@ that loads with from_pretrained, a rerun that resumes, and an install in float16
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,15 @@ import torch
 from PIL import Image as PILImage
 
 from radlvlm.model.findings import FINDING_LABELS, FindingClassifier
-from radlvlm.training.findings import FindingRecipe, classifier_examples, install_classifier, train_finding_classifier
+from radlvlm.training.findings import (
+    ClassifierExample,
+    FindingRecipe,
+    classifier_examples,
+    fit_calibration,
+    install_classifier,
+    most_sensitive_gate,
+    train_finding_classifier,
+)
 
 
 def _data(root: Path) -> Path:
@@ -99,3 +108,55 @@ def test_install_writes_float16_that_reads_back_the_same(
 
     stored = load_file(str(next(target.glob("*.safetensors"))))
     assert {t.dtype for name, t in stored.items() if name.endswith("weight")} == {torch.float16}
+
+
+def test_the_gate_keeps_its_specificity_with_confidence_not_only_at_the_point_estimate() -> None:
+    # 48 normals, 46 abnormals above them but for 8 mixed in among the highest normals (probabilities).
+    normals = np.arange(48, dtype=float) / 200
+    abnormals = np.concatenate([np.arange(34, 42) + 0.5, np.arange(100, 138, dtype=float)]) / 200
+    truth = np.concatenate([np.zeros(48), np.ones(46)])
+    gate = most_sensitive_gate(truth, np.concatenate([normals, abnormals]), 0.70)
+    called_normal = (normals < gate["threshold"]).mean()
+    assert called_normal == pytest.approx(gate["specificity"])
+    # 0.75 at the point estimate (36 of 48) would pass a plain rule; its lower 95% bound (0.64) does not.
+    assert gate["specificity"] >= 0.80
+    assert gate["specificity_lower_95"] >= 0.70
+    assert gate["sensitivity"] < 1.0
+    # A loose target is met by the most sensitive threshold the bound allows.
+    assert most_sensitive_gate(truth, np.concatenate([normals, abnormals]), 0.10)["sensitivity"] == 1.0
+
+
+def _examples(labels: list[dict[str, float]]) -> list[ClassifierExample]:
+    out = []
+    for i, present in enumerate(labels):
+        vector = [float(bool(present))] + [float(present.get(label, 0.0)) for label in FINDING_LABELS[1:]]
+        out.append(
+            ClassifierExample(f"{i}.png", tuple(vector), (1.0,) * len(FINDING_LABELS), f"p{i}", "train", "nih", "512")
+        )
+    return out
+
+
+def test_a_label_whose_calls_are_never_precise_enough_gets_no_threshold_but_stays_validated() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    effusion = rng.random(n) < 0.3
+    thickening = rng.random(n) < 0.03
+    examples = _examples(
+        [{"Effusion": float(e), "Pleural_Thickening": float(t)} for e, t in zip(effusion, thickening, strict=True)]
+    )
+    logits = torch.zeros(n, len(FINDING_LABELS))
+    logits[:, 0] = torch.from_numpy(np.where(effusion | thickening, 1.0, -1.0) + rng.normal(0, 1.0, n)).float()
+    logits[:, FINDING_LABELS.index("Effusion")] = torch.from_numpy(3.0 * effusion + rng.normal(0, 1.0, n)).float()
+    # Weak evidence for a rare label: AUROC well above chance, but never right 1 time in 4 over >= 10 calls.
+    logits[:, FINDING_LABELS.index("Pleural_Thickening")] = torch.from_numpy(
+        0.8 * thickening + rng.normal(0, 1.0, n)
+    ).float()
+    recipe = FindingRecipe(min_positive_patients=5, min_auroc=0.6, min_precision=0.25)
+    fitted = fit_calibration(recipe, examples, logits)
+    assert "Effusion" in fitted["thresholds"]
+    assert fitted["figures"]["Effusion"]["oof_precision"] >= 0.25
+    assert "Pleural_Thickening" not in fitted["thresholds"]
+    assert "Pleural_Thickening" in fitted["validated"]
+    assert fitted["figures"]["Pleural_Thickening"]["rule"].startswith("never called present")
+    # With no precision asked for, the same label is called at its F1-best threshold.
+    assert "Pleural_Thickening" in fit_calibration(replace(recipe, min_precision=0.0), examples, logits)["thresholds"]
