@@ -57,6 +57,14 @@ class TorchEngine(BatchingEngine):
         self.stream_timeout_s = 300.0
         self._start()
 
+    def vision_tower(self) -> torch.nn.Module | None:
+        """The served model's image encoder (LLaVA's ``vision_tower``), whatever adapter wraps the model."""
+        for module in self.model.modules():
+            tower = getattr(module, "vision_tower", None)
+            if isinstance(tower, torch.nn.Module):
+                return tower
+        return None
+
     def _generate(self, items: list[Pending], settings: GenerationSettings) -> list[Generation]:
         requests: list[GenerateRequest] = [item.request for item in items]  # type: ignore[misc]
         prompts = [list(r.prompt_ids) for r in requests]

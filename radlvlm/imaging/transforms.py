@@ -174,7 +174,10 @@ class ToModelInput(Transform):
             )
         if self.config.resampler == "pil":
             return pil_preprocess(pixels[0].float().numpy(), self.config)
-        out = self._pipeline(pixels.float())
+        # A copy: MONAI normalises a float tensor in place, and where no resize makes a new one first (an image
+        # already at the model's size) the caller's pixels (an Image shared by the classifier and the engine)
+        # would be normalised twice.
+        out = self._pipeline(pixels.to(torch.float32, copy=True))
         return out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
 
     def batch(self, images: Sequence[torch.Tensor | Image]) -> torch.Tensor:

@@ -15,6 +15,8 @@ out-of-fold predictions its calibration was fitted on come from models of the sa
 from __future__ import annotations
 
 import math
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +139,11 @@ class _Member(nn.Module):
         self.head = nn.Linear(config.hidden_sizes[-1], len(config.labels))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.backbone(pixel_values).pooler_output.flatten(1)
-        return self.head(self.dropout(pooled))
+        return self.classify_features(self.backbone(pixel_values).last_hidden_state)
+
+    def classify_features(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) last-stage feature maps → (B, labels) logits (the backbone's pooler is this mean)."""
+        return self.head(self.dropout(maps.mean(dim=(2, 3))))
 
 
 class FindingClassifier(PreTrainedModel):
@@ -273,13 +278,64 @@ class FindingTower(FindingClassifier):
     Called as a tower, it answers transformers' encoder output: the last stage's feature map of every ensemble
     member, side by side, one token per cell (``hidden_states`` holds that one layer). It is a frozen reader inside
     the LVLM: ``train()`` leaves it in eval mode, so its batch norms keep the statistics its own recipe fitted.
+
+    The served model's tower is also the classifier that reads a draft's findings (one network in memory). The
+    feature maps of the last few images it classified are remembered, so the generation that follows, given the
+    same pixels, does not run the network a second time for one draft.
     """
 
     config_class = FindingTowerConfig
+    _RECALLED = 8  # images whose feature maps are kept: a draft's generation follows its classification closely
+
+    def __init__(self, config: FindingTowerConfig) -> None:
+        super().__init__(config)
+        # (pixels, feature maps) of the last images classified: when the same model's generation then reads the
+        # same pixels as its tower, the network is not run a second time for one draft.
+        self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=self._RECALLED)
+        self._recent_lock = threading.Lock()
+
+    def _feature_maps(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) → (B, members x C, h, w): every member's last-stage feature map, side by side."""
+        return torch.cat([member.backbone(pixel_values).last_hidden_state for member in self.members], dim=1)
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        maps = self._feature_maps(pixel_values)
+        if not torch.is_grad_enabled():
+            with self._recent_lock:
+                self._recent.extend(zip(pixel_values, maps, strict=True))
+        width = maps.shape[1] // len(self.members)
+        return torch.stack(
+            [member.classify_features(maps[:, k * width : (k + 1) * width]) for k, member in enumerate(self.members)]
+        ).mean(0)
+
+    def _recalled(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """The feature maps of ``pixel_values`` when every image in it was just classified; None otherwise."""
+        if torch.is_grad_enabled():  # training: the maps must be computed in the graph
+            return None
+        found = []
+        with self._recent_lock:
+            for pixels in pixel_values:
+                match = next(
+                    (
+                        maps
+                        for seen, maps in reversed(self._recent)
+                        if seen.shape == pixels.shape
+                        and seen.dtype == pixels.dtype
+                        and seen.device == pixels.device
+                        and torch.equal(seen, pixels)
+                    ),
+                    None,
+                )
+                if match is None:
+                    return None
+                found.append(match)
+        return torch.stack(found)
 
     def forward(self, pixel_values: torch.Tensor, **_: Any) -> BaseModelOutput:  # type: ignore[override]
-        maps = [member.backbone(pixel_values).last_hidden_state for member in self.members]  # (B, C, h, w) each
-        tokens = torch.cat(maps, dim=1).flatten(2).transpose(1, 2)
+        maps = self._recalled(pixel_values)
+        if maps is None:
+            maps = self._feature_maps(pixel_values)  # (B, C, h, w)
+        tokens = maps.flatten(2).transpose(1, 2)
         return BaseModelOutput(last_hidden_state=tokens, hidden_states=(tokens,))
 
     def train(self, mode: bool = True) -> FindingTower:

@@ -73,6 +73,8 @@ class Runtime:
         max_new_tokens: a draft's token budget.
         deid_options: the DICOM de-identification profile's options.
         classifier_dir: the finding classifier's directory, or None when the model has none (loaded on first use).
+        classifier_is_tower: the classifier is the served model's own vision tower (``classifier_dir`` is its
+            base): the runtime reads findings with the served network itself rather than a second copy of it.
     """
 
     engine: TaskEngine
@@ -84,6 +86,7 @@ class Runtime:
     max_new_tokens: int = 256
     deid_options: DeidOptions | None = None
     classifier_dir: Path | None = None
+    classifier_is_tower: bool = False
     _classifier: Any = field(default=None, repr=False)
     _fusion: Any = field(default=None, repr=False)
     _report_deidentifier: ReportDeidentifier | None = field(default=None, repr=False)
@@ -112,12 +115,18 @@ class Runtime:
             return None
         with self._build_lock:
             if self._classifier is None:
-                from radlvlm.model.findings import load_finding_classifier  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
+                from radlvlm.model.findings import FindingTower, load_finding_classifier  # noqa: PLC0415 - transformers: loaded with the model, after the server listens
 
-                try:
-                    self._classifier = load_finding_classifier(self.classifier_dir, dtype=torch.float32)
-                except (OSError, ValueError) as e:
-                    raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
+                tower_of = getattr(self.engine, "vision_tower", None) if self.classifier_is_tower else None
+                served = tower_of() if callable(tower_of) else None
+                if isinstance(served, FindingTower):
+                    # One network, read once per draft: the tower remembers what it just classified.
+                    self._classifier = served
+                else:
+                    try:
+                        self._classifier = load_finding_classifier(self.classifier_dir, dtype=torch.float32)
+                    except (OSError, ValueError) as e:
+                        raise ModelError(f"the finding classifier could not be loaded ({type(e).__name__})") from e
 
                 # Read with the classifier, once: the image check's fusion belongs to this classifier.
                 self._fusion = ImageCheckFusion.load(self.classifier_dir)
@@ -251,6 +260,13 @@ class LazyEngine:
             self._engine.close()
 
 
+def classifier_is_tower(settings: Settings, directory: Path | None) -> bool:
+    """Whether the finding classifier in ``directory`` is the configured model's own vision tower (its base)."""
+    if directory is None:
+        return False
+    return directory.resolve() == choose_model(settings.model_dir, settings.adapter_dir).base.resolve()
+
+
 def classifier_dir(settings: Settings) -> Path | None:
     """The finding classifier the settings name, or the one that travels with the model, or None."""
     if settings.findings_disabled:
@@ -290,9 +306,11 @@ def build_runtime(
         engine, model_info = build_engine(settings)
     elif isinstance(engine, Engine):
         engine = TaskEngine(engine)
+    found = classifier_dir(settings)
     runtime = Runtime(
         engine=engine,
-        classifier_dir=classifier_dir(settings),
+        classifier_dir=found,
+        classifier_is_tower=classifier_is_tower(settings, found),
         model_info=model_info if model_info is not None else {"id": engine.model_id},
         key=key,
         audit=trail,

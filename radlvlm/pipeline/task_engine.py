@@ -71,6 +71,11 @@ class TaskEngine:
     def processor(self) -> RadProcessor:
         return self.engine.processor
 
+    def vision_tower(self) -> Any:
+        """The served model's image encoder when the backend runs it in this process (torch); None otherwise."""
+        tower = getattr(self.engine, "vision_tower", None)
+        return tower() if callable(tower) else None
+
     def submit(self, request: TaskRequest) -> Future[Any]:
         """Queue ``request``; its future resolves to the task's result (a ``DraftStream`` for a streamed draft)."""
         with self.engine.at_the_door():  # a batch forming now waits while the task builds the prompt

@@ -76,3 +76,16 @@ def test_pad_with_the_mean_fills_zero_after_normalisation() -> None:
     assert out.shape == (3, 8, 8)
     assert torch.allclose(out[:, :, :2], torch.zeros(3, 8, 2))
     assert torch.allclose(out[:, 0, 4], torch.tensor([3.0, 2.5, 2.0]))
+
+
+@pytest.mark.parametrize("resize_mode", ["pad", "crop"])
+def test_an_image_already_at_the_model_size_is_not_changed_in_place(resize_mode: str) -> None:
+    """The classifier and the engine transform the same Image: the first must not normalise it for the second."""
+    pixels = torch.rand(1, 32, 32)
+    kept = pixels.clone()
+    transform = ToModelInput(
+        ImageTransformConfig(size=32, resize_mode=resize_mode, channels=1, mean=(0.5,), std=(0.25,))
+    )
+    first = transform(pixels)
+    assert torch.equal(pixels, kept)
+    assert torch.equal(transform(pixels), first)

@@ -19,7 +19,7 @@ from radlvlm.model.finding_config import FindingTowerConfig
 from radlvlm.model.findings import FindingClassifier, load_finding_classifier
 from radlvlm.model.pretrained import load_pretrained
 from radlvlm.pipeline import build_runtime, check_report, draft_study
-from radlvlm.pipeline.ingest import StudyInput
+from radlvlm.pipeline.ingest import StudyInput, ingest_study
 from radlvlm.pipeline.runtime import Caller
 from radlvlm.training.finding_tower import with_finding_tower
 
@@ -98,6 +98,55 @@ def test_drafts_and_image_checks_read_the_findings_from_the_tower(
         assert checked["image_comparison"]["compared"]  # compared with the image, not answered as text only
     finally:
         runtime.close()
+
+
+def test_a_draft_runs_the_served_network_once_for_its_findings_and_its_visual_tokens(
+    towered: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, classifier, after = towered
+    release = tmp_path / "release"
+    shutil.copytree(after, release)
+    settings, _, _ = make_settings(tmp_path, release / "base", adapter_dir=release / "adapter")
+    runtime = build_runtime(settings, audit=False)
+    try:
+        tower = runtime.engine.vision_tower()
+        assert runtime.finding_classifier is tower  # one network in memory, not a second copy
+        calls = []
+        for member in tower.members:
+            member.backbone.register_forward_hook(lambda *_: calls.append(1))
+        study = StudyInput(data=pydicom_file("RG1_UNCR.dcm").read_bytes())
+        found = draft_study(runtime, study, Caller("t", "t")).answer()["image_findings"]
+        assert len(calls) == len(tower.members)  # findings and visual tokens from one pass
+        alone = load_finding_classifier(classifier)  # the same reading as the classifier loaded on its own
+        assert found["stated"] == ["Effusion"]
+        image, _ = ingest_study(study, runtime.deidentifier(), None)
+        assert found["abnormal"]["probability"] == pytest.approx(
+            alone.classify([image])[0].abnormal.probability, abs=1e-4
+        )
+    finally:
+        runtime.close()
+
+
+def test_the_tower_recalls_only_the_pixels_it_just_classified_and_never_in_training(
+    towered: tuple[Path, Path, Path],
+) -> None:
+    model, _ = load_pretrained(towered[2] / "base")
+    tower = model.model.vision_tower
+    image = torch.rand(1, 40, 32)  # display pixels; the engine's processor prepares them as the classifier does
+    seen, other = tower.pixel_values([image]), torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        fresh = tower(seen).last_hidden_state.clone()
+        tower.classify([image])
+    calls = []
+    for member in tower.members:
+        member.backbone.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        recalled = tower(seen.clone()).last_hidden_state  # equal pixels, another tensor
+        assert calls == [] and torch.allclose(recalled, fresh)
+        tower(torch.cat([seen, other]))  # one image it did not classify: the batch is read again
+        assert len(calls) == len(tower.members)
+    tower(seen)  # with gradients (a training step): always computed in the graph
+    assert len(calls) == 2 * len(tower.members)
 
 
 def _writer_and_classifier_work(towered: tuple[Path, Path, Path], root: Path) -> tuple[Path, Path, Path]:
