@@ -656,6 +656,9 @@ def _card_training_lines(info: dict[str, Any]) -> list[str]:
     """The release's training record (from ``model.json``): classifier, writer, time, out-of-fold AUROCs."""
     classifier = info["finding_classifier"]
     writer = info["writer"]
+    validated = sorted(k for k in classifier["validated"] if k != "Abnormal")
+    called = [k for k in validated if classifier["out_of_fold"].get(k, {}).get("threshold") is not None]
+    uncalled = [k for k in validated if k not in called]
     lines = [
         CARD_MARK,
         f"## Release {info['id']}: a finding classifier, findings-driven drafts, an image check that reads the image",
@@ -667,10 +670,12 @@ def _card_training_lines(info: dict[str, Any]) -> list[str]:
         "- Classifier: an ensemble of 3 ResNets (transformers' ``ResNetModel``, basic blocks 32-64-128-256, "
         f"{classifier['recipe']['image_size']} px, one channel), one per patient-grouped fold of the NIH and COVID-19 "
         "train radiographs; half the training images go through a 64 px round trip so a thumbnail's look carries "
-        "no label; per-label Platt calibration and thresholds fitted on the out-of-fold predictions (the Abnormal "
-        "gate, which decides a normal draft, on the NIH validation radiographs at specificity >= 0.75). Labels are "
-        "*validated* (stated in drafts, compared in checks) at out-of-fold AUROC >= 0.65 with >= 10 positive "
-        f"patients: {', '.join(sorted(k for k in classifier['validated'] if k != 'Abnormal'))}.",
+        "no label; per-label Platt calibration and thresholds fitted on the out-of-fold predictions. The Abnormal "
+        f"gate, which decides a normal draft: {_gate_rule(classifier)}. Labels are *validated* at out-of-fold "
+        "AUROC >= 0.65 with >= 10 positive patients; a validated label is *called* (stated in drafts, compared in "
+        "checks) only at a threshold where its out-of-fold calls were right often enough "
+        f"({_precision_rule(classifier)}). Called: {', '.join(called) or 'none'}."
+        + (f" Validated but never called: {', '.join(uncalled)}." if uncalled else ""),
         f"- Writer: {writer['steps']} steps in its last run on {sum(writer['data']['examples'].values())} examples "
         f"({', '.join(f'{k} {v}' for k, v in sorted(writer['data']['examples'].items()))}): IU train reports with "
         "every sentence stating a side, a location, size, device, comparison, incidental finding, advice or a view "
@@ -684,13 +689,39 @@ def _card_training_lines(info: dict[str, Any]) -> list[str]:
         "",
         "Out-of-fold AUROC over the NIH train radiographs (each read by the fold model that did not train on it):",
         "",
-        "| label | AUROC | positive patients |",
-        "|---|---|---|",
+        "| label | AUROC | positive patients | called at | right when called |",
+        "|---|---|---|---|---|",
     ]
     for label, entry in classifier["out_of_fold"].items():
         if entry.get("oof_auroc_nih") is not None:
-            lines.append(f"| {label} | {entry['oof_auroc_nih']:.3f} | {entry.get('nih_positive_patients')} |")
+            # The Abnormal gate a release uses is the validation one where the recipe chose it there.
+            threshold = (entry.get("validation_gate") or {}).get("threshold", entry.get("threshold"))
+            precision = entry.get("oof_precision")
+            lines.append(
+                f"| {label} | {entry['oof_auroc_nih']:.3f} | {entry.get('nih_positive_patients')} | "
+                f"{'never' if threshold is None else f'{threshold:.3f}'} | "
+                f"{'' if precision is None else f'{precision:.2f}'} |"
+            )
     return lines
+
+
+def _gate_rule(classifier: dict[str, Any]) -> str:
+    """How the Abnormal gate was chosen, in the recipe's words (release 0.9's recipe chose it at a point estimate)."""
+    abnormal = classifier["out_of_fold"].get("Abnormal", {})
+    gate = abnormal.get("validation_gate") or {}
+    rule = gate.get("rule") or abnormal.get("rule") or "out of fold"
+    figures = (
+        f" (there: sensitivity {gate['validation_sensitivity']:.3f}, specificity {gate['validation_specificity']:.3f})"
+        if "validation_sensitivity" in gate
+        else ""
+    )
+    threshold = gate.get("threshold", abnormal.get("threshold"))
+    return f"threshold {'n/a' if threshold is None else f'{threshold:.3f}'}, {rule}{figures}"
+
+
+def _precision_rule(classifier: dict[str, Any]) -> str:
+    floor = classifier["recipe"].get("min_precision")
+    return f"at least {floor:.0%} of them, over >= 10 calls" if floor is not None else "F1-best, no floor"
 
 
 def _card_draft_lines(info: dict[str, Any], results: Path | None) -> list[str]:

@@ -213,10 +213,23 @@ def test_a_classifier_refit_since_the_tower_was_made_gives_the_release_its_new_r
     config["thresholds"]["Abnormal"] = 0.3
     del config["thresholds"]["Effusion"]  # never called present any more
     (classifier_work / "classifier" / "config.json").write_text(json.dumps(config))
+    summary = json.loads((classifier_work / "summary.json").read_text())
+    summary["recipe"]["min_precision"] = 0.25
+    summary["out_of_fold"]["Abnormal"] = {
+        "oof_auroc_nih": 0.72,
+        "nih_positive_patients": 30,
+        "threshold": 0.6,
+        "validation_gate": {"threshold": 0.3, "rule": "NIH validation specificity >= 0.7 with 95% confidence"},
+    }
+    (classifier_work / "summary.json").write_text(json.dumps(summary))
     install_embedded(writer, classifier_work, target, model_id="release-b")
     installed = load_finding_classifier(target / "base").config
     assert installed.thresholds == config["thresholds"] and installed.calibration == config["calibration"]
     assert installed.validated == config["validated"]
+    card = (target / "MODEL_CARD.md").read_text()
+    assert "threshold 0.300, NIH validation specificity >= 0.7 with 95% confidence" in card
+    assert "Validated but never called: Effusion." in card and "| Effusion | 0.700 | 12 | never |" in card
+    assert "| Abnormal | 0.720 | 30 | 0.300 |" in card  # the gate the release uses: chosen on validation
 
 
 def test_a_tower_can_be_taken_from_another_model_whose_tower_is_the_classifier(
