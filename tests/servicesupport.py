@@ -72,9 +72,12 @@ def build_tiny_model_dir(directory: Path) -> Path:
     return save_pretrained(build_model(config, seed=0), RadProcessor.for_model(tokenizer, config), directory)
 
 
-def build_tiny_classifier(directory: Path, *, abnormal_threshold: float = 0.5) -> Path:
-    """A tiny random finding classifier saved to ``directory``, with thresholds, validated labels and an
-    image-only image-check fusion (so the image-check path runs end to end)."""
+def build_tiny_classifier(
+    directory: Path, *, abnormal_threshold: float = 0.5, never_called: tuple[str, ...] = ()
+) -> Path:
+    """A tiny random finding classifier saved to ``directory``, with thresholds, validated labels (``never_called``
+    ones validated without a threshold) and an image-only image-check fusion (so the image-check path runs end to
+    end)."""
     import torch
 
     from radlvlm.model.findings import FindingClassifier, FindingClassifierConfig
@@ -88,7 +91,11 @@ def build_tiny_classifier(directory: Path, *, abnormal_threshold: float = 0.5) -
         depths=(1, 1),
         ensemble=2,
         thresholds={"Abnormal": abnormal_threshold, "Effusion": 0.5, "Cardiomegaly": 0.5},
-        validated={"Abnormal": {"oof_auroc_nih": 0.8}, "Effusion": {"oof_auroc_nih": 0.8}},
+        validated={
+            "Abnormal": {"oof_auroc_nih": 0.8},
+            "Effusion": {"oof_auroc_nih": 0.8},
+            **{label: {"oof_auroc_nih": 0.7} for label in never_called},
+        },
     )
     FindingClassifier(config).save_pretrained(directory)
     ImageCheckFusion(

@@ -45,7 +45,8 @@ def server_with_classifier(tmp_path_factory: pytest.TempPathFactory, tiny_model_
     """The tiny model with a finding classifier beside it, so the page shows image findings and an image check."""
     model = tmp_path_factory.mktemp("page") / "tiny-radlvlm"
     shutil.copytree(tiny_model_dir, model)
-    build_tiny_classifier(model / "findings", abnormal_threshold=0.01)  # reads "abnormal": a finding is stated
+    # Reads "abnormal" (a finding is stated); pleural thickening is read but never called.
+    build_tiny_classifier(model / "findings", abnormal_threshold=0.01, never_called=("Pleural_Thickening",))
     settings, key, check_key = make_settings(tmp_path_factory.mktemp("page-service"), model)
     uv, thread, url, app = start_server(settings)
     yield Server(url, key, check_key, settings, app)
@@ -71,6 +72,8 @@ def test_page_drafts_and_checks_a_real_study(browser, server_with_classifier: Se
     wait.until(ec.text_to_be_present_in_element((By.ID, "draft"), "Impression"))
     assert "tiny-radlvlm" in browser.find_element(By.ID, "draft").text
     assert "Image findings" in browser.find_element(By.ID, "draft").text  # what the classifier read
+    thickening = browser.find_element(By.XPATH, "//td[text()='Pleural_Thickening']/following-sibling::td").text
+    assert thickening.endswith("(never called: too imprecise)")  # not "called at 0%"
     # Where: a button per stated finding lays its heat map over the radiograph, and takes it off again.
     heat = browser.find_element(By.ID, "heat")
     assert not heat.is_displayed()
