@@ -174,14 +174,15 @@ class FindingRecipe:
         low_resolution_p (float, default 0.5): share of images sent through a 64 px round trip in training (the
             size shortcut).
         max_pos_weight (float, default 10.0): cap of the positive-class weight (1 - p) / p per label.
-        min_positive_patients (int, default 10), min_auroc (float, default 0.65): a label is *validated* (stated in
-            drafts, used by image checks) when its out-of-fold AUROC over NIH train reaches ``min_auroc`` with at
-            least this many positive patients.
-        min_precision (float, default 0.25): a validated label is called present (and so stated in drafts) only at
-            thresholds where at least this share of the out-of-fold calls were right, over at least 10 calls; the
-            F1-best such threshold is used. A label no threshold reaches is still read and checked against reports
-            but never stated: at their F1-best thresholds pleural thickening, emphysema and fibrosis were called on
-            16-33% of NIH train radiographs and right on 5-6% of them.
+        min_positive_patients (int, default 10), min_auroc (float, default 0.65): a label is *validated* (its
+            accuracy is known well enough to act on) when its out-of-fold AUROC over NIH train reaches ``min_auroc``
+            with at least this many positive patients.
+        min_precision (float, default 0.25): a validated label is *called* present (stated in drafts, compared with
+            reports by the image check) only at thresholds where at least this share of the out-of-fold calls were
+            right, over at least ``MIN_CALLS`` calls; the F1-best such threshold is used. A label no threshold
+            reaches has no threshold: every answer still gives its probability, but it is never stated and an
+            image check lists it as not checked. At their F1-best thresholds pleural thickening, emphysema and
+            fibrosis were called on 16-33% of NIH train radiographs and right on 5-6% of them.
         abnormal_specificity (float, default 0.70): the Abnormal gate (normal vs abnormal draft) is the most
             sensitive threshold whose specificity on NIH validation is at least this **with 95% confidence** (the
             one-sided Wilson bound over the normals counted). A gate chosen at the point estimate (0.75 on 48
@@ -314,20 +315,20 @@ def _auroc(truth: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(truth, score))
 
 
-_MIN_CALLS = 10  # a precision measured over fewer calls is luck
+MIN_CALLS = 10  # a precision measured over fewer calls is luck
 
 
 def _precise_threshold(
     truth: np.ndarray, probability: np.ndarray, min_precision: float
 ) -> tuple[float, float, float] | None:
-    """The F1-best threshold among those whose calls (probability >= threshold, at least ``_MIN_CALLS`` of them)
+    """The F1-best threshold among those whose calls (probability >= threshold, at least ``MIN_CALLS`` of them)
     are right at least ``min_precision`` of the time → (threshold, F1, precision); None when none is."""
     best: tuple[float, float, float] | None = None
     positives = int((truth > 0).sum())
     for t in np.unique(np.round(probability, 4)):
         calls = probability >= t
         n = int(calls.sum())
-        if n < _MIN_CALLS:
+        if n < MIN_CALLS:
             continue
         hits = int((calls & (truth > 0)).sum())
         f1 = 2 * hits / (n + positives)
@@ -404,7 +405,7 @@ def fit_calibration(recipe: FindingRecipe, examples: Sequence[ClassifierExample]
             if called is None:
                 threshold = None
                 entry["rule"] = (
-                    f"never called present: no out-of-fold threshold with >= {_MIN_CALLS} calls is right "
+                    f"never called present: no out-of-fold threshold with >= {MIN_CALLS} calls is right "
                     f">= {recipe.min_precision} of the time"
                 )
             else:

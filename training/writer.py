@@ -48,7 +48,7 @@ from radlvlm.tasks.drafting import draft_prompt, draft_target
 from radlvlm.tasks.image_check import IMAGE_CHECK_FILE
 from radlvlm.tasks.image_findings import WRITER_LABELS, report_labels
 from radlvlm.training.data import ExampleDataset, _Entry
-from radlvlm.training.findings import classifier_examples, install_classifier, out_of_fold_findings
+from radlvlm.training.findings import MIN_CALLS, classifier_examples, install_classifier, out_of_fold_findings
 from radlvlm.training.recipe import recipe_from_dict
 from radlvlm.training.ship import MAX_SHIPPED_BYTES, _half_adapter, _half_base, _size
 from radlvlm.training.sources import ImageRef, IUXraySource
@@ -721,7 +721,7 @@ def _gate_rule(classifier: dict[str, Any]) -> str:
 
 def _precision_rule(classifier: dict[str, Any]) -> str:
     floor = classifier["recipe"].get("min_precision")
-    return f"at least {floor:.0%} of them, over >= 10 calls" if floor is not None else "F1-best, no floor"
+    return f"at least {floor:.0%} of them, over >= {MIN_CALLS} calls" if floor is not None else "F1-best, no floor"
 
 
 def _card_draft_lines(info: dict[str, Any], results: Path | None) -> list[str]:

@@ -312,24 +312,17 @@ class FindingTower(FindingClassifier):
         """The feature maps of ``pixel_values`` when every image in it was just classified; None otherwise."""
         if torch.is_grad_enabled():  # training: the maps must be computed in the graph
             return None
-        found = []
         with self._recent_lock:
-            for pixels in pixel_values:
-                match = next(
-                    (
-                        maps
-                        for seen, maps in reversed(self._recent)
-                        if seen.shape == pixels.shape
-                        and seen.dtype == pixels.dtype
-                        and seen.device == pixels.device
-                        and torch.equal(seen, pixels)
-                    ),
-                    None,
-                )
-                if match is None:
-                    return None
-                found.append(match)
-        return torch.stack(found)
+            found = [self._remembered(pixels) for pixels in pixel_values]
+        return None if any(maps is None for maps in found) else torch.stack(found)  # type: ignore[arg-type]
+
+    def _remembered(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """The feature maps of one image classified lately with exactly these pixels (the newest first)."""
+        for seen, maps in reversed(self._recent):
+            same_kind = seen.shape == pixels.shape and seen.dtype == pixels.dtype and seen.device == pixels.device
+            if same_kind and torch.equal(seen, pixels):
+                return maps
+        return None
 
     def forward(self, pixel_values: torch.Tensor, **_: Any) -> BaseModelOutput:  # type: ignore[override]
         maps = self._recalled(pixel_values)
