@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, label_report, rules
+from radlvlm.reports.labeler import CHEXPERT_14, Label, LabeledReport, Mention, label_report, mention_clause, rules
 from radlvlm.reports.normalize import normalize_text, split_sentences
 from radlvlm.reports.sections import ReportSections, parse_report
 
@@ -53,6 +53,73 @@ def _sides(report: LabeledReport, name: str) -> frozenset[str]:
 def _severity(report: LabeledReport, name: str) -> int | None:
     grades = [m.severity for m in report.mentions if m.label == name and m.status is Label.POSITIVE and m.severity]
     return max(grades) if grades else None
+
+
+# A denial that carves out what the report states elsewhere ("the lungs are otherwise clear", "the remainder of
+# the lungs is clear") denies nothing stated elsewhere.
+_EXCEPTED = re.compile(r"\b(?:otherwise|remainder|rest of the|elsewhere|remaining)\b")
+# A denial scoped to acute airspace disease ("no focal infiltrate", "no acute airspace disease") says nothing of an
+# opacity the report attributes to a chronic or benign cause (scarring, granuloma, a calcified or nodular density,
+# atelectasis) unless that sentence also raises airspace disease ("atelectasis or infiltrate").
+_ACUTE_SCOPE = re.compile(
+    r"\b(?:focal|acute|active|suspicious|confluent|air ?-?space|infiltrat\w*|consolidat\w*|pneumoni\w*)\b"
+)
+_CHRONIC = re.compile(r"\b(?:scar\w*|granulom\w*|calcifi\w*|chronic|atelecta\w*|old|remote|heal\w*|fibro\w*|hernia)\b")
+# Interstitial markings are not airspace disease either, though they may be an edema's.
+_INTERSTITIAL = re.compile(r"\b(?:interstitial|reticul\w*|markings?|bronchovascular|crowding|peribronchial)\b")
+_OPACITIES = frozenset({"Lung Opacity", "Lung Lesion"})  # where a scoped denial leaves chronic opacities alone
+_AIRSPACE = re.compile(r"\b(?:air ?-?space|infiltrat\w*|consolidat\w*|pneumoni\w*|edema)\b")
+
+
+def _contradicts(denial: Mention, statement: Mention, sentences: list[str]) -> bool:
+    """Whether a negative mention denies what a positive mention of the same observation states: not where the
+    denial carves out exceptions, is confined to the other lung, or is scoped to acute airspace disease while the
+    statement names a chronic opacity."""
+    said, stated = sentences[denial.sentence], sentences[statement.sentence]
+    if _EXCEPTED.search(said):
+        return False
+    one_side = denial.laterality - {"bilateral"}
+    if len(one_side) == 1 and statement.laterality and not (statement.laterality & (denial.laterality | {"bilateral"})):
+        return False
+    if denial.label not in _OPACITIES or not _ACUTE_SCOPE.search(mention_clause(said, denial)):
+        return True
+    return not (_chronic(stated) or (bool(_INTERSTITIAL.search(stated)) and not _AIRSPACE.search(stated)))
+
+
+# CheXpert's observation hierarchy: an impression names a diagnosis ("pneumonia", "atelectasis", "edema") for what
+# the findings describe as an opacity, and a findings opacity is carried by the impression's diagnosis.
+_RELATED: dict[str, frozenset[str]] = {
+    "Lung Opacity": frozenset({"Edema", "Consolidation", "Pneumonia", "Lung Lesion", "Atelectasis"}),
+    "Edema": frozenset({"Lung Opacity"}),
+    "Consolidation": frozenset({"Lung Opacity", "Pneumonia"}),
+    "Pneumonia": frozenset({"Lung Opacity", "Consolidation"}),
+    "Lung Lesion": frozenset({"Lung Opacity"}),
+    "Atelectasis": frozenset({"Lung Opacity"}),
+    "Enlarged Cardiomediastinum": frozenset({"Cardiomegaly"}),
+    "Cardiomegaly": frozenset({"Enlarged Cardiomediastinum"}),
+}
+_ACUTE_DIAGNOSES = frozenset({"Edema", "Consolidation", "Pneumonia"})
+
+
+def _interprets(stated_in: LabeledReport, name: str, other: LabeledReport, other_sentences: list[str]) -> bool:
+    """Whether the other section states, on a compatible side, an observation that ``name`` interprets or that
+    interprets it (an impression's "right lower lobe pneumonia" for the findings' "right lower lobe airspace
+    disease"). A chronic opacity (scarring, granuloma) does not support an acute diagnosis."""
+    sides = frozenset().union(*(m.laterality for m in stated_in.mentions if m.label == name and m.status in _PRESENT))
+    for m in other.mentions:
+        if m.label not in _RELATED.get(name, ()) or m.status is not Label.POSITIVE:
+            continue
+        if name in _ACUTE_DIAGNOSES and _chronic(other_sentences[m.sentence]):
+            continue
+        if sides and m.laterality and not (sides & (m.laterality | {"bilateral"})) and "bilateral" not in sides:
+            continue
+        return True
+    return False
+
+
+def _chronic(sentence: str) -> bool:
+    """A sentence that attributes an opacity to a chronic or benign cause and raises no airspace disease."""
+    return bool(_CHRONIC.search(sentence)) and not _AIRSPACE.search(sentence)
 
 
 @cache
@@ -104,13 +171,17 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
     found: list[ConsistencyFinding] = []
     if comparison_without_prior(sections):
         found.append(ConsistencyFinding(observation="Comparison", kind="comparison_without_prior", weight=1.0))
+    sentences = split_sentences(normalize_text(text, lowercase=True)) if text.strip() else []
     for name in _MAIN:
-        statuses = {m.status for m in whole.mentions if m.label == name}
-        if Label.POSITIVE in statuses and Label.NEGATIVE in statuses:
+        stated = [m for m in whole.mentions if m.label == name and m.status is Label.POSITIVE]
+        denied = [m for m in whole.mentions if m.label == name and m.status is Label.NEGATIVE]
+        if any(_contradicts(no, yes, sentences) for no in denied for yes in stated):
             found.append(ConsistencyFinding(observation=name, kind="contradiction", weight=1.0))
     if not (sections.findings.strip() and sections.impression.strip()):
         return found
     findings, impression = label_report(sections.findings), label_report(sections.impression)
+    findings_sentences = split_sentences(normalize_text(sections.findings, lowercase=True))
+    impression_sentences = split_sentences(normalize_text(sections.impression, lowercase=True))
     listed = {f["observation"] for f in found}
     impression_normal = impression.labels["No Finding"] is Label.POSITIVE
     for name in _MAIN:
@@ -126,10 +197,18 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
                 weight = 1.0 if abs(fv - iv) >= 2 else 0.5  # mild vs severe cannot both be right
                 found.append(ConsistencyFinding(observation=name, kind="severity", weight=weight))
         elif i in _PRESENT and f is Label.BLANK:
-            found.append(ConsistencyFinding(observation=name, kind="impression_only", weight=1.0))
-        elif f is Label.POSITIVE and i is Label.BLANK:
+            if not _interprets(impression, name, findings, findings_sentences):
+                found.append(ConsistencyFinding(observation=name, kind="impression_only", weight=1.0))
+        elif (
+            f is Label.POSITIVE
+            and i is Label.BLANK
+            and not _interprets(findings, name, impression, impression_sentences)
+        ):
             # An acute finding under an impression that calls the study normal is a contradiction; other
             # findings left out of the impression are common in correct reports.
+            # A chronic finding (scarring, an old fracture, a calcified granuloma) is routinely left out.
+            if all(_chronic(findings_sentences[m.sentence]) for m in findings.mentions if m.label == name):
+                continue
             weight = 1.0 if name in _ACUTE and impression_normal else 0.5
             found.append(ConsistencyFinding(observation=name, kind="findings_only", weight=weight))
     return found

@@ -33,6 +33,7 @@ __all__ = [
     "label_matrix",
     "label_report",
     "label_reports",
+    "mention_clause",
     "rules",
     "summary_counts",
 ]
@@ -170,6 +171,14 @@ def _clause_bounds(sentence: str, start: int, end: int) -> tuple[int, int]:
     return left, right
 
 
+def mention_clause(sentence: str, mention: Mention) -> str:
+    """The clause of ``sentence`` (normalised, lower-cased) up to the end of ``mention``, as the labeler bounds
+    it for negation: "no focal infiltrate" in "no focal infiltrate, but there is scarring"; "the lungs are clear"
+    in "the lungs are clear without focal consolidation"."""
+    left, _ = _clause_bounds(sentence, mention.start, mention.end)
+    return sentence[left : mention.end]
+
+
 _INNER_NEGATION = re.compile(r"\b(?:not|no)\b")
 
 
@@ -266,7 +275,8 @@ def label_report(text: str) -> LabeledReport:
             for p in c["normal"][name]:
                 for m in p.finditer(sentence):
                     if not any(m.start() < e and s < m.end() for s, e in taken):
-                        mentions.append(Mention(name, Label.NEGATIVE, index, m.start(), m.end()))
+                        lat, zones, _ = _attributes(sentence, m.start(), m.end())  # "the right lung is clear"
+                        mentions.append(Mention(name, Label.NEGATIVE, index, m.start(), m.end(), lat, zones))
     labels: dict[str, Label] = {}
     for name in CHEXPERT_14[:-1]:
         found = {m.status for m in mentions if m.label == name}

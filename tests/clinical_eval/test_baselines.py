@@ -83,6 +83,30 @@ def test_majority_class() -> None:
         ("COMPARISON: 01/02/2020\nFINDINGS: Heart size unchanged.\nIMPRESSION: No acute disease.", []),
         ("FINDINGS: Heart size unchanged.\nIMPRESSION: No acute disease.", []),
         ("COMPARISON: None.\nFINDINGS: Prior granulomatous disease.\nIMPRESSION: No acute disease.", []),
+        # A denial that carves out exceptions, or covers the other lung, denies nothing stated elsewhere ...
+        ("FINDINGS: Left basilar opacity. The lungs are otherwise clear.\nIMPRESSION: Left basilar opacity.", []),
+        ("FINDINGS: Left basilar opacity. The right lung is clear.\nIMPRESSION: Left basilar opacity.", []),
+        (
+            "FINDINGS: Right basilar opacity. The right lung is clear.\nIMPRESSION: Right basilar opacity.",
+            ["contradiction"],
+        ),
+        # ... and a denial of acute airspace disease says nothing of scarring, unlike one of any opacity.
+        ("FINDINGS: Biapical scarring. No focal infiltrate.\nIMPRESSION: Biapical scarring.", []),
+        ("FINDINGS: Patchy left basilar opacity. No focal infiltrate.\nIMPRESSION: Left opacity.", ["contradiction"]),
+        (
+            "FINDINGS: The lungs are clear without focal consolidation.\nIMPRESSION: Diffuse reticular opacities.",
+            ["contradiction"],
+        ),
+        # An impression that names the diagnosis for what the findings describe is consistent, on the same side.
+        ("FINDINGS: Right lower lobe airspace disease.\nIMPRESSION: Right lower lobe pneumonia.", []),
+        (
+            "FINDINGS: Right lower lobe airspace disease.\nIMPRESSION: Left lower lobe pneumonia.",
+            ["findings_only", "impression_only"],
+        ),
+        ("FINDINGS: Right apical scarring.\nIMPRESSION: Right upper lobe pneumonia.", ["impression_only"]),
+        # A chronic finding left out of the impression is routine; an acute one under a normal impression is not.
+        ("FINDINGS: Old healed right rib fractures.\nIMPRESSION: No acute disease.", []),
+        ("FINDINGS: Acute right rib fracture.\nIMPRESSION: No acute disease.", ["findings_only"]),
     ],
 )
 def test_consistency_checker(text: str, kinds: list[str]) -> None:
