@@ -47,7 +47,7 @@ def _iu_rows(data: Path, split: str) -> list[dict[str, Any]]:
 def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[str, Any]]]:
     """Every evaluation set as rows of ``text``, ``has_error`` (and ``image``/``view`` for image checks)."""
     from radlvlm.clinical_eval.independent_injection import build_independent_set, compose_text
-    from radlvlm.clinical_eval.text_evidence import text_reveals_error
+    from radlvlm.clinical_eval.text_evidence import edit_reveals_error, text_reveals_error
     from radlvlm.reports.consistency import says_no_prior
     from radlvlm.reports.sections import with_comparison
     from radlvlm.tasks.errorcheck import build_errorcheck_training_set
@@ -74,7 +74,11 @@ def build_sets(data: Path, splits: list[str], seed: int) -> dict[str, list[dict[
         ]
         trained, _ = build_errorcheck_training_set(rows, seed=seed, variants_per_report=1)
         sets[f"training_injector_{split}"] = [
-            {"text": with_comparison(r["text"], comparison[str(r["uid"])]), "has_error": r["has_error"]}
+            {
+                "text": with_comparison(r["text"], comparison[str(r["uid"])]),
+                "has_error": r["has_error"],
+                "revealed": edit_reveals_error(r, comparison[str(r["uid"])]),
+            }
             for r in trained
         ]
         manifest = data / "nih_cxr14" / "manifest.jsonl"
@@ -217,6 +221,7 @@ def main() -> None:
                         entry["by_family"] = by_family(
                             [row for row, _ in answered], [a["has_error"] for _, a in answered], rules[0]
                         )
+                    if all("revealed" in row for row, _ in answered):
                         # The target's set: clean reports and the errors their text reveals.
                         keep = [k for k, (row, _) in enumerate(answered) if not row["has_error"] or row["revealed"]]
                         entry["text_revealed_errors"] = {

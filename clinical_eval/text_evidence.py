@@ -17,12 +17,14 @@ accept both statements, so it errs towards calling errors revealable.
 
 from __future__ import annotations
 
+from typing import Any
+
 from radlvlm.reports.consistency import report_sentences, says_no_prior
 from radlvlm.reports.consistency_features import SAME_FINDING_GROUPS
 from radlvlm.reports.labeler import Label, label_report
 from radlvlm.reports.sections import parse_report
 
-__all__ = ["text_reveals_error"]
+__all__ = ["edit_reveals_error", "text_reveals_error"]
 
 
 # Errors that change or drop what the report states: the finding must still be stated elsewhere to compare with.
@@ -76,3 +78,14 @@ def text_reveals_error(original: str, errored: str, category: str, comparison: s
         return True
     asserted = _findings(added, stated_only=True) - {"Support Devices"}
     return bool(asserted) and _calls_normal(kept)
+
+
+def edit_reveals_error(row: dict[str, Any], comparison: str | None = None) -> bool:
+    """:func:`text_reveals_error` for one row of the training injector
+    (:func:`radlvlm.tasks.build_errorcheck_training_set`): the report before the edit is rebuilt from the edit's
+    ``span``, ``original`` and replacement text. A clean row reveals nothing."""
+    if not row.get("has_error"):
+        return False
+    start, end = row["span"]
+    before = row["text"][:start] + (row["original"] or "") + row["text"][end:]
+    return text_reveals_error(before, row["text"], str(row["category"]), comparison or "")

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from radlvlm.clinical_eval.text_evidence import text_reveals_error
+from radlvlm.clinical_eval.text_evidence import edit_reveals_error
 from radlvlm.errors import InputError
 from radlvlm.reports.sections import with_comparison
 from radlvlm.tasks.calibration import CALIBRATION_FILE, CheckCalibrations, fit_calibration
@@ -75,14 +75,6 @@ def _choose(
     return candidates[best], {"chosen": best, "candidates": scores}
 
 
-def _revealed(row: dict[str, Any], comparison: str | None) -> bool:
-    """Whether an injected error of the training injector shows in its report's own text (the report before the
-    edit is rebuilt from the edit's span, original and replacement)."""
-    start, end = row["span"]
-    before = row["text"][:start] + (row["original"] or "") + row["text"][end:]
-    return text_reveals_error(before, row["text"], str(row["category"]), comparison or "")
-
-
 def _fit_consistency(train_studies: list[dict[str, Any]], *, seed: int, limit: int | None) -> ConsistencyModel:
     """The learned consistency scorer, fitted on IU-Xray train reports: eight variants of each study, half with one
     error of the training injector's families, each with its COMPARISON section as written."""
@@ -126,7 +118,9 @@ def calibrate_checks(
         texts = [with_comparison(r["text"], comparison[str(r["uid"])]) for r in rows]
         reports, kept, odds, skipped = _log_odds(engine, texts, [None] * len(rows))
         labels = [bool(rows[k]["has_error"]) for k in kept]
-        revealed = [not rows[k]["has_error"] or _revealed(rows[k], comparison[str(rows[k]["uid"])]) for k in kept]
+        revealed = [
+            not rows[k]["has_error"] or edit_reveals_error(rows[k], comparison[str(rows[k]["uid"])]) for k in kept
+        ]
         # A text-only check never drops the rule checker's findings, and flags whatever the rule checker flags
         # (the rule floor): the served check must not miss what the rules catch.
         text_only, summary["text_only"] = _choose(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from radlvlm.clinical_eval.text_evidence import text_reveals_error
+from radlvlm.clinical_eval.text_evidence import edit_reveals_error, text_reveals_error
 
 NORMAL = "FINDINGS: The lungs are clear. Heart size is normal.\nIMPRESSION: No acute cardiopulmonary abnormality."
 OPACITY = (
@@ -55,3 +55,18 @@ def test_revealed_where_the_rest_of_the_report_disagrees(
     if "granuloma" in errored:
         original = errored.replace("Left apical", "Right apical")
     assert text_reveals_error(original, errored, category, comparison) is revealed
+
+
+def test_an_injector_row_is_judged_on_the_report_rebuilt_from_its_edit() -> None:
+    """The training injector's rows carry the edit (span, original text); the report before it is rebuilt."""
+    errored = OPACITY.replace("IMPRESSION: Right", "IMPRESSION: Left")
+    start = errored.index("Left upper lobe pneumonia")
+    row = {
+        "text": errored,
+        "has_error": True,
+        "category": "wrong_location",
+        "span": [start, start + 4],
+        "original": "Right",
+    }
+    assert edit_reveals_error(row)
+    assert not edit_reveals_error({"text": OPACITY, "has_error": False, "category": None, "span": None})
