@@ -70,7 +70,7 @@ def test_the_shipped_checker_holds_its_measured_level(answers: list[tuple[dict, 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met by the shipped model: it flags 25 of 30 blatant contradictions and passes 21 of 30 "
+    reason="target not met by the shipped model: it flags 24 of 30 blatant contradictions and passes 22 of 30 "
     "clean reports (abnormal but consistent reports are flagged); strict, so a model that meets it turns this "
     "red until the target becomes the test",
 )
