@@ -59,7 +59,7 @@ def _severity(report: LabeledReport, name: str) -> int | None:
 # the lungs is clear") denies nothing stated elsewhere.
 _EXCEPTED = re.compile(r"\b(?:otherwise|remainder|rest of the|elsewhere|remaining)\b")
 # A denial scoped to acute airspace disease ("no focal infiltrate", "no acute airspace disease") says nothing of an
-# opacity the report attributes to a chronic or benign cause (scarring, granuloma, a calcified or nodular density,
+# opacity the report attributes to a chronic or benign cause (scarring, granuloma, a calcified density,
 # atelectasis) unless that sentence also raises airspace disease ("atelectasis or infiltrate").
 _ACUTE_SCOPE = re.compile(
     r"\b(?:focal|acute|active|suspicious|confluent|air ?-?space|infiltrat\w*|consolidat\w*|pneumoni\w*)\b"
@@ -163,7 +163,11 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
     finding in the findings that the impression does not carry (``findings_only``: 1.0 for an acute finding
     under an impression that calls the study normal, else 0.5, as that is common in correct reports); a sentence
     that presupposes a prior study under a COMPARISON section that says there is none (1.0,
-    ``comparison_without_prior``). A report without both findings and impression is checked for within-report
+    ``comparison_without_prior``). Read as radiologists write: a denial that carves out exceptions ("otherwise
+    clear"), covers the other lung, or is scoped to acute airspace disease while the statement is a chronic
+    opacity is no contradiction; an impression's diagnosis of what the findings describe on a compatible side
+    (pneumonia for airspace disease) is neither impression- nor findings-only; a chronic finding left out of the
+    impression is not listed. A report without both findings and impression is checked for within-report
     contradictions and comparisons only.
     """
     sections = parse_report(text)
