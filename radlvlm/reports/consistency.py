@@ -71,15 +71,14 @@ _OPACITIES = frozenset({"Lung Opacity", "Lung Lesion"})  # where a scoped denial
 _AIRSPACE = re.compile(r"\b(?:air ?-?space|infiltrat\w*|consolidat\w*|pneumoni\w*|edema)\b")
 
 
-def _contradicts(denial: Mention, statement: Mention, sentences: list[str]) -> bool:
+def _contradicts(denial: Mention, statement: Mention, sentences: tuple[str, ...]) -> bool:
     """Whether a negative mention denies what a positive mention of the same observation states: not where the
     denial carves out exceptions, is confined to the other lung, or is scoped to acute airspace disease while the
     statement names a chronic opacity."""
     said, stated = sentences[denial.sentence], sentences[statement.sentence]
     if _EXCEPTED.search(said):
         return False
-    one_side = denial.laterality - {"bilateral"}
-    if len(one_side) == 1 and statement.laterality and not (statement.laterality & (denial.laterality | {"bilateral"})):
+    if len(denial.laterality - {"bilateral"}) == 1 and not _same_side(statement.laterality, denial.laterality):
         return False
     if denial.label not in _OPACITIES or not _ACUTE_SCOPE.search(mention_clause(said, denial)):
         return True
@@ -101,7 +100,7 @@ _RELATED: dict[str, frozenset[str]] = {
 _ACUTE_DIAGNOSES = frozenset({"Edema", "Consolidation", "Pneumonia"})
 
 
-def _interprets(stated_in: LabeledReport, name: str, other: LabeledReport, other_sentences: list[str]) -> bool:
+def _interprets(stated_in: LabeledReport, name: str, other: LabeledReport) -> bool:
     """Whether the other section states, on a compatible side, an observation that ``name`` interprets or that
     interprets it (an impression's "right lower lobe pneumonia" for the findings' "right lower lobe airspace
     disease"). A chronic opacity (scarring, granuloma) does not support an acute diagnosis."""
@@ -109,12 +108,17 @@ def _interprets(stated_in: LabeledReport, name: str, other: LabeledReport, other
     for m in other.mentions:
         if m.label not in _RELATED.get(name, ()) or m.status is not Label.POSITIVE:
             continue
-        if name in _ACUTE_DIAGNOSES and _chronic(other_sentences[m.sentence]):
+        if name in _ACUTE_DIAGNOSES and _chronic(other.sentences[m.sentence]):
             continue
-        if sides and m.laterality and not (sides & (m.laterality | {"bilateral"})) and "bilateral" not in sides:
+        if not _same_side(sides, m.laterality):
             continue
         return True
     return False
+
+
+def _same_side(these: frozenset[str], those: frozenset[str]) -> bool:
+    """Whether ``these`` sides can be where ``those`` are: either unsided, a side shared, or ``these`` bilateral."""
+    return not these or not those or bool(these & (those | {"bilateral"}))
 
 
 def _chronic(sentence: str) -> bool:
@@ -175,17 +179,14 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
     found: list[ConsistencyFinding] = []
     if comparison_without_prior(sections):
         found.append(ConsistencyFinding(observation="Comparison", kind="comparison_without_prior", weight=1.0))
-    sentences = split_sentences(normalize_text(text, lowercase=True)) if text.strip() else []
     for name in _MAIN:
         stated = [m for m in whole.mentions if m.label == name and m.status is Label.POSITIVE]
         denied = [m for m in whole.mentions if m.label == name and m.status is Label.NEGATIVE]
-        if any(_contradicts(no, yes, sentences) for no in denied for yes in stated):
+        if any(_contradicts(no, yes, whole.sentences) for no in denied for yes in stated):
             found.append(ConsistencyFinding(observation=name, kind="contradiction", weight=1.0))
     if not (sections.findings.strip() and sections.impression.strip()):
         return found
     findings, impression = label_report(sections.findings), label_report(sections.impression)
-    findings_sentences = split_sentences(normalize_text(sections.findings, lowercase=True))
-    impression_sentences = split_sentences(normalize_text(sections.impression, lowercase=True))
     listed = {f["observation"] for f in found}
     impression_normal = impression.labels["No Finding"] is Label.POSITIVE
     for name in _MAIN:
@@ -201,17 +202,13 @@ def check_consistency(text: str) -> list[ConsistencyFinding]:
                 weight = 1.0 if abs(fv - iv) >= 2 else 0.5  # mild vs severe cannot both be right
                 found.append(ConsistencyFinding(observation=name, kind="severity", weight=weight))
         elif i in _PRESENT and f is Label.BLANK:
-            if not _interprets(impression, name, findings, findings_sentences):
+            if not _interprets(impression, name, findings):
                 found.append(ConsistencyFinding(observation=name, kind="impression_only", weight=1.0))
-        elif (
-            f is Label.POSITIVE
-            and i is Label.BLANK
-            and not _interprets(findings, name, impression, impression_sentences)
-        ):
+        elif f is Label.POSITIVE and i is Label.BLANK and not _interprets(findings, name, impression):
             # An acute finding under an impression that calls the study normal is a contradiction; other
             # findings left out of the impression are common in correct reports.
             # A chronic finding (scarring, an old fracture, a calcified granuloma) is routinely left out.
-            if all(_chronic(findings_sentences[m.sentence]) for m in findings.mentions if m.label == name):
+            if all(_chronic(findings.sentences[m.sentence]) for m in findings.mentions if m.label == name):
                 continue
             weight = 1.0 if name in _ACUTE and impression_normal else 0.5
             found.append(ConsistencyFinding(observation=name, kind="findings_only", weight=weight))

@@ -136,6 +136,7 @@ class LabeledReport:
     mentions: tuple[Mention, ...] = field(default=())
     comparison_sentences: tuple[int, ...] = ()  # sentences that compare with a prior study
     change_sentences: tuple[int, ...] = ()  # sentences asserting a change (new, worse, improved)
+    sentences: tuple[str, ...] = ()  # the normalised, lower-cased sentences the mentions index into
 
     def positive(self, *, uncertain_as_positive: bool = False) -> set[str]:
         """Observations labelled positive (and uncertain, when asked)."""
@@ -289,7 +290,7 @@ def label_report(text: str) -> LabeledReport:
     excluded = set(rules()["pathologies_excluded_from_no_finding"])
     abnormal = any(labels[n] in (Label.POSITIVE, Label.UNCERTAIN) for n in CHEXPERT_14 if n not in excluded)
     labels["No Finding"] = Label.BLANK if abnormal else Label.POSITIVE
-    return LabeledReport(labels, tuple(mentions), tuple(comparison), tuple(change))
+    return LabeledReport(labels, tuple(mentions), tuple(comparison), tuple(change), tuple(sentences))
 
 
 def label_reports(texts: Iterable[str]) -> list[LabeledReport]:
